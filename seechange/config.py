@@ -1,0 +1,55 @@
+"""Settings, read once at start-up from an optional TOML file plus ``SEECHANGE_*`` environment variables.
+
+Library code never reads the environment: ``main()`` builds one frozen :class:`Settings` and passes it down.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TOPICS = ("exposure-ready", "image-reduced", "subtraction-done", "sighting-found", "alerts")
+INPUT_TOPICS = ("exposure-ready", "image-reduced", "subtraction-done", "sighting-found")
+
+
+class Settings(BaseSettings):
+    """All service settings. Empty ``kafka_bootstrap`` / ``database_url`` mean "the local services"."""
+
+    model_config = SettingsConfigDict(env_prefix="SEECHANGE_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str = ""
+    database_url: str = ""
+    data_dir: Path = Field(default=PROJECT_ROOT / "data")
+    cache_dir: Path = Field(default=PROJECT_ROOT / ".cache")
+    topic_prefix: str = ""
+    partitions: int = 4
+    kafka_port: int = 39092
+    kafka_controller_port: int = 39093
+    kafka_version: str = "4.1.1"
+    consumer_group_prefix: str = "seechange"
+    association_radius_arcsec: float = 1.5
+    log_level: str = "INFO"
+
+    def topic(self, name: str) -> str:
+        """Full topic name with the configured prefix."""
+        return f"{self.topic_prefix}{name}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings: defaults < config file (TOML, keys as field names) < environment < ``overrides``."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        with open(config_file, "rb") as fh:
+            file_values = tomllib.load(fh).get("seechange", {})
+    env_only = Settings()
+    merged: dict[str, Any] = dict(file_values)
+    for name in Settings.model_fields:
+        if name in env_only.model_fields_set:
+            merged[name] = getattr(env_only, name)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings.model_validate(merged) if not merged else Settings(**merged)
