@@ -1,0 +1,409 @@
+"""Instrumental calibration of one raw CCD: overscan, bias, gain, dark, flat, weight and flags.
+
+Raw layout and calibration-frame conventions are fixed in ``docs/ARCHITECTURE.md``: one HDU per CCD, two
+amplifiers (A left, B right) each with its own overscan strip; bias in ADU after overscan removal, dark in
+electrons/s, flat unit-mean, bpm non-zero = bad, all on the trimmed grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from scipy import ndimage
+
+from seechange.improc.sections import parse_section, section_slices
+from seechange.improc.types import FLAG_BAD, FLAG_BLEED, FLAG_COSMIC_RAY, FLAG_SATURATED
+
+__all__ = [
+    "AmpInfo",
+    "CalibFrames",
+    "amp_layout",
+    "overscan_correct_and_trim",
+    "calibrate",
+    "detect_cosmic_rays",
+    "load_calibration",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AmpInfo:
+    """One amplifier: where it lives in the raw and trimmed grids, and its electronics.
+
+    Attributes
+    ----------
+    name : str
+        'A' or 'B'.
+    raw_data, raw_bias : tuple of slice
+        ``(rows, cols)`` of the data and overscan sections in the raw array.
+    trimmed : tuple of slice
+        ``(rows, cols)`` of this amplifier's pixels in the trimmed array.
+    gain : float
+        Electrons per ADU.
+    read_noise : float
+        Read noise, electrons.
+    saturation : float
+        Saturation level, ADU after overscan removal.
+    overscan_level : float
+        Median overscan level removed, ADU (NaN before overscan correction).
+    overscan_rms : float
+        Robust rms of the overscan pixels about the row model, ADU (NaN before overscan correction).
+    """
+
+    name: str
+    raw_data: tuple[slice, slice]
+    raw_bias: tuple[slice, slice]
+    trimmed: tuple[slice, slice]
+    gain: float
+    read_noise: float
+    saturation: float
+    overscan_level: float = float("nan")
+    overscan_rms: float = float("nan")
+
+
+@dataclass(frozen=True, eq=False)
+class CalibFrames:
+    """Calibration frames of one CCD on the trimmed grid (native byte order).
+
+    ``eq=False`` keeps identity hashing, so a loaded instance can be cached and reused across exposures.
+
+    Attributes
+    ----------
+    bias : ndarray, float32
+        Bias, ADU (after overscan removal).
+    dark : ndarray, float32
+        Dark current, electrons/s.
+    flat : ndarray, float32
+        Flat field, unit mean.
+    bpm : ndarray, bool
+        True where the pixel is bad.
+    source : str
+        Where the frames came from (for logs and provenance).
+    """
+
+    bias: np.ndarray
+    dark: np.ndarray
+    flat: np.ndarray
+    bpm: np.ndarray
+    source: str = ""
+
+
+def load_calibration(calib_dir: Path) -> CalibFrames:
+    """Read ``bias.fits``, ``dark.fits``, ``flat.fits`` and ``bpm.fits`` from one CCD's calibration folder.
+
+    Parameters
+    ----------
+    calib_dir : Path
+        ``calib/<instrument>/<ccd>/``. ``bias.fits`` and ``flat.fits`` are required; a missing
+        ``dark.fits`` means no dark current and a missing ``bpm.fits`` means no known bad pixels.
+
+    Returns
+    -------
+    CalibFrames
+    """
+    calib_dir = Path(calib_dir)
+
+    def _read(name: str, dtype: type) -> np.ndarray | None:
+        path = calib_dir / name
+        if not path.exists():
+            return None
+        return np.asarray(fits.getdata(path), dtype=dtype)  # native byte order copy
+
+    bias = _read("bias.fits", np.float32)
+    flat = _read("flat.fits", np.float32)
+    if bias is None or flat is None:
+        raise FileNotFoundError(f"bias.fits and flat.fits are required in {calib_dir}")
+    dark = _read("dark.fits", np.float32)
+    bpm = _read("bpm.fits", np.int32)
+    if dark is None:
+        dark = np.zeros_like(bias)
+    bpm_bool = np.zeros(bias.shape, bool) if bpm is None else bpm != 0
+    for name, arr in (("dark", dark), ("flat", flat), ("bpm", bpm_bool)):
+        if arr.shape != bias.shape:
+            raise ValueError(f"{name} shape {arr.shape} differs from bias shape {bias.shape} in {calib_dir}")
+    if np.any(flat <= 0):
+        bpm_bool = bpm_bool | (flat <= 0)
+        flat = np.where(flat > 0, flat, 1.0).astype(np.float32)
+    for a in (bias, dark, flat, bpm_bool):
+        a.setflags(write=False)
+    return CalibFrames(bias=bias, dark=dark, flat=flat, bpm=bpm_bool, source=str(calib_dir))
+
+
+def amp_layout(header: fits.Header) -> list[AmpInfo]:
+    """Amplifier geometry and electronics from a raw header (DATASECA/B, BIASSECA/B, GAINA/B, ...).
+
+    The trimmed grid is the bounding box of ``DATASEC`` (or of the union of the amplifiers' data sections);
+    each amplifier's pixels keep their physical position in it (reversed sections are not flipped).
+    """
+    names = [n for n in ("A", "B") if f"DATASEC{n}" in header]
+    if not names:
+        raise ValueError("raw header has no DATASECA/DATASECB")
+    bounds = {n: parse_section(header[f"DATASEC{n}"]) for n in names}
+    if "DATASEC" in header:
+        x1, x2, y1, y2 = parse_section(header["DATASEC"])
+        x0, y0 = min(x1, x2), min(y1, y2)
+    else:
+        x0 = min(min(b[0], b[1]) for b in bounds.values())
+        y0 = min(min(b[2], b[3]) for b in bounds.values())
+    amps = []
+    for n in names:
+        x1, x2, y1, y2 = bounds[n]
+        lo_x, hi_x, lo_y, hi_y = min(x1, x2), max(x1, x2), min(y1, y2), max(y1, y2)
+        raw_rows, raw_cols = slice(lo_y - 1, hi_y), slice(lo_x - 1, hi_x)
+        trimmed = (slice(lo_y - y0, hi_y - y0 + 1), slice(lo_x - x0, hi_x - x0 + 1))
+        bx1, bx2, by1, by2 = parse_section(header[f"BIASSEC{n}"])
+        raw_bias = (slice(min(by1, by2) - 1, max(by1, by2)), slice(min(bx1, bx2) - 1, max(bx1, bx2)))
+        amps.append(
+            AmpInfo(
+                name=n,
+                raw_data=(raw_rows, raw_cols),
+                raw_bias=raw_bias,
+                trimmed=trimmed,
+                gain=float(header.get(f"GAIN{n}", header.get("GAIN", 1.0))),
+                read_noise=float(header.get(f"RDNOISE{n}", header.get("RDNOISE", 0.0))),
+                saturation=float(header.get(f"SATURAT{n}", header.get("SATURATE", np.inf))),
+            )
+        )
+    return amps
+
+
+def _trimmed_shape(amps: list[AmpInfo]) -> tuple[int, int]:
+    return max(a.trimmed[0].stop for a in amps), max(a.trimmed[1].stop for a in amps)
+
+
+def overscan_correct_and_trim(
+    raw: np.ndarray, header: fits.Header, *, smooth_rows: int = 31
+) -> tuple[np.ndarray, list[AmpInfo]]:
+    """Subtract each amplifier's row-wise overscan and cut out the data sections.
+
+    Parameters
+    ----------
+    raw : ndarray
+        Raw CCD, ADU, shape ``(ny, nx_data + 2 * noverscan)`` (any byte order; not modified).
+    header : astropy.io.fits.Header
+        Raw header with ``DATASECA/B`` and ``BIASSECA/B``.
+    smooth_rows : int, optional
+        Length (rows) of the running median applied to the per-row overscan medians; 1 disables smoothing.
+
+    Returns
+    -------
+    trimmed : ndarray, float32
+        Overscan-corrected data on the trimmed grid, ADU.
+    amps : list of AmpInfo
+        Geometry, electronics and the measured overscan level and rms per amplifier.
+    """
+    if raw.ndim != 2:
+        raise ValueError(f"raw must be 2-D, got shape {raw.shape}")
+    amps = amp_layout(header)
+    out = np.zeros(_trimmed_shape(amps), dtype=np.float32)
+    done = []
+    for amp in amps:
+        over = np.asarray(raw[amp.raw_bias], dtype=np.float32)
+        data = np.asarray(raw[amp.raw_data], dtype=np.float32)
+        if over.shape[0] != data.shape[0]:
+            raise ValueError(f"amp {amp.name}: overscan rows {over.shape[0]} != data rows {data.shape[0]}")
+        row_level = np.median(over, axis=1)
+        if smooth_rows > 1:
+            row_level = ndimage.median_filter(row_level, size=smooth_rows, mode="nearest")
+        out[amp.trimmed] = data - row_level[:, None]
+        resid = over - row_level[:, None]
+        rms = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+        done.append(
+            AmpInfo(**{**amp.__dict__, "overscan_level": float(np.median(row_level)), "overscan_rms": rms})
+        )
+    return out, done
+
+
+def detect_cosmic_rays(
+    image_e: np.ndarray,
+    variance: np.ndarray,
+    *,
+    sigclip: float = 6.0,
+    objlim: float = 4.0,
+    sigfrac: float = 0.5,
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
+    """Flag cosmic rays with a Laplacian-edge detector in the spirit of L.A.Cosmic (van Dokkum 2001).
+
+    astroscrappy.detect_cosmics takes 3.0 s (niter=1) to 5.8 s (niter=4) on a full 2048x4096 CCD on this
+    machine, more than the whole reduction budget, so this evaluates the same two criteria only where it
+    matters: the full-resolution Laplacian significance ``S = L+ / (sqrt(20) sigma)`` over the whole image
+    (cheap slicing), then the median-based checks (S minus its local 5x5 median, and the fine-structure
+    ratio against ``med3 - med7(med3)``) on the few candidate pixels only; finally one growth step to
+    neighbours with ``S > sigfrac * sigclip``. About 0.2 s on a full CCD.
+
+    Parameters
+    ----------
+    image_e : ndarray
+        Image, electrons (background included or not; not modified).
+    variance : ndarray
+        Per-pixel variance, electrons^2.
+    sigclip : float, optional
+        Laplacian significance threshold.
+    objlim : float, optional
+        Minimum contrast between the Laplacian and the fine-structure image (protects stellar peaks).
+    sigfrac : float, optional
+        Fraction of ``sigclip`` for growing into neighbouring pixels.
+    exclude : ndarray of bool, optional
+        Pixels never to flag (e.g. saturated).
+
+    Returns
+    -------
+    ndarray of bool
+        True on cosmic-ray pixels.
+    """
+    img = np.asarray(image_e, dtype=np.float32)
+    sig = np.sqrt(np.maximum(np.asarray(variance, dtype=np.float32), 1e-6))
+    pad = np.pad(img, 5, mode="edge")
+    c = pad[5:-5, 5:-5]
+    lap = 4 * c - pad[4:-6, 5:-5] - pad[6:-4, 5:-5] - pad[5:-5, 4:-6] - pad[5:-5, 6:-4]
+    s = np.maximum(lap, 0) / (np.sqrt(20.0, dtype=np.float32) * sig)
+    cand = s > sigclip
+    if exclude is not None:
+        cand &= ~exclude
+    ys, xs = np.nonzero(cand)
+    mask = np.zeros(img.shape, bool)
+    if ys.size == 0:
+        return mask
+    # local statistics on candidates only: 9x9 neighbourhood in the padded frame
+    off = np.arange(-4, 5)
+    yy = ys[:, None, None] + 5 + off[None, :, None]
+    xx = xs[:, None, None] + 5 + off[None, None, :]
+    patch = pad[yy, xx]  # (n, 9, 9)
+    spad = np.pad(s, 2, mode="edge")
+    o5 = np.arange(-2, 3)
+    s_patch = spad[ys[:, None, None] + 2 + o5[None, :, None], xs[:, None, None] + 2 + o5[None, None, :]]
+    s_prime = s[ys, xs] - np.median(s_patch.reshape(len(ys), -1), axis=1)
+    win3 = np.lib.stride_tricks.sliding_window_view(patch, (3, 3), axis=(1, 2))  # (n, 7, 7, 3, 3)
+    med3 = np.median(win3.reshape(len(ys), 7, 7, 9), axis=-1)
+    fine = med3[:, 3, 3] - np.median(med3.reshape(len(ys), -1), axis=1)
+    fine = np.maximum(fine / sig[ys, xs], 0.01)
+    keep = (s_prime > sigclip) & (s_prime / fine > objlim)
+    mask[ys[keep], xs[keep]] = True
+    if mask.any():
+        grow = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool)) & (s > sigfrac * sigclip)
+        if exclude is not None:
+            grow &= ~exclude
+        mask |= grow
+    return mask
+
+
+def _saturation_and_bleed(
+    trimmed_adu: np.ndarray, amps: list[AmpInfo], *, bleed_fraction: float, grow: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Saturated pixels (dilated by ``grow``) and bleed trails along columns from saturated pixels."""
+    sat = np.zeros(trimmed_adu.shape, bool)
+    bleed_cand = np.zeros(trimmed_adu.shape, bool)
+    for amp in amps:
+        part = trimmed_adu[amp.trimmed]
+        sat[amp.trimmed] = part >= amp.saturation
+        bleed_cand[amp.trimmed] = part >= bleed_fraction * amp.saturation
+    if not sat.any():
+        return sat, np.zeros_like(sat)
+    cols = np.nonzero(sat.any(axis=0))[0]
+    c0, c1 = max(cols.min() - grow, 0), min(cols.max() + grow + 1, sat.shape[1])
+    sub_sat = sat[:, c0:c1]
+    trail = ndimage.binary_propagation(
+        sub_sat, structure=np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], bool), mask=bleed_cand[:, c0:c1] | sub_sat
+    )
+    bleed = np.zeros_like(sat)
+    bleed[:, c0:c1] = trail & ~sub_sat
+    if grow > 0:
+        st = np.ones((2 * grow + 1, 2 * grow + 1), bool)
+        sat = ndimage.binary_dilation(sat, structure=st)
+        bleed = ndimage.binary_dilation(bleed, structure=st) & ~sat
+    return sat, bleed
+
+
+def calibrate(
+    trimmed_adu: np.ndarray,
+    header: fits.Header,
+    bias: np.ndarray,
+    dark: np.ndarray,
+    flat: np.ndarray,
+    bpm: np.ndarray,
+    *,
+    exptime: float,
+    cosmic_rays: bool = True,
+    cr_sigclip: float = 6.0,
+    cr_objlim: float = 4.0,
+    saturation_grow: int = 1,
+    bleed_fraction: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bias, gain, dark and flat correction; inverse-variance weight; flag mask.
+
+    Parameters
+    ----------
+    trimmed_adu : ndarray
+        Overscan-corrected trimmed data, ADU (from `overscan_correct_and_trim`; not modified).
+    header : astropy.io.fits.Header
+        Raw header (amplifier sections, ``GAINA/B``, ``RDNOISEA/B``, ``SATURATA/B``).
+    bias : ndarray
+        Bias, ADU.
+    dark : ndarray
+        Dark current, electrons/s.
+    flat : ndarray
+        Unit-mean flat field.
+    bpm : ndarray
+        Bad-pixel mask, non-zero/True = bad.
+    exptime : float
+        Exposure time, s.
+    cosmic_rays : bool, optional
+        Run `detect_cosmic_rays`.
+    cr_sigclip, cr_objlim : float, optional
+        Cosmic-ray detector thresholds.
+    saturation_grow : int, optional
+        Dilation radius (pixels) of the saturated and bleed masks.
+    bleed_fraction : float, optional
+        Pixels above this fraction of saturation, connected along a column to a saturated pixel, are bleed.
+
+    Returns
+    -------
+    electrons : ndarray, float32
+        Flat-fielded image, electrons (sky still in).
+    weight : ndarray, float32
+        Inverse variance, electrons^-2: ``flat**2 / (signal + read_noise**2)`` with ``signal`` the expected
+        pre-flat electrons (3x3 mean of the flat-fielded image times the flat, plus dark; clipped at 0);
+        0 where flagged.
+    flags : ndarray, uint16
+        FLAG_BAD, FLAG_SATURATED, FLAG_BLEED, FLAG_COSMIC_RAY bits.
+    """
+    amps = amp_layout(header)
+    shape = _trimmed_shape(amps)
+    for name, arr in (("trimmed_adu", trimmed_adu), ("bias", bias), ("dark", dark), ("flat", flat), ("bpm", bpm)):
+        if arr.shape != shape:
+            raise ValueError(f"{name} has shape {arr.shape}, the trimmed grid is {shape}")
+    if exptime < 0:
+        raise ValueError(f"exptime must be >= 0, got {exptime}")
+    adu = np.asarray(trimmed_adu, dtype=np.float32)
+    gain = np.empty(shape, np.float32)
+    rn2 = np.empty(shape, np.float32)
+    for amp in amps:
+        gain[amp.trimmed] = amp.gain
+        rn2[amp.trimmed] = amp.read_noise**2
+    raw_e = (adu - np.asarray(bias, np.float32)) * gain  # electrons incl. dark current
+    flat32 = np.asarray(flat, np.float32)
+    dark_e = np.float32(exptime) * np.asarray(dark, np.float32)
+    electrons = (raw_e - dark_e) / flat32
+    # expected pre-flat counts: smooth the flat-fielded image (3x3 mean, so a pixel's own noise barely feeds
+    # its weight), then put the flat and the dark back
+    signal = np.maximum(ndimage.uniform_filter(electrons, size=3, mode="nearest") * flat32 + dark_e, 0)
+    variance_raw = signal + rn2
+    flags = np.zeros(shape, np.uint16)
+    flags[np.asarray(bpm) != 0] |= FLAG_BAD
+    sat, bleed = _saturation_and_bleed(adu, amps, bleed_fraction=bleed_fraction, grow=saturation_grow)
+    flags[sat] |= FLAG_SATURATED
+    flags[bleed] |= FLAG_BLEED
+    if cosmic_rays:
+        cr = detect_cosmic_rays(
+            raw_e, variance_raw, sigclip=cr_sigclip, objlim=cr_objlim, exclude=(flags != 0)
+        )
+        flags[cr] |= FLAG_COSMIC_RAY
+    weight = (flat32 * flat32) / variance_raw
+    weight[flags != 0] = 0
+    return electrons.astype(np.float32, copy=False), weight.astype(np.float32, copy=False), flags
