@@ -227,6 +227,7 @@ def detect_cosmic_rays(
     objlim: float = 4.0,
     sigfrac: float = 0.5,
     exclude: np.ndarray | None = None,
+    max_candidates: int = 200_000,
 ) -> np.ndarray:
     """Flag cosmic rays with a Laplacian-edge detector in the spirit of L.A.Cosmic (van Dokkum 2001).
 
@@ -235,7 +236,7 @@ def detect_cosmic_rays(
     matters: the full-resolution Laplacian significance ``S = L+ / (sqrt(20) sigma)`` over the whole image
     (cheap slicing), then the median-based checks (S minus its local 5x5 median, and the fine-structure
     ratio against ``med3 - med7(med3)``) on the few candidate pixels only; finally one growth step to
-    neighbours with ``S > sigfrac * sigclip``. About 0.2 s on a full CCD.
+    neighbours with ``S > sigfrac * sigclip``. About 0.5 s on a full CCD (2000 hits).
 
     Parameters
     ----------
@@ -251,6 +252,8 @@ def detect_cosmic_rays(
         Fraction of ``sigclip`` for growing into neighbouring pixels.
     exclude : ndarray of bool, optional
         Pixels never to flag (e.g. saturated).
+    max_candidates : int, optional
+        Bound on the pixels given the median tests (memory and time guard).
 
     Returns
     -------
@@ -270,6 +273,10 @@ def detect_cosmic_rays(
     mask = np.zeros(img.shape, bool)
     if ys.size == 0:
         return mask
+    if ys.size > max_candidates:  # a wrong variance model floods the candidate list: keep the strongest
+        log.warning("cosmic rays: %d candidates, keeping the %d most significant", ys.size, max_candidates)
+        top = np.argpartition(s[ys, xs], -max_candidates)[-max_candidates:]
+        ys, xs = ys[top], xs[top]
     # local statistics on candidates only: 9x9 neighbourhood in the padded frame
     off = np.arange(-4, 5)
     yy = ys[:, None, None] + 5 + off[None, :, None]
