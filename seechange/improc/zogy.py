@@ -1,0 +1,322 @@
+"""ZOGY image subtraction (Zackay, Ofek & Gal-Yam 2016, ApJ 830, 27) with its noise corrections.
+
+Both images must already be on one pixel grid. Conventions: ``F_n = 1`` and
+``F_r = 10**(0.4 * (zp_ref - zp_new))`` (reference electrons per new-image electron), so fluxes measured in
+the difference image and score are electrons of the *new* image, on its zero point.
+
+What matters in practice (see DESIGN.md section 5): the source-noise variance terms, the astrometric-noise
+term (removes bright-star dipoles), a small fractional flux-error term (removes most remaining bright-star
+residuals), and renormalising S_corr by its robust spread when the input noise is correlated (stacks,
+resampled images); white-noise inputs are left alone so that they are not over-corrected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.stats import mad_std
+from astropy.wcs import WCS
+from scipy import fft as sfft
+from scipy import ndimage
+
+from seechange.improc.types import FLAG_EDGE, ImageData
+
+__all__ = ["ZogyParams", "ZogyResult", "zogy", "noise_correlation", "pad_psf"]
+
+
+@dataclass(frozen=True)
+class ZogyParams:
+    """Options of :func:`zogy`.
+
+    Attributes
+    ----------
+    astrometric_sigma_x, astrometric_sigma_y : float
+        Per-axis registration noise between the two images, pixels.
+    flux_error_fraction : float
+        Fractional error of the flux ratio F_r/F_n (0.005 to 0.01), dimensionless.
+    renormalize : {'auto', 'always', 'never'}
+        Renormalise S_corr by its robust spread: 'auto' when the measured neighbour-pixel noise correlation
+        of either input exceeds ``correlation_threshold``.
+    correlation_threshold : float
+        Neighbour-pixel correlation coefficient above which noise is treated as correlated.
+    border_px : int or None
+        Width of the frame border to flag (FFT wrap-around, truncated sources), pixels; None: the larger
+        PSF stamp half-width, at least 2 x FWHM.
+    float32 : bool
+        Compute in single precision (measured: 1.5 s vs 2.3 s on 2048x4096, S_corr differs < 1e-4).
+    workers : int
+        Threads for ``scipy.fft``.
+    """
+
+    astrometric_sigma_x: float = 0.0
+    astrometric_sigma_y: float = 0.0
+    flux_error_fraction: float = 0.005
+    renormalize: str = "auto"
+    correlation_threshold: float = 0.1
+    border_px: int | None = None
+    float32: bool = True
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.renormalize not in ("auto", "always", "never"):
+            raise ValueError(f"renormalize must be 'auto', 'always' or 'never', got {self.renormalize!r}")
+        if self.astrometric_sigma_x < 0 or self.astrometric_sigma_y < 0 or self.flux_error_fraction < 0:
+            raise ValueError("astrometric sigmas and flux_error_fraction must be >= 0")
+
+
+@dataclass
+class ZogyResult:
+    """Products of :func:`zogy` (all arrays on the new image's grid).
+
+    Attributes
+    ----------
+    diff : ndarray, float32
+        Difference image D / F_D, electrons of the new image: a transient of flux f (new electrons) appears
+        as ``f * psf_d`` in it.
+    diff_variance : ndarray, float32
+        Variance of ``diff`` per pixel including source noise of both images, electrons^2.
+    psf_d : ndarray, float32
+        PSF of the difference image P_D (odd, centred, sum 1).
+    f_d : float
+        ZOGY flux zero point of the whitened D (``diff = D / f_d``).
+    f_s : float
+        Peak of S for a unit point source: PSF flux = S / f_s, electrons.
+    score : ndarray, float32
+        Matched-filter score S (units of f_s * electrons).
+    score_var : ndarray, float32
+        V_Sn + V_Sr + V_ast + V_flux, variance of S.
+    score_corr : ndarray, float32
+        S_corr = S / sqrt(score_var) / renorm_factor; 0 on the flagged border and no-data pixels.
+    score_std : float
+        Robust std (mad_std over source-free valid pixels) of S_corr before renormalisation.
+    renorm_factor : float
+        Factor S_corr was divided by (1.0 when not renormalised).
+    flags : ndarray, uint16
+        OR of both inputs' flags plus FLAG_EDGE on the border.
+    noise_corr_new, noise_corr_ref : float
+        Measured neighbour-pixel noise correlation of the inputs.
+    zp : float
+        Zero point of ``diff`` (the new image's), AB mag.
+    fwhm_px : float
+        FWHM of ``psf_d``, pixels.
+    wcs : astropy.wcs.WCS
+        WCS of the grid.
+    border_px : int
+        Flagged border width, pixels.
+    """
+
+    diff: np.ndarray
+    diff_variance: np.ndarray
+    psf_d: np.ndarray
+    f_d: float
+    f_s: float
+    score: np.ndarray
+    score_var: np.ndarray
+    score_corr: np.ndarray
+    score_std: float
+    renorm_factor: float
+    flags: np.ndarray
+    noise_corr_new: float
+    noise_corr_ref: float
+    zp: float
+    fwhm_px: float
+    wcs: WCS
+    border_px: int
+    meta: dict = field(default_factory=dict)
+
+
+def pad_psf(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Zero-pad a centred PSF stamp to ``shape`` with its centre moved to pixel (0, 0) (FFT origin)."""
+    ky, kx = psf.shape
+    if ky % 2 == 0 or kx % 2 == 0:
+        raise ValueError(f"PSF stamp must be odd-sized, got {psf.shape}")
+    if ky > shape[0] or kx > shape[1]:
+        raise ValueError(f"PSF stamp {psf.shape} larger than image {shape}")
+    out = np.zeros(shape, dtype=psf.dtype)
+    out[:ky, :kx] = psf / psf.sum()
+    return np.roll(out, (-(ky // 2), -(kx // 2)), axis=(0, 1))
+
+
+def noise_correlation(image: np.ndarray, valid: np.ndarray, *, clip: float = 3.0) -> float:
+    """Mean neighbour-pixel correlation coefficient of the noise (x and y neighbours).
+
+    Parameters
+    ----------
+    image : ndarray
+        Background-subtracted image, any units.
+    valid : ndarray of bool
+        Pixels to use.
+    clip : float, optional
+        Pixels beyond ``clip`` robust sigma (and their neighbours) are treated as sources and skipped.
+
+    Returns
+    -------
+    float
+        Correlation coefficient in [-1, 1]; 0 where it cannot be measured.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if not np.any(valid):
+        return 0.0
+    sig = mad_std(img[valid])
+    med = np.median(img[valid])
+    ok = valid & (np.abs(img - med) < clip * sig)
+    ok = ndimage.binary_erosion(ok, iterations=2, border_value=0)
+    x = img - med
+    vals = []
+    for a, b, oa, ob in ((x[:, :-1], x[:, 1:], ok[:, :-1], ok[:, 1:]), (x[:-1], x[1:], ok[:-1], ok[1:])):
+        m = oa & ob
+        if m.sum() < 100:
+            continue
+        u, v = a[m], b[m]
+        vals.append(float(np.mean(u * v) / np.sqrt(np.mean(u * u) * np.mean(v * v))))
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def _fwhm_of_stamp(psf: np.ndarray) -> float:
+    """FWHM from second moments of a centred stamp (Gaussian equivalent), pixels."""
+    ky, kx = psf.shape
+    y, x = np.mgrid[0:ky, 0:kx]
+    p = np.clip(psf, 0, None)
+    s = p.sum()
+    cx, cy = (p * x).sum() / s, (p * y).sum() / s
+    var = (p * ((x - cx) ** 2 + (y - cy) ** 2)).sum() / s / 2.0
+    return float(2.3548 * np.sqrt(max(var, 1e-6)))
+
+
+def _robust_spread(score_corr: np.ndarray, valid: np.ndarray, fwhm: float) -> float:
+    """mad_std of S_corr over valid pixels away from significant peaks (two passes)."""
+    if not np.any(valid):
+        return 1.0
+    s0 = float(mad_std(score_corr[valid]))
+    peaks = ndimage.binary_dilation(np.abs(score_corr) > 4.0 * s0, iterations=max(1, int(round(2 * fwhm))))
+    quiet = valid & ~peaks
+    if quiet.sum() < 100:
+        return s0
+    return float(mad_std(score_corr[quiet]))
+
+
+def _prepare(img: ImageData, bad: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray, float]:
+    """Image with bad pixels zeroed, variance map with bad pixels at the median, background sigma."""
+    w = np.asarray(img.weight, dtype=np.float64)
+    var = np.zeros(w.shape)
+    np.divide(1.0, w, out=var, where=~bad)
+    good_var = var[~bad]
+    if good_var.size == 0:
+        raise ValueError("no valid pixels in image")
+    sigma2 = float(np.median(good_var))
+    var[bad] = sigma2
+    data = np.where(bad, 0.0, np.asarray(img.image, dtype=np.float64))
+    return data.astype(dtype), var.astype(dtype), float(np.sqrt(sigma2))
+
+
+def zogy(new: ImageData, ref: ImageData, *, params: ZogyParams = ZogyParams()) -> ZogyResult:
+    """Proper image subtraction of ``ref`` from ``new`` (ZOGY) with a corrected score image.
+
+    Parameters
+    ----------
+    new, ref : ImageData
+        Images on the same pixel grid (electrons, inverse-variance weights, flags, PSF stamps, zero
+        points). Pixels flagged (or with weight 0) in either image are set to 0 in both and flagged.
+    params : ZogyParams
+        Astrometric and flux-error terms, renormalisation policy, border, precision.
+
+    Returns
+    -------
+    ZogyResult
+        D (in new-image electrons), its variance and PSF, S, S_corr, F_D, F_S, flags, noise diagnostics.
+    """
+    if new.shape != ref.shape:
+        raise ValueError(f"new {new.shape} and ref {ref.shape} are not on the same grid")
+    ny, nx = new.shape
+    dt = np.float32 if params.float32 else np.float64
+    w = params.workers
+    bad = ((np.asarray(new.flags) | np.asarray(ref.flags)) != 0) | ~(np.asarray(new.weight) > 0) \
+        | ~(np.asarray(ref.weight) > 0)
+    n_img, v_n, sig_n = _prepare(new, bad, dt)
+    r_img, v_r, sig_r = _prepare(ref, bad, dt)
+    f_n = 1.0
+    f_r = float(10 ** (0.4 * (ref.zp - new.zp)))
+
+    def rfft(a: np.ndarray) -> np.ndarray:
+        return sfft.rfft2(a, workers=w)
+
+    def irfft(a: np.ndarray) -> np.ndarray:
+        return sfft.irfft2(a, s=(ny, nx), workers=w).astype(dt, copy=False)
+
+    pn_hat = rfft(pad_psf(np.asarray(new.psf, dtype=dt), (ny, nx)))
+    pr_hat = rfft(pad_psf(np.asarray(ref.psf, dtype=dt), (ny, nx)))
+    n_hat = rfft(n_img)
+    r_hat = rfft(r_img)
+    pn2 = (pn_hat * pn_hat.conj()).real
+    pr2 = (pr_hat * pr_hat.conj()).real
+    denom = sig_n**2 * f_r**2 * pr2 + sig_r**2 * f_n**2 * pn2
+    denom = np.maximum(denom, np.finfo(dt).tiny * 1e6).astype(dt)
+    sq = np.sqrt(denom)
+    f_d = f_r * f_n / np.sqrt(sig_n**2 * f_r**2 + sig_r**2 * f_n**2)
+
+    d_hat = (f_r * pr_hat * n_hat - f_n * pn_hat * r_hat) / sq
+    diff = irfft(d_hat) / dt(f_d)
+    pd_hat = f_r * f_n * pr_hat * pn_hat / (f_d * sq)
+    pd_full = np.fft.fftshift(irfft(pd_hat))
+    half = max(new.psf.shape[0], ref.psf.shape[0]) // 2
+    cy, cx = ny // 2, nx // 2
+    psf_d = pd_full[cy - half : cy + half + 1, cx - half : cx + half + 1].astype(np.float32)
+    psf_d /= psf_d.sum()
+
+    kn_hat = f_n * f_r**2 * pn_hat.conj() * pr2 / denom
+    kr_hat = f_r * f_n**2 * pr_hat.conj() * pn2 / denom
+    s_n = irfft(kn_hat * n_hat)
+    s_r = irfft(kr_hat * r_hat)
+    score = s_n - s_r
+    kn = irfft(kn_hat)
+    kr = irfft(kr_hat)
+    f_s = float(kn[0, 0])  # peak of S for a point source of 1 electron in the new image
+    vn_hat = rfft(v_n)
+    vr_hat = rfft(v_r)
+    v_sn = irfft(vn_hat * rfft(kn * kn))
+    v_sr = irfft(vr_hat * rfft(kr * kr))
+    v_ast = np.zeros_like(score)
+    for sig, axis in ((params.astrometric_sigma_x, 1), (params.astrometric_sigma_y, 0)):
+        if sig > 0:
+            v_ast += dt(sig**2) * (np.gradient(s_n, axis=axis) ** 2 + np.gradient(s_r, axis=axis) ** 2)
+    v_flux = dt(params.flux_error_fraction**2) * (s_n * s_n + s_r * s_r)
+    score_var = np.maximum(v_sn, 0) + np.maximum(v_sr, 0) + v_ast + v_flux
+    score_var = np.maximum(score_var, np.finfo(dt).tiny * 1e6)
+    score_corr = score / np.sqrt(score_var)
+
+    kdn = irfft(f_r * pr_hat / sq) / dt(f_d)
+    kdr = irfft(f_n * pn_hat / sq) / dt(f_d)
+    diff_var = irfft(vn_hat * rfft(kdn * kdn)) + irfft(vr_hat * rfft(kdr * kdr))
+    diff_var = np.maximum(diff_var, 0)
+
+    fwhm_d = _fwhm_of_stamp(psf_d)
+    border = params.border_px
+    if border is None:
+        border = max(half, int(np.ceil(2 * max(new.fwhm_px, ref.fwhm_px, fwhm_d))))
+    flags = (np.asarray(new.flags, dtype=np.uint16) | np.asarray(ref.flags, dtype=np.uint16)).copy()
+    if border > 0:
+        edge = np.ones((ny, nx), dtype=bool)
+        edge[border : ny - border, border : nx - border] = False
+        flags[edge] |= FLAG_EDGE
+    nodata = (flags & FLAG_EDGE) != 0
+    valid = ~nodata & ~bad
+
+    corr_new = noise_correlation(n_img, valid)
+    corr_ref = noise_correlation(r_img, valid)
+    score_std = _robust_spread(score_corr, valid, fwhm_d)
+    do_renorm = params.renormalize == "always" or (
+        params.renormalize == "auto" and max(corr_new, corr_ref) > params.correlation_threshold
+    )
+    renorm = score_std if (do_renorm and np.isfinite(score_std) and score_std > 0) else 1.0
+    score_corr = (score_corr / dt(renorm)).astype(np.float32)
+    score_corr[nodata] = 0.0
+
+    return ZogyResult(
+        diff=diff.astype(np.float32), diff_variance=diff_var.astype(np.float32), psf_d=psf_d,
+        f_d=float(f_d), f_s=f_s, score=score.astype(np.float32), score_var=score_var.astype(np.float32),
+        score_corr=score_corr, score_std=score_std, renorm_factor=float(renorm), flags=flags,
+        noise_corr_new=corr_new, noise_corr_ref=corr_ref, zp=float(new.zp), fwhm_px=fwhm_d,
+        wcs=new.wcs.deepcopy(), border_px=int(border),
+        meta={"sigma_n": sig_n, "sigma_r": sig_r, "f_r": f_r, "n_bad": int(bad.sum())},
+    )

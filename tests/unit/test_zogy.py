@@ -1,0 +1,138 @@
+"""ZOGY on seeded synthetic white-noise pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.stats import mad_std
+from astropy.wcs import WCS
+
+from seechange.improc.detection import detect_transients
+from seechange.improc.inject import inject_point_sources
+from seechange.improc.types import FLAG_EDGE, ImageData
+from seechange.improc.zogy import ZogyParams, zogy
+
+
+def gaussian_psf(fwhm: float, half: int | None = None) -> np.ndarray:
+    """Normalised circular Gaussian stamp."""
+    half = half if half is not None else int(np.ceil(2.5 * fwhm))
+    y, x = np.mgrid[-half : half + 1, -half : half + 1]
+    s = fwhm / 2.3548
+    p = np.exp(-(x**2 + y**2) / (2 * s * s))
+    return (p / p.sum()).astype(np.float32)
+
+
+def simple_wcs(shape: tuple[int, int], *, crval=(150.0, 2.0), rot_deg: float = 0.0,
+               shift=(0.0, 0.0), scale_arcsec: float = 0.263) -> WCS:
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = list(crval)
+    w.wcs.crpix = [shape[1] / 2 + 0.5 + shift[0], shape[0] / 2 + 0.5 + shift[1]]
+    c, s = np.cos(np.radians(rot_deg)), np.sin(np.radians(rot_deg))
+    d = scale_arcsec / 3600.0
+    w.wcs.cd = np.array([[-d * c, d * s], [d * s, d * c]])
+    return w
+
+
+def make_image(rng: np.random.Generator, *, shape=(256, 256), fwhm=4.0, sky_e=1000.0, zp=30.0,
+               stars=(), wcs: WCS | None = None) -> ImageData:
+    """Sky-noise-limited image (sky subtracted) with optional (x, y, flux_e) stars, Poisson noise."""
+    psf = gaussian_psf(fwhm)
+    base = ImageData(
+        image=rng.normal(0.0, np.sqrt(sky_e), shape).astype(np.float32),
+        weight=np.full(shape, 1.0 / sky_e, np.float32), flags=np.zeros(shape, np.uint16), psf=psf,
+        wcs=wcs if wcs is not None else simple_wcs(shape), zp=zp, fwhm_px=fwhm, bkg_level=sky_e,
+        bkg_rms=float(np.sqrt(sky_e)),
+    )
+    if stars:
+        st = np.asarray(stars, dtype=float)
+        base = inject_point_sources(base, st[:, :2], st[:, 2], rng=rng)
+        base.meta.pop("injected")
+    return base
+
+
+def _pair(seed: int, transient=None, stars=()):
+    rng = np.random.default_rng(seed)
+    ref = make_image(rng, fwhm=3.2, sky_e=600.0, zp=30.3, stars=stars)
+    new = make_image(rng, fwhm=4.6, sky_e=1000.0, zp=30.0, stars=[(x, y, f * 10 ** (-0.4 * 0.3))
+                                                                   for x, y, f in stars])
+    if transient is not None:
+        new = inject_point_sources(new, [transient[:2]], [transient[2]], rng=rng)
+    return new, ref
+
+
+def test_score_is_unit_normal_and_transient_found() -> None:
+    stars = [(60.3, 70.7, 3e5), (190.2, 180.5, 1e5), (200.0, 60.0, 5e4)]
+    new, ref = _pair(1, transient=(128.4, 127.6, 3000.0), stars=stars)
+    res = zogy(new, ref, params=ZogyParams())
+    quiet = (res.flags == 0)
+    yy, xx = np.mgrid[0:256, 0:256]
+    quiet &= np.hypot(xx - 128.4, yy - 127.6) > 15
+    assert abs(mad_std(res.score_corr[quiet]) - 1.0) < 0.05
+    assert abs(np.std(res.score_corr[quiet]) - 1.0) < 0.05
+    assert res.renorm_factor == 1.0  # white noise: no renormalisation
+    det = detect_transients(res, threshold=5.0)
+    assert len(det) == 1
+    assert det["is_positive"][0]
+    assert det["score"][0] > 5
+    assert np.hypot(det["x"][0] - 128.4, det["y"][0] - 127.6) < 0.5
+
+
+def test_no_false_positives_on_noise_only_pairs() -> None:
+    n_fp = 0
+    for seed in range(6):
+        new, ref = _pair(100 + seed, stars=[(80.0, 90.0, 2e5), (170.0, 150.0, 8e4)])
+        res = zogy(new, ref, params=ZogyParams())
+        n_fp += len(detect_transients(res, threshold=5.0))
+    assert n_fp == 0
+
+
+def test_fading_source_is_negative() -> None:
+    rng = np.random.default_rng(7)
+    ref = make_image(rng, fwhm=3.0, sky_e=500.0, stars=[(100.2, 140.8, 5000.0)])
+    new = make_image(rng, fwhm=4.0, sky_e=900.0)
+    res = zogy(new, ref, params=ZogyParams())
+    det = detect_transients(res, threshold=5.0)
+    assert len(det) == 1
+    assert not det["is_positive"][0]
+    assert det["score"][0] < -5
+    assert abs(det["x"][0] - 100.2) < 0.6 and abs(det["y"][0] - 140.8) < 0.6
+
+
+def test_flagged_pixels_are_zeroed_and_flagged() -> None:
+    new, ref = _pair(3)
+    flags = new.flags.copy()
+    flags[50:53, 70:90] = 4
+    img = new.image.copy()
+    img[50:53, 70:90] = 1e6  # a cosmic ray, masked
+    new2 = ImageData(**{**new.__dict__, "image": img, "flags": flags})
+    res = zogy(new2, ref, params=ZogyParams())
+    assert np.all(res.flags[50:53, 70:90] & 4)
+    assert np.all(res.flags[0, :] & FLAG_EDGE) and np.all(res.score_corr[0, :] == 0)
+    assert len(detect_transients(res, threshold=5.0)) == 0
+    assert np.array_equal(new2.image, img)  # input untouched
+
+
+def test_correlated_noise_is_renormalised() -> None:
+    from scipy import ndimage
+
+    new, ref = _pair(5)
+    # smooth the reference noise as a stack/resampling would (neighbour correlation ~0.5)
+    def smooth(img: ImageData) -> ImageData:
+        sm = ndimage.gaussian_filter(img.image, 0.7).astype(np.float32)
+        sm *= np.std(img.image) / np.std(sm)
+        return ImageData(**{**img.__dict__, "image": sm})
+
+    raw = zogy(smooth(new), smooth(ref), params=ZogyParams(renormalize="never"))
+    fix = zogy(smooth(new), smooth(ref), params=ZogyParams())
+    assert fix.noise_corr_ref > 0.3 and fix.noise_corr_new > 0.3
+    assert raw.score_std > 1.05
+    assert abs(mad_std(fix.score_corr[fix.flags == 0]) - 1.0) < 0.05
+
+
+def test_float32_matches_float64() -> None:
+    new, ref = _pair(11, transient=(100.0, 120.0, 4000.0), stars=[(60.0, 60.0, 1e5)])
+    a = zogy(new, ref, params=ZogyParams(float32=True))
+    b = zogy(new, ref, params=ZogyParams(float32=False))
+    assert np.max(np.abs(a.score_corr - b.score_corr)) < 1e-3
+    assert a.f_s == pytest.approx(b.f_s, rel=1e-4)
