@@ -5,6 +5,7 @@ The three tables share :class:`ImageMixin` (pointing, footprint, WCS, quality fi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -18,10 +19,12 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    select,
     true,
+    update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
+from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, relationship
 
 from seechange.models.base import Base, CreatedAtMixin, IdMixin
 from seechange.models.provenance import PROVENANCE_ID_LENGTH, Provenance
@@ -179,7 +182,8 @@ class CoaddImage(ImageMixin, Base):
     reference_key : str
         What this coadd is the reference for, ``"<field>/<band>/<section>"``.
     images : list of Image
-        The member images, ordered by id; their weights are in the ``coadd_members`` table.
+        The member images, ordered by id. Assigning the list writes ``coadd_members`` rows with a null
+        weight; set weights with :meth:`set_member_weights`, read them with :meth:`member_weights`.
     """
 
     __tablename__ = "coadd_images"
@@ -191,6 +195,52 @@ class CoaddImage(ImageMixin, Base):
         secondary=coadd_members, order_by=lambda: Image.id, passive_deletes=True
     )
     subtractions: Mapped[list[SubtractionImage]] = relationship(back_populates="reference")
+
+    def set_member_weights(self, session: Session, weights: Mapping[int, float | None]) -> None:
+        """Store the weight of each member image (flushing the session first so the members exist).
+
+        Parameters
+        ----------
+        session : sqlalchemy.orm.Session
+            The caller's session.
+        weights : Mapping[int, float or None]
+            Image id -> relative weight of that image in the coadd (dimensionless).
+
+        Raises
+        ------
+        ValueError
+            If an image id is not a member of this coadd.
+        """
+        session.flush()
+        for image_id, weight in weights.items():
+            result = session.execute(
+                update(coadd_members)
+                .where(coadd_members.c.coadd_id == self.id, coadd_members.c.image_id == image_id)
+                .values(weight=weight)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise ValueError(f"image {image_id} is not a member of coadd {self.id}")
+
+    def member_weights(self, session: Session) -> dict[int, float | None]:
+        """The weights of the member images.
+
+        Parameters
+        ----------
+        session : sqlalchemy.orm.Session
+            The caller's session.
+
+        Returns
+        -------
+        dict
+            Image id -> weight (None where never set).
+        """
+        session.flush()
+        rows = session.execute(
+            select(coadd_members.c.image_id, coadd_members.c.weight).where(
+                coadd_members.c.coadd_id == self.id
+            )
+        )
+        return {image_id: weight for image_id, weight in rows}
 
     def __repr__(self) -> str:
         return (

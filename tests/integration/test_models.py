@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, inspect, select, update
+from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,7 +25,6 @@ from seechange.models import (
     Provenance,
     Sighting,
     SubtractionImage,
-    coadd_members,
     provenance_upstreams,
 )
 from seechange.models.migrate import current, head_revision, make_engine, make_session_factory, upgrade
@@ -253,11 +252,7 @@ def test_full_chain_round_trip(db_session: Session) -> None:
     s.add(
         AlertLog(alert_id=sig_late.id * 1000 + 1, sighting_id=sig_late.id, object_id=obj.id, topic="alerts")
     )
-    s.execute(
-        update(coadd_members)
-        .where(coadd_members.c.coadd_id == coadd.id, coadd_members.c.image_id == imgs[0].id)
-        .values(weight=0.75)
-    )
+    coadd.set_member_weights(s, {imgs[0].id: 0.75})
     s.flush()
     ids: dict[str, Any] = {
         "exps": [e.id for e in exps],
@@ -310,12 +305,10 @@ def test_full_chain_round_trip(db_session: Session) -> None:
     assert [i.id for i in ref.images] == sorted(ids["imgs"][:2])
     assert [x.id for x in ref.subtractions] == [ids["sub"]]
     assert [c.id for c in ref.images[0].coadds] == [ids["coadd"]]
-    weights = dict(
-        s.execute(
-            select(coadd_members.c.image_id, coadd_members.c.weight).where(coadd_members.c.coadd_id == ref.id)
-        ).all()
-    )
+    weights = ref.member_weights(s)
     assert weights == {ids["imgs"][0]: 0.75, ids["imgs"][1]: None}
+    with pytest.raises(ValueError, match="not a member"):
+        ref.set_member_weights(s, {ids["imgs"][2]: 1.0})
     assert (ref.ra_corner_10, ref.dec_corner_01, ref.fwhm_arcsec, ref.zero_point) == (
         150.25,
         2.5,
