@@ -38,7 +38,7 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test under ``tests/integration`` with ``integration``."""
     for item in items:
-        if INTEGRATION_DIR in Path(item.fspath).resolve().parents:
+        if INTEGRATION_DIR in item.path.resolve().parents:
             item.add_marker(pytest.mark.integration)
 
 

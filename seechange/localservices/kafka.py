@@ -233,6 +233,8 @@ def kafka_answers(bootstrap: str, *, timeout: float = 5.0) -> bool:
 def start_kafka(settings: Settings, *, timeout: float = 60.0) -> int:
     """Fetch the jars if needed, configure, format and start the broker detached; wait until it answers.
 
+    Equivalent to :func:`launch_kafka` followed by :func:`wait_for_kafka`.
+
     Parameters
     ----------
     settings : Settings
@@ -250,6 +252,17 @@ def start_kafka(settings: Settings, *, timeout: float = 60.0) -> int:
     ServiceError
         If java or mvn is missing, a port is taken by another program, or the broker dies or does not
         answer in time (the message then ends with the tail of its log).
+    """
+    return wait_for_kafka(settings, launch_kafka(settings), timeout=timeout)
+
+
+def launch_kafka(settings: Settings) -> subprocess.Popen[bytes]:
+    """Fetch the jars if needed, configure, format and start the broker detached, without waiting for it.
+
+    Raises
+    ------
+    ServiceError
+        If java or mvn is missing, a port is taken by another program, or formatting fails.
     """
     java = require_tool("java", "run the local Kafka broker (install a JDK 17+)")
     for port in (settings.kafka_port, settings.kafka_controller_port):
@@ -271,7 +284,18 @@ def start_kafka(settings: Settings, *, timeout: float = 60.0) -> int:
                                 cwd=paths.root, start_new_session=True)  # fmt: skip
     paths.pid_file.write_text(f"{proc.pid}\n")
     logger.info("started Kafka broker pid %d on %s", proc.pid, bootstrap_address(settings))
+    return proc
 
+
+def wait_for_kafka(settings: Settings, proc: subprocess.Popen[bytes], *, timeout: float = 60.0) -> int:
+    """Wait until the broker started by :func:`launch_kafka` answers; return its pid.
+
+    Raises
+    ------
+    ServiceError
+        If the broker exits or does not answer within ``timeout`` seconds (it is then stopped).
+    """
+    paths = kafka_paths(settings)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

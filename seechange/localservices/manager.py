@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -113,14 +114,16 @@ def up(settings: Settings, *, create_topics: bool = True) -> Endpoints:
     started: list[str] = []
     with _locked(settings):
         recorded = _read_state(settings)
+        broker: subprocess.Popen[bytes] | None = None
         if settings.kafka_bootstrap:
             _check_external_kafka(settings.kafka_bootstrap)
             bootstrap = settings.kafka_bootstrap
         else:
             if kafka.kafka_pid(settings) is None:
-                kafka.start_kafka(settings)
+                broker = kafka.launch_kafka(settings)  # the JVM boots while PostgreSQL starts
                 started.append(KAFKA)
-            recorded.add(KAFKA)
+                recorded.add(KAFKA)
+                _write_state(settings, recorded)
             bootstrap = kafka.bootstrap_address(settings)
         if settings.database_url:
             _check_external_database(settings.database_url)
@@ -128,10 +131,12 @@ def up(settings: Settings, *, create_topics: bool = True) -> Endpoints:
         else:
             if postgres.postgres_pid(settings) is None:
                 started.append(POSTGRES)
+                recorded.add(POSTGRES)
             postgres.start_postgres(settings)  # also reuses, and creates database `seechange` if missing
-            recorded.add(POSTGRES)
             database_url = postgres.local_url(settings)
         _write_state(settings, recorded)
+        if broker is not None:
+            kafka.wait_for_kafka(settings, broker)
     if create_topics:
         ensure_topics(bootstrap, topic_names(settings), settings.partitions)
     return Endpoints(kafka_bootstrap=bootstrap, database_url=database_url, started=started)
