@@ -210,11 +210,14 @@ def solve_astrometry(
     cur_xy = ref_xy - [dx, dy]  # reference stars in the source frame
     radius_px = match_radius_arcsec / scale
     keep = np.zeros(0, int)
-    for radius in (3 * radius_px, 2 * radius_px, radius_px, radius_px):
+    radii = (3 * radius_px, 2 * radius_px, radius_px, radius_px)
+    for step, radius in enumerate(radii):
         i, j = _match(src_xy, cur_xy, radius)
         if len(i) < 6:
             raise RuntimeError(f"astrometry: only {len(i)} matches within {radius * scale:.2f} arcsec")
-        deg = sip_degree if (sip_degree and len(i) >= min_stars_sip) else None
+        # SIP only in the last two passes (the TAN fit already gives good matches; SIP fits cost ~0.1 s)
+        last = step >= len(radii) - 2
+        deg = sip_degree if (last and sip_degree and len(i) >= min_stars_sip) else None
         keep = np.ones(len(i), bool)
         for _ in range(3):
             fit = _fit(src_xy[i[keep]], world[j[keep]], deg)
