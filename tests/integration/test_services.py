@@ -181,3 +181,23 @@ def test_database_fixture_is_fresh_and_migrated(database_url: str, db_session: s
 def test_shared_data_fixture_points_at_the_shared_folder(shared_data: Path) -> None:
     assert shared_data.name == "data" and shared_data.parent.name == "shared"
     assert any(shared_data.iterdir())
+
+
+def test_missing_java_or_maven_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import shutil
+
+    from seechange.localservices.kafka import start_kafka
+
+    java = shutil.which("java")
+    settings = load_settings(cache_dir=tmp_path / "cache", kafka_port=DOWN_KAFKA_PORT + 10,
+                             kafka_controller_port=DOWN_CONTROLLER_PORT + 10)  # fmt: skip
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(ServiceError, match=r"^`java` not found on PATH"):
+        start_kafka(settings)
+    if java is not None:
+        (bin_dir / "java").symlink_to(java)
+        with pytest.raises(ServiceError, match=r"^`mvn` not found on PATH"):
+            start_kafka(settings)
+    assert not (tmp_path / "cache" / "kafka" / "kafka.pid").exists()
