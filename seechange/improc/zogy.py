@@ -271,7 +271,13 @@ def zogy(new: ImageData, ref: ImageData, *, params: ZogyParams = ZogyParams()) -
     score = s_n - s_r
     kn = irfft(kn_hat)
     kr = irfft(kr_hat)
-    f_s = float(kn[0, 0])  # peak of S for a point source of 1 electron in the new image
+    # F_S: peak of S for a point source of 1 electron (new-image units) in either image,
+    # (1/N) sum over the full spectrum of F_n^2 F_r^2 |P_n|^2 |P_r|^2 / denom (rfft half-plane weights).
+    herm = np.full(pn2.shape[1], 2.0)
+    herm[0] = 1.0
+    if nx % 2 == 0:
+        herm[-1] = 1.0
+    f_s = float(np.sum((f_n**2 * f_r**2 * pn2.astype(np.float64) * pr2 / denom) * herm) / (ny * nx))
     vn_hat = rfft(v_n)
     vr_hat = rfft(v_r)
     v_sn = irfft(vn_hat * rfft(kn * kn))

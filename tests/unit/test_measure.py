@@ -1,0 +1,81 @@
+"""Photometry and quality flags on seeded synthetic injections."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seechange.improc.detection import detect_transients
+from seechange.improc.inject import inject_point_sources
+from seechange.improc.measure import QF_DIPOLE, measure_sightings
+from seechange.improc.zogy import ZogyParams, zogy
+from tests.unit.test_zogy import make_image
+
+
+def _grid_positions(rng: np.random.Generator, n_side: int = 6, shape=(256, 256), margin: int = 30):
+    g = np.linspace(margin, shape[0] - margin, n_side)
+    xy = np.array([(x, y) for y in g for x in g], dtype=float)
+    return xy + rng.uniform(-0.5, 0.5, xy.shape)
+
+
+def _matched(det, xy, tol=2.0):
+    idx = []
+    for x, y in xy:
+        d = np.hypot(det["x"] - x, det["y"] - y)
+        idx.append(int(np.argmin(d)) if len(d) and d.min() < tol else -1)
+    return np.array(idx)
+
+
+def test_psf_flux_pulls_and_bias() -> None:
+    pulls, ratios, good = [], [], []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        ref = make_image(rng, fwhm=3.4, sky_e=500.0, zp=30.2)
+        new = make_image(rng, fwhm=4.4, sky_e=900.0, zp=30.0)
+        xy = _grid_positions(rng)
+        flux = rng.uniform(2000.0, 8000.0, len(xy))
+        new = inject_point_sources(new, xy, flux, rng=rng)
+        res = zogy(new, ref, params=ZogyParams())
+        det = detect_transients(res, threshold=5.0)
+        m = measure_sightings(res, new, ref, det)
+        idx = _matched(m, xy)
+        assert np.all(idx >= 0)
+        pulls.extend((m["flux_psf"][idx] - flux) / m["flux_psf_err"][idx])
+        ratios.extend(m["flux_psf"][idx] / flux)
+        good.extend(m["is_good"][idx])
+        dist = np.hypot(m["x"][idx] - xy[:, 0], m["y"][idx] - xy[:, 1])
+        assert np.median(dist) < 0.3 and np.all(dist < 1.0)
+    pulls = np.asarray(pulls)
+    assert 0.8 < np.std(pulls) < 1.25
+    assert abs(np.median(ratios) - 1.0) < 0.02
+    assert np.mean(good) > 0.95
+
+
+def test_faint_and_negative_sources_measured() -> None:
+    rng = np.random.default_rng(42)
+    ref = make_image(rng, fwhm=3.0, sky_e=500.0, stars=[(80.3, 90.6, 4000.0)])
+    new = make_image(rng, fwhm=4.0, sky_e=900.0, stars=[(170.1, 160.2, 3000.0)])
+    res = zogy(new, ref, params=ZogyParams())
+    det = detect_transients(res, threshold=5.0)
+    m = measure_sightings(res, new, ref, det)
+    assert len(m) == 2
+    neg = m[~m["is_positive"]][0]
+    pos = m[m["is_positive"]][0]
+    assert neg["flux_psf"] < 0 and abs(neg["flux_psf"] + 4000.0) < 4 * neg["flux_psf_err"]
+    assert abs(pos["flux_psf"] - 3000.0) < 4 * pos["flux_psf_err"]
+    assert np.isclose(pos["flux_njy"], pos["flux_psf"] * 10 ** (-0.4 * (30.0 - 31.4)))
+    assert np.isclose(pos["mag"], -2.5 * np.log10(pos["flux_psf"]) + 30.0)
+    assert np.isclose(abs(pos["snr"]), abs(pos["score"]), rtol=0.1)
+    assert m["is_good"].all()
+
+
+def test_dipole_is_flagged() -> None:
+    rng = np.random.default_rng(3)
+    star = 2e5
+    ref = make_image(rng, fwhm=3.5, sky_e=500.0, stars=[(128.0, 128.0, star)])
+    new = make_image(rng, fwhm=3.5, sky_e=500.0, stars=[(128.9, 128.0, star)])  # 0.9 px misregistration
+    res = zogy(new, ref, params=ZogyParams(flux_error_fraction=0.0))
+    det = detect_transients(res, threshold=5.0)
+    m = measure_sightings(res, new, ref, det)
+    assert len(m) >= 2
+    assert np.all(m["qflags"] & QF_DIPOLE)
+    assert not m["is_good"].any()
