@@ -165,3 +165,13 @@ def topics_create(settings: Settings, partitions: int | None) -> None:
 main.add_command(services)
 main.add_command(db)
 main.add_command(topics)
+
+
+def _register_pipeline_commands() -> None:
+    from seechange.commands.serve import ingest, serve
+
+    main.add_command(serve)
+    main.add_command(ingest)
+
+
+_register_pipeline_commands()

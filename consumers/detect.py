@@ -1,0 +1,36 @@
+"""detect service: subtraction-done -> Sightings, Photometry, Cutouts, Objects -> sighting-found (per sighting,
+keyed by object id)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from seechange.config import Settings
+from seechange.improc.subtraction import DetectParams
+from seechange.pipeline.detect import detect_on_subtraction, sighting_event
+from seechange.storage import PathOutsideDataRoot
+from seechange.streaming.framing import epoch_ms, now_ms
+from seechange.streaming.runloop import BadMessage, Handler, MessageContext, OutEvent
+
+NAME = "detect"
+INPUT_TOPIC, INPUT_SCHEMA = "subtraction-done", "subtraction_done"
+
+
+def make_handler(settings: Settings, params: DetectParams | None = None) -> Handler:
+    """The detect handler."""
+    params = params or DetectParams()
+
+    def handle(session: Session, event: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
+        try:
+            sightings = detect_on_subtraction(session, settings.data_dir, int(event["subtraction_id"]),
+                                              params=params, radius_arcsec=settings.association_radius_arcsec)
+        except (FileNotFoundError, PathOutsideDataRoot) as exc:
+            raise BadMessage(str(exc)) from exc
+        produced, ingested = now_ms(), epoch_ms(event["ingested_at"])
+        return [OutEvent("sighting-found", key=str(s.object_id), schema="sighting_found",
+                         record=sighting_event(s, produced_at_ms=produced, ingested_at_ms=ingested))
+                for s in sightings]
+
+    return handle

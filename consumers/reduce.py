@@ -1,0 +1,33 @@
+"""reduce service: exposure-ready -> Image row + files -> image-reduced (keyed by image id)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from seechange.config import Settings
+from seechange.improc.reduction import ReduceParams
+from seechange.pipeline.reduce import ReduceInputError, ReduceResources, image_event, reduce_exposure_row
+from seechange.storage import PathOutsideDataRoot
+from seechange.streaming.framing import epoch_ms, now_ms
+from seechange.streaming.runloop import BadMessage, Handler, MessageContext, OutEvent
+
+NAME = "reduce"
+INPUT_TOPIC, INPUT_SCHEMA = "exposure-ready", "exposure_ready"
+
+
+def make_handler(settings: Settings, params: ReduceParams | None = None) -> Handler:
+    """The reduce handler, with its per-process caches of calibration frames and catalogues."""
+    resources = ReduceResources(settings.data_dir)
+    params = params or ReduceParams()
+
+    def handle(session: Session, event: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
+        try:
+            image, _ = reduce_exposure_row(session, resources, int(event["exposure_id"]), params=params)
+        except (ReduceInputError, PathOutsideDataRoot) as exc:
+            raise BadMessage(str(exc)) from exc
+        record = image_event(image, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(event["ingested_at"]))
+        return [OutEvent("image-reduced", key=str(image.id), schema="image_reduced", record=record)]
+
+    return handle

@@ -1,0 +1,38 @@
+"""subtract service: image-reduced -> reference (built once) + ZOGY -> subtraction-done (keyed by field)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from seechange.config import Settings
+from seechange.improc.subtraction import SubtractParams
+from seechange.pipeline.subtract import ReferenceParams, subtract_image_row, subtraction_event
+from seechange.storage import PathOutsideDataRoot
+from seechange.streaming.framing import epoch_ms, now_ms
+from seechange.streaming.runloop import BadMessage, Handler, MessageContext, OutEvent
+
+NAME = "subtract"
+INPUT_TOPIC, INPUT_SCHEMA = "image-reduced", "image_reduced"
+
+
+def make_handler(settings: Settings, ref_params: ReferenceParams | None = None,
+                 params: SubtractParams | None = None) -> Handler:
+    """The subtract handler."""
+    ref_params = ref_params or ReferenceParams()
+    params = params or SubtractParams()
+
+    def handle(session: Session, event: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
+        try:
+            sub = subtract_image_row(session, settings.data_dir, int(event["image_id"]), ref_params=ref_params,
+                                     params=params)
+        except (FileNotFoundError, PathOutsideDataRoot) as exc:
+            raise BadMessage(str(exc)) from exc
+        if sub is None:
+            return []
+        record = subtraction_event(sub, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(event["ingested_at"]))
+        key = f"{sub.field}/{sub.band}"
+        return [OutEvent("subtraction-done", key=key, schema="subtraction_done", record=record)]
+
+    return handle

@@ -1,0 +1,37 @@
+"""alert producer: sighting-found -> (alert_log row) -> alerts (Avro packet, keyed by object id).
+
+Only good sightings make alerts; a sighting already in ``alert_log`` is not sent again (replays and
+redeliveries emit nothing new). The packet is delivered before the ``alert_log`` row commits, so a crash
+in between re-sends the same alert id rather than losing it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from seechange.config import Settings
+from seechange.models import Sighting
+from seechange.pipeline.alert import build_alert, log_alert
+from seechange.streaming.runloop import BadMessage, Handler, MessageContext, OutEvent
+
+NAME = "alert"
+INPUT_TOPIC, INPUT_SCHEMA = "sighting-found", "sighting_found"
+
+
+def make_handler(settings: Settings) -> Handler:
+    """The alert handler."""
+
+    def handle(session: Session, event: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
+        sighting = session.get(Sighting, int(event["sighting_id"]))
+        if sighting is None:
+            raise BadMessage(f"sighting {event['sighting_id']} is not in the database")
+        if not sighting.is_good:
+            return []
+        if not log_alert(session, sighting, settings.topic("alerts")):
+            return []
+        record = build_alert(session, settings.data_dir, sighting)
+        return [OutEvent("alerts", key=str(sighting.object_id), schema="alert", record=record)]
+
+    return handle

@@ -1,0 +1,109 @@
+"""ingest producer: raw CCD files -> Exposure rows -> exposure-ready (keyed by exposure id).
+
+A file that cannot be ingested is reported in one line and recorded on ``exposure-ready.dlq`` (value: the
+path, headers: error and origin), and ingestion goes on with the next file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from confluent_kafka import Producer
+from sqlalchemy.orm import Session, sessionmaker
+
+from seechange.config import Settings
+from seechange.pipeline.ingest import IngestError, exposure_event, register_exposure
+from seechange.streaming.framing import encode, now_ms
+from seechange.streaming.kafka_config import producer_config
+from seechange.streaming.registry import SchemaRegistry
+from seechange.streaming.topics import dlq_name
+
+log = logging.getLogger(__name__)
+
+TOPIC = "exposure-ready"
+
+
+@dataclass
+class IngestReport:
+    """What one ingest call did."""
+
+    registered: list[int] = field(default_factory=list)  #: exposure ids emitted
+    new: int = 0  #: of which newly registered
+    failed: list[tuple[str, str]] = field(default_factory=list)  #: (path, error)
+
+
+class Ingestor:
+    """Registers files and emits exposure-ready; one instance per process (owns a Kafka producer)."""
+
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
+                 registry: SchemaRegistry | None = None) -> None:
+        self.settings, self.session_factory = settings, session_factory
+        self.registry = registry or SchemaRegistry.load()
+        self.producer = Producer(producer_config(settings))
+        self.topic = settings.topic(TOPIC)
+
+    def _deliver(self, topic: str, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+        errors: list[str] = []
+
+        def on_delivery(err: object, _msg: object) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+        if self.producer.flush(30.0) > 0 or errors:
+            raise RuntimeError(f"delivery to {topic} failed: {errors or 'timeout'}")
+
+    def ingest(self, paths: Iterable[str | Path], *,
+               on_each: Callable[[str, int | None, str | None], None] | None = None) -> IngestReport:
+        """Register each file (idempotent) and emit its exposure-ready event after the row commits."""
+        report = IngestReport()
+        for path in paths:
+            try:
+                with self.session_factory() as session, session.begin():
+                    exposure, created = register_exposure(session, self.settings.data_dir, path)
+                    record = exposure_event(exposure, produced_at_ms=now_ms())
+                self._deliver(self.topic, str(record["exposure_id"]),
+                              encode(self.registry, "exposure_ready", record))
+            except IngestError as exc:
+                message = " ".join(str(exc).split())
+                log.error("ingest: %s: %s -> %s", path, message, dlq_name(self.topic))
+                self._deliver(dlq_name(self.topic), str(path), str(path).encode(), [
+                    ("error_class", type(exc).__name__.encode()), ("error_message", message.encode()),
+                    ("origin_topic", b"ingest"), ("origin_path", str(path).encode()), ("service", b"ingest"),
+                    ("failed_at", datetime.now(UTC).isoformat().encode())])
+                report.failed.append((str(path), message))
+                if on_each:
+                    on_each(str(path), None, message)
+                continue
+            report.registered.append(int(record["exposure_id"]))
+            report.new += int(created)
+            if on_each:
+                on_each(str(path), int(record["exposure_id"]), None)
+        return report
+
+    def watch(self, folder: Path, *, poll_s: float = 1.0, stop: Callable[[], bool] = lambda: False) -> None:
+        """Ingest every new ``*.fits`` file that appears under ``folder`` (once its size is stable)."""
+        seen: set[Path] = set()
+        sizes: dict[Path, int] = {}
+        log.info("ingest: watching %s", folder)
+        while not stop():
+            ready = []
+            for p in sorted(folder.rglob("*.fits")):
+                if p in seen:
+                    continue
+                size = p.stat().st_size
+                if sizes.get(p) == size:
+                    ready.append(p)
+                    seen.add(p)
+                sizes[p] = size
+            if ready:
+                self.ingest(ready)
+            time.sleep(poll_s)
+
+    def close(self) -> None:
+        self.producer.flush(30.0)

@@ -1,0 +1,119 @@
+"""Alert packets: one Avro record per new good sighting, built from the database and the cutouts file.
+
+The alert id is the sighting id, so handling the same sighting again (a replay, a redelivery) gives the
+same alert id; the ``alert_log`` table records what was sent, and a sighting already logged is not sent
+again.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from seechange.improc.cutouts import cutout_to_gzipped_fits, read_cutout
+from seechange.models import AlertLog, Image, Photometry, Sighting, SubtractionImage
+from seechange.pipeline.products import pixel_scale_arcsec
+from seechange.storage import resolve
+
+ALERT_SCHEMA_VERSION = "1.0"
+
+
+def _f(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def to_njy(flux_e: float, zp: float) -> float:
+    """Electrons to nJy for an AB zero point (mag = -2.5 log10(e) + zp; 31.4 AB mag = 1 nJy)."""
+    return float(flux_e * 10 ** (-0.4 * (zp - 31.4)))
+
+
+def _photometry(session: Session, sighting: Sighting) -> Photometry:
+    phot = sorted(sighting.photometry, key=lambda p: p.id)
+    if not phot:
+        raise ValueError(f"sighting {sighting.id} has no photometry")
+    return phot[-1]
+
+
+def _cutouts(data_root: Path, sighting: Sighting) -> dict[str, bytes | None]:
+    out: dict[str, bytes | None] = {"cutoutScience": None, "cutoutTemplate": None, "cutoutDifference": None}
+    c = sighting.cutouts
+    if c is None:
+        return out
+    path = resolve(data_root, c.filepath)
+    for field, hdu in (("cutoutScience", c.hdu_new), ("cutoutTemplate", c.hdu_ref),
+                       ("cutoutDifference", c.hdu_diff)):
+        data, header = read_cutout(path, hdu)
+        out[field] = cutout_to_gzipped_fits(data, header)
+    return out
+
+
+def build_alert(session: Session, data_root: Path, sighting: Sighting) -> dict[str, Any]:
+    """The alert record (schema ``alert`` 1.0) of one sighting."""
+    phot = _photometry(session, sighting)
+    sub = session.get(SubtractionImage, sighting.subtraction_id)
+    assert sub is not None
+    new = session.get(Image, sub.new_image_id)
+    scale = 0.263
+    if new is not None and new.wcs_header:
+        from astropy.io.fits import Header
+        from astropy.wcs import WCS
+
+        scale = pixel_scale_arcsec(WCS(Header.fromstring(new.wcs_header)))
+    obj = sighting.object
+    assert obj is not None
+    zp = float(phot.zero_point) if phot.zero_point is not None else float("nan")
+    earlier = session.execute(
+        select(Sighting, Photometry).join(Photometry, Photometry.sighting_id == Sighting.id)
+        .where(Sighting.object_id == obj.id, Sighting.mjd < sighting.mjd,
+               Photometry.provenance_id == phot.provenance_id)
+        .order_by(Sighting.mjd, Sighting.id)).all()
+    prv = [{"sightingId": s.id, "mjd": s.mjd, "band": s.band,
+            "psfFlux": float(p.flux_njy if p.flux_njy is not None else to_njy(p.psf_flux, p.zero_point or zp)),
+            "psfFluxErr": float(p.flux_njy_err if p.flux_njy_err is not None
+                                else to_njy(p.psf_flux_err, p.zero_point or zp)),
+            "mag": _f(p.mag), "magErr": _f(p.mag_err), "isPositive": s.is_positive} for s, p in earlier]
+    ap_scale = [to_njy(1.0, zp)] if math.isfinite(zp) else [float("nan")]
+    record: dict[str, Any] = {
+        "alertId": sighting.id,
+        "schemaVersion": ALERT_SCHEMA_VERSION,
+        "sighting": {
+            "sightingId": sighting.id, "subtractionId": sighting.subtraction_id, "objectId": obj.id,
+            "mjd": sighting.mjd, "band": sighting.band, "ra": sighting.ra, "dec": sighting.dec,
+            "raErr": _f(sighting.ra_err), "decErr": _f(sighting.dec_err), "x": sighting.x, "y": sighting.y,
+            "psfFlux": float(phot.flux_njy if phot.flux_njy is not None else to_njy(phot.psf_flux, zp)),
+            "psfFluxErr": float(phot.flux_njy_err if phot.flux_njy_err is not None
+                                else to_njy(phot.psf_flux_err, zp)),
+            "apFlux": [float(f * ap_scale[0]) for f in phot.aper_fluxes] if phot.aper_fluxes else None,
+            "apFluxErr": [float(f * ap_scale[0]) for f in phot.aper_flux_errs] if phot.aper_flux_errs else None,
+            "apRadii": [float(r * scale) for r in phot.aper_radii_px] if phot.aper_radii_px else None,
+            "mag": _f(phot.mag), "magErr": _f(phot.mag_err),
+            "snr": float(phot.snr) if phot.snr is not None else float("nan"),
+            "fwhm": _f(phot.fwhm_px * scale) if phot.fwhm_px is not None else None,
+            "elongation": _f(phot.elongation), "flags": int(sighting.flags | phot.flags),
+            "zeroPoint": zp, "limMag": _f(phot.lim_mag), "score": float(sighting.score),
+            "isPositive": sighting.is_positive, "isGood": sighting.is_good,
+            "provenanceId": phot.provenance_id,
+        },
+        "object": {"objectId": obj.id, "name": obj.name, "ra": obj.ra, "dec": obj.dec,
+                   "nSightings": int(obj.n_sightings), "firstMjd": obj.first_mjd, "lastMjd": obj.last_mjd},
+        "prvSightings": prv or None,
+    }
+    record.update(_cutouts(data_root, sighting))
+    return record
+
+
+def log_alert(session: Session, sighting: Sighting, topic: str) -> bool:
+    """Record that the alert of ``sighting`` is being sent; False if it already was (send nothing)."""
+    assert sighting.object_id is not None
+    stmt = (insert(AlertLog).values(alert_id=sighting.id, sighting_id=sighting.id, object_id=sighting.object_id,
+                                    topic=topic)
+            .on_conflict_do_nothing(index_elements=["alert_id"]).returning(AlertLog.id))
+    return session.execute(stmt).scalar_one_or_none() is not None
+
+
+__all__ = ["build_alert", "log_alert", "to_njy"]

@@ -1,0 +1,103 @@
+"""Association of sightings to Objects: nearest Object within a radius, or a new Object with a new name.
+
+Safe with several detect instances at once: before looking, the transaction takes advisory locks on the
+coarse HEALPix pixels (nside 64) that the search cones touch, in sorted order (so no deadlock); a second
+transaction near the same place waits until the first commits and then sees its Objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from seechange.models import Object, Sighting
+from seechange.spatial import coarse_pixels_in_cone, fine_pixels_in_cone, healpix_index
+
+LOCK_NAMESPACE = 0x5C0B  # keeps these advisory locks apart from others (e.g. reference building)
+NAME_PREFIX = "SC"
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+
+
+def object_name(object_id: int, mjd: float) -> str:
+    """Unique name from the Object's id: ``SC<yy><letters>``, e.g. ``SC23aab``, year from the first MJD."""
+    year = int(1858.877 + mjd / 365.25)  # MJD 0 = 1858-11-17
+    letters, n = "", object_id
+    while True:
+        n, r = divmod(n, 26)
+        letters = _ALPHABET[r] + letters
+        if n == 0:
+            break
+    return f"{NAME_PREFIX}{year % 100:02d}{letters.rjust(3, 'a')}"
+
+
+def angular_sep_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    """Great-circle separation (haversine), arcsec, of two positions in degrees."""
+    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
+    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h)))) * 3600.0
+
+
+def lock_region(session: Session, positions: Sequence[tuple[float, float]], radius_arcsec: float) -> None:
+    """Take the advisory locks of every coarse pixel the cones around ``positions`` touch (sorted)."""
+    keys = sorted({p for ra, dec in positions for p in coarse_pixels_in_cone(ra, dec, radius_arcsec)})
+    for key in keys:
+        session.execute(text("SELECT pg_advisory_xact_lock(:ns, :k)"), {"ns": LOCK_NAMESPACE, "k": key})
+
+
+def nearest_object(session: Session, ra: float, dec: float, radius_arcsec: float) -> Object | None:
+    """The Object nearest to (ra, dec) within the radius (degrees, arcsec), via the healpix btree index."""
+    pixels = fine_pixels_in_cone(ra, dec, radius_arcsec)
+    candidates = session.scalars(select(Object).where(Object.healpix.in_(pixels))).all()
+    best, best_sep = None, radius_arcsec
+    for obj in candidates:
+        sep = angular_sep_arcsec(ra, dec, obj.ra, obj.dec)
+        if sep <= best_sep:
+            best, best_sep = obj, sep
+    return best
+
+
+def associate(session: Session, sightings: Sequence[Sighting], *, radius_arcsec: float,
+              mags: Sequence[float | None] | None = None) -> list[Object]:
+    """Attach each sighting to the nearest Object within ``radius_arcsec`` or to a new Object.
+
+    Objects' positions become the mean of their sightings; counts, first/last MJD and latest magnitude are
+    updated. The caller's transaction must be open; locks are released at its end.
+
+    Returns
+    -------
+    list of Object
+        The Object of each sighting, in order.
+    """
+    lock_region(session, [(s.ra, s.dec) for s in sightings], radius_arcsec)
+    out: list[Object] = []
+    for i, s in enumerate(sightings):
+        mag = mags[i] if mags is not None else None
+        obj = nearest_object(session, s.ra, s.dec, radius_arcsec)
+        if obj is None:
+            obj = Object(name=f"pending-{s.id}", ra=s.ra, dec=s.dec, healpix=healpix_index(s.ra, s.dec),
+                         band_latest=s.band, mag_latest=mag, first_mjd=s.mjd, last_mjd=s.mjd, n_sightings=1)
+            session.add(obj)
+            session.flush()
+            obj.name = object_name(obj.id, s.mjd)
+        else:
+            n = obj.n_sightings
+            # running mean on the sphere is fine at arcsec scales: average RA offsets, not raw RA (wrap at 0)
+            dra = ((s.ra - obj.ra + 180.0) % 360.0) - 180.0
+            obj.ra = float((obj.ra + dra / (n + 1)) % 360.0)
+            obj.dec = float(obj.dec + (s.dec - obj.dec) / (n + 1))
+            obj.healpix = healpix_index(obj.ra, obj.dec)
+            obj.n_sightings = n + 1
+            obj.first_mjd = min(obj.first_mjd, s.mjd)
+            if s.mjd >= obj.last_mjd:
+                obj.last_mjd = s.mjd
+                obj.band_latest = s.band
+                if mag is not None and np.isfinite(mag):
+                    obj.mag_latest = float(mag)
+        s.object_id = obj.id
+        session.flush()
+        out.append(obj)
+    return out

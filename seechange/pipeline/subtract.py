@@ -1,0 +1,199 @@
+"""Subtract stage: find or build the reference CoaddImage, resample it, ZOGY; SubtractionImage + files out.
+
+The reference of a field / band / CCD is the coadd of the first ``n_ref_images`` good Images of that key
+(by MJD). It is built once, under a transaction-level advisory lock on the key, so several subtract
+instances never build it twice. An image that comes before the reference can exist (one of the first
+``n_ref_images``) is recorded as such on its row (``extra["subtraction"] = "no reference yet"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from seechange.improc.coadd import coadd
+from seechange.improc.reduction import read_image_data
+from seechange.improc.resample import resample_image
+from seechange.improc.subtraction import SubtractParams, subtract
+from seechange.improc.types import ImageData
+from seechange.improc.zogy import ZogyResult
+from seechange.models import CoaddImage, Image, Provenance, SubtractionImage, coadd_members
+from seechange.pipeline.products import image_columns, product_stem
+from seechange.provenance import StepParameters, get_or_create_provenance
+from seechange.storage import resolve, write_fits_atomic
+
+log = logging.getLogger(__name__)
+
+NO_REFERENCE = "no reference yet"
+
+
+@dataclass(frozen=True)
+class ReferenceParams(StepParameters):
+    """How references are chosen and built."""
+
+    NON_CRITICAL: ClassVar[frozenset[str]] = frozenset()
+    n_ref_images: int = 3
+    min_zp: float = 0.0  # images with a lower zero point (clouds) are not used
+
+
+def reference_key(image: Image) -> str:
+    """``"<field>/<band>/<section>"``: what a reference is for."""
+    return f"{image.field}/{image.band}/{image.section_id}"
+
+
+def _lock(session: Session, key: str) -> None:
+    """Transaction-level advisory lock on a string key (released at commit or rollback)."""
+    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(key.encode()) - 2**31})
+
+
+def find_or_build_reference(session: Session, data_root: Path, image: Image, *,
+                            params: ReferenceParams) -> CoaddImage | None:
+    """The reference CoaddImage for ``image``, built now if possible; None if it cannot exist yet."""
+    key = reference_key(image)
+    image_prov = session.get(Provenance, image.provenance_id)
+    assert image_prov is not None
+    prov = get_or_create_provenance(session, "coadd", params.critical(), [image_prov])
+    _lock(session, key)
+    existing = session.scalars(select(CoaddImage).where(CoaddImage.reference_key == key,
+                                                        CoaddImage.provenance_id == prov.id)).one_or_none()
+    if existing is not None:
+        return existing
+    members = list(session.scalars(
+        select(Image).where(Image.field == image.field, Image.band == image.band,
+                            Image.section_id == image.section_id, Image.provenance_id == image.provenance_id,
+                            Image.is_good.is_(True), func.coalesce(Image.zero_point, 0.0) >= params.min_zp)
+        .order_by(Image.mjd, Image.id).limit(params.n_ref_images)))
+    if len(members) < params.n_ref_images or any(m.id == image.id or m.mjd >= image.mjd for m in members):
+        return None
+    t0 = time.perf_counter()
+    inputs = [read_image_data(resolve(data_root, m.filepath)) for m in members]
+    ref = coadd(inputs)
+    stem = product_stem("coadds", prov.id, key.replace("/", "_"))
+    write_image_data_any(data_root, stem, ref)
+    values = image_columns(ref, filepath=stem, provenance_id=prov.id, field=image.field,
+                           section_id=image.section_id)
+    values.update(reference_key=key, extra={"members": [m.id for m in members]})
+    coadd_id = session.execute(insert(CoaddImage).values(**values).returning(CoaddImage.id)).scalar_one()
+    session.execute(insert(coadd_members), [{"coadd_id": coadd_id, "image_id": m.id, "weight": None}
+                                            for m in members])
+    log.info("built reference %s (coadd %d of %d images) in %.2f s", key, coadd_id, len(members),
+             time.perf_counter() - t0)
+    return session.get(CoaddImage, coadd_id)
+
+
+def write_image_data_any(data_root: Path, stem: str, data: ImageData) -> None:
+    """Write an ImageData's four files under the data root."""
+    from seechange.improc.reduction import write_image_data
+
+    write_image_data(resolve(data_root, stem), data, {})
+
+
+# --------------------------------------------------------------------------------------- ZOGY products on disk
+_SCALARS = ("f_d", "f_s", "score_std", "renorm_factor", "noise_corr_new", "noise_corr_ref", "zp", "fwhm_px",
+            "border_px")
+
+
+def write_zogy(data_root: Path, stem: str, result: ZogyResult, ref_on_new: ImageData) -> None:
+    """Write D (``diff``), its weight, P_D (``psf``), S_corr/S/V_S (``score``), flags and the resampled ref."""
+    base = resolve(data_root, stem)
+    header = result.wcs.to_header(relax=True)
+    for name in _SCALARS:
+        header[f"HIERARCH {name.upper()}"] = float(getattr(result, name))
+    with np.errstate(divide="ignore"):
+        weight = np.where(result.diff_variance > 0, 1.0 / result.diff_variance, 0.0).astype(np.float32)
+    write_fits_atomic(Path(f"{base}.diff.fits"), result.diff.astype(np.float32), header)
+    write_fits_atomic(Path(f"{base}.weight.fits"), weight, header)
+    write_fits_atomic(Path(f"{base}.psf.fits"), result.psf_d.astype(np.float32))
+    write_fits_atomic(Path(f"{base}.flags.fits"), result.flags.astype(np.uint16), header)
+    write_fits_atomic(Path(f"{base}.ref.fits"), ref_on_new.image.astype(np.float32), header)
+    score = fits.HDUList([fits.PrimaryHDU(result.score_corr.astype(np.float32), header),
+                          fits.ImageHDU(result.score.astype(np.float32), name="S"),
+                          fits.ImageHDU(result.score_var.astype(np.float32), name="VAR")])
+    write_fits_atomic(Path(f"{base}.score.fits"), score)
+
+
+def read_zogy(data_root: Path, stem: str) -> tuple[ZogyResult, np.ndarray]:
+    """Read what :func:`write_zogy` wrote: the ZogyResult and the resampled reference image."""
+    base = resolve(data_root, stem)
+    with fits.open(f"{base}.diff.fits", memmap=False) as h:
+        diff, header = np.asarray(h[0].data, dtype=np.float32), h[0].header
+    with fits.open(f"{base}.weight.fits", memmap=False) as h:
+        weight = np.asarray(h[0].data, dtype=np.float32)
+    with fits.open(f"{base}.score.fits", memmap=False) as h:
+        score_corr = np.asarray(h[0].data, dtype=np.float32)
+        score = np.asarray(h["S"].data, dtype=np.float32)
+        score_var = np.asarray(h["VAR"].data, dtype=np.float32)
+    psf = np.asarray(fits.getdata(f"{base}.psf.fits"), dtype=np.float32)
+    flags = np.asarray(fits.getdata(f"{base}.flags.fits"), dtype=np.uint16)
+    ref = np.asarray(fits.getdata(f"{base}.ref.fits"), dtype=np.float32)
+    with np.errstate(divide="ignore"):
+        variance = np.where(weight > 0, 1.0 / weight, np.inf).astype(np.float32)
+    scalars: dict[str, Any] = {n: float(header[n.upper()]) for n in _SCALARS}
+    scalars["border_px"] = int(scalars["border_px"])
+    result = ZogyResult(diff=diff, diff_variance=variance, psf_d=psf, score=score, score_var=score_var,
+                        score_corr=score_corr, flags=flags, wcs=WCS(header, naxis=2), **scalars)
+    return result, ref
+
+
+def subtract_image_row(session: Session, data_root: Path, image_id: int, *, ref_params: ReferenceParams,
+                       params: SubtractParams) -> SubtractionImage | None:
+    """Subtract the reference from one Image (find before make); None when no reference can exist yet."""
+    image = session.get(Image, image_id)
+    if image is None:
+        raise ValueError(f"image {image_id} is not in the database")
+    reference = find_or_build_reference(session, data_root, image, params=ref_params)
+    if reference is None:
+        image.extra = {**(image.extra or {}), "subtraction": NO_REFERENCE}
+        log.info("image %d (%s, mjd %.5f): %s", image.id, reference_key(image), image.mjd, NO_REFERENCE)
+        return None
+    provs = [session.get(Provenance, image.provenance_id), session.get(Provenance, reference.provenance_id)]
+    prov = get_or_create_provenance(session, "subtract", params.critical(), [p for p in provs if p])
+    found = select(SubtractionImage).where(SubtractionImage.new_image_id == image.id,
+                                           SubtractionImage.reference_id == reference.id,
+                                           SubtractionImage.provenance_id == prov.id)
+    existing = session.scalars(found).one_or_none()
+    if existing is not None:
+        return existing
+    t0 = time.perf_counter()
+    new = read_image_data(resolve(data_root, image.filepath))
+    ref = read_image_data(resolve(data_root, reference.filepath))
+    ref_on_new = resample_image(ref, new.wcs, new.shape)
+    result = subtract(new, ref_on_new, params=params)
+    stem = product_stem("subtractions", prov.id, Path(image.filepath).name)
+    write_zogy(data_root, stem, result, ref_on_new)
+    diff_data = ImageData(image=result.diff, weight=np.zeros((1, 1), np.float32), flags=result.flags,
+                          psf=result.psf_d, wcs=result.wcs, zp=result.zp, fwhm_px=result.fwhm_px,
+                          bkg_level=0.0, bkg_rms=float(np.sqrt(np.nanmedian(result.diff_variance))),
+                          astrom_rms_arcsec=float(np.hypot(image.astrom_rms_arcsec or 0,
+                                                           reference.astrom_rms_arcsec or 0)),
+                          mjd=image.mjd, band=image.band)
+    values = image_columns(diff_data, filepath=stem, provenance_id=prov.id, field=image.field,
+                           section_id=image.section_id)
+    values.update(new_image_id=image.id, reference_id=reference.id, score_std=float(result.score_std),
+                  extra={"renorm_factor": float(result.renorm_factor), "f_d": float(result.f_d),
+                         "noise_corr_new": float(result.noise_corr_new),
+                         "noise_corr_ref": float(result.noise_corr_ref)})
+    session.execute(insert(SubtractionImage).values(**values).on_conflict_do_nothing(
+        index_elements=["new_image_id", "reference_id", "provenance_id"]))
+    sub = session.scalars(found).one()
+    log.info("subtracted image %d - coadd %d -> subtraction %d in %.2f s (S_corr std %.3f, renorm %.3f)",
+             image.id, reference.id, sub.id, time.perf_counter() - t0, result.score_std, result.renorm_factor)
+    return sub
+
+
+def subtraction_event(sub: SubtractionImage, *, produced_at_ms: int, ingested_at_ms: int) -> dict[str, Any]:
+    """The subtraction-done record for a SubtractionImage row."""
+    return {"subtraction_id": sub.id, "image_id": sub.new_image_id, "reference_id": sub.reference_id,
+            "field": sub.field or "", "band": sub.band, "mjd": sub.mjd, "path": sub.filepath,
+            "provenance_id": sub.provenance_id, "produced_at": produced_at_ms, "ingested_at": ingested_at_ms}
