@@ -129,6 +129,7 @@ class _Loop:
         self.assigned: set[tuple[str, int]] = set()
         self.pending: deque[Message] = deque()
         self.paused = False
+        self.last_message = time.monotonic()
         self.consumer = Consumer({**consumer_config(settings, self.group), "error_cb": self._on_kafka_error,
                                   **(consumer_overrides or {})})
         self.producer = Producer({**producer_config(settings), "error_cb": self._on_kafka_error})
@@ -138,6 +139,7 @@ class _Loop:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in partitions)
+        self.last_message = time.monotonic()  # joining the group does not count as idle time
         log.info("%s: assigned %s", self.name, sorted(f"{t}[{p}]" for t, p in self.assigned))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -150,7 +152,7 @@ class _Loop:
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
         log.info("%s: consuming %s as group %s", self.name, self.topic, self.group)
-        last_message = last_stats = time.monotonic()
+        self.last_message = last_stats = time.monotonic()
         try:
             while not self.stop.is_set():
                 if max_messages is not None and self.stats.processed + self.stats.dead_lettered >= max_messages:
@@ -162,7 +164,7 @@ class _Loop:
                     self._log_stats()
                     last_stats = now
                 if msg is None:
-                    if idle_timeout is not None and now - last_message >= idle_timeout:
+                    if idle_timeout is not None and now - self.last_message >= idle_timeout:
                         log.info("%s: no message for %.1f s, stopping", self.name, idle_timeout)
                         break
                     continue
@@ -172,7 +174,7 @@ class _Loop:
                         raise KafkaException(err)
                     log.warning("%s: consumer error: %s", self.name, err)
                     continue
-                last_message = now
+                self.last_message = now
                 self._handle(msg)
         finally:
             self._close()
@@ -367,7 +369,7 @@ def run_service(
     max_messages : int, optional
         Stop after this many messages were processed or dead-lettered.
     idle_timeout : float, optional
-        Stop after this many seconds without a message (seconds).
+        Stop after this many seconds without a message or partition assignment (seconds).
     stop_event : threading.Event, optional
         Set it (from another thread) to stop after the current message; signals set it too.
     install_signal_handlers : bool

@@ -54,13 +54,14 @@ def image_event(record: dict[str, Any], image_id: int) -> OutEvent:
 
 
 @contextmanager
-def isolated_topics(base: Settings, tag: str) -> Iterator[Settings]:
-    """``base`` with its own topic prefix and consumer-group prefix; the run-loop topics created and deleted."""
+def isolated_topics(base: Settings, tag: str, extra: tuple[str, ...] = ()) -> Iterator[Settings]:
+    """``base`` with its own topic and consumer-group prefixes; the run-loop topics (+ ``extra``) created and
+    deleted afterwards."""
     suffix = uuid.uuid4().hex[:6]
     settings = base.model_copy(update={"topic_prefix": f"{base.topic_prefix}{tag}{suffix}-",
                                        "consumer_group_prefix": f"{tag}{suffix}"})
-    names = [settings.topic("exposure-ready"), settings.topic("image-reduced"),
-             dlq_name(settings.topic("exposure-ready"))]
+    names = [settings.topic(t) for t in ("exposure-ready", "image-reduced", *extra)]
+    names.append(dlq_name(settings.topic("exposure-ready")))
     ensure_topics(settings.kafka_bootstrap, names, 2)
     try:
         yield settings
@@ -74,8 +75,8 @@ def produce_values(settings: Settings, topic: str, items: list[tuple[str, bytes]
     where: list[tuple[int, int]] = []
     for key, value in items:
         producer.produce(settings.topic(topic), key=key, value=value,
-                         on_delivery=lambda err, m: where.append((m.partition(), m.offset())) if err is None
-                         else None)
+                         on_delivery=lambda err, m: where.append((int(m.partition() or 0), int(m.offset() or 0)))
+                         if err is None else None)
         producer.flush(10)  # one at a time, so the offsets come back in order
     assert len(where) == len(items), "test messages were not delivered"
     return where

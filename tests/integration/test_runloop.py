@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,6 +16,7 @@ from seechange.config import Settings
 from seechange.streaming.framing import decode, encode, epoch_ms
 from seechange.streaming.registry import SchemaRegistry
 from seechange.streaming.runloop import InfrastructureError, MessageContext, OutEvent, run_service
+from seechange.streaming.subscribe import subscribe
 from tests.integration._runloop_worker import (
     consume_all,
     create_tables,
@@ -44,6 +46,18 @@ def table(db_engine: Engine) -> Iterator[str]:
     create_tables(db_engine, name)
     yield name
     drop_tables(db_engine, name)
+
+
+def _value(msg: Message) -> bytes:
+    value = msg.value()
+    assert isinstance(value, bytes)
+    return value
+
+
+def _headers(msg: Message) -> dict[str, str]:
+    headers = msg.headers() or []
+    assert isinstance(headers, list)
+    return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in headers}
 
 
 def _committed(settings: Settings, group: str, partition: int) -> int:
@@ -87,23 +101,23 @@ def test_good_events_flow_and_bad_ones_go_to_the_dlq(settings: Settings, registr
 
     out = consume_all(settings, "image-reduced", expect=2)
     assert topic_size(settings, "image-reduced") == 2
-    decoded = sorted((decode(registry, m.value(), expect="image_reduced")[1] for m in out),
+    decoded = sorted((decode(registry, _value(m), expect="image_reduced")[1] for m in out),
                      key=lambda r: r["image_id"])
     assert [(r["image_id"], r["exposure_id"], r["field"], r["band"], r["section_id"]) for r in decoded] == [
         (101, 1, "COSMOS", "r", "N6"), (103, 3, "COSMOS", "r", "N6")]
     assert decoded[0]["image_path"] == "reduced/abcd1234/c4d_0001_N6"
     assert decoded[1]["mjd"] == pytest.approx(60400.03)
     assert epoch_ms(decoded[0]["ingested_at"]) == records[0]["ingested_at"]
-    assert sorted(m.key() for m in out) == [b"101", b"103"]
+    assert sorted(bytes(m.key() or b"") for m in out) == [b"101", b"103"]
 
     dlq = consume_all(settings, "exposure-ready.dlq", expect=2)
     assert len(dlq) == 2 and topic_size(settings, "exposure-ready.dlq") == 2
-    by_offset = {int(dict(m.headers())["origin_offset"]): m for m in dlq}
+    by_offset = {int(_headers(m)["origin_offset"]): m for m in dlq}
     assert sorted(by_offset) == [where[1][1], where[3][1]]
     for index, error_class, text_part in [(1, "ValueError", "exposure 2 has an impossible field"),
                                           (3, "DecodeError", "wrong magic byte 0x67")]:
         msg = by_offset[where[index][1]]
-        headers = {k: v.decode() for k, v in msg.headers()}
+        headers = _headers(msg)
         assert msg.value() == values[index]  # byte-exact
         assert msg.key() == b"night-1"
         assert set(headers) == {"error_class", "error_message", "origin_topic", "origin_partition",
@@ -139,6 +153,68 @@ def test_infrastructure_errors_are_retried_and_nothing_is_dead_lettered(
     with db_engine.connect() as conn:
         assert conn.execute(text(f"SELECT count(*) FROM {table}_rows")).scalar_one() == 1
     out = consume_all(settings, "image-reduced", expect=1)
-    assert [decode(registry, m.value())[1]["image_id"] for m in out] == [105]
+    assert [decode(registry, _value(m))[1]["image_id"] for m in out] == [105]
     assert topic_size(settings, "exposure-ready.dlq") == 0
     assert _committed(settings, f"{settings.consumer_group_prefix}-retry", where[0][0]) == where[0][1] + 1
+
+
+def _alert(alert_id: int) -> dict[str, Any]:
+    sighting = {"sightingId": alert_id, "subtractionId": 9, "objectId": 77, "mjd": 60400.5, "band": "g",
+                "ra": 150.1, "dec": 2.2, "x": 10.5, "y": 20.25, "psfFlux": 1500.0 * alert_id, "psfFluxErr": 50.0,
+                "snr": 30.0, "flags": 0, "zeroPoint": 31.5, "score": 12.5, "isPositive": True, "isGood": True,
+                "provenanceId": "0123456789abcdef"}
+    obj = {"objectId": 77, "name": "SC26aaa", "ra": 150.1, "dec": 2.2, "nSightings": alert_id,
+           "firstMjd": 60400.0, "lastMjd": 60400.5}
+    return {"alertId": alert_id, "schemaVersion": "1.0", "sighting": sighting, "object": obj,
+            "cutoutDifference": b"\x1f\x8b fake gzip bytes"}
+
+
+def test_subscribe_from_beginning_from_a_time_and_from_now(test_settings: Settings,
+                                                            registry: SchemaRegistry) -> None:
+    with isolated_topics(test_settings, "sub", extra=("alerts",)) as settings:
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+        t0 = 1_700_000_000_000  # Unix ms; explicit message timestamps make the time look-up exact
+        old = {i: encode(registry, "alert", _alert(i)) for i in (1, 2, 3)}
+        for i, value in old.items():
+            producer.produce(settings.topic("alerts"), key=str(i), value=value, timestamp=t0 + i * 60_000)
+        producer.flush(10)
+
+        got = list(subscribe(settings, start="beginning", max_messages=3, timeout=15, registry=registry))
+        assert sorted(r["alertId"] for r, _ in got) == [1, 2, 3]
+        assert all(raw == old[r["alertId"]] for r, raw in got)  # raw bytes as produced
+        assert got[0][0]["cutoutDifference"] == b"\x1f\x8b fake gzip bytes" and got[0][0]["prvSightings"] is None
+
+        since = list(subscribe(settings, start=(t0 + 2 * 60_000) / 1000, max_messages=2, timeout=10,
+                               registry=registry))
+        assert sorted(r["alertId"] for r, _ in since) == [2, 3]
+        bright = list(subscribe(settings, start="beginning", max_messages=2, timeout=10, registry=registry,
+                                expect="alert", filter=lambda r: r["sighting"]["psfFlux"] > 2000.0))
+        assert sorted(r["alertId"] for r, _ in bright) == [2, 3]
+        assert list(subscribe(settings, start=(t0 + 10 * 60_000) / 1000, timeout=2, registry=registry)) == []
+
+        # A named group commits what it handed out: a second subscriber of the group resumes after it.
+        group = f"{settings.consumer_group_prefix}-subscriber"
+        first = list(subscribe(settings, start="beginning", group=group, max_messages=2, timeout=10,
+                               registry=registry))
+        rest = list(subscribe(settings, start="beginning", group=group, timeout=2, registry=registry))
+        assert len(first) == 2 and len(rest) == 1
+        assert sorted(r["alertId"] for r, _ in first + rest) == [1, 2, 3]
+
+        stop = threading.Event()
+
+        def keep_producing() -> None:  # live alerts until the subscriber got one
+            i = 100
+            while not stop.is_set():
+                producer.produce(settings.topic("alerts"), key=str(i), value=encode(registry, "alert", _alert(i)))
+                producer.flush(5)
+                i += 1
+                stop.wait(0.3)
+
+        thread = threading.Thread(target=keep_producing)
+        thread.start()
+        try:
+            live = list(subscribe(settings, start="now", max_messages=1, timeout=20, registry=registry))
+        finally:
+            stop.set()
+            thread.join()
+        assert len(live) == 1 and live[0][0]["alertId"] >= 100  # nothing from before "now"
