@@ -1,0 +1,1 @@
+"""Quality evaluations of the pipeline on real and simulated data."""
