@@ -267,10 +267,16 @@ def detect_cosmic_rays(
     lap = 4 * c - pad[4:-6, 5:-5] - pad[6:-4, 5:-5] - pad[5:-5, 4:-6] - pad[5:-5, 6:-4]
     s = np.maximum(lap, 0) / (np.sqrt(20.0, dtype=np.float32) * sig)
     cand = s > sigclip
-    if exclude is not None:
-        cand &= ~exclude
     ys, xs = np.nonzero(cand)
     mask = np.zeros(img.shape, bool)
+    if exclude is not None and ys.size:
+        # the Laplacian next to a bad column or a saturated core is meaningless: drop candidates touching one
+        epad = np.pad(np.asarray(exclude, bool), 1)
+        near = np.zeros(ys.size, bool)
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                near |= epad[ys + dy, xs + dx]
+        ys, xs = ys[~near], xs[~near]
     if ys.size == 0:
         return mask
     if ys.size > max_candidates:  # a wrong variance model floods the candidate list: keep the strongest
