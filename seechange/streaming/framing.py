@@ -80,7 +80,7 @@ def encode(registry: SchemaRegistry, name: str, record: dict[str, Any], version:
     try:
         validate(record, entry.parsed, raise_errors=True)
     except Exception as exc:  # fastavro's ValidationError lists every bad field
-        raise EncodeError(f"record does not fit {name} {version or 'latest'}: {_one_line(exc)}") from exc
+        raise EncodeError(f"record does not fit {name} {version or 'latest'}: {one_line(exc)}") from exc
     buf = io.BytesIO()
     buf.write(HEADER.pack(MAGIC_BYTE, entry.schema_id))
     fastavro.schemaless_writer(buf, entry.parsed, record)
@@ -139,7 +139,7 @@ def decode(registry: SchemaRegistry, data: bytes, expect: str | None = None) -> 
     try:
         record = fastavro.schemaless_reader(buf, entry.parsed, reader.parsed)
     except Exception as exc:  # EOFError, UnicodeDecodeError, ValueError, IndexError, ... from a bad body
-        raise DecodeError(f"cannot decode {entry.name} body (schema id {schema_id}): {_one_line(exc)}") from exc
+        raise DecodeError(f"cannot decode {entry.name} body (schema id {schema_id}): {one_line(exc)}") from exc
     rest = len(data) - buf.tell()
     if rest:
         raise DecodeError(f"{rest} trailing bytes after the {entry.name} record (schema id {schema_id})")
@@ -148,6 +148,7 @@ def decode(registry: SchemaRegistry, data: bytes, expect: str | None = None) -> 
     return entry.name, record
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, at most ``limit`` characters (its class name when empty)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

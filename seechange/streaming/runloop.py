@@ -8,12 +8,11 @@ Order per message (at least once in, idempotent out):
    back-off until they succeed);
 4. only then commit the consumer offset (synchronously).
 
-A handler that raises :class:`BadMessage` (or any exception that is not an infrastructure error) sends
-the original bytes to ``<input_topic>.dlq`` with headers naming the error and origin, the offset is
-committed and the loop goes on. An infrastructure error (:class:`InfrastructureError`, a lost database
-connection, a Kafka error) rolls back and retries the same message with exponential back-off
-(0.5 s .. 30 s), committing nothing, for as long as it takes; the assigned partitions are paused meanwhile so
-the consumer keeps its group membership. SIGTERM/SIGINT stop the loop after the current message.
+A handler raising :class:`BadMessage` (or any non-infrastructure exception) sends the original bytes to
+``<input_topic>.dlq`` with error and origin headers; the offset is committed and the loop goes on. An
+infrastructure error (:class:`InfrastructureError`, a lost DB connection, a Kafka error) rolls back and
+retries the same message with back-off (0.5 s .. 30 s) for as long as it takes, committing nothing; the
+partitions are paused meanwhile to keep the group membership. SIGTERM/SIGINT stop after the current message.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from seechange.config import Settings
-from seechange.streaming.framing import DecodeError, decode, encode
+from seechange.streaming.framing import DecodeError, decode, encode, one_line
 from seechange.streaming.kafka_config import consumer_config, producer_config
 from seechange.streaming.registry import SchemaRegistry
 from seechange.streaming.topics import dlq_name
@@ -99,16 +98,10 @@ def dlq_topic(settings: Settings, input_topic: str) -> str:
 
 def is_infrastructure_error(exc: BaseException) -> bool:
     """True for errors worth retrying: a dependency failed, not the message."""
-    if isinstance(exc, InfrastructureError | KafkaException | ConnectionError | sa_exc.TimeoutError):
-        return True
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+    if isinstance(exc, InfrastructureError | KafkaException | ConnectionError | sa_exc.TimeoutError
+                  | sa_exc.OperationalError | sa_exc.InterfaceError):
         return True
     return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
-
-
-def _one_line(exc: BaseException, limit: int = 1000) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _Loop:
@@ -118,12 +111,10 @@ class _Loop:
                  session_factory: sessionmaker[Session], registry: SchemaRegistry, stop: threading.Event,
                  after_db_commit: Callable[[], None] | None, poll_timeout: float,
                  consumer_overrides: Mapping[str, Any] | None) -> None:
-        self.settings, self.name, self.handler = settings, name, handler
-        self.input_topic, self.input_schema = input_topic, input_schema
+        self.settings, self.name, self.handler, self.input_schema = settings, name, handler, input_schema
         self.session_factory, self.registry, self.stop = session_factory, registry, stop
         self.after_db_commit, self.poll_timeout = after_db_commit, poll_timeout
-        self.topic = settings.topic(input_topic)
-        self.dlq = dlq_topic(settings, input_topic)
+        self.topic, self.dlq = settings.topic(input_topic), dlq_topic(settings, input_topic)
         self.group = f"{settings.consumer_group_prefix}-{name}"
         self.stats = RunStats()
         self.assigned: set[tuple[str, int]] = set()
@@ -203,7 +194,7 @@ class _Loop:
                         return
                     self.stats.retried += 1
                     log.warning("%s: %s: infrastructure error, retry in %.1f s: %s: %s", self.name, where,
-                                delay, type(exc).__name__, _one_line(exc, 300))
+                                delay, type(exc).__name__, one_line(exc))
                     if not self._wait(delay, msg):
                         return
                     delay = min(delay * 2, BACKOFF_MAX_S)
@@ -228,7 +219,7 @@ class _Loop:
 
     def _dead_letter(self, msg: Message, where: str, exc: BaseException) -> None:
         error_class = type(exc).__name__
-        message = _one_line(exc)
+        message = one_line(exc, 1000)
         log.error("%s: %s: %s: %s -> %s", self.name, where, error_class, message, self.dlq)
         values = (error_class, message, str(msg.topic()), str(msg.partition()), str(msg.offset()), self.name,
                   datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))

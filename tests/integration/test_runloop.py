@@ -9,13 +9,20 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from seechange.config import Settings
 from seechange.streaming.framing import decode, encode, epoch_ms
 from seechange.streaming.registry import SchemaRegistry
-from seechange.streaming.runloop import InfrastructureError, MessageContext, OutEvent, run_service
+from seechange.streaming.runloop import (
+    InfrastructureError,
+    MessageContext,
+    OutEvent,
+    is_infrastructure_error,
+    run_service,
+)
 from seechange.streaming.subscribe import subscribe
 from tests.integration._runloop_worker import (
     consume_all,
@@ -218,3 +225,52 @@ def test_subscribe_from_beginning_from_a_time_and_from_now(test_settings: Settin
             stop.set()
             thread.join()
         assert len(live) == 1 and live[0][0]["alertId"] >= 100  # nothing from before "now"
+
+
+def test_database_down_retries_commits_nothing_then_recovers(settings: Settings, registry: SchemaRegistry,
+                                                             db_engine: Engine, table: str) -> None:
+    where = produce_values(settings, "exposure-ready", [("k", encode(registry, "exposure_ready",
+                                                                     exposure_record(8)))])
+
+    def handler(session: Session, record: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
+        session.execute(text(f"INSERT INTO {table}_rows (exposure_id, image_id, field) VALUES (8, 108, 'x')"))
+        return [image_event(record, 108)]
+
+    dead = create_engine("postgresql+psycopg2://postgres@/postgres?host=/nonexistent-socket-dir")
+    stop = threading.Event()
+    timer = threading.Timer(3.0, stop.set)  # an operator stopping the service while the database is down
+    timer.start()
+    try:
+        down = run_service(settings, name="dbdown", input_topic="exposure-ready", input_schema="exposure_ready",
+                           handler=handler, session_factory=sessionmaker(dead), registry=registry,
+                           idle_timeout=20, stop_event=stop, install_signal_handlers=False)
+    finally:
+        timer.cancel()
+        dead.dispose()
+    assert (down.processed, down.dead_lettered, down.produced) == (0, 0, 0)
+    assert down.retried >= 2
+    group = f"{settings.consumer_group_prefix}-dbdown"
+    assert _committed(settings, group, where[0][0]) < 0  # nothing committed: no offset for the group
+    assert topic_size(settings, "exposure-ready.dlq") == 0 and topic_size(settings, "image-reduced") == 0
+
+    up = run_service(settings, name="dbdown", input_topic="exposure-ready", input_schema="exposure_ready",
+                     handler=handler, session_factory=sessionmaker(db_engine), registry=registry,
+                     max_messages=1, idle_timeout=20, install_signal_handlers=False)
+    assert (up.processed, up.retried, up.produced) == (1, 0, 1)
+    assert _committed(settings, group, where[0][0]) == where[0][1] + 1
+    with db_engine.connect() as conn:
+        assert conn.execute(text(f"SELECT image_id FROM {table}_rows")).scalars().all() == [108]
+
+
+@pytest.mark.parametrize(("exc", "infra"), [
+    (InfrastructureError("x"), True),
+    (OperationalError("SELECT 1", {}, Exception("server closed the connection")), True),
+    (DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True), True),
+    (DBAPIError("SELECT 1", {}, Exception("bad")), False),
+    (IntegrityError("INSERT", {}, Exception("duplicate key")), False),
+    (ValueError("impossible value"), False),
+    (FileNotFoundError("raw/x.fits"), False),
+    (ConnectionRefusedError("broker"), True),
+])
+def test_error_classification(exc: Exception, infra: bool) -> None:
+    assert is_infrastructure_error(exc) is infra
