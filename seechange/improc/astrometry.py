@@ -15,7 +15,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import fit_wcs_from_points, proj_plane_pixel_scales
 from scipy.spatial import cKDTree
 
-__all__ = ["AstrometryResult", "load_refcat", "find_offset", "solve_astrometry"]
+__all__ = ["AstrometryResult", "load_refcat", "find_offset", "match_xy", "solve_astrometry"]
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def find_offset(
     return float(np.median(d[sel, 0])), float(np.median(d[sel, 1])), int(sel.sum())
 
 
-def _match(src_xy: np.ndarray, ref_xy: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+def match_xy(src_xy: np.ndarray, ref_xy: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Nearest reference star within radius for each source, keeping one-to-one pairs only."""
     tree = cKDTree(ref_xy)
     d, j = tree.query(src_xy, k=1, distance_upper_bound=radius)
@@ -212,7 +212,7 @@ def solve_astrometry(
     keep = np.zeros(0, int)
     radii = (3 * radius_px, 2 * radius_px, radius_px, radius_px)
     for step, radius in enumerate(radii):
-        i, j = _match(src_xy, cur_xy, radius)
+        i, j = match_xy(src_xy, cur_xy, radius)
         if len(i) < 6:
             raise RuntimeError(f"astrometry: only {len(i)} matches within {radius * scale:.2f} arcsec")
         # SIP only in the last two passes (the TAN fit already gives good matches; SIP fits cost ~0.1 s)

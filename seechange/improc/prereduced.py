@@ -1,0 +1,180 @@
+"""Load an image that arrives already reduced (e.g. NOIRLab Community Pipeline image/weight/mask triplets).
+
+The header WCS is kept as it is (astropy reads TPV by translating it to a wcslib polynomial distortion, and
+SIP through ``-SIP`` ctypes), the image is converted to electrons, the background is re-measured and removed,
+and the PSF, FWHM and (when needed) zero point are measured here.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from seechange.improc.astrometry import find_offset, match_xy
+from seechange.improc.background import measure_background
+from seechange.improc.extract import extract_sources, noise_from_weight
+from seechange.improc.psf import aperture_fraction, build_psf, noise_equivalent_area
+from seechange.improc.reduction import ReduceParams, header_wcs
+from seechange.improc.types import FLAG_BAD, FLAG_EDGE, FLAG_SATURATED, ImageData
+from seechange.improc.zeropoint import aperture_flux, fit_zeropoint, limiting_magnitude
+
+__all__ = ["load_prereduced"]
+
+log = logging.getLogger(__name__)
+
+_ZP_CARDS = ("MAGZERO", "MAGZPT", "ZP")
+
+
+def _first_image_hdu(path: Path) -> tuple[np.ndarray, fits.Header]:
+    with fits.open(path, memmap=False) as hdul:
+        for hdu in hdul:
+            if hdu.data is not None and getattr(hdu.data, "ndim", 0) == 2:
+                header = hdu.header.copy()
+                if hdu is not hdul[0]:  # inherit primary cards not in the extension (CP files)
+                    for card in hdul[0].header.cards:
+                        if card.keyword and card.keyword not in header and card.keyword not in (
+                                "SIMPLE", "EXTEND", "NAXIS", "BITPIX", "COMMENT", "HISTORY"):
+                            header[card.keyword] = card.value
+                return np.asarray(hdu.data, dtype=np.float32), header
+    raise ValueError(f"{path}: no 2-D image HDU")
+
+
+def _gain(header: fits.Header) -> float:
+    """Electrons per image unit: 1 if BUNIT says electrons, else GAIN (or the mean of GAINA/GAINB)."""
+    bunit = str(header.get("BUNIT", "")).strip().lower()
+    if bunit.startswith("electron") or bunit in ("e-", "e"):
+        return 1.0
+    if "GAIN" in header:
+        return float(header["GAIN"])
+    amps = [float(header[k]) for k in ("GAINA", "GAINB") if k in header]
+    if amps:
+        return float(np.mean(amps))
+    warnings.warn("load_prereduced: no GAIN/BUNIT in the header, assuming electrons", RuntimeWarning,
+                  stacklevel=3)
+    return 1.0
+
+
+def load_prereduced(
+    image_path: Path,
+    *,
+    weight_path: Path | None = None,
+    mask_path: Path | None = None,
+    refcat: Table | None = None,
+    params: ReduceParams,
+    gain: float | None = None,
+) -> ImageData:
+    """Turn an already-reduced image (plus optional weight and mask) into an `ImageData`.
+
+    Parameters
+    ----------
+    image_path : Path
+        FITS image (first 2-D HDU), in ADU unless ``BUNIT`` says electrons.
+    weight_path : Path, optional
+        Inverse-variance map in the image's units (ADU^-2); converted to electrons^-2. Without it the weight
+        is ``1 / (background rms map^2 + source electrons)``.
+    mask_path : Path, optional
+        Integer mask, non-zero = bad (FLAG_BAD).
+    refcat : astropy.table.Table, optional
+        Reference catalogue (ra, dec, mag_<band>) for the zero point when the header has none
+        (``MAGZERO``, ``MAGZPT`` or ``ZP``, taken to apply to the image's own units).
+    params : ReduceParams
+        Background mesh, detection threshold, PSF and matching parameters.
+    gain : float, optional
+        Electrons per image unit; default from ``BUNIT``/``GAIN``/``GAINA``+``GAINB``.
+
+    Returns
+    -------
+    ImageData
+        Background-subtracted electrons, weight (e-^-2), flags (bad from the mask, saturated above
+        ``ESATUR``/``SATURATE``, edge where the image is not finite or the weight is 0), PSF, header WCS,
+        zero point for electrons (NaN with a warning when unknown), FWHM (pixels), background level and
+        rms (electrons), ``astrom_rms_arcsec`` of the header WCS against the refcat (NaN without one).
+    """
+    data, header = _first_image_hdu(Path(image_path))
+    g = float(gain) if gain is not None else _gain(header)
+    flags = np.zeros(data.shape, np.uint16)
+    flags[~np.isfinite(data)] |= FLAG_EDGE
+    sat = header.get("ESATUR", header.get("SATURATE"))
+    if sat is not None:
+        flags[np.nan_to_num(data, nan=-np.inf) >= float(sat)] |= FLAG_SATURATED
+    if mask_path is not None:
+        m, _ = _first_image_hdu(Path(mask_path))
+        flags[m != 0] |= FLAG_BAD
+    electrons = np.where(np.isfinite(data), data, 0).astype(np.float32) * np.float32(g)
+    bkg = measure_background(electrons, flags=flags, mesh=min(params.bkg_mesh, max(16, min(data.shape) // 4)),
+                             filter_size=params.bkg_filter)
+    image = (electrons - bkg.map).astype(np.float32)
+    if weight_path is not None:
+        w_in, _ = _first_image_hdu(Path(weight_path))
+        weight = np.where(np.isfinite(w_in) & (w_in > 0), w_in, 0).astype(np.float32) / np.float32(g * g)
+        flags[weight <= 0] |= FLAG_EDGE
+    else:
+        weight = 1.0 / (bkg.rms_map.astype(np.float32) ** 2 + np.maximum(image, 0))
+    weight[flags != 0] = 0
+    weight = weight.astype(np.float32)
+    noise = noise_from_weight(weight, fill=bkg.rms)
+    sources = extract_sources(image, noise=noise, flags=flags, thresh=params.detect_thresh,
+                              minarea=params.detect_minarea)
+    psf = build_psf(image, sources, size_factor=params.psf_size_factor, min_snr=params.psf_min_snr,
+                    min_stars=3)
+    wcs = header_wcs(header)
+    wcs.pixel_shape = (data.shape[1], data.shape[0])
+    band = str(header.get("FILTER", " ")).strip()[:1]
+    zp, zp_err, astrom_rms, n_stars = float("nan"), float("nan"), float("nan"), 0
+    zp_card = next((k for k in _ZP_CARDS if k in header), None)
+    if zp_card is not None:
+        zp = float(header[zp_card]) + 2.5 * np.log10(g)  # card is for image units; ours is for electrons
+    if refcat is not None and len(refcat) and len(sources):
+        zpm, zp_err, astrom_rms, n_stars = _refcat_calibration(image, sources, refcat, wcs, band, psf.stamp,
+                                                               psf.fwhm_px, noise, flags, params)
+        if zp_card is None:
+            zp = zpm
+    if not np.isfinite(zp):
+        warnings.warn(f"load_prereduced: no zero point for {image_path}", RuntimeWarning, stacklevel=2)
+    exptime = float(header.get("EXPTIME", 0.0))
+    meta = {
+        "n_sources": len(sources), "n_stars": n_stars, "n_psf_stars": psf.n_stars, "zp_err": zp_err,
+        "zp_source": zp_card or ("refcat" if np.isfinite(zp) else "none"),
+        "lim_mag": limiting_magnitude(zp, bkg.rms, noise_equivalent_area(psf.stamp)), "exptime": exptime,
+        "gain": g, "airmass": float(header.get("AIRMASS", float("nan"))), "field": str(header.get("OBJECT", "")),
+        "header_fwhm": float(header["FWHM"]) if "FWHM" in header else float("nan"),
+    }
+    return ImageData(
+        image=image, weight=weight, flags=flags, psf=psf.stamp, wcs=wcs, zp=float(zp), fwhm_px=psf.fwhm_px,
+        bkg_level=bkg.level, bkg_rms=bkg.rms, astrom_rms_arcsec=astrom_rms,
+        mjd=float(header.get("MJD-OBS", 0.0)) + exptime / 2.0 / 86400.0, band=band, meta=meta,
+    )
+
+
+def _refcat_calibration(
+    image: np.ndarray, sources: Table, refcat: Table, wcs, band: str, psf: np.ndarray, fwhm: float,
+    noise: np.ndarray, flags: np.ndarray, params: ReduceParams,
+) -> tuple[float, float, float, int]:
+    """Match to the refcat through the header WCS; zero point (electrons), its error, WCS rms, n matched."""
+    ok = (np.asarray(sources["flag"]) < 4) & (np.asarray(sources["snr"]) >= 10)
+    idx = np.nonzero(ok)[0]
+    sxy = np.column_stack([np.asarray(sources["x"])[idx], np.asarray(sources["y"])[idx]])
+    rx, ry = wcs.all_world2pix(np.asarray(refcat["ra"], float), np.asarray(refcat["dec"], float), 0)
+    rxy = np.column_stack([rx, ry])
+    scale = 3600.0 * np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))
+    dx, dy, _ = find_offset(sxy, rxy, max_offset_px=params.astrom_max_offset_arcsec / scale)
+    i, j = match_xy(sxy + [dx, dy], rxy, params.astrom_match_radius_arcsec / scale)
+    if len(i) < 3:
+        return float("nan"), float("nan"), float("nan"), int(len(i))
+    d = np.hypot(*(sxy[i] - rxy[j]).T) * scale
+    astrom_rms = float(np.sqrt(np.mean(d**2)))
+    mag_col = f"mag_{band}"
+    if mag_col not in refcat.colnames:
+        return float("nan"), float("nan"), astrom_rms, int(len(i))
+    radius = params.zp_aperture_fwhm * fwhm
+    f, fe, fflag = aperture_flux(image, sxy[i, 0], sxy[i, 1], radius, noise=noise, flags=flags)
+    apcor = aperture_fraction(psf, radius) if radius < psf.shape[0] // 2 else 1.0
+    good = fflag == 0
+    z = fit_zeropoint(f[good], fe[good], np.asarray(refcat[mag_col], float)[j][good],
+                      aperture_correction=apcor, min_snr=params.zp_min_snr)
+    return z.zp, z.zp_err, astrom_rms, int(len(i))
