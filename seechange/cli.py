@@ -168,10 +168,16 @@ main.add_command(topics)
 
 
 def _register_pipeline_commands() -> None:
+    from seechange.commands.demo import demo
     from seechange.commands.serve import ingest, serve
 
     main.add_command(serve)
     main.add_command(ingest)
+    main.add_command(demo)
 
 
 _register_pipeline_commands()
+
+
+if __name__ == "__main__":
+    main()

@@ -93,8 +93,8 @@ def _write_sightings(session: Session, sub: SubtractionImage, prov_id: str, tabl
         phot = dict(sighting_id=s.id, provenance_id=prov_id, psf_flux=float(row["flux_psf"]),
                     psf_flux_err=float(row["flux_psf_err"]), flux_njy=_opt(row["flux_njy"]),
                     flux_njy_err=_opt(row["flux_njy_err"]),
-                    aper_fluxes=[float(row[f"flux_aper_{i}"]) for i in range(n_ap)] if n_ap else None,
-                    aper_flux_errs=[float(row[f"flux_aper_err_{i}"]) for i in range(n_ap)] if n_ap else None,
+                    aper_fluxes=[float(v) for v in np.atleast_1d(row["flux_aper"])] if n_ap else None,
+                    aper_flux_errs=[float(v) for v in np.atleast_1d(row["flux_aper_err"])] if n_ap else None,
                     aper_radii_px=radii or None, mag=_opt(row["mag"]), mag_err=_opt(row["mag_err"]),
                     zero_point=_opt(row["zp"]), lim_mag=None, x_centroid=float(row["x"]),
                     y_centroid=float(row["y"]), fwhm_px=_opt(row["fwhm_px"]), elongation=_opt(row["elongation"]),
@@ -114,7 +114,9 @@ def _write_cutouts(session: Session, data_root: Path, prov_id: str, sub: Subtrac
     rel = f"{stem}.cutouts.fits"
     positions = [(s.x, s.y) for s in sightings]
     stamps = make_cutouts(new, ref, diff, positions, size=CUTOUT_SIZE)
-    write_cutouts_file(resolve(data_root, rel), {s.id: st for s, st in zip(sightings, stamps, strict=True)})
+    path = resolve(data_root, rel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_cutouts_file(path, {s.id: st for s, st in zip(sightings, stamps, strict=True)})
     for s in sightings:
         session.execute(insert(Cutouts).values(
             sighting_id=s.id, filepath=rel, hdu_new=f"SIG{s.id}_NEW", hdu_ref=f"SIG{s.id}_REF",
