@@ -370,7 +370,8 @@ def run_service(
     poll_timeout : float
         Consumer poll timeout, seconds.
     stats_interval : float
-        Seconds between "alive" log lines (counts and consumer lag).
+        Seconds between "alive" log lines (counts, and the lag: messages not yet polled, summed over the
+        assigned partitions).
     consumer_overrides : mapping, optional
         Extra librdkafka consumer properties (e.g. ``{"session.timeout.ms": 6000}``).
 
