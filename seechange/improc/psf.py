@@ -194,9 +194,14 @@ def build_psf(
     if size % 2 == 0:
         raise ValueError(f"size must be odd, got {size}")
     half = size // 2
-    stars = _select_stars(
-        sources, data.shape, half, min_snr=min_snr, max_stars=max_stars, isolation=1.5 * size
-    ) if len(sources) else sources
+    stars = sources
+    # relax isolation, then SNR, until enough stars qualify (small or crowded images)
+    for iso, snr in ((1.5 * size, min_snr), (1.0 * size, min_snr), (0.75 * size, min_snr / 2)):
+        stars = _select_stars(
+            sources, data.shape, half, min_snr=snr, max_stars=max_stars, isolation=iso
+        ) if len(sources) else sources
+        if len(stars) >= min_stars:
+            break
     if len(stars) < min_stars:
         warnings.warn(
             f"build_psf: only {len(stars)} PSF stars; using a Gaussian of FWHM {fwhm_guess:.2f} px",

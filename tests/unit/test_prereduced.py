@@ -34,7 +34,7 @@ def _tpv_by_hand(h: fits.Header, xy: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.skipif(not FRAMES, reason="/work/shared/data/decam-sfft is not available")
-@pytest.mark.parametrize("name", ["DEC-OBS04a.mini.fits", "DEC-OBS18c.mini.fits"])
+@pytest.mark.parametrize("name", ["DEC-OBS04a.mini.fits", "DEC-OBS18c.mini.fits", "Stack-DEC-OBS04.fits"])
 def test_decam_sfft_frame(name):
     path = DATA / name
     hdr = fits.getheader(path)
