@@ -306,10 +306,27 @@ def detect_cosmic_rays(
     return mask
 
 
+def _grow(mask: np.ndarray, r: int) -> np.ndarray:
+    """Dilate a boolean mask by a (2r+1)^2 square with shifted ORs (faster than ndimage on big frames)."""
+    out = mask.copy()
+    for _ in range(r):
+        cur = out.copy()
+        out[1:, :] |= cur[:-1, :]
+        out[:-1, :] |= cur[1:, :]
+        cur = out.copy()
+        out[:, 1:] |= cur[:, :-1]
+        out[:, :-1] |= cur[:, 1:]
+    return out
+
+
 def _saturation_and_bleed(
     trimmed_adu: np.ndarray, amps: list[AmpInfo], *, bleed_fraction: float, grow: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Saturated pixels (dilated by ``grow``) and bleed trails along columns from saturated pixels."""
+    """Saturated pixels (dilated by ``grow``) and bleed trails along columns from saturated pixels.
+
+    A bleed trail is a run of pixels above ``bleed_fraction`` of saturation, contiguous along a column with a
+    saturated pixel (column-wise connected components that contain a saturated pixel).
+    """
     sat = np.zeros(trimmed_adu.shape, bool)
     bleed_cand = np.zeros(trimmed_adu.shape, bool)
     for amp in amps:
@@ -319,17 +336,15 @@ def _saturation_and_bleed(
     if not sat.any():
         return sat, np.zeros_like(sat)
     cols = np.nonzero(sat.any(axis=0))[0]
-    c0, c1 = max(cols.min() - grow, 0), min(cols.max() + grow + 1, sat.shape[1])
-    sub_sat = sat[:, c0:c1]
-    trail = ndimage.binary_propagation(
-        sub_sat, structure=np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], bool), mask=bleed_cand[:, c0:c1] | sub_sat
-    )
+    sub = bleed_cand[:, cols] | sat[:, cols]
+    lab, _ = ndimage.label(sub, structure=np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], bool))
+    hit = np.unique(lab[sat[:, cols]])
+    trail = np.isin(lab, hit[hit > 0]) & ~sat[:, cols]
     bleed = np.zeros_like(sat)
-    bleed[:, c0:c1] = trail & ~sub_sat
+    bleed[:, cols] = trail
     if grow > 0:
-        st = np.ones((2 * grow + 1, 2 * grow + 1), bool)
-        sat = ndimage.binary_dilation(sat, structure=st)
-        bleed = ndimage.binary_dilation(bleed, structure=st) & ~sat
+        sat = _grow(sat, grow)
+        bleed = _grow(bleed, grow) & ~sat
     return sat, bleed
 
 
