@@ -130,3 +130,39 @@ def test_write_read_round_trip(reduced, tmp_path):
     hdr = fits.getheader(f"{stem}.image.fits")
     assert hdr["PROVID"] == "abc123" and hdr["ZP"] == pytest.approx(d.zp)
     assert not list(tmp_path.glob("sub/*.tmp"))
+
+
+def test_reduce_simulated_ccd_against_truth(tmp_path_factory):
+    sim = pytest.importorskip("seechange.sim")
+    from astropy.coordinates import SkyCoord
+    import astropy.units as u
+
+    from seechange.improc.astrometry import load_refcat
+    from seechange.improc.calibrate import load_calibration
+    from seechange.improc.reduction import header_wcs
+
+    root = tmp_path_factory.mktemp("night")
+    size = (512, 1024)
+    sim.simulate_night(root, seed=11, n_fields=1, n_epochs=1, band="r", size=size)
+    night = sim.read_night_json(root)
+    ex = night["exposures"][0]
+    raw, hdr = fits.getdata(root / ex["raw_path"], header=True)
+    ra, dec = header_wcs(hdr).wcs.crval
+    ref = load_refcat(root / "refcat", ra, dec, 0.3)
+    calib = load_calibration(root / "calib" / "DECam" / str(ex["ccdnum"]))
+    d = reduce_exposure(raw, hdr, calib, ref, params=ReduceParams())
+    truth = sim.read_truth(root, ex["expname"], ex["ccdnum"])
+    assert d.zp == pytest.approx(truth.meta["zp"], abs=0.03)
+    assert d.astrom_rms_arcsec <= 0.1
+    stars = truth[(truth["kind"] == "star") & np.isfinite(truth["mag"])]
+    inside = (stars["x"] > 0) & (stars["x"] < size[0] - 1) & (stars["y"] > 0) & (stars["y"] < size[1] - 1)
+    stars = stars[inside]
+    r2, d2 = d.wcs.all_pix2world(np.asarray(stars["x"]), np.asarray(stars["y"]), 0)
+    sep = SkyCoord(r2 * u.deg, d2 * u.deg).separation(
+        SkyCoord(np.asarray(stars["ra"]) * u.deg, np.asarray(stars["dec"]) * u.deg)).arcsec
+    assert np.sqrt(np.mean(sep**2)) <= 0.1  # fitted WCS vs the true WCS at the true star positions
+    assert d.fwhm_px == pytest.approx(truth.meta["fwhm_arcsec"] / 0.263, rel=0.05)
+    assert d.bkg_level == pytest.approx(truth.meta["sky_e"], rel=0.01)
+    crs = np.array(truth.meta["cosmic_ray_pixels"])
+    if len(crs):
+        assert np.mean(d.flags[crs[:, 1], crs[:, 0]] != 0) > 0.7
