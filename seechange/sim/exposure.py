@@ -217,7 +217,9 @@ def render_exposure(spec: ExposureSpec, catalog: FieldCatalog, variables: list[T
         data[amp_full] = plateau[amp_full]
         raw[:, dc] = data
         raw[:, bc] = level + sigma * noise_rng.standard_normal((ny, bc.stop - bc.start), dtype=np.float32)
-    image = np.clip(np.rint(raw), 0, 65535).astype(np.int32)
+    np.rint(raw, out=raw)
+    np.clip(raw, 0, 65535, out=raw)
+    image = raw.astype(np.int32)
 
     header = _raw_header(spec, layout)
     truth.meta.update(_truth_meta(spec, wcs, psf, cr_pixels, int(full.sum()), n_bled))
@@ -262,7 +264,9 @@ def _source_table(spec: ExposureSpec, catalog: FieldCatalog, variables: list[Tim
 
 def _shot_noise(rng: np.random.Generator, expected: np.ndarray) -> np.ndarray:
     """Poisson realisation of ``expected`` electrons (Gaussian approximation above 200 e-), float32."""
-    out = expected + np.sqrt(np.maximum(expected, 0.0)) * rng.standard_normal(expected.shape, dtype=np.float32)
+    out = rng.standard_normal(expected.shape, dtype=np.float32)
+    out *= np.sqrt(np.maximum(expected, 0.0))
+    out += expected
     low = expected < POISSON_EXACT_BELOW
     if low.any():
         out[low] = rng.poisson(np.maximum(expected[low], 0.0)).astype(np.float32)

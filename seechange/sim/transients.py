@@ -200,6 +200,7 @@ def make_time_variables(seed: int, field_index: int, catalog: FieldCatalog, epoc
     list of SupernovaLike, VariableStar, MovingObject
     """
     rng = seeds.rng_for(seed, seeds.TRANSIENTS, field_index)
+    margin = min(EDGE_MARGIN_PX, min(size) / 4.0)
     area = size[0] * size[1] / (DEFAULT_SIZE[0] * DEFAULT_SIZE[1])
     n_sn = max(MIN_PER_KIND, round(TRANSIENTS_PER_FULL_CCD * area))
     n_var = max(MIN_PER_KIND, round(VARIABLES_PER_FULL_CCD * area))
@@ -212,11 +213,11 @@ def make_time_variables(seed: int, field_index: int, catalog: FieldCatalog, epoc
     # Hosts: galaxies well inside the CCD (field-centre tangent plane; pointing jitter is small).
     gal = catalog.galaxies
     east, north = _galaxy_offsets(gal["ra"], gal["dec"], catalog.ra, catalog.dec)
-    hx = (size[0] / 2.0 - EDGE_MARGIN_PX) * PIXEL_SCALE
-    hy = (size[1] / 2.0 - EDGE_MARGIN_PX) * PIXEL_SCALE
+    hx = (size[0] / 2.0 - margin) * PIXEL_SCALE
+    hy = (size[1] / 2.0 - margin) * PIXEL_SCALE
     hosts = np.flatnonzero((np.abs(east) < hx) & (np.abs(north) < hy) & (gal["mag_r"] < 22.5))
     hosted = rng.random(n_sn) < 0.5
-    fe, fn = _inside_offsets(rng, n_sn, size, EDGE_MARGIN_PX)
+    fe, fn = _inside_offsets(rng, n_sn, size, margin)
     for k in range(n_sn):
         t_start = float(rng.uniform(t_clean, t_next))
         t_start = max(t_start, t_clean + 1e-6)
@@ -236,7 +237,7 @@ def make_time_variables(seed: int, field_index: int, catalog: FieldCatalog, epoc
             peak_mag=float(rng.uniform(19.0, 23.0)), t_start=t_start, t_peak=t_start + rise,
             decline=float(rng.uniform(0.3, 3.0)), host_id=host_id, host_offset_arcsec=offset))
 
-    ve, vn = _inside_offsets(rng, n_var, size, EDGE_MARGIN_PX)
+    ve, vn = _inside_offsets(rng, n_var, size, margin)
     for k in range(n_var):
         ra, dec = offset_sky(catalog.ra, catalog.dec, float(ve[k]), float(vn[k]))
         out.append(VariableStar(
@@ -251,8 +252,8 @@ def make_time_variables(seed: int, field_index: int, catalog: FieldCatalog, epoc
     ve_, vn_ = speed * math.cos(ang), speed * math.sin(ang)
     # Track centre (mid-night) kept so that both ends stay inside the CCD with a margin.
     half_e, half_n = abs(ve_) * span_h / 2.0, abs(vn_) * span_h / 2.0
-    hx = max((size[0] / 2.0 - EDGE_MARGIN_PX) * PIXEL_SCALE - half_e, 0.0)
-    hy = max((size[1] / 2.0 - EDGE_MARGIN_PX) * PIXEL_SCALE - half_n, 0.0)
+    hx = max((size[0] / 2.0 - margin) * PIXEL_SCALE - half_e, 0.0)
+    hy = max((size[1] / 2.0 - margin) * PIXEL_SCALE - half_n, 0.0)
     ce, cn = float(rng.uniform(-hx, hx)), float(rng.uniform(-hy, hy))
     t_mid = (night_mjds[0] + night_mjds[1] + day) / 2.0
     ra, dec = offset_sky(catalog.ra, catalog.dec, ce, cn)
