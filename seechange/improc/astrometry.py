@@ -15,7 +15,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import fit_wcs_from_points, proj_plane_pixel_scales
 from scipy.spatial import cKDTree
 
-__all__ = ["AstrometryResult", "load_refcat", "find_offset", "match_xy", "solve_astrometry"]
+__all__ = ["AstrometryResult", "find_offset", "load_refcat", "match_xy", "solve_astrometry"]
 
 log = logging.getLogger(__name__)
 

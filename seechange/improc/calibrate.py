@@ -15,17 +15,17 @@ import numpy as np
 from astropy.io import fits
 from scipy import ndimage
 
-from seechange.improc.sections import parse_section, section_slices
+from seechange.improc.sections import parse_section
 from seechange.improc.types import FLAG_BAD, FLAG_BLEED, FLAG_COSMIC_RAY, FLAG_SATURATED
 
 __all__ = [
     "AmpInfo",
     "CalibFrames",
     "amp_layout",
-    "overscan_correct_and_trim",
     "calibrate",
     "detect_cosmic_rays",
     "load_calibration",
+    "overscan_correct_and_trim",
 ]
 
 log = logging.getLogger(__name__)

@@ -165,16 +165,16 @@ def _refcat_calibration(
     dx, dy, _ = find_offset(sxy, rxy, max_offset_px=params.astrom_max_offset_arcsec / scale)
     i, j = match_xy(sxy + [dx, dy], rxy, params.astrom_match_radius_arcsec / scale)
     if len(i) < 3:
-        return float("nan"), float("nan"), float("nan"), int(len(i))
+        return float("nan"), float("nan"), float("nan"), len(i)
     d = np.hypot(*(sxy[i] - rxy[j]).T) * scale
     astrom_rms = float(np.sqrt(np.mean(d**2)))
     mag_col = f"mag_{band}"
     if mag_col not in refcat.colnames:
-        return float("nan"), float("nan"), astrom_rms, int(len(i))
+        return float("nan"), float("nan"), astrom_rms, len(i)
     radius = params.zp_aperture_fwhm * fwhm
     f, fe, fflag = aperture_flux(image, sxy[i, 0], sxy[i, 1], radius, noise=noise, flags=flags)
     apcor = aperture_fraction(psf, radius) if radius < psf.shape[0] // 2 else 1.0
     good = fflag == 0
     z = fit_zeropoint(f[good], fe[good], np.asarray(refcat[mag_col], float)[j][good],
                       aperture_correction=apcor, min_snr=params.zp_min_snr)
-    return z.zp, z.zp_err, astrom_rms, int(len(i))
+    return z.zp, z.zp_err, astrom_rms, len(i)

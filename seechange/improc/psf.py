@@ -13,11 +13,11 @@ from scipy.spatial import cKDTree
 
 __all__ = [
     "PSFModel",
+    "aperture_fraction",
     "build_psf",
     "gaussian_psf",
     "measure_fwhm",
     "noise_equivalent_area",
-    "aperture_fraction",
     "stamp_size_for",
 ]
 

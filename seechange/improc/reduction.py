@@ -26,7 +26,7 @@ from seechange.improc.psf import aperture_fraction, build_psf, noise_equivalent_
 from seechange.improc.types import ImageData
 from seechange.improc.zeropoint import aperture_flux, fit_zeropoint, limiting_magnitude
 
-__all__ = ["ReduceParams", "reduce_exposure", "write_image_data", "read_image_data", "header_wcs"]
+__all__ = ["ReduceParams", "header_wcs", "read_image_data", "reduce_exposure", "write_image_data"]
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_section", "section_slices", "section_shape"]
+__all__ = ["parse_section", "section_shape", "section_slices"]
 
 _SECTION_RE = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
 
@@ -25,11 +25,13 @@ def parse_section(section: str) -> tuple[int, int, int, int]:
 
     Raises
     ------
+    TypeError
+        If ``section`` is not a string.
     ValueError
         If the string is not a valid section or a bound is < 1.
     """
     if not isinstance(section, str):
-        raise ValueError(f"section must be a string, got {type(section).__name__}")
+        raise TypeError(f"section must be a string, got {type(section).__name__}")
     m = _SECTION_RE.match(section)
     if m is None:
         raise ValueError(f"not a FITS section: {section!r}")

@@ -111,7 +111,7 @@ def test_cosmic_rays_spare_stars():
         assert m[y, x]
     assert m[150, 101]
     for x0, y0 in stars:
-        assert not m[int(round(y0)) - 5 : int(round(y0)) + 6, int(round(x0)) - 5 : int(round(x0)) + 6].any()
+        assert not m[round(y0) - 5 : round(y0) + 6, round(x0) - 5 : round(x0) + 6].any()
     assert m.sum() < 20
 
 

@@ -34,7 +34,7 @@ def test_finds_injected_stars_at_known_positions():
     assert np.median(t["fwhm"][j[isolated]]) == pytest.approx(3.5, rel=0.1)
     assert np.all(t["snr"][j[isolated]] > 100)
     assert t["pixflags"][j[0]] & 4
-    assert set(["x", "y", "flux", "flux_err", "a", "b", "theta", "fwhm", "flag", "snr"]) <= set(t.colnames)
+    assert {"x", "y", "flux", "flux_err", "a", "b", "theta", "fwhm", "flag", "snr"} <= set(t.colnames)
 
 
 def test_nothing_found_is_empty_with_warning():

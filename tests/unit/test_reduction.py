@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -38,7 +40,7 @@ def synthetic_raw(seed: int, nx: int = 512, ny: int = 1024, zp: float = 31.0, fw
     s = fwhm / 2.3548
     yy, xx = np.mgrid[-20:21, -20:21]
     for xi, yi, m in zip(x, y, mag):
-        ix, iy = int(round(xi)), int(round(yi))
+        ix, iy = round(xi), round(yi)
         stamp = 10 ** (-0.4 * (m - zp)) * np.exp(-((xx + ix - xi) ** 2 + (yy + iy - yi) ** 2) / (2 * s * s))
         stamp /= 2 * np.pi * s * s
         y0, y1, x0, x1 = iy - 20, iy + 21, ix - 20, ix + 21
@@ -109,7 +111,7 @@ def test_params_critical_is_hashable_dict():
     p = ReduceParams(detect_thresh=4.0)
     c = p.critical()
     assert c["detect_thresh"] == 4.0 and c == ReduceParams(detect_thresh=4.0).critical()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.detect_thresh = 3.0  # frozen
 
 
@@ -134,8 +136,8 @@ def test_write_read_round_trip(reduced, tmp_path):
 
 def test_reduce_simulated_ccd_against_truth(tmp_path_factory):
     sim = pytest.importorskip("seechange.sim")
-    from astropy.coordinates import SkyCoord
     import astropy.units as u
+    from astropy.coordinates import SkyCoord
 
     from seechange.improc.astrometry import load_refcat
     from seechange.improc.calibrate import load_calibration

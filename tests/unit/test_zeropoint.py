@@ -27,7 +27,7 @@ def test_zeropoint_on_synthetic_stars():
     mag_ref[:8] += 0.5
     # small aperture + PSF aperture correction
     r = 1.5 * fwhm
-    f, fe, flag = aperture_flux(img, x, y, r, noise=sky_sigma)
+    f, fe, _flag = aperture_flux(img, x, y, r, noise=sky_sigma)
     psf = gaussian_psf(fwhm, 31)
     z = fit_zeropoint(f, fe, mag_ref, aperture_correction=aperture_fraction(psf, r))
     assert z.zp == pytest.approx(zp_true, abs=0.01)
