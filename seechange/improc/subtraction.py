@@ -171,6 +171,11 @@ def detect_and_measure(
         shape_min_snr=params.shape_min_snr, width_range=params.width_range,
         max_elongation=params.max_elongation, max_neg_fraction=params.max_neg_fraction,
     )
+    if len(det) == 0:
+        for c, dt in (("x_centroid_score", float), ("y_centroid_score", float), ("npix", np.int64),
+                      ("diff_flags", np.uint16)):
+            meas[c] = np.zeros(0, dtype=dt)
+        return meas
     extra = Table({"x_centroid_score": det["x"], "y_centroid_score": det["y"], "npix": det["npix"],
                    "diff_flags": det["flags"]})
-    return hstack([meas, extra], join_type="exact") if len(det) else meas
+    return hstack([meas, extra], join_type="exact")
