@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def serve(settings: Settings, *, name: str, input_topic: str, input_schema: str,
           make_handler: Callable[[Settings], Handler], max_messages: int | None = None,
-          idle_timeout: float | None = None) -> RunStats:
+          idle_timeout: float | None = None, deliver_before_commit: bool = False) -> RunStats:
     """Run one stage service until SIGTERM, ``max_messages`` or ``idle_timeout``.
 
     ``settings`` must already name the broker and database (see ``seechange.localservices.endpoints``).
@@ -27,6 +27,7 @@ def serve(settings: Settings, *, name: str, input_topic: str, input_schema: str,
                  settings.consumer_group_prefix, name)
         return run_service(settings, name=name, input_topic=input_topic, input_schema=input_schema,
                            handler=handler, session_factory=make_session_factory(engine),
-                           registry=SchemaRegistry.load(), max_messages=max_messages, idle_timeout=idle_timeout)
+                           registry=SchemaRegistry.load(), max_messages=max_messages, idle_timeout=idle_timeout,
+                           deliver_before_commit=deliver_before_commit)
     finally:
         engine.dispose()

@@ -8,10 +8,10 @@ from sqlalchemy.orm import Session
 
 from seechange.config import Settings
 from seechange.improc.subtraction import SubtractParams
-from seechange.pipeline.subtract import ReferenceParams, subtract_image_row, subtraction_event
+from seechange.pipeline.subtract import ReferenceParams, ReferencePending, subtract_image_row, subtraction_event
 from seechange.storage import PathOutsideDataRoot
 from seechange.streaming.framing import epoch_ms, now_ms
-from seechange.streaming.runloop import BadMessage, Handler, MessageContext, OutEvent
+from seechange.streaming.runloop import BadMessage, Handler, InfrastructureError, MessageContext, OutEvent
 
 NAME = "subtract"
 INPUT_TOPIC, INPUT_SCHEMA = "image-reduced", "image_reduced"
@@ -29,6 +29,8 @@ def make_handler(settings: Settings, ref_params: ReferenceParams | None = None,
                                      params=params)
         except (FileNotFoundError, PathOutsideDataRoot) as exc:
             raise BadMessage(str(exc)) from exc
+        except ReferencePending as exc:  # a member is still in reduce: retry with back-off, commit nothing
+            raise InfrastructureError(str(exc)) from exc
         if sub is None:
             return []
         record = subtraction_event(sub, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(event["ingested_at"]))

@@ -18,6 +18,7 @@ from seechange.streaming.runloop import BadMessage, Handler, MessageContext, Out
 
 NAME = "alert"
 INPUT_TOPIC, INPUT_SCHEMA = "sighting-found", "sighting_found"
+DELIVER_BEFORE_COMMIT = True  # the alert_log row says "sent": deliver first
 
 
 def make_handler(settings: Settings) -> Handler:

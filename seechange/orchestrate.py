@@ -171,7 +171,7 @@ def progress(session: Session, exposure_ids: Sequence[int]) -> Progress:
     p = Progress(exposures=len(ids))
     p.reduced = session.scalar(select(func.count()).select_from(img.subquery())) or 0
     p.no_reference = session.scalar(select(func.count()).where(
-        Image.exposure_id.in_(ids), Image.extra["subtraction"].astext == "no reference yet")) or 0
+        Image.exposure_id.in_(ids), Image.extra["subtraction"].astext.is_not(None))) or 0
     subs = select(SubtractionImage).where(SubtractionImage.new_image_id.in_(img))
     p.subtracted = session.scalar(select(func.count()).select_from(subs.subquery())) or 0
     p.detected = session.scalar(select(func.count()).select_from(

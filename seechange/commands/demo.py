@@ -114,7 +114,7 @@ def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cad
                 bar.update(tasks["ingested"], completed=len(exposure_ids))
                 bar.update(tasks["reduced"], completed=p.reduced)
                 bar.update(tasks["subtracted"], completed=p.through_subtract,
-                           extra=f"({p.no_reference} without reference yet)")
+                           extra=f"({p.no_reference} reference members or without reference)")
                 bar.update(tasks["detected"], completed=p.detected + p.no_reference,
                            extra=f"{p.sightings} sightings")
                 bar.update(alerts_task, completed=received, extra=f"{p.alerts_logged} sent, {received} received")

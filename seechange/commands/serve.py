@@ -27,7 +27,8 @@ def run_stage(settings: Settings, stage: str, *, max_messages: int | None = None
 
     module = importlib.import_module(STAGES[stage])
     serve_loop(settings, name=module.NAME, input_topic=module.INPUT_TOPIC, input_schema=module.INPUT_SCHEMA,
-               make_handler=module.make_handler, max_messages=max_messages, idle_timeout=idle_timeout)
+               make_handler=module.make_handler, max_messages=max_messages, idle_timeout=idle_timeout,
+               deliver_before_commit=getattr(module, "DELIVER_BEFORE_COMMIT", False))
 
 
 @click.command("serve")

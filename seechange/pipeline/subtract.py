@@ -2,8 +2,11 @@
 
 The reference of a field / band / CCD is the coadd of the first ``n_ref_images`` good Images of that key
 (by MJD). It is built once, under a transaction-level advisory lock on the key, so several subtract
-instances never build it twice. An image that comes before the reference can exist (one of the first
-``n_ref_images``) is recorded as such on its row (``extra["subtraction"] = "no reference yet"``).
+instances never build it twice. Membership is decided from the key's exposures in MJD order, so it does
+not depend on which parallel reduce finished first; while a would-be member is still being reduced the
+message is retried (:class:`ReferencePending`). An image that is a member of its reference, or that comes
+while the key has too few good images, is not subtracted, and its row says why
+(``extra["subtraction"]``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -36,6 +39,7 @@ from seechange.storage import resolve, write_fits_atomic
 log = logging.getLogger(__name__)
 
 NO_REFERENCE = "no reference yet"
+REFERENCE_MEMBER = "member of its reference"
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,52 @@ def _lock(session: Session, key: str) -> None:
     session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(key.encode()) - 2**31})
 
 
+class ReferencePending(Exception):
+    """A member of the reference is ingested but not reduced yet: retry later (not an error of the message)."""
+
+
+#: An ingested exposure with no Image after this long is taken to have failed reduction (dead-lettered).
+PENDING_GIVE_UP_S = 600.0
+
+
+def _reference_members(session: Session, image: Image, n_ref: int, min_zp: float) -> list[Image]:
+    """The first ``n_ref`` good Images of the key by MJD, deciding by the *exposures* of the key.
+
+    Deciding from exposures (not from whichever images happen to be reduced) makes the choice independent
+    of the order in which parallel reduce instances finish. Raises :class:`ReferencePending` when one of
+    the exposures that would be a member has not been reduced yet.
+    """
+    from datetime import UTC, datetime
+
+    from seechange.models import Exposure
+
+    rows = session.execute(
+        select(Exposure, Image).outerjoin(Image, (Image.exposure_id == Exposure.id)
+                                          & (Image.provenance_id == image.provenance_id))
+        .where(Exposure.field == image.field, Exposure.band == image.band,
+               Exposure.section_id == image.section_id)
+        .order_by(Exposure.mjd, Exposure.id)).all()
+    members: list[Image] = []
+    now = datetime.now(UTC)
+    for exposure, img in rows:
+        if len(members) == n_ref:
+            break
+        if img is None:
+            if (now - exposure.ingested_at).total_seconds() < PENDING_GIVE_UP_S:
+                raise ReferencePending(f"exposure {exposure.id} of {reference_key(image)} is not reduced yet")
+            continue
+        if img.is_good and (img.zero_point or 0.0) >= min_zp:
+            members.append(img)
+    return members
+
+
 def find_or_build_reference(session: Session, data_root: Path, image: Image, *,
                             params: ReferenceParams) -> CoaddImage | None:
-    """The reference CoaddImage for ``image``, built now if possible; None if it cannot exist yet."""
+    """The reference CoaddImage for ``image``, built now if possible.
+
+    Returns None (and records why on the image row) when ``image`` is itself one of the reference's
+    members, or when the key does not have enough good images yet.
+    """
     key = reference_key(image)
     image_prov = session.get(Provenance, image.provenance_id)
     assert image_prov is not None
@@ -68,13 +115,16 @@ def find_or_build_reference(session: Session, data_root: Path, image: Image, *,
     existing = session.scalars(select(CoaddImage).where(CoaddImage.reference_key == key,
                                                         CoaddImage.provenance_id == prov.id)).one_or_none()
     if existing is not None:
+        if any(m.id == image.id for m in existing.images):
+            _note(image, REFERENCE_MEMBER)
+            return None
         return existing
-    members = list(session.scalars(
-        select(Image).where(Image.field == image.field, Image.band == image.band,
-                            Image.section_id == image.section_id, Image.provenance_id == image.provenance_id,
-                            Image.is_good.is_(True), func.coalesce(Image.zero_point, 0.0) >= params.min_zp)
-        .order_by(Image.mjd, Image.id).limit(params.n_ref_images)))
-    if len(members) < params.n_ref_images or any(m.id == image.id or m.mjd >= image.mjd for m in members):
+    members = _reference_members(session, image, params.n_ref_images, params.min_zp)
+    if any(m.id == image.id for m in members):
+        _note(image, REFERENCE_MEMBER)
+        return None
+    if len(members) < params.n_ref_images:
+        _note(image, NO_REFERENCE)
         return None
     t0 = time.perf_counter()
     inputs = [read_image_data(resolve(data_root, m.filepath)) for m in members]
@@ -87,9 +137,14 @@ def find_or_build_reference(session: Session, data_root: Path, image: Image, *,
     coadd_id = session.execute(insert(CoaddImage).values(**values).returning(CoaddImage.id)).scalar_one()
     session.execute(insert(coadd_members), [{"coadd_id": coadd_id, "image_id": m.id, "weight": None}
                                             for m in members])
-    log.info("built reference %s (coadd %d of %d images) in %.2f s", key, coadd_id, len(members),
+    log.info("built reference %s (coadd %d of images %s) in %.2f s", key, coadd_id, [m.id for m in members],
              time.perf_counter() - t0)
     return session.get(CoaddImage, coadd_id)
+
+
+def _note(image: Image, why: str) -> None:
+    image.extra = {**(image.extra or {}), "subtraction": why}
+    log.info("image %d (%s, mjd %.5f): not subtracted: %s", image.id, reference_key(image), image.mjd, why)
 
 
 def write_image_data_any(data_root: Path, stem: str, data: ImageData) -> None:
@@ -154,8 +209,6 @@ def subtract_image_row(session: Session, data_root: Path, image_id: int, *, ref_
         raise ValueError(f"image {image_id} is not in the database")
     reference = find_or_build_reference(session, data_root, image, params=ref_params)
     if reference is None:
-        image.extra = {**(image.extra or {}), "subtraction": NO_REFERENCE}
-        log.info("image %d (%s, mjd %.5f): %s", image.id, reference_key(image), image.mjd, NO_REFERENCE)
         return None
     provs = [session.get(Provenance, image.provenance_id), session.get(Provenance, reference.provenance_id)]
     prov = get_or_create_provenance(session, "subtract", params.critical(), [p for p in provs if p])

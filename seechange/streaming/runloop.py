@@ -76,6 +76,10 @@ class InfrastructureError(Exception):
     """Raise from a handler for "retry me later" (a dependency is down); nothing is committed."""
 
 
+class _Abandoned(Exception):
+    """Internal: the loop was stopped during an in-transaction delivery."""
+
+
 @dataclass
 class RunStats:
     """Counts of one :func:`run_service` call."""
@@ -117,6 +121,7 @@ class _Loop:
         self.topic, self.dlq = settings.topic(input_topic), dlq_topic(settings, input_topic)
         self.group = f"{settings.consumer_group_prefix}-{name}"
         self.stats = RunStats()
+        self.deliver_before_commit = False
         self.assigned: set[tuple[str, int]] = set()
         self.pending: deque[Message] = deque()
         self.paused = False
@@ -186,8 +191,10 @@ class _Loop:
         try:
             while True:
                 try:
-                    items = self._transact(record, ctx)
+                    items = self._transact(record, ctx, where)
                     break
+                except _Abandoned:
+                    return
                 except Exception as exc:  # noqa: BLE001 - every failure is either retried or dead-lettered
                     if not is_infrastructure_error(exc):
                         self._dead_letter(msg, where, exc)
@@ -200,7 +207,7 @@ class _Loop:
                     delay = min(delay * 2, BACKOFF_MAX_S)
             if self.after_db_commit is not None:
                 self.after_db_commit()
-            if not self._deliver(items, where):
+            if not self.deliver_before_commit and not self._deliver(items, where):
                 return
             self.stats.produced += len(items)
             if self._commit(msg, where):
@@ -210,12 +217,18 @@ class _Loop:
                 self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
                 self.paused = False
 
-    def _transact(self, record: dict[str, Any], ctx: MessageContext) -> list[_Item]:
-        """One transaction: the handler, then encoding its events (a bad event rolls the writes back)."""
+    def _transact(self, record: dict[str, Any], ctx: MessageContext, where: str) -> list[_Item]:
+        """One transaction: the handler, then encoding its events (a bad event rolls the writes back).
+
+        With ``deliver_before_commit`` the events are delivered before the transaction commits.
+        """
         with self.session_factory() as session, session.begin():
             events = self.handler(session, record, ctx)
-            return [(self.settings.topic(e.topic), e.key, encode(self.registry, e.schema, e.record), None)
-                    for e in events]
+            items: list[_Item] = [(self.settings.topic(e.topic), e.key,
+                                   encode(self.registry, e.schema, e.record), None) for e in events]
+            if self.deliver_before_commit and items and not self._deliver(items, where):
+                raise _Abandoned(where)  # stopped while delivering: roll back, commit nothing
+            return items
 
     def _dead_letter(self, msg: Message, where: str, exc: BaseException) -> None:
         error_class = type(exc).__name__
@@ -338,6 +351,7 @@ def run_service(
     poll_timeout: float = 0.5,
     stats_interval: float = STATS_INTERVAL_S,
     consumer_overrides: Mapping[str, Any] | None = None,
+    deliver_before_commit: bool = False,
 ) -> RunStats:
     """Consume ``input_topic``, call ``handler`` once per message in one transaction, produce its events.
 
@@ -374,6 +388,10 @@ def run_service(
         assigned partitions).
     consumer_overrides : mapping, optional
         Extra librdkafka consumer properties (e.g. ``{"session.timeout.ms": 6000}``).
+    deliver_before_commit : bool
+        Deliver the handler's events before the database commit instead of after (for a handler whose
+        rows record that the events were sent, e.g. the alert log: a crash in between then re-sends rather
+        than loses).
 
     Returns
     -------
@@ -384,6 +402,7 @@ def run_service(
     loop = _Loop(settings, name, input_topic, input_schema, handler, session_factory,
                  registry if registry is not None else SchemaRegistry.load(), stop, after_db_commit,
                  poll_timeout, consumer_overrides)
+    loop.deliver_before_commit = deliver_before_commit
     previous: dict[signal.Signals, Any] = {}
     if install_signal_handlers and threading.current_thread() is threading.main_thread():
         def on_signal(signum: int, _frame: FrameType | None) -> None:
