@@ -25,7 +25,7 @@ from seechange.improc.inject import inject_point_sources
 from seechange.improc.subtraction import DetectParams, SubtractParams, detect_and_measure, subtract
 from seechange.improc.types import FLAG_COSMIC_RAY, FLAG_SATURATED, ImageData
 
-__all__ = ["load_decam_sfft", "evaluate_real_decam", "REF_ZP", "TRANSIENT_XY"]
+__all__ = ["REF_ZP", "TRANSIENT_XY", "evaluate_real_decam", "load_decam_sfft"]
 
 log = logging.getLogger(__name__)
 REF_ZP = 30.0  # arbitrary: the files carry no absolute calibration; new zps are relative to the reference
@@ -104,7 +104,7 @@ def load_decam_sfft(path: Path, *, n_combined: int = 1, zp: float = REF_ZP) -> I
     return ImageData(
         image=img, weight=weight, flags=flags, psf=psf, wcs=WCS(hdr).celestial, zp=zp, fwhm_px=_fwhm(psf),
         bkg_level=float(hdr.get("SKYBRITE", 0.0)) * gain, bkg_rms=float(np.median(rms)),
-        meta={"path": str(path), "gain": gain, "n_psf_stars": int(len(objs)), "objects": objs},
+        meta={"path": str(path), "gain": gain, "n_psf_stars": len(objs), "objects": objs},
     )
 
 

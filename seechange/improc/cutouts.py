@@ -14,7 +14,7 @@ from astropy.wcs import WCS
 
 from seechange.improc.types import ImageData
 
-__all__ = ["make_cutouts", "write_cutouts_file", "read_cutout", "cutout_to_gzipped_fits"]
+__all__ = ["cutout_to_gzipped_fits", "make_cutouts", "read_cutout", "write_cutouts_file"]
 
 
 def _stamp(data: np.ndarray, wcs: WCS, x: float, y: float, size: int) -> tuple[np.ndarray, fits.Header]:

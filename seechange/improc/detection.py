@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from seechange.improc.zogy import ZogyResult
 
-__all__ = ["detect_transients", "DETECTION_COLUMNS"]
+__all__ = ["DETECTION_COLUMNS", "detect_transients"]
 
 DETECTION_COLUMNS = ("index", "x", "y", "x_peak", "y_peak", "score", "is_positive", "npix", "flags")
 
@@ -46,7 +46,6 @@ def _peaks(score: np.ndarray, threshold: float, min_area: int, window: int) -> l
     locmax = (score == ndimage.maximum_filter(score, size=window, mode="constant", cval=-np.inf)) & above
     ys, xs = np.nonzero(locmax)
     out = []
-    ny, nx = score.shape
     for y, x in zip(ys, xs):
         lab = labels[y, x]
         area = int(areas[lab - 1])

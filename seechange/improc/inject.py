@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from seechange.improc.types import ImageData
 
-__all__ = ["shifted_psf", "inject_point_sources"]
+__all__ = ["inject_point_sources", "shifted_psf"]
 
 
 def shifted_psf(psf: np.ndarray, dx: float, dy: float) -> np.ndarray:

@@ -21,8 +21,13 @@ from seechange.improc.types import FLAG_EDGE, ImageData
 from seechange.improc.zogy import ZogyResult
 
 __all__ = [
+    "QF_BAD_PIXELS",
+    "QF_DIPOLE",
+    "QF_EDGE",
+    "QF_ELONGATED",
+    "QF_NEG_FRACTION",
+    "QF_WIDTH",
     "measure_sightings",
-    "QF_DIPOLE", "QF_NEG_FRACTION", "QF_BAD_PIXELS", "QF_WIDTH", "QF_ELONGATED", "QF_EDGE",
 ]
 
 QF_DIPOLE = 1

@@ -20,7 +20,7 @@ from seechange.improc.resample import resample_image
 from seechange.improc.types import ImageData
 from seechange.improc.zogy import ZogyParams, ZogyResult, zogy
 
-__all__ = ["SubtractParams", "DetectParams", "subtract", "detect_and_measure", "astrometric_sigma_px"]
+__all__ = ["DetectParams", "SubtractParams", "astrometric_sigma_px", "detect_and_measure", "subtract"]
 
 
 @dataclass(frozen=True)

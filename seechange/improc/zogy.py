@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from seechange.improc.types import FLAG_EDGE, ImageData
 
-__all__ = ["ZogyParams", "ZogyResult", "zogy", "noise_correlation", "pad_psf"]
+__all__ = ["ZogyParams", "ZogyResult", "noise_correlation", "pad_psf", "zogy"]
 
 
 @dataclass(frozen=True)
@@ -189,8 +189,17 @@ def _fwhm_of_stamp(psf: np.ndarray) -> float:
     return float(2.3548 * np.sqrt(max(var, 1e-6)))
 
 
-def _robust_spread(score_corr: np.ndarray, valid: np.ndarray, fwhm: float) -> float:
-    """mad_std of S_corr over valid pixels away from significant peaks (two passes)."""
+def _robust_spread(score_corr: np.ndarray, valid: np.ndarray, fwhm: float,
+                   score_var: np.ndarray | None = None) -> float:
+    """mad_std of S_corr over background-limited valid pixels away from significant peaks.
+
+    Pixels whose score variance exceeds the median by more than 10% (source noise, flux-error and
+    astrometric terms: near stars and galaxies) and pixels near |S_corr| > 4 sigma are left out.
+    """
+    if score_var is not None and np.any(valid):
+        bg = score_var <= 1.1 * np.median(score_var[valid])
+        if np.count_nonzero(valid & bg) >= 1000:
+            valid = valid & bg
     if not np.any(valid):
         return 1.0
     s0 = float(mad_std(score_corr[valid]))
@@ -316,7 +325,7 @@ def zogy(new: ImageData, ref: ImageData, *, params: ZogyParams = ZogyParams()) -
 
     corr_new = noise_correlation(n_img, valid)
     corr_ref = noise_correlation(r_img, valid)
-    score_std = _robust_spread(score_corr, valid, fwhm_d)
+    score_std = _robust_spread(score_corr, valid, fwhm_d, score_var)
     do_renorm = params.renormalize == "always" or (
         params.renormalize == "auto" and max(corr_new, corr_ref) > params.correlation_threshold
     )
