@@ -170,10 +170,14 @@ main.add_command(topics)
 def _register_pipeline_commands() -> None:
     from seechange.commands.demo import demo
     from seechange.commands.serve import ingest, serve
+    from seechange.commands.stream import lightcurve_cmd, replay_cmd, subscribe_cmd
 
     main.add_command(serve)
     main.add_command(ingest)
     main.add_command(demo)
+    main.add_command(subscribe_cmd)
+    main.add_command(replay_cmd)
+    main.add_command(lightcurve_cmd)
 
 
 _register_pipeline_commands()

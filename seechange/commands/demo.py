@@ -14,6 +14,9 @@ import numpy as np
 
 from seechange.config import Settings
 
+DEMO_PREFIX = "demo."
+DEMO_DATABASE = "seechange_demo"
+
 
 def _parse_size(text: str) -> tuple[int, int]:
     try:
@@ -74,14 +77,15 @@ def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cad
         ep = up(settings)
     run_id = time.strftime("%H%M%S")
     data_dir = settings.data_dir / "demo"
-    db_name = "seechange_demo"
+    db_name = DEMO_DATABASE
     drop_database(ep.database_url, db_name)
     db_url = create_database(ep.database_url, db_name)
     upgrade(db_url)
     run = settings.model_copy(update={"kafka_bootstrap": ep.kafka_bootstrap, "database_url": db_url,
-                                      "data_dir": data_dir, "topic_prefix": f"demo{run_id}-",
+                                      "data_dir": data_dir, "topic_prefix": DEMO_PREFIX,
                                       "consumer_group_prefix": f"demo{run_id}"})
     admin_names = topic_names(run)
+    delete_topics(run.kafka_bootstrap, admin_names)  # the previous demo's events
     ensure_topics(run.kafka_bootstrap, admin_names, run.partitions)
     console.print(f"services up in {time.monotonic() - t_start:.1f} s: kafka {ep.kafka_bootstrap}, "
                   f"database {db_name}, topics prefix {run.topic_prefix!r}")
@@ -138,7 +142,6 @@ def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cad
         latencies = alert_latencies(s, alerts)
         n_vis, n_found, n_split = recovered_transients(s, data_dir, alerts, run.association_radius_arcsec)
     engine.dispose()
-    delete_topics(run.kafka_bootstrap, admin_names)
 
     table = Table(title="rows per table")
     table.add_column("table")
@@ -156,5 +159,8 @@ def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cad
         console.print(f"exposure-to-alert latency: median {np.median(latencies):.1f} s, "
                       f"p95 {np.percentile(latencies, 95):.1f} s (n={len(latencies)})")
     console.print(f"services stopped: {', '.join(f'{k}={v}' for k, v in codes.items())}")
+    console.print("explore it (the demo keeps its topics, database and files until the next demo):\n"
+                  f"  SEECHANGE_TOPIC_PREFIX={DEMO_PREFIX} seechange subscribe --from beginning --max 5\n"
+                  f"  SEECHANGE_DATABASE_URL='{db_url}' seechange lightcurve <object name>")
     if any(c != 0 for c in codes.values()):
         raise RuntimeError("a service did not shut down cleanly (exit code above); see " + str(data_dir / "logs"))
