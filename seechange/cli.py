@@ -170,6 +170,7 @@ main.add_command(topics)
 def _register_pipeline_commands() -> None:
     from seechange.commands.demo import demo
     from seechange.commands.serve import ingest, serve
+    from seechange.commands.simulate import simulate
     from seechange.commands.stream import lightcurve_cmd, replay_cmd, subscribe_cmd
 
     main.add_command(serve)
@@ -178,6 +179,7 @@ def _register_pipeline_commands() -> None:
     main.add_command(subscribe_cmd)
     main.add_command(replay_cmd)
     main.add_command(lightcurve_cmd)
+    main.add_command(simulate)
 
 
 _register_pipeline_commands()
