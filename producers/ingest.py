@@ -2,6 +2,9 @@
 
 A file that cannot be ingested is reported in one line and recorded on ``exposure-ready.dlq`` (value: the
 path, headers: error and origin), and ingestion goes on with the next file.
+
+Already-reduced images (:meth:`Ingestor.ingest_reduced`) become Exposure + Image rows and go straight to
+image-reduced (keyed by image id); their failures go to the same ``exposure-ready.dlq``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from confluent_kafka import Producer
 from sqlalchemy.orm import Session, sessionmaker
 
 from seechange.config import Settings
-from seechange.pipeline.ingest import IngestError, exposure_event, register_exposure
+from seechange.improc.reduction import ReduceParams
+from seechange.pipeline.ingest import IngestError, epoch_ms, exposure_event, register_exposure
+from seechange.pipeline.ingest_reduced import ReducedFiles, register_reduced_image
+from seechange.pipeline.reduce import image_event
 from seechange.streaming.framing import encode, now_ms
 from seechange.streaming.kafka_config import producer_config
 from seechange.streaming.registry import SchemaRegistry
@@ -26,6 +32,7 @@ from seechange.streaming.topics import dlq_name
 log = logging.getLogger(__name__)
 
 TOPIC = "exposure-ready"
+REDUCED_TOPIC = "image-reduced"
 
 
 @dataclass
@@ -35,6 +42,7 @@ class IngestReport:
     registered: list[int] = field(default_factory=list)  #: exposure ids emitted
     new: int = 0  #: of which newly registered
     failed: list[tuple[str, str]] = field(default_factory=list)  #: (path, error)
+    images: list[int] = field(default_factory=list)  #: image ids emitted (reduced ingestion only)
 
 
 class Ingestor:
@@ -85,6 +93,44 @@ class Ingestor:
             if on_each:
                 on_each(str(path), int(record["exposure_id"]), None)
         return report
+
+    def ingest_reduced(self, items: Iterable[ReducedFiles], *, params: ReduceParams | None = None,
+                       on_each: Callable[[str, int | None, str | None], None] | None = None) -> IngestReport:
+        """Register already-reduced images (idempotent) and emit image-reduced for each after the commit."""
+        params = params or ReduceParams()
+        report = IngestReport()
+        for item in items:
+            try:
+                with self.session_factory() as session, session.begin():
+                    exposure, image, created = register_reduced_image(
+                        session, self.settings.data_dir, item.image, weight_path=item.weight,
+                        mask_path=item.mask, params=params)
+                    record = image_event(image, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(exposure.ingested_at))
+                    exposure_id, image_id = exposure.id, image.id
+                self._deliver(self.settings.topic(REDUCED_TOPIC), str(image_id),
+                              encode(self.registry, "image_reduced", record))
+            except IngestError as exc:
+                message = self._dead_letter(item.image, exc)
+                report.failed.append((str(item.image), message))
+                if on_each:
+                    on_each(str(item.image), None, message)
+                continue
+            report.registered.append(exposure_id)
+            report.images.append(image_id)
+            report.new += int(created)
+            if on_each:
+                on_each(str(item.image), image_id, None)
+        return report
+
+    def _dead_letter(self, path: str | Path, exc: Exception) -> str:
+        """Log one line and record the failed path on ``exposure-ready.dlq``; return the one-line message."""
+        message = " ".join(str(exc).split())
+        log.error("ingest: %s: %s -> %s", path, message, dlq_name(self.topic))
+        self._deliver(dlq_name(self.topic), str(path), str(path).encode(), [
+            ("error_class", type(exc).__name__.encode()), ("error_message", message.encode()),
+            ("origin_topic", b"ingest"), ("origin_path", str(path).encode()), ("service", b"ingest"),
+            ("failed_at", datetime.now(UTC).isoformat().encode())])
+        return message
 
     def watch(self, folder: Path, *, poll_s: float = 1.0, stop: Callable[[], bool] = lambda: False) -> None:
         """Ingest every new ``*.fits`` file that appears under ``folder`` (once its size is stable)."""

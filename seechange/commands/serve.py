@@ -47,23 +47,52 @@ def serve(settings: Settings, stage: str, max_messages: int | None, idle_timeout
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--watch", "watch_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep watching this folder and ingest every new FITS file.")
+@click.option("--reduced", is_flag=True, help="The files are already reduced: emit image-reduced, skip reduce.")
+@click.option("--weight", "weight", type=click.Path(path_type=Path), default=None,
+              help="Inverse-variance map of the one --reduced image.")
+@click.option("--mask", "mask", type=click.Path(path_type=Path), default=None,
+              help="Bad-pixel mask (non-zero = bad) of the one --reduced image.")
 @click.pass_obj
-def ingest(settings: Settings, paths: tuple[Path, ...], watch_dir: Path | None) -> None:
-    """Register raw CCD files (inside the data root) and emit exposure-ready for each."""
+def ingest(settings: Settings, paths: tuple[Path, ...], watch_dir: Path | None, reduced: bool,
+           weight: Path | None, mask: Path | None) -> None:
+    """Register raw CCD files (inside the data root) and emit exposure-ready for each.
+
+    Already-reduced images (--reduced, or Community Pipeline names *_ooi_*, paired with the *_oow_* weight
+    and *_ood_* mask beside them) become Exposure + Image rows and emit image-reduced instead.
+    """
     from producers.ingest import Ingestor
     from seechange.localservices import endpoints
     from seechange.models.migrate import make_engine, make_session_factory
+    from seechange.pipeline.ingest_reduced import CP_NAME_CODES, ReducedFiles, pair_cp_triplets
 
+    if (weight or mask) and (not reduced or len(paths) != 1):
+        raise click.UsageError("--weight/--mask need --reduced and exactly one image path")
+    if reduced and watch_dir:
+        raise click.UsageError("--watch ingests raw files only; give reduced images as paths")
+    full = [p.resolve() if p.exists() else p for p in paths]
+    raw = [] if reduced else [p for p in full if not any(c in p.name for c in CP_NAME_CODES)]
+    triplets = pair_cp_triplets([p for p in full if p not in raw])
+    if weight or mask:
+        one = triplets[0] if triplets else ReducedFiles(full[0])
+        triplets = [ReducedFiles(one.image, weight.resolve() if weight else one.weight,
+                                 mask.resolve() if mask else one.mask)]
     settings = endpoints(settings)
     engine = make_engine(settings.database_url)
     ingestor = Ingestor(settings, make_session_factory(engine))
     try:
-        if paths:
-            report = ingestor.ingest([p.resolve() if p.exists() else p for p in paths])
+        failed = 0
+        if raw:
+            report = ingestor.ingest(raw)
             click.echo(f"ingested {len(report.registered)} exposure(s) ({report.new} new), "
                        f"{len(report.failed)} failed")
-            if report.failed and not watch_dir:
-                raise SystemExit(1)
+            failed += len(report.failed)
+        if triplets:
+            report = ingestor.ingest_reduced(triplets)
+            click.echo(f"ingested {len(report.images)} reduced image(s) ({report.new} new), "
+                       f"{len(report.failed)} failed")
+            failed += len(report.failed)
+        if failed and not watch_dir:
+            raise SystemExit(1)
         if watch_dir:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())

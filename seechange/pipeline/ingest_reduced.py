@@ -1,0 +1,352 @@
+"""Ingest an image that is already reduced (e.g. a NOIRLab Community Pipeline image / weight / mask triplet).
+
+The file enters as an :class:`Exposure` (same unique key as a raw CCD, so a second call is a no-op) and an
+:class:`Image` written straight away, keeping the header WCS and the header zero point when there is one;
+the producer then emits ``image-reduced`` and the reduce stage is skipped. No Kafka here.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS, FITSFixedWarning
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from seechange.improc.prereduced import load_prereduced
+from seechange.improc.reduction import ReduceParams, write_image_data
+from seechange.models import Exposure, Image, Provenance
+from seechange.pipeline.ingest import IngestError, band_of, ingest_provenance
+from seechange.pipeline.products import image_columns, product_stem
+from seechange.provenance import get_or_create_provenance
+from seechange.spatial import healpix_index
+from seechange.storage import md5sum, relative, resolve
+
+__all__ = [
+    "CP_NAME_CODES",
+    "PROCESS",
+    "ReducedFiles",
+    "ReducedHeaderInfo",
+    "pair_cp_triplets",
+    "read_reduced_info",
+    "register_reduced_image",
+]
+
+log = logging.getLogger(__name__)
+
+PROCESS = "ingest-reduced"
+
+#: Community Pipeline product codes in file names: image, weight (inverse variance), data-quality mask.
+CP_IMAGE, CP_WEIGHT, CP_MASK = "_ooi_", "_oow_", "_ood_"
+CP_NAME_CODES = (CP_IMAGE, CP_WEIGHT, CP_MASK)
+
+_FITS_SUFFIXES = (".fits.fz", ".fits.gz", ".fits", ".fit", ".fz")
+
+
+@dataclass(frozen=True)
+class ReducedFiles:
+    """One reduced image and its optional companions (paths as given: absolute or data-root relative)."""
+
+    image: Path
+    weight: Path | None = None
+    mask: Path | None = None
+
+
+@dataclass(frozen=True)
+class ReducedHeaderInfo:
+    """What the Exposure row needs, read from a reduced image's header."""
+
+    instrument: str
+    origin_id: str
+    section_id: str
+    filter: str
+    band: str
+    mjd: float
+    exp_time: float
+    ra: float
+    dec: float
+    field: str | None
+    airmass: float | None
+    gain: float | None
+    read_noise: float | None
+    shape: tuple[int, int]
+
+
+def file_stem(path: Path) -> str:
+    """File name without its FITS suffix(es): ``a/b/c4d_x_ooi_i_v1.fits.fz`` -> ``c4d_x_ooi_i_v1``."""
+    name = path.name
+    for suffix in _FITS_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def pair_cp_triplets(paths: list[Path]) -> list[ReducedFiles]:
+    """Group Community Pipeline file names into image / weight / mask triplets.
+
+    An image named ``*_ooi_*`` gets the ``*_oow_*`` and ``*_ood_*`` files beside it (same folder, same name
+    otherwise) when they exist. Weight and mask files given in ``paths`` are consumed by their image (and
+    dropped if their image is not in ``paths``, with a warning); any other file is an image on its own.
+
+    Parameters
+    ----------
+    paths : list of Path
+        Files as given on the command line.
+
+    Returns
+    -------
+    list of ReducedFiles
+        In the order of the images in ``paths``.
+    """
+    out: list[ReducedFiles] = []
+    images = {Path(p).resolve() for p in paths if CP_IMAGE in Path(p).name}
+    for p in (Path(q) for q in paths):
+        name = p.name
+        if CP_WEIGHT in name or CP_MASK in name:
+            code = CP_WEIGHT if CP_WEIGHT in name else CP_MASK
+            if (p.parent / name.replace(code, CP_IMAGE)).resolve() not in images:
+                log.warning("ingest-reduced: %s has no %s image beside it in the list; skipped", p, CP_IMAGE)
+            continue
+        if CP_IMAGE in name:
+            weight = p.parent / name.replace(CP_IMAGE, CP_WEIGHT)
+            mask = p.parent / name.replace(CP_IMAGE, CP_MASK)
+            out.append(ReducedFiles(p, weight if weight.exists() else None, mask if mask.exists() else None))
+        else:
+            out.append(ReducedFiles(p))
+    return out
+
+
+def _instrument(header: fits.Header, name: str) -> str:
+    """``INSTRUME``, else DECam when the header or name says so (CP ``c4d_`` names, ``FPA='DECAM_*'``)."""
+    if "INSTRUME" in header and str(header["INSTRUME"]).strip():
+        return str(header["INSTRUME"]).strip()
+    hints = (str(header.get("FPA", "")), str(header.get("EXP_BN", "")), name)
+    if any(h.upper().startswith("DECAM") or h.startswith("c4d_") for h in hints):
+        return "DECam"
+    raise IngestError(f"{name}: missing header card INSTRUME")
+
+
+def _read_header(full: Path) -> tuple[fits.Header, tuple[int, int]]:
+    """Header of the single 2-D image HDU (primary cards inherited), and its shape (ny, nx)."""
+    try:
+        with fits.open(full, memmap=False) as hdul:
+            hdus = [h for h in hdul if h.data is not None and getattr(h.data, "ndim", 0) == 2]
+            others = [h for h in hdul if h.data is not None and getattr(h.data, "ndim", 0) not in (0, 2)]
+            if not hdus:
+                raise IngestError(f"{full.name}: no 2-D image HDU"
+                                  + (f" (data has {others[0].data.ndim} dimensions)" if others else ""))
+            if len(hdus) > 1:
+                raise IngestError(f"{full.name}: {len(hdus)} image HDUs; give one CCD per file")
+            header = hdul[0].header.copy()
+            header.update(hdus[0].header)
+            shape = tuple(int(n) for n in hdus[0].data.shape)
+    except IngestError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        raise IngestError(f"{full.name}: not a readable FITS file: {' '.join(str(exc).split())}") from exc
+    return header, (shape[0], shape[1])
+
+
+def read_reduced_info(full: Path) -> ReducedHeaderInfo:
+    """Validate a reduced image file and read what the Exposure row needs.
+
+    Parameters
+    ----------
+    full : Path
+        Absolute path of the image.
+
+    Raises
+    ------
+    IngestError
+        Unreadable or non-FITS file, not exactly one 2-D image, no celestial WCS, or a missing / impossible
+        FILTER, MJD-OBS or EXPTIME card.
+    """
+    header, shape = _read_header(full)
+    name = full.name
+    missing = [k for k in ("FILTER", "MJD-OBS", "EXPTIME") if k not in header]
+    if missing:
+        raise IngestError(f"{name}: missing header card(s) {', '.join(missing)}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header).celestial
+    except Exception as exc:  # astropy raises many kinds on broken WCS cards
+        raise IngestError(f"{name}: unusable WCS: {' '.join(str(exc).split())}") from exc
+    if not wcs.has_celestial or wcs.naxis != 2:
+        raise IngestError(f"{name}: no celestial WCS in the header (CTYPE1/2, CRVAL, CRPIX, CD or PC)")
+    try:
+        ra, dec = (float(v) for v in wcs.all_pix2world([[(shape[1] - 1) / 2, (shape[0] - 1) / 2]], 0)[0])
+    except Exception as exc:
+        raise IngestError(f"{name}: unusable WCS: {' '.join(str(exc).split())}") from exc
+    if not (np.isfinite(ra) and np.isfinite(dec)):
+        raise IngestError(f"{name}: the header WCS gives no finite sky position for the image centre")
+    try:
+        mjd, exp_time = float(header["MJD-OBS"]), float(header["EXPTIME"])
+    except (TypeError, ValueError) as exc:
+        raise IngestError(f"{name}: MJD-OBS / EXPTIME not numbers: {exc}") from exc
+    if not (np.isfinite(mjd) and np.isfinite(exp_time)) or exp_time <= 0:
+        raise IngestError(f"{name}: impossible MJD-OBS={mjd} or EXPTIME={exp_time}")
+    section = header.get("CCDNUM", header.get("DETPOS", "NA"))
+    origin = header.get("EXPNUM", file_stem(full))
+    gain = header.get("GAIN")
+    if gain is None and "GAINA" in header and "GAINB" in header:
+        gain = (float(header["GAINA"]) + float(header["GAINB"])) / 2.0
+    rdnoise = header.get("RDNOISE", header.get("RDNOISEA"))
+    return ReducedHeaderInfo(
+        instrument=_instrument(header, name), origin_id=str(origin).strip(), section_id=str(section).strip(),
+        filter=str(header["FILTER"]), band=band_of(str(header["FILTER"])), mjd=mjd, exp_time=exp_time,
+        ra=ra, dec=dec, field=(str(header["OBJECT"]).strip() or None) if "OBJECT" in header else None,
+        airmass=_float_or_none(header.get("AIRMASS")), gain=_float_or_none(gain),
+        read_noise=_float_or_none(rdnoise), shape=shape,
+    )
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def _companion(data_root: Path, path: str | Path | None, kind: str, shape: tuple[int, int]) -> Path | None:
+    """Resolve and check a weight or mask file (inside the root, one 2-D HDU of the image's shape)."""
+    if path is None:
+        return None
+    full = _inside(data_root, path)
+    _, other = _read_header(full)
+    if other != shape:
+        raise IngestError(f"{full.name}: {kind} shape {other} differs from the image's {shape}")
+    return full
+
+
+def _inside(data_root: Path, path: str | Path) -> Path:
+    try:
+        full = resolve(data_root, path)
+    except ValueError as exc:
+        raise IngestError(str(exc)) from exc
+    if not full.is_file():
+        raise IngestError(f"{path}: no such file under the data root")
+    return full
+
+
+def _refcat(data_root: Path, ra: float, dec: float, shape: tuple[int, int]) -> Table | None:
+    """Reference stars around the image from ``<root>/refcat`` when that folder has catalogues, else None."""
+    from seechange.improc.astrometry import load_refcat
+
+    folder = data_root / "refcat"
+    if not folder.is_dir() or not any(folder.glob("*.ecsv")):
+        return None
+    radius = 0.5 * float(np.hypot(*shape)) * 0.3 / 3600.0 + 0.02  # half diagonal at <= 0.3"/px, + margin
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "no stars within": handled as an empty table
+        table = load_refcat(folder, ra, dec, radius)
+    return table if len(table) else None
+
+
+def reduced_provenance(session: Session, params: ReduceParams) -> Provenance:
+    """Provenance of loading reduced images with ``params`` (upstream: the ingest provenance)."""
+    return get_or_create_provenance(session, PROCESS, params.critical(), [ingest_provenance(session)])
+
+
+def register_reduced_image(
+    session: Session,
+    data_root: Path,
+    image_path: str | Path,
+    *,
+    weight_path: str | Path | None = None,
+    mask_path: str | Path | None = None,
+    params: ReduceParams,
+) -> tuple[Exposure, Image, bool]:
+    """Register an already-reduced image as an Exposure and an Image, writing the Image's files once.
+
+    Parameters
+    ----------
+    session : Session
+        The caller's session; the caller commits.
+    data_root : Path
+        Data root; every file must lie inside it.
+    image_path : str or Path
+        The reduced image (absolute or relative to the data root), in ADU unless ``BUNIT`` says electrons.
+    weight_path, mask_path : str or Path, optional
+        Inverse variance (image units^-2) and integer mask (non-zero = bad) of the same shape.
+    params : ReduceParams
+        Parameters of `load_prereduced` (background, detection, PSF, matching); they feed the provenance.
+
+    Returns
+    -------
+    (Exposure, Image, bool)
+        The rows and whether the Image was made now (False: it existed and nothing was written).
+
+    Raises
+    ------
+    IngestError
+        A file outside the data root, missing, not FITS, not 2-D, without WCS or required header cards;
+        or the exposure key already registered from a different file. The message is one line.
+    """
+    full = _inside(data_root, image_path)
+    info = read_reduced_info(full)
+    weight = _companion(data_root, weight_path, "weight", info.shape)
+    mask = _companion(data_root, mask_path, "mask", info.shape)
+    exposure = _register_exposure(session, data_root, full, info)
+    prov = reduced_provenance(session, params)
+    existing = session.scalars(select(Image).where(Image.exposure_id == exposure.id,
+                                                   Image.provenance_id == prov.id)).one_or_none()
+    if existing is not None:
+        return exposure, existing, False
+    refcat = _refcat(data_root, info.ra, info.dec, info.shape)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            data = load_prereduced(full, weight_path=weight, mask_path=mask, refcat=refcat, params=params)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise IngestError(f"{full.name}: cannot load the image: {' '.join(str(exc).split())}") from exc
+    stem = product_stem("reduced", prov.id, file_stem(full))
+    write_image_data(resolve(data_root, stem), data, {"EXPID": exposure.id, "PROVID": prov.id})
+    values = image_columns(data, filepath=stem, provenance_id=prov.id, field=exposure.field,
+                           section_id=exposure.section_id)
+    extra: dict[str, Any] = {k: v for k, v in (data.meta or {}).items()
+                             if isinstance(v, (int, str)) or (isinstance(v, float) and np.isfinite(v))}
+    extra.update(source_image=exposure.filepath,
+                 source_weight=relative(data_root, weight) if weight else None,
+                 source_mask=relative(data_root, mask) if mask else None)
+    values.update(exposure_id=exposure.id, extra=extra, is_good=bool(np.isfinite(data.fwhm_px)))
+    new_id = session.execute(insert(Image).values(**values)
+                             .on_conflict_do_nothing(index_elements=["exposure_id", "provenance_id"])
+                             .returning(Image.id)).scalar_one_or_none()
+    image = session.scalars(select(Image).where(Image.exposure_id == exposure.id,
+                                                Image.provenance_id == prov.id)).one()
+    log.info("ingest-reduced: %s -> exposure %d, image %d (fwhm %.2f\", zp %s from %s)", exposure.filepath,
+             exposure.id, image.id, image.fwhm_arcsec or float("nan"),
+             f"{image.zero_point:.3f}" if image.zero_point is not None else "none", extra.get("zp_source"))
+    return exposure, image, new_id is not None
+
+
+def _register_exposure(session: Session, data_root: Path, full: Path, info: ReducedHeaderInfo) -> Exposure:
+    """Insert the Exposure row unless its (instrument, origin id, section) exists; return the row."""
+    prov = ingest_provenance(session)
+    md5 = md5sum(full)
+    row = insert(Exposure).values(
+        instrument=info.instrument, origin_id=info.origin_id, section_id=info.section_id,
+        filepath=relative(data_root, full), md5=md5, mjd=info.mjd, exp_time=info.exp_time, filter=info.filter,
+        band=info.band, ra=info.ra, dec=info.dec, field=info.field, airmass=info.airmass, gain=info.gain,
+        read_noise=info.read_noise, ingested_at=datetime.now(UTC), healpix=healpix_index(info.ra, info.dec),
+        provenance_id=prov.id,
+    )
+    session.execute(row.on_conflict_do_nothing(index_elements=["instrument", "origin_id", "section_id"]))
+    exposure = session.scalars(select(Exposure).where(
+        Exposure.instrument == info.instrument, Exposure.origin_id == info.origin_id,
+        Exposure.section_id == info.section_id)).one()
+    if exposure.md5 != md5:
+        raise IngestError(f"{full.name}: exposure {info.instrument}/{info.origin_id}/{info.section_id} is already "
+                          f"registered from a different file ({exposure.filepath})")
+    return exposure
