@@ -66,7 +66,13 @@ def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cad
     from seechange.localservices import up
     from seechange.localservices.postgres import create_database, drop_database
     from seechange.models.migrate import make_engine, make_session_factory, upgrade
-    from seechange.orchestrate import AlertCollector, ServiceProcesses, alert_latencies, table_counts, wait_for_night
+    from seechange.orchestrate import (
+        AlertCollector,
+        ServiceProcesses,
+        alert_latencies,
+        table_counts,
+        wait_for_night,
+    )
     from seechange.sim.night import simulate_night
     from seechange.streaming.topics import delete_topics, ensure_topics, topic_names
 
@@ -159,8 +165,8 @@ def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cad
         console.print(f"exposure-to-alert latency: median {np.median(latencies):.1f} s, "
                       f"p95 {np.percentile(latencies, 95):.1f} s (n={len(latencies)})")
     console.print(f"services stopped: {', '.join(f'{k}={v}' for k, v in codes.items())}")
-    console.print("explore it (the demo keeps its topics, database and files until the next demo):\n"
-                  f"  SEECHANGE_TOPIC_PREFIX={DEMO_PREFIX} seechange subscribe --from beginning --max 5\n"
-                  f"  SEECHANGE_DATABASE_URL='{db_url}' seechange lightcurve <object name>")
+    click.echo("explore it (the demo keeps its topics, database and files until the next demo):\n"
+               f"  SEECHANGE_TOPIC_PREFIX={DEMO_PREFIX} seechange subscribe --from beginning --max 5\n"
+               f"  SEECHANGE_DATABASE_URL='{db_url}' seechange lightcurve <object name>")
     if any(c != 0 for c in codes.values()):
         raise RuntimeError("a service did not shut down cleanly (exit code above); see " + str(data_dir / "logs"))

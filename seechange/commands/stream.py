@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -144,8 +143,8 @@ def lightcurve_cmd(settings: Settings, name: str, ecsv: Path | None, plot: Path 
         rich.add_column(col, justify="right")
     for row in table:
         rich.add_row(f"{row['mjd']:.5f}", row["band"], f"{row['flux_njy']:.1f}", f"{row['flux_njy_err']:.1f}",
-                     "-" if not row["mag"] == row["mag"] else f"{row['mag']:.3f}",
-                     "-" if not row["mag_err"] == row["mag_err"] else f"{row['mag_err']:.3f}",
+                     "-" if row["mag"] != row["mag"] else f"{row['mag']:.3f}",
+                     "-" if row["mag_err"] != row["mag_err"] else f"{row['mag_err']:.3f}",
                      f"{row['snr']:.1f}", str(bool(row["is_positive"])), str(bool(row["is_good"])))
     Console().print(rich)
     if ecsv:

@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from seechange.config import Settings
 from seechange.streaming.kafka_config import consumer_config, producer_config
@@ -38,10 +38,17 @@ def replay(settings: Settings, topic: str, *, start: Start = "beginning", until:
     try:
         meta = consumer.list_topics(source, timeout=timeout).topics[source]
         parts = [TopicPartition(source, p) for p in sorted(meta.partitions)]
-        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout)[1] for p in parts}
-        firsts = start_offsets(consumer, parts, start)
-        todo = {p.partition for p in parts if ends[p.partition] > 0}
-        consumer.assign(firsts)
+        marks = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout) for p in parts}
+        ends = {k: high for k, (_, high) in marks.items()}
+        firsts = []
+        for tp in start_offsets(consumer, parts, start):  # logical offsets -> numbers, to know what is left
+            low, high = marks[tp.partition]
+            offset = low if tp.offset == OFFSET_BEGINNING else high if tp.offset < 0 else tp.offset
+            firsts.append(TopicPartition(source, tp.partition, offset))
+        todo = {tp.partition for tp in firsts if tp.offset < ends[tp.partition]}
+        if not todo:
+            return 0
+        consumer.assign([tp for tp in firsts if tp.partition in todo])
         n, deadline = 0, time.monotonic() + timeout
         until_ms = int(until * 1000) if until is not None else None
         while todo:
@@ -49,11 +56,6 @@ def replay(settings: Settings, topic: str, *, start: Start = "beginning", until:
             if msg is None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"replay of {source}: partitions {sorted(todo)} did not reach their end")
-                # a partition whose start is already at its end has nothing to replay
-                for p in list(todo):
-                    pos = consumer.position([TopicPartition(source, p)])[0].offset
-                    if pos >= ends[p]:
-                        todo.discard(p)
                 continue
             if msg.error():
                 continue
@@ -62,7 +64,7 @@ def replay(settings: Settings, topic: str, *, start: Start = "beginning", until:
             if offset >= ends[part]:
                 todo.discard(part)
                 continue
-            ts_type, ts = msg.timestamp()
+            _ts_type, ts = msg.timestamp()
             if until_ms is None or ts <= until_ms:
                 headers = list(msg.headers() or []) + [("replayed_at", str(time.time()).encode())]
                 producer.produce(dest, key=msg.key(), value=msg.value(), headers=headers)
