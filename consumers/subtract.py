@@ -8,7 +8,12 @@ from sqlalchemy.orm import Session
 
 from seechange.config import Settings
 from seechange.improc.subtraction import SubtractParams
-from seechange.pipeline.subtract import ReferenceParams, ReferencePending, subtract_image_row, subtraction_event
+from seechange.pipeline.subtract import (
+    ReferenceParams,
+    ReferencePending,
+    subtract_image_row,
+    subtraction_event,
+)
 from seechange.storage import PathOutsideDataRoot
 from seechange.streaming.framing import epoch_ms, now_ms
 from seechange.streaming.runloop import BadMessage, Handler, InfrastructureError, MessageContext, OutEvent
