@@ -1,0 +1,108 @@
+"""Association against real PostgreSQL: nearest Object within the radius, new Objects otherwise, and two
+concurrent transactions at the same place end with one Object (advisory locks on coarse HEALPix pixels)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from seechange.config import Settings
+from seechange.localservices.postgres import create_database, drop_database
+from seechange.models import Object, Sighting
+from seechange.models.migrate import make_engine, make_session_factory, upgrade
+from seechange.pipeline.association import angular_sep_arcsec, associate, object_name
+from seechange.spatial import healpix_index
+from tests.integration.test_models import _exposure, _image_columns
+
+RA, DEC = 150.125, 2.25
+
+
+@pytest.fixture
+def sessions(endpoints: Settings) -> Iterator[sessionmaker[Session]]:
+    name = f"assoc_{uuid.uuid4().hex[:8]}"
+    url = create_database(endpoints.database_url, name)
+    upgrade(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+    drop_database(endpoints.database_url, name)
+
+
+def _subtraction(session: Session) -> int:
+    from seechange.models import CoaddImage, Image, Provenance, SubtractionImage
+
+    prov = Provenance(id=uuid.uuid4().hex[:20], process="test", code_version="0.1", parameters={})
+    exposure = _exposure(prov, uuid.uuid4().hex[:8], 60000.0)
+    image = Image(exposure=exposure, **_image_columns("reduced/x", prov, 60000.0))
+    coadd = CoaddImage(reference_key=uuid.uuid4().hex, **_image_columns("coadds/x", prov, 59990.0))
+    sub = SubtractionImage(new_image=image, reference=coadd, **_image_columns("subs/x", prov, 60000.0))
+    session.add_all([prov, exposure, image, coadd, sub])
+    session.flush()
+    return sub.id
+
+
+def _sighting(session: Session, sub_id: int, index: int, ra: float, dec: float, mjd: float) -> Sighting:
+    prov_id = session.scalar(select(Sighting.provenance_id).limit(1)) or None
+    from seechange.models import Provenance
+
+    if prov_id is None:
+        prov = Provenance(id="detect" + uuid.uuid4().hex[:14], process="detect", code_version="0.1", parameters={})
+        session.add(prov)
+        session.flush()
+        prov_id = prov.id
+    s = Sighting(subtraction_id=sub_id, provenance_id=prov_id, index_in_image=index, x=1.0, y=1.0, ra=ra,
+                 dec=dec, score=7.0, is_positive=True, mjd=mjd, band="r", healpix=healpix_index(ra, dec))
+    session.add(s)
+    session.flush()
+    return s
+
+
+def test_nearest_within_radius_else_new(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s, s.begin():
+        sub = _subtraction(s)
+        a = _sighting(s, sub, 0, RA, DEC, 60000.0)
+        [obj_a] = associate(s, [a], radius_arcsec=1.5, mags=[21.0])
+        # 1.0 arcsec away: same object; 3 arcsec away: a new one
+        b = _sighting(s, sub, 1, RA, DEC + 1.0 / 3600, 60001.0)
+        c = _sighting(s, sub, 2, RA, DEC + 3.0 / 3600, 60001.0)
+        obj_b, obj_c = associate(s, [b, c], radius_arcsec=1.5, mags=[20.5, 22.0])
+        assert obj_b.id == obj_a.id and obj_c.id != obj_a.id
+        assert obj_a.n_sightings == 2 and obj_a.first_mjd == 60000.0 and obj_a.last_mjd == 60001.0
+        assert obj_a.mag_latest == 20.5
+        assert angular_sep_arcsec(obj_a.ra, obj_a.dec, RA, DEC + 0.5 / 3600) < 0.01  # mean position
+        assert obj_a.name == object_name(obj_a.id, 60000.0) and obj_a.name != obj_c.name
+        assert a.object_id == b.object_id == obj_a.id
+
+
+def test_concurrent_transactions_make_one_object(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s, s.begin():
+        sub = _subtraction(s)
+        _sighting(s, sub, 0, RA + 1, DEC, 60000.0)  # creates the detect provenance
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        try:
+            with sessions() as s, s.begin():
+                sg = _sighting(s, sub, 10 + index, RA, DEC + index * 0.2 / 3600, 60000.0 + index)
+                barrier.wait(10)
+                associate(s, [sg], radius_arcsec=1.5)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    with sessions() as s:
+        near = [o for o in s.scalars(select(Object)) if angular_sep_arcsec(o.ra, o.dec, RA, DEC) < 1.5]
+        assert len(near) == 1
+        assert near[0].n_sightings == 2
+        assert s.scalar(select(func.count(Sighting.id)).where(Sighting.object_id == near[0].id)) == 2
