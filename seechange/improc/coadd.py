@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from astropy.wcs import WCS
 
+from seechange.improc.psf import noise_equivalent_area
 from seechange.improc.resample import resample_image
 from seechange.improc.types import FLAG_EDGE, ImageData
 
@@ -44,17 +45,20 @@ def coadd(
         is in that image's electrons).
     clip_sigma : float, optional
         With three or more inputs, a pixel value further than this many sigma (its own error) from the
-        weighted median of that pixel is excluded.
+        weighted median of that pixel is excluded, where that median is background-like (within 3 sigma
+        of zero; on stars the inputs differ by more than their noise when the seeing differs).
     order : int, optional
         Spline order of the resampling.
 
     Returns
     -------
     ImageData
-        Mean image (electrons at ``zp``), weight = sum of the used weights (resampling correlates the
-        noise, so the pixel-to-pixel scatter of the coadd is lower than this weight says while sums over
-        a PSF follow it), flags = AND of the inputs' flags where no input was usable (else 0), PSF = the
-        weight-averaged input PSF (each scaled to the common zp, centred, normalised), ``fwhm_px`` from it,
+        Weighted mean image (electrons at ``zp``; one weight per input, ``1 / (sky variance at zp x
+        noise-equivalent area of its PSF)``, so every star of the coadd has the coadd's PSF), weight = the
+        inverse of the propagated per-pixel variance ``sum(w_i^2 var_i) / sum(w_i)^2`` (resampling
+        correlates the noise, so the pixel-to-pixel scatter is lower than this says while sums over a PSF
+        follow it), flags = AND of the inputs' flags where no input was usable (else 0), PSF = the input
+        PSFs averaged with the same weights (centred, normalised), ``fwhm_px`` from it,
         ``astrom_rms_arcsec`` = rms of the inputs' values, ``mjd`` = mean of the inputs.
     """
     if len(images) == 0:
@@ -65,38 +69,56 @@ def coadd(
     zp0 = first.zp if zp is None else float(zp)
     n = len(images)
     stack = np.zeros((n, *shape), dtype=np.float32)
-    wts = np.zeros((n, *shape), dtype=np.float32)
+    var = np.zeros((n, *shape), dtype=np.float32)
+    usable_all = np.zeros((n, *shape), dtype=bool)
     flags_and = np.full(shape, np.uint16(0xFFFF), dtype=np.uint16)
-    psf_w = np.zeros(n)
+    img_w = np.zeros(n)
     half = max(im.psf.shape[0] // 2 for im in images)
     for i, im in enumerate(images):
         rs = resample_image(im, wcs, shape, order=order)
         s = 10 ** (0.4 * (zp0 - im.zp))  # electrons at zp0 per electron of this image
         usable = (rs.flags == 0) & (rs.weight > 0)
+        usable_all[i] = usable
         stack[i] = np.where(usable, rs.image * s, 0.0)
-        wts[i] = np.where(usable, rs.weight / s**2, 0.0)
+        np.divide(s * s, rs.weight, out=var[i], where=usable)
         why = np.where(rs.flags != 0, rs.flags, np.uint16(FLAG_EDGE)).astype(np.uint16)
         flags_and &= np.where(usable, np.uint16(0), why).astype(np.uint16)
-        psf_w[i] = float(np.median(rs.weight[usable])) if usable.any() else 0.0
+        if usable.any():
+            # One weight per image (background variance at zp0 times the PSF's noise-equivalent area), not
+            # per pixel: per-pixel inverse-variance weights include the source's own Poisson noise, so on a
+            # star they favour the image where it is most spread out (worst seeing) and the stars of the coadd
+            # would no longer have the coadd's PSF (measured on simulated nights: PSF-fit fluxes 25% low).
+            img_w[i] = 1.0 / (float(np.median(var[i][usable])) * noise_equivalent_area(np.asarray(im.psf)))
+    wts = np.where(usable_all, img_w[:, None, None], 0.0).astype(np.float32)
     if n >= 3:
+        # Clip outliers (unflagged cosmic rays, hot pixels) only where the pixel is background-like in the
+        # stack: on stars the inputs differ by far more than their noise when the seeing differs.
         wmed = _weighted_median(stack, wts)
-        err = np.zeros_like(wts)
-        np.divide(1.0, np.sqrt(wts), out=err, where=wts > 0)
-        out = (np.abs(stack - wmed) > clip_sigma * err) & (wts > 0)
+        err = np.sqrt(var)
+        n_use = np.maximum(usable_all.sum(axis=0), 1)
+        typical = np.sqrt(np.where(usable_all, var, 0.0).sum(axis=0) / n_use)
+        background = np.abs(wmed) < 3.0 * typical
+        out = (np.abs(stack - wmed) > clip_sigma * err) & usable_all & background[None]
         wts = np.where(out, 0.0, wts)
     wsum = wts.sum(axis=0)
     img = np.zeros(shape, dtype=np.float32)
     np.divide((stack * wts).sum(axis=0), wsum, out=img, where=wsum > 0)
+    var_c = np.zeros(shape, dtype=np.float64)
+    np.divide((wts.astype(np.float64) ** 2 * var).sum(axis=0), wsum.astype(np.float64) ** 2, out=var_c,
+              where=wsum > 0)
+    weight = np.zeros(shape, dtype=np.float32)
+    np.divide(1.0, var_c, out=weight, where=var_c > 0)
     flags = np.where(wsum > 0, np.uint16(0), flags_and).astype(np.uint16)
+    psf_w = img_w.copy()
     if psf_w.sum() <= 0:
         psf_w[:] = 1.0
     psf = sum(w * _centred_psf(np.asarray(im.psf, float), half) for w, im in zip(psf_w, images))
     psf = (psf / psf.sum()).astype(np.float32)
     fwhm = float(2.0 * np.sqrt(np.count_nonzero(psf >= 0.5 * psf.max()) / np.pi))
     return ImageData(
-        image=img, weight=wsum.astype(np.float32), flags=flags, psf=psf, wcs=wcs.deepcopy(), zp=zp0,
+        image=img, weight=weight, flags=flags, psf=psf, wcs=wcs.deepcopy(), zp=zp0,
         fwhm_px=fwhm, bkg_level=float(np.mean([im.bkg_level * 10 ** (0.4 * (zp0 - im.zp)) for im in images])),
-        bkg_rms=float(np.sqrt(1.0 / np.median(wsum[wsum > 0]))) if np.any(wsum > 0) else 0.0,
+        bkg_rms=float(np.sqrt(np.median(var_c[var_c > 0]))) if np.any(var_c > 0) else 0.0,
         astrom_rms_arcsec=float(np.sqrt(np.mean([im.astrom_rms_arcsec**2 for im in images]))),
         mjd=float(np.mean([im.mjd for im in images])), band=first.band,
         meta={"n_images": n, "coadd_zp": zp0, "psf_weights": psf_w.tolist()},
