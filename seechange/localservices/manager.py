@@ -119,7 +119,12 @@ def up(settings: Settings, *, create_topics: bool = True) -> Endpoints:
             _check_external_kafka(settings.kafka_bootstrap)
             bootstrap = settings.kafka_bootstrap
         else:
-            if kafka.kafka_pid(settings) is None:
+            address = kafka.bootstrap_address(settings)
+            if kafka.kafka_pid(settings) is None and kafka.port_open(kafka.HOST, settings.kafka_port) \
+                    and kafka.kafka_answers(address):
+                # a broker another checkout (or a person) started on our port: reuse it, never stop it
+                logger.info("reusing the Kafka broker already answering on %s", address)
+            elif kafka.kafka_pid(settings) is None:
                 broker = kafka.launch_kafka(settings)  # the JVM boots while PostgreSQL starts
                 started.append(KAFKA)
                 recorded.add(KAFKA)
