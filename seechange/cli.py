@@ -169,6 +169,7 @@ main.add_command(topics)
 
 def _register_pipeline_commands() -> None:
     from seechange.commands.demo import demo
+    from seechange.commands.evaluate import evaluate
     from seechange.commands.serve import ingest, serve
     from seechange.commands.simulate import simulate
     from seechange.commands.stream import lightcurve_cmd, replay_cmd, subscribe_cmd
@@ -180,6 +181,7 @@ def _register_pipeline_commands() -> None:
     main.add_command(replay_cmd)
     main.add_command(lightcurve_cmd)
     main.add_command(simulate)
+    main.add_command(evaluate)
 
 
 _register_pipeline_commands()

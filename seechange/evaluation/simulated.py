@@ -125,7 +125,7 @@ def _source_free_mask(truth: Table, shape: tuple[int, int], fwhm_px: float, sky_
         cr = np.zeros(shape, dtype=bool)
         c = np.asarray(crs, dtype=int)
         cr[c[:, 1], c[:, 0]] = True
-        near |= ndimage.binary_dilation(cr, iterations=int(math.ceil(2 * fwhm_px)))
+        near |= ndimage.binary_dilation(cr, iterations=math.ceil(2 * fwhm_px))
     return ~near
 
 
@@ -133,7 +133,7 @@ def _true_snr(x: float, y: float, flux: float, psf_d: np.ndarray, var_d: np.ndar
     """``flux / sigma_f`` with ``sigma_f = sqrt(sum(P^2 var)) / sum(P^2)`` over the P_D stamp at (x, y)."""
     ny, nx = var_d.shape
     k = psf_d.shape[0] // 2
-    ix, iy = int(round(x)), int(round(y))
+    ix, iy = round(x), round(y)
     if ix - k < 0 or iy - k < 0 or ix + k >= nx or iy + k >= ny:
         return float("nan")
     p = np.asarray(psf_d, np.float64)
@@ -317,7 +317,7 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
         "zp_median_error_mag": float(np.median(zp_err)) if zp_err else float("nan"),
         "scorr_std": float(np.nanmean(scorr_vals)) if scorr_vals else float("nan"),
         "scorr_std_per_subtraction": scorr_vals,
-        "n_transient_epochs": int(len(transient_rows)),
+        "n_transient_epochs": len(transient_rows),
         "n_transient_epochs_snr10": int(hi.sum()),
         "completeness_snr10": float(found[hi].mean()) if hi.any() else float("nan"),
         "completeness_all": float(found.mean()) if found.size else float("nan"),

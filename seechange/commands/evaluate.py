@@ -1,0 +1,116 @@
+"""``seechange evaluate sim|real``: the quality figures of DESIGN.md section 8, with their targets."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from seechange.config import PROJECT_ROOT, Settings
+
+DEFAULT_REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "decam-sfft"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if not math.isfinite(value) else f"{value:.4g}"
+    return str(value)
+
+
+def print_table(title: str, rows: list[tuple[str, Any, str, Any]]) -> bool:
+    """Print ``(figure, value, target, check)`` rows with PASS/FAIL; True when every checked row passes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("figure", "value", "target", "result"):
+        table.add_column(col)
+    ok = True
+    for name, value, target, check in rows:
+        if check is None:
+            verdict = ""
+        else:
+            passed = isinstance(value, (int, float)) and math.isfinite(float(value)) and bool(check(value))
+            ok &= passed
+            verdict = "[green]PASS[/green]" if passed else "[red]FAIL[/red]"
+        table.add_row(name, _fmt(value), target, verdict)
+    Console().print(table)
+    return ok
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        nx, ny = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise click.BadParameter(f"expected NXxNY such as 512x1024, got {text!r}") from exc
+    return nx, ny
+
+
+@click.group("evaluate")
+def evaluate() -> None:
+    """Measure the pipeline's quality against truth (simulated nights) or injections (real DECam data)."""
+
+
+@evaluate.command("sim")
+@click.option("--size", default="512x1024", show_default=True, help="CCD size NXxNY, pixels.")
+@click.option("--fields", default=1, show_default=True, help="Simulated fields.")
+@click.option("--epochs", default=5, show_default=True, help="Epochs per field (the first 3 build references).")
+@click.option("--seed", default=42, show_default=True)
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Data root for the night (default: a temporary folder).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Write every figure (and per-transient / per-false-positive details) here.")
+@click.pass_obj
+def evaluate_sim(settings: Settings, size: str, fields: int, epochs: int, seed: int, data_dir: Path | None,
+                 json_out: Path | None) -> None:
+    """Simulate a night, run reduce/subtract/detect in-process into a fresh database, compare with truth."""
+    from seechange.evaluation.simulated import TARGETS, evaluate_night_inprocess
+    from seechange.localservices import endpoints
+
+    ep = endpoints(settings, kafka_needed=False)
+    assert ep.database_url
+    nx, ny = _parse_size(size)
+    with tempfile.TemporaryDirectory(prefix="seechange-eval-") as tmp:
+        root = data_dir if data_dir is not None else Path(tmp)
+        res = evaluate_night_inprocess(root, ep.database_url, seed=seed, n_fields=fields, n_epochs=epochs,
+                                       size=(nx, ny))
+    if json_out is not None:
+        json_out.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    rows = [(name, res.get(name, float("nan")), target, check) for name, (target, check) in TARGETS.items()]
+    rows += [("n_subtractions", res["n_subtractions"], "", None),
+             ("n_transient_epochs_snr10", res["n_transient_epochs_snr10"], "", None),
+             ("false_positives (total)", res["false_positives"], "", None),
+             ("n_pulls", res["n_pulls"], "", None)]
+    ok = print_table(f"simulated night {nx}x{ny}, {fields} field(s) x {epochs} epochs, seed {seed}", rows)
+    click.echo("all targets met" if ok else "some targets missed")
+
+
+@evaluate.command("real")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help=f"Folder of the decam-sfft files (default {DEFAULT_REAL_DATA}).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+def evaluate_real(data_dir: Path | None, json_out: Path | None) -> None:
+    """Injection completeness, pulls, S_corr noise and false positives on the real DECam pairs."""
+    from seechange.evaluation.real import evaluate_real_decam
+
+    folder = data_dir if data_dir is not None else DEFAULT_REAL_DATA
+    if not folder.is_dir():
+        raise click.ClickException(f"no real DECam data folder {folder} (pass --data DIR)")
+    res = evaluate_real_decam(folder)
+    if json_out is not None:
+        json_out.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    fps = res["false_positives_per_frame"]
+    rows = [
+        ("completeness_snr_ge_10", res["completeness_snr_ge_10"], ">= 0.90", lambda v: v >= 0.90),
+        ("snr50", res["snr50"], "~5 (report)", None),
+        ("scorr_std_mean", res["scorr_std_mean"], "1.00 +/- 0.05", lambda v: abs(v - 1.0) <= 0.05),
+        ("pull_std", res["pull_std"], "0.8 - 1.25", lambda v: 0.8 <= v <= 1.25),
+        ("false_positives_per_frame (max)", max(fps) if fps else float("nan"), "report", None),
+        ("transient_found_all", int(res["transient_found_all"]), "== 1", lambda v: v == 1),
+    ]
+    ok = print_table(f"real DECam pairs in {folder}", rows)
+    click.echo("all targets met" if ok else "some targets missed")

@@ -1,0 +1,48 @@
+"""End-to-end quality on a small simulated night (reduce, subtract, detect in-process) against its truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from seechange.evaluation.simulated import evaluate_night_inprocess
+
+
+@pytest.fixture(scope="module")
+def figures(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    data: Path = tmp_path_factory.mktemp("simnight")
+    return evaluate_night_inprocess(data, database_url, seed=42, n_fields=1, n_epochs=5, size=(512, 1024),
+                                    create_db=False)
+
+
+def test_night_was_processed(figures: dict[str, Any]) -> None:
+    assert figures["n_images"] == 5
+    assert figures["n_subtractions"] == 2  # 3 reference epochs, 2 subtracted
+    assert figures["n_transient_epochs_snr10"] >= 2
+
+
+def test_calibration_meets_targets(figures: dict[str, Any]) -> None:
+    assert figures["n_astrometric_stars"] >= 50
+    assert figures["astrometric_rms_arcsec"] <= 0.1
+    assert figures["zp_max_abs_error_mag"] <= 0.03
+
+
+def test_score_noise_and_completeness(figures: dict[str, Any]) -> None:
+    assert abs(figures["scorr_std"] - 1.0) <= 0.05
+    assert figures["completeness_snr10"] >= 0.95
+    assert figures["max_objects_per_transient"] == 1
+
+
+def test_photometry(figures: dict[str, Any]) -> None:
+    assert figures["n_pulls"] >= 3
+    assert 0.8 <= figures["pull_std"] <= 1.25
+    assert abs(figures["mag_offset_snr20"]) <= 0.03
+
+
+@pytest.mark.xfail(strict=False, reason="bright-star PSF-wing residuals: needs ReduceParams.psf_size_factor=8 "
+                   "(owned by the reduce stage) and better PSF wings; see the evaluation note")
+def test_false_positives(figures: dict[str, Any]) -> None:
+    # <= 2 per full 2048x4096 CCD, i.e. at most 0.125 per 512x1024 subtraction on average.
+    assert figures["false_positives_per_ccd"] <= 2.0
