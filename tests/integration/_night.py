@@ -128,8 +128,9 @@ def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Mes
             if msg is None or msg.error():
                 continue
             out.append(msg)
-            if msg.offset() >= ends[msg.partition()][1] - 1:
-                todo.discard(msg.partition())
+            partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
+            if offset >= ends[partition][1] - 1:
+                todo.discard(partition)
         return out
     finally:
         c.close()
@@ -226,4 +227,6 @@ class SchemasOnlyDecoder:
 
 def headers_of(msg: Message) -> dict[str, str]:
     """A message's headers as a str -> str dict (last value wins)."""
-    return {k: (v or b"").decode() for k, v in (msg.headers() or [])}
+    raw = msg.headers() or []
+    pairs = list(raw.items()) if isinstance(raw, dict) else list(raw)
+    return {str(k): v.decode() if isinstance(v, bytes) else str(v or "") for k, v in pairs}

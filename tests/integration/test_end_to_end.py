@@ -203,6 +203,7 @@ def test_night_end_to_end(test_settings: Settings) -> None:
             alerts: list[dict[str, Any]] = []
             for msg in raw_msgs:
                 value = msg.value()
+                assert value is not None
                 assert (
                     value[0] == 0 and int.from_bytes(value[1:5], "big") == 100
                 )  # alert 1.0: MAJOR*100+MINOR
