@@ -119,11 +119,9 @@ def up(settings: Settings, *, create_topics: bool = True) -> Endpoints:
             _check_external_kafka(settings.kafka_bootstrap)
             bootstrap = settings.kafka_bootstrap
         else:
-            address = kafka.bootstrap_address(settings)
-            if kafka.kafka_pid(settings) is None and kafka.port_open(kafka.HOST, settings.kafka_port) \
-                    and kafka.kafka_answers(address):
+            if kafka.kafka_pid(settings) is None and _foreign_broker(settings):
                 # a broker another checkout (or a person) started on our port: reuse it, never stop it
-                logger.info("reusing the Kafka broker already answering on %s", address)
+                logger.info("reusing the Kafka broker already answering on %s", kafka.bootstrap_address(settings))
             elif kafka.kafka_pid(settings) is None:
                 broker = kafka.launch_kafka(settings)  # the JVM boots while PostgreSQL starts
                 started.append(KAFKA)
@@ -145,6 +143,12 @@ def up(settings: Settings, *, create_topics: bool = True) -> Endpoints:
     if create_topics:
         ensure_topics(bootstrap, topic_names(settings), settings.partitions)
     return Endpoints(kafka_bootstrap=bootstrap, database_url=database_url, started=started)
+
+
+def _foreign_broker(settings: Settings) -> bool:
+    """True when a Kafka broker we did not start answers on the configured local port."""
+    return kafka.port_open(kafka.HOST, settings.kafka_port) and kafka.kafka_answers(
+        kafka.bootstrap_address(settings), timeout=3.0)
 
 
 def down(settings: Settings) -> list[str]:
@@ -197,7 +201,7 @@ def endpoints(settings: Settings, *, kafka_needed: bool = True, database_needed:
     """
     update: dict[str, str] = {}
     if kafka_needed and not settings.kafka_bootstrap:
-        if kafka.kafka_pid(settings) is None:
+        if kafka.kafka_pid(settings) is None and not _foreign_broker(settings):
             raise ServiceError(
                 "Kafka is not running: run `seechange services up` or set SEECHANGE_KAFKA_BOOTSTRAP"
             )
