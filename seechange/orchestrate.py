@@ -157,6 +157,7 @@ class Progress:
     subtracted: int = 0
     detected: int = 0
     sightings: int = 0
+    good_sightings: int = 0
     alerts_logged: int = 0
 
     @property
@@ -179,6 +180,9 @@ def progress(session: Session, exposure_ids: Sequence[int]) -> Progress:
     p.sightings = session.scalar(select(func.count(Sighting.id)).join(
         SubtractionImage, Sighting.subtraction_id == SubtractionImage.id).where(
         SubtractionImage.new_image_id.in_(img))) or 0
+    p.good_sightings = session.scalar(select(func.count(Sighting.id)).join(
+        SubtractionImage, Sighting.subtraction_id == SubtractionImage.id).where(
+        SubtractionImage.new_image_id.in_(img), Sighting.is_good.is_(True))) or 0
     p.alerts_logged = session.scalar(select(func.count(AlertLog.id)).join(
         Sighting, AlertLog.sighting_id == Sighting.id).join(
         SubtractionImage, Sighting.subtraction_id == SubtractionImage.id).where(
@@ -199,6 +203,7 @@ def wait_for_night(session_factory: sessionmaker[Session], exposure_ids: Sequenc
         if on_progress:
             on_progress(p, received)
         done = (p.reduced == p.exposures and p.through_subtract == p.exposures and p.detected == p.subtracted
+                and p.alerts_logged == p.good_sightings
                 and (collector is None or received >= p.alerts_logged))
         if done:
             return p
