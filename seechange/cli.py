@@ -182,6 +182,7 @@ def _register_pipeline_commands() -> None:
     main.add_command(lightcurve_cmd)
     main.add_command(simulate)
     main.add_command(evaluate)
+    main.add_command(__import__("seechange.commands.bench", fromlist=["bench"]).bench)
 
 
 _register_pipeline_commands()

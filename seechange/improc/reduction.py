@@ -26,7 +26,7 @@ from seechange.improc.psf import aperture_fraction, build_psf, noise_equivalent_
 from seechange.improc.types import ImageData
 from seechange.improc.zeropoint import aperture_flux, fit_zeropoint, limiting_magnitude
 
-__all__ = ["ReduceParams", "header_wcs", "read_image_data", "reduce_exposure", "write_image_data"]
+__all__ = ["ReduceParams", "header_wcs", "read_image_data", "read_image_pixels", "reduce_exposure", "write_image_data"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class ReduceParams:
     bkg_filter: int = 3
     detect_thresh: float = 5.0
     detect_minarea: int = 5
-    psf_size_factor: float = 4.0
+    psf_size_factor: float = 8.0
     psf_min_snr: float = 50.0
     astrom_max_offset_arcsec: float = 10.0
     astrom_match_radius_arcsec: float = 1.0
@@ -284,19 +284,8 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in SCMETA")
 
 
-def read_image_data(stem: Path) -> ImageData:
-    """Read the four files written by `write_image_data` back into an `ImageData` (native byte order).
-
-    Parameters
-    ----------
-    stem : Path
-        Path without the ``.image.fits`` etc. suffixes.
-
-    Returns
-    -------
-    ImageData
-    """
-    stem = Path(stem)
+def _read_image_file(stem: Path) -> tuple[np.ndarray, WCS, dict[str, Any]]:
+    """Pixels (native float32), WCS and the scalar fields of ``<stem>.image.fits``."""
     with fits.open(f"{stem}.image.fits", memmap=False) as hdul:
         hdr = hdul[0].header
         image = np.asarray(hdul[0].data, dtype=np.float32)
@@ -313,13 +302,46 @@ def read_image_data(stem: Path) -> ImageData:
         v = hdr.get(card, default)
         return float("nan") if v == "NaN" else v
 
+    fields: dict[str, Any] = {
+        "zp": float(_card("zp", "ZP", np.nan)), "fwhm_px": float(_card("fwhm_px", "FWHM", np.nan)),
+        "bkg_level": float(_card("bkg_level", "BKGLEV", np.nan)),
+        "bkg_rms": float(_card("bkg_rms", "BKGRMS", np.nan)),
+        "astrom_rms_arcsec": float(_card("astrom_rms_arcsec", "ASTRMS", np.nan)),
+        "mjd": float(_card("mjd", "MJD-OBS", 0.0)), "band": str(_card("band", "BAND", "")), "meta": stored["meta"],
+    }
+    return image, wcs, fields
+
+
+def read_image_data(stem: Path) -> ImageData:
+    """Read the four files written by `write_image_data` back into an `ImageData` (native byte order).
+
+    Parameters
+    ----------
+    stem : Path
+        Path without the ``.image.fits`` etc. suffixes.
+
+    Returns
+    -------
+    ImageData
+    """
+    stem = Path(stem)
+    image, wcs, fields = _read_image_file(stem)
     weight = np.asarray(fits.getdata(f"{stem}.weight.fits"), dtype=np.float32)
     flags = np.asarray(fits.getdata(f"{stem}.flags.fits"), dtype=np.uint16)
     psf = np.asarray(fits.getdata(f"{stem}.psf.fits"), dtype=np.float32)
-    return ImageData(
-        image=image, weight=weight, flags=flags, psf=psf, wcs=wcs, zp=float(_card("zp", "ZP", np.nan)),
-        fwhm_px=float(_card("fwhm_px", "FWHM", np.nan)), bkg_level=float(_card("bkg_level", "BKGLEV", np.nan)),
-        bkg_rms=float(_card("bkg_rms", "BKGRMS", np.nan)),
-        astrom_rms_arcsec=float(_card("astrom_rms_arcsec", "ASTRMS", np.nan)),
-        mjd=float(_card("mjd", "MJD-OBS", 0.0)), band=str(_card("band", "BAND", "")), meta=stored["meta"],
-    )
+    return ImageData(image=image, weight=weight, flags=flags, psf=psf, wcs=wcs, **fields)
+
+
+def read_image_pixels(stem: Path, *, flags: np.ndarray | None = None) -> ImageData:
+    """Only ``<stem>.image.fits`` of what `write_image_data` wrote: pixels, WCS and scalars.
+
+    For readers that need the pixels but not the weight, flags or PSF (one full-frame file instead of
+    three). ``weight`` is a read-only array of ones (a zero-stride view, no memory), ``psf`` a 1x1 stamp,
+    and ``flags`` the given array (e.g. a superset computed downstream) or read-only zeros.
+    """
+    stem = Path(stem)
+    image, wcs, fields = _read_image_file(stem)
+    ones = np.broadcast_to(np.float32(1.0), image.shape)
+    if flags is None:
+        flags = np.broadcast_to(np.uint16(0), image.shape)
+    return ImageData(image=image, weight=ones, flags=flags, psf=np.ones((1, 1), np.float32), wcs=wcs, **fields)

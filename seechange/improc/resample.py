@@ -8,6 +8,8 @@ map plus interpolation about 0.1 s; see ``resample_image`` for the end-to-end fi
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from astropy.wcs import WCS
 from scipy import ndimage
@@ -15,6 +17,8 @@ from scipy import ndimage
 from seechange.improc.types import FLAG_EDGE, ImageData
 
 __all__ = ["pixel_map", "resample_image"]
+
+_THREADS = 2  # the target machine has 2 cores (DESIGN.md section 8)
 
 
 def pixel_map(
@@ -179,19 +183,32 @@ def resample_image(
     np.divide(1.0, weight_in, out=var, where=~bad_in)
 
     inside = (sx >= -0.5) & (sx <= snx - 0.5) & (sy >= -0.5) & (sy <= sny - 0.5)
-    coords = np.empty((2, ny, nx))
-    coords[0], coords[1] = sy, sx
     if order > 1:  # prefilter in float32 (0.3 s instead of about 0.55 s in float64 on 2048x4096)
         img = ndimage.spline_filter(img, order=order, output=np.float32, mode="nearest")
-    out_img = ndimage.map_coordinates(img, coords, order=order, mode="nearest", output=np.float32,
-                                      prefilter=False)
-    out_var = ndimage.map_coordinates(var, coords, order=1, mode="nearest", output=np.float32)
+    out_img = np.empty((ny, nx), dtype=np.float32)
+    out_var = np.empty((ny, nx), dtype=np.float32)
 
-    iy = np.rint(sy).astype(np.intp)
-    ix = np.rint(sx).astype(np.intp)
-    np.clip(iy, 0, sny - 1, out=iy)
-    np.clip(ix, 0, snx - 1, out=ix)
-    out_flags = _or_dilate(flags_in)[iy, ix]
+    def interpolate(src: np.ndarray, out: np.ndarray, k: int, rows: slice) -> None:
+        coords = np.stack([sy[rows], sx[rows]])
+        ndimage.map_coordinates(src, coords, order=k, mode="nearest", output=out[rows], prefilter=False)
+
+    def nearest_flags() -> np.ndarray:
+        iy = np.rint(sy).astype(np.intp)
+        ix = np.rint(sx).astype(np.intp)
+        np.clip(iy, 0, sny - 1, out=iy)
+        np.clip(ix, 0, snx - 1, out=ix)
+        return _or_dilate(flags_in)[iy, ix]
+
+    # map_coordinates releases the GIL: row blocks on two threads give identical pixels in about 0.6 of
+    # the time (2048x4096, order 3: 0.57 s -> 0.35 s measured here)
+    halves = (slice(0, ny // 2), slice(ny // 2, ny))
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        jobs = [pool.submit(interpolate, img, out_img, order, r) for r in halves]
+        jobs += [pool.submit(interpolate, var, out_var, 1, r) for r in halves]
+        f_flags = pool.submit(nearest_flags)
+        for j in jobs:
+            j.result()
+        out_flags = f_flags.result()
     out_flags[~inside] |= FLAG_EDGE
 
     area = _jacobian_det(sx, sy)

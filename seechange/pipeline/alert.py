@@ -8,14 +8,17 @@ again.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from astropy.io.fits import Header
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from seechange.improc.cutouts import cutout_to_gzipped_fits, read_cutout
+from seechange.improc.cutouts import cutout_to_gzipped_fits, read_cutouts_file
 from seechange.models import AlertLog, Image, Photometry, Sighting, SubtractionImage
 from seechange.pipeline.products import pixel_scale_arcsec
 from seechange.storage import resolve
@@ -39,16 +42,47 @@ def _photometry(session: Session, sighting: Sighting) -> Photometry:
     return phot[-1]
 
 
+class _CutoutsCache:
+    """The stamps of the last few cutouts files, read whole (one per subtraction).
+
+    The alert service handles the sightings of one subtraction one after the other; opening the
+    multi-HDU file three times per sighting walked its headers each time (O(n^2) in the number of
+    sightings: minutes for a few hundred). Entries are keyed by path, size and modification time, so a
+    rewritten file is read again.
+    """
+
+    def __init__(self, max_files: int = 2) -> None:
+        self.max_files = max_files
+        self._files: OrderedDict[tuple[str, int, int], dict[str, tuple[np.ndarray, Header]]] = OrderedDict()
+
+    def get(self, path: Path) -> dict[str, tuple[np.ndarray, Header]]:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key in self._files:
+            self._files.move_to_end(key)
+            return self._files[key]
+        stamps = read_cutouts_file(path)
+        self._files[key] = stamps
+        while len(self._files) > self.max_files:
+            self._files.popitem(last=False)
+        return stamps
+
+
+_CUTOUTS = _CutoutsCache()
+
+
 def _cutouts(data_root: Path, sighting: Sighting) -> dict[str, bytes | None]:
     out: dict[str, bytes | None] = {"cutoutScience": None, "cutoutTemplate": None, "cutoutDifference": None}
     c = sighting.cutouts
     if c is None:
         return out
-    path = resolve(data_root, c.filepath)
+    stamps = _CUTOUTS.get(resolve(data_root, c.filepath))
     for field, hdu in (("cutoutScience", c.hdu_new), ("cutoutTemplate", c.hdu_ref),
                        ("cutoutDifference", c.hdu_diff)):
-        data, header = read_cutout(path, hdu)
-        out[field] = cutout_to_gzipped_fits(data, header)
+        if hdu not in stamps:
+            raise KeyError(f"cutouts file {c.filepath} has no HDU {hdu}")
+        data, header = stamps[hdu]
+        out[field] = cutout_to_gzipped_fits(data, header.copy())
     return out
 
 

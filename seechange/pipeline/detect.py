@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from seechange.improc.cutouts import make_cutouts, write_cutouts_file
-from seechange.improc.reduction import read_image_data
+from seechange.improc.reduction import read_image_pixels
 from seechange.improc.subtraction import DetectParams, detect_and_measure
 from seechange.improc.types import ImageData
 from seechange.models import Cutouts, Image, Photometry, Provenance, Sighting, SubtractionImage
@@ -52,8 +52,10 @@ def detect_on_subtraction(session: Session, data_root: Path, subtraction_id: int
     result, ref_pixels = read_zogy(data_root, sub.filepath)
     new_row = session.get(Image, sub.new_image_id)
     assert new_row is not None
-    new = read_image_data(resolve(data_root, new_row.filepath))
-    ref = ImageData(image=ref_pixels, weight=np.ones_like(ref_pixels), flags=result.flags, psf=result.psf_d,
+    # only the new image's pixels are needed: its flags are already in result.flags (their OR with the
+    # reference's), which is what measurement and cutouts use; its weight and PSF are not used here
+    new = read_image_pixels(resolve(data_root, new_row.filepath), flags=result.flags)
+    ref = ImageData(image=ref_pixels, weight=new.weight, flags=result.flags, psf=result.psf_d,
                     wcs=new.wcs, zp=new.zp, fwhm_px=new.fwhm_px, bkg_level=0.0, bkg_rms=0.0)
     table = detect_and_measure(result, new, ref, params=params)
     sightings = _write_sightings(session, sub, prov.id, table, result.wcs)
@@ -71,39 +73,41 @@ def detect_on_subtraction(session: Session, data_root: Path, subtraction_id: int
 
 def _write_sightings(session: Session, sub: SubtractionImage, prov_id: str, table: Table,
                      wcs: Any) -> list[Sighting]:
-    sightings: list[Sighting] = []
+    """Insert the sightings and their photometry in two statements (not 3 round trips per sighting)."""
     if len(table) == 0:
-        return sightings
+        return []
     world = wcs.all_pix2world(np.column_stack([table["x"], table["y"]]), 0)
+    rows: list[dict[str, Any]] = []
+    phots: dict[int, dict[str, Any]] = {}
     for row, (ra, dec) in zip(table, world, strict=True):
         snr = abs(float(row["snr"])) if math.isfinite(float(row["snr"])) else 0.0
         pos_err = float(row["fwhm_px"]) * 0.263 / max(snr, 1.0) if math.isfinite(float(row["fwhm_px"])) else None
-        values = dict(subtraction_id=sub.id, provenance_id=prov_id, index_in_image=int(row["index"]),
-                      x=float(row["x"]), y=float(row["y"]), ra=float(ra), dec=float(dec), ra_err=pos_err,
-                      dec_err=pos_err, score=float(row["score"]), is_positive=bool(row["is_positive"]),
-                      flags=int(row["qflags"]), is_good=bool(row["is_good"]), mjd=sub.mjd, band=sub.band,
-                      healpix=healpix_index(float(ra), float(dec)))
-        session.execute(insert(Sighting).values(**values).on_conflict_do_nothing(
-            index_elements=["subtraction_id", "provenance_id", "index_in_image"]))
-        s = session.scalars(select(Sighting).where(Sighting.subtraction_id == sub.id,
-                                                   Sighting.provenance_id == prov_id,
-                                                   Sighting.index_in_image == int(row["index"]))).one()
+        index = int(row["index"])
+        rows.append({"subtraction_id": sub.id, "provenance_id": prov_id, "index_in_image": index,
+                         "x": float(row["x"]), "y": float(row["y"]), "ra": float(ra), "dec": float(dec), "ra_err": pos_err,
+                         "dec_err": pos_err, "score": float(row["score"]), "is_positive": bool(row["is_positive"]),
+                         "flags": int(row["qflags"]), "is_good": bool(row["is_good"]), "mjd": sub.mjd, "band": sub.band,
+                         "healpix": healpix_index(float(ra), float(dec))})
         radii = [float(r) for r in np.atleast_1d(row["aper_radii_px"])]
         n_ap = len(radii)
-        phot = dict(sighting_id=s.id, provenance_id=prov_id, psf_flux=float(row["flux_psf"]),
-                    psf_flux_err=float(row["flux_psf_err"]), flux_njy=_opt(row["flux_njy"]),
-                    flux_njy_err=_opt(row["flux_njy_err"]),
-                    aper_fluxes=[float(v) for v in np.atleast_1d(row["flux_aper"])] if n_ap else None,
-                    aper_flux_errs=[float(v) for v in np.atleast_1d(row["flux_aper_err"])] if n_ap else None,
-                    aper_radii_px=radii or None, mag=_opt(row["mag"]), mag_err=_opt(row["mag_err"]),
-                    zero_point=_opt(row["zp"]), lim_mag=None, x_centroid=float(row["x"]),
-                    y_centroid=float(row["y"]), fwhm_px=_opt(row["fwhm_px"]), elongation=_opt(row["elongation"]),
-                    snr=_opt(row["snr"]), background=_opt(row["background"]),
-                    negative_fraction=_opt(row["neg_fraction"]), n_bad_pixels=int(row["n_bad_pix"]),
-                    flags=int(row["qflags"]))
-        session.execute(insert(Photometry).values(**phot).on_conflict_do_nothing(
-            index_elements=["sighting_id", "provenance_id"]))
-        sightings.append(s)
+        phots[index] = {
+            "provenance_id": prov_id, "psf_flux": float(row["flux_psf"]), "psf_flux_err": float(row["flux_psf_err"]),
+            "flux_njy": _opt(row["flux_njy"]), "flux_njy_err": _opt(row["flux_njy_err"]),
+            "aper_fluxes": [float(v) for v in np.atleast_1d(row["flux_aper"])] if n_ap else None,
+            "aper_flux_errs": [float(v) for v in np.atleast_1d(row["flux_aper_err"])] if n_ap else None,
+            "aper_radii_px": radii or None, "mag": _opt(row["mag"]), "mag_err": _opt(row["mag_err"]),
+            "zero_point": _opt(row["zp"]), "lim_mag": None, "x_centroid": float(row["x"]), "y_centroid": float(row["y"]),
+            "fwhm_px": _opt(row["fwhm_px"]), "elongation": _opt(row["elongation"]), "snr": _opt(row["snr"]),
+            "background": _opt(row["background"]), "negative_fraction": _opt(row["neg_fraction"]),
+            "n_bad_pixels": int(row["n_bad_pix"]), "flags": int(row["qflags"])}
+    session.execute(insert(Sighting).values(rows).on_conflict_do_nothing(
+        index_elements=["subtraction_id", "provenance_id", "index_in_image"]))
+    by_index = {s.index_in_image: s for s in session.scalars(
+        select(Sighting).where(Sighting.subtraction_id == sub.id, Sighting.provenance_id == prov_id))}
+    sightings = [by_index[int(r["index_in_image"])] for r in rows]
+    session.execute(insert(Photometry).values([{**phots[s.index_in_image], "sighting_id": s.id}
+                                               for s in sightings])
+                    .on_conflict_do_nothing(index_elements=["sighting_id", "provenance_id"]))
     session.flush()
     return sightings
 
@@ -117,10 +121,10 @@ def _write_cutouts(session: Session, data_root: Path, prov_id: str, sub: Subtrac
     path = resolve(data_root, rel)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_cutouts_file(path, {s.id: st for s, st in zip(sightings, stamps, strict=True)})
-    for s in sightings:
-        session.execute(insert(Cutouts).values(
-            sighting_id=s.id, filepath=rel, hdu_new=f"SIG{s.id}_NEW", hdu_ref=f"SIG{s.id}_REF",
-            hdu_diff=f"SIG{s.id}_DIFF", size=CUTOUT_SIZE).on_conflict_do_nothing(index_elements=["sighting_id"]))
+    session.execute(insert(Cutouts).values([
+        {"sighting_id": s.id, "filepath": rel, "hdu_new": f"SIG{s.id}_NEW", "hdu_ref": f"SIG{s.id}_REF",
+             "hdu_diff": f"SIG{s.id}_DIFF", "size": CUTOUT_SIZE} for s in sightings])
+        .on_conflict_do_nothing(index_elements=["sighting_id"]))
 
 
 def sighting_event(s: Sighting, *, produced_at_ms: int, ingested_at_ms: int) -> dict[str, Any]:

@@ -39,3 +39,48 @@ def test_cutouts_shape_wcs_and_round_trip(tmp_path: Path) -> None:
     with fits.open(io.BytesIO(gzip.decompress(blob))) as h:
         assert np.array_equal(h[0].data.astype(np.float32), st[0]["diff"][0])
         assert np.allclose(WCS(h[0].header).wcs.crval, sw.wcs.crval)
+
+
+def test_stamps_match_cutout2d_including_sip_and_edges() -> None:
+    import warnings
+
+    from astropy.nddata import Cutout2D
+    from astropy.utils.exceptions import AstropyWarning
+
+
+    rng = np.random.default_rng(3)
+    new, ref = make_image(rng), make_image(rng)
+    hdr = new.wcs.to_header(relax=True)
+    hdr["CTYPE1"], hdr["CTYPE2"] = "RA---TAN-SIP", "DEC--TAN-SIP"
+    hdr.update({"A_ORDER": 2, "B_ORDER": 2, "A_2_0": 1e-6, "A_1_1": -2e-6, "B_0_2": 3e-6})
+    wcs = WCS(hdr)
+    new = new.__class__(**{**new.__dict__, "wcs": wcs})
+    ny, nx = new.image.shape
+    pos = [(100.3, 120.7), (0.2, 0.4), (nx - 1.4, ny - 0.6), (25.5, 24.5), (-3.0, 60.0), (nx - 0.5, 10.49)]
+    st = make_cutouts(new, ref, new.image, pos, size=51)
+    for (x, y), s in zip(pos, st, strict=True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            c = Cutout2D(new.image.astype(np.float32), (x, y), (51, 51), wcs=wcs, mode="partial",
+                         fill_value=np.nan, copy=True)
+            want = c.wcs.to_header()
+        data, h = s["new"]
+        assert np.array_equal(data, c.data.astype(np.float32), equal_nan=True)
+        for key in want:
+            assert h[key] == want[key], key
+        assert h["XCEN"] == x and h["YCEN"] == y
+
+
+def test_read_cutouts_file_reads_every_stamp(tmp_path: Path) -> None:
+    from seechange.improc.cutouts import read_cutouts_file
+
+    rng = np.random.default_rng(1)
+    new, ref = make_image(rng), make_image(rng)
+    st = make_cutouts(new, ref, new.image - ref.image, [(50.0, 60.0), (70.0, 80.0)], size=21)
+    path = tmp_path / "c.fits"
+    write_cutouts_file(path, {3: st[0], 4: st[1]})
+    allst = read_cutouts_file(path)
+    assert sorted(allst) == ["SIG3_DIFF", "SIG3_NEW", "SIG3_REF", "SIG4_DIFF", "SIG4_NEW", "SIG4_REF"]
+    for name, (d, h) in allst.items():
+        d1, h1 = read_cutout(path, name)
+        assert np.array_equal(d, d1) and h["CRPIX1"] == h1["CRPIX1"]

@@ -1,0 +1,362 @@
+"""Benchmarks: per-stage timings in-process, and a night through the services as processes.
+
+``bench_stages`` simulates a small night of full-size CCDs once (cached under the data dir), then times each
+stage function (reduce, reference build, subtract, detect, alert building) on it, in a fresh database per
+run so that everything is really recomputed; medians over the runs. ``bench_end_to_end`` runs the services
+as OS processes against Kafka and PostgreSQL and measures exposure-to-alert latency, throughput and the peak
+resident memory of each service. ``seechange bench`` (``seechange.commands.bench``) prints both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seechange.config import Settings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["bench_end_to_end", "bench_stages", "peak_rss_mb", "simulated_night"]
+
+STAGES = ("reduce", "reference", "subtract", "detect", "alerts")
+N_REF = 3  # reference epochs of the simulated night (ReferenceParams.n_ref_images)
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def simulated_night(root: Path, *, size: tuple[int, int], n_epochs: int, seed: int = 42) -> list[str]:
+    """Raw paths (relative to ``root``) of a one-field night of ``n_epochs`` CCDs, simulated only once.
+
+    The night is kept under ``root``; a ``bench-night.json`` stamp records what it is, so a second call with
+    the same size, epochs and seed reuses it.
+    """
+    from seechange.sim.night import simulate_night
+
+    stamp = root / "bench-night.json"
+    want = {"size": list(size), "n_epochs": n_epochs, "seed": seed}
+    if stamp.exists():
+        got = json.loads(stamp.read_text())
+        if {k: got.get(k) for k in want} == want:
+            return list(got["raw_paths"])
+    root.mkdir(parents=True, exist_ok=True)
+    night = simulate_night(root, seed=seed, n_fields=1, n_epochs=n_epochs, size=size, n_ref_epochs=N_REF)
+    raw = [str(e.raw_path) for e in night.exposures]
+    stamp.write_text(json.dumps({**want, "raw_paths": raw}))
+    return raw
+
+
+def _time(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def _one_run(night_dir: Path, raw_paths: Sequence[str], db_url: str) -> dict[str, Any]:
+    """Every stage on the night in a fresh database: per-item timings (s) and what came out."""
+    from seechange.improc.reduction import ReduceParams
+    from seechange.improc.subtraction import DetectParams, SubtractParams
+    from seechange.models import Image, Sighting
+    from seechange.models.migrate import make_engine, make_session_factory
+    from seechange.pipeline.alert import build_alert, log_alert
+    from seechange.pipeline.detect import detect_on_subtraction
+    from seechange.pipeline.ingest import register_exposure
+    from seechange.pipeline.reduce import ReduceResources, reduce_exposure_row
+    from seechange.pipeline.subtract import ReferenceParams, find_or_build_reference, subtract_image_row
+
+    engine = make_engine(db_url)
+    sessions = make_session_factory(engine)
+    resources = ReduceResources(night_dir)
+    times: dict[str, list[float]] = {k: [] for k in STAGES}
+    out: dict[str, Any] = {"images": [], "subtractions": []}
+    ref_params, sub_params, det_params = ReferenceParams(n_ref_images=N_REF), SubtractParams(), DetectParams()
+    try:
+        image_ids = []
+        for raw in raw_paths:
+            with sessions() as s, s.begin():
+                exp, _ = register_exposure(s, night_dir, raw)
+                exp_id = exp.id
+            with sessions() as s, s.begin():
+                (img, _), dt = _time(reduce_exposure_row, s, resources, exp_id, params=ReduceParams())
+                times["reduce"].append(dt)
+                image_ids.append(img.id)
+                out["images"].append(
+                    {
+                        "zp": img.zero_point,
+                        "fwhm_arcsec": img.fwhm_arcsec,
+                        "astrom_rms_arcsec": img.astrom_rms_arcsec,
+                        "n_stars": img.n_stars,
+                    }
+                )
+        for image_id in image_ids[N_REF:]:
+            with sessions() as s, s.begin():
+                image = s.get(Image, image_id)
+                ref, dt = _time(find_or_build_reference, s, night_dir, image, params=ref_params)
+                if not times["reference"]:
+                    times["reference"].append(dt)
+                assert ref is not None, "the benchmark night must give a reference after its first epochs"
+            with sessions() as s, s.begin():
+                sub, dt = _time(
+                    subtract_image_row, s, night_dir, image_id, ref_params=ref_params, params=sub_params
+                )
+                times["subtract"].append(dt)
+                sub_id, score_std = sub.id, sub.score_std
+            with sessions() as s, s.begin():
+                sightings, dt = _time(
+                    detect_on_subtraction, s, night_dir, sub_id, params=det_params, radius_arcsec=1.5
+                )
+                times["detect"].append(dt)
+                good = [x.id for x in sightings if x.is_good]
+                n_sightings = len(sightings)
+            with sessions() as s, s.begin():
+                t0 = time.perf_counter()
+                n_alerts = 0
+                for sighting_id in good:
+                    x = s.get(Sighting, sighting_id)
+                    assert x is not None
+                    if log_alert(s, x, "alerts"):
+                        build_alert(s, night_dir, x)
+                        n_alerts += 1
+                times["alerts"].append(time.perf_counter() - t0)
+            out["subtractions"].append(
+                {
+                    "score_std": score_std,
+                    "n_sightings": n_sightings,
+                    "n_good": len(good),
+                    "n_alerts": n_alerts,
+                }
+            )
+    finally:
+        engine.dispose()
+    out["times"] = times
+    return out
+
+
+def bench_stages(
+    data_dir: Path,
+    database_url: str,
+    *,
+    size: tuple[int, int] = (2048, 4096),
+    runs: int = 3,
+    n_epochs: int = 5,
+) -> dict[str, Any]:
+    """Time each stage function in-process on a simulated night of full-size CCDs.
+
+    Parameters
+    ----------
+    data_dir : Path
+        Where the night is simulated (once; ``<data_dir>/bench/<nx>x<ny>``) and products are written.
+    database_url : str
+        SQLAlchemy URL of any database on a PostgreSQL server; each run creates (and drops) its own database
+        there, so each run recomputes every product.
+    size : tuple of int
+        ``(nx, ny)`` of a CCD, pixels.
+    runs : int
+        Repetitions; times are medians over runs and items.
+    n_epochs : int
+        Epochs of the one field (the first three build the reference; the rest are subtracted).
+
+    Returns
+    -------
+    dict
+        ``stages``: per stage ``{"median_s", "min_s", "max_s", "n"}`` (reduce per CCD, reference once per
+        run, subtract / detect per subtraction, alerts = building every good sighting's alert of one
+        subtraction); ``per_ccd_s``: reduce + subtract + detect + alerts medians (the in-process latency of a
+        new CCD once its reference exists); ``quality``: what the last run produced (to compare before and
+        after a speed change); ``runs``: the raw timings.
+    """
+    from seechange.localservices.postgres import create_database, drop_database
+    from seechange.models.migrate import upgrade
+
+    if n_epochs <= N_REF:
+        raise ValueError(f"n_epochs must exceed the {N_REF} reference epochs")
+    nx, ny = size
+    night_dir = Path(data_dir) / "bench" / f"{nx}x{ny}"
+    t0 = time.perf_counter()
+    raw = simulated_night(night_dir, size=size, n_epochs=n_epochs)
+    sim_s = time.perf_counter() - t0
+    all_runs = []
+    for i in range(runs):
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        url = create_database(database_url, name)
+        try:
+            upgrade(url)
+            log.info("bench run %d of %d in database %s", i + 1, runs, name)
+            all_runs.append(_one_run(night_dir, raw, url))
+        finally:
+            drop_database(database_url, name)
+    stages: dict[str, dict[str, Any]] = {}
+    for k in STAGES:
+        vals = [t for r in all_runs for t in r["times"][k]]
+        stages[k] = {
+            "median_s": _median(vals),
+            "min_s": min(vals) if vals else None,
+            "max_s": max(vals) if vals else None,
+            "n": len(vals),
+        }
+    per_ccd = sum(stages[k]["median_s"] or 0.0 for k in ("reduce", "subtract", "detect", "alerts"))
+    return {
+        "size": [nx, ny],
+        "runs": runs,
+        "n_epochs": n_epochs,
+        "simulate_s": sim_s,
+        "stages": stages,
+        "per_ccd_s": per_ccd,
+        "quality": {k: all_runs[-1][k] for k in ("images", "subtractions")},
+        "raw_times": [r["times"] for r in all_runs],
+    }
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident set size (``VmHWM``) of a live process, MB; None if it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def _wait_all_alerts(sessions: Any, exposure_ids: Sequence[int], collector: Any, deadline: float) -> int:
+    """Wait until every good sighting of the exposures has an alert received by ``collector``."""
+    from sqlalchemy import func, select
+
+    from seechange.models import Image, Sighting, SubtractionImage
+
+    q = (select(func.count(Sighting.id)).join(SubtractionImage, Sighting.subtraction_id == SubtractionImage.id)
+         .join(Image, SubtractionImage.new_image_id == Image.id)
+         .where(Image.exposure_id.in_(list(exposure_ids)), Sighting.is_good.is_(True)))
+    while True:
+        with sessions() as s:
+            n_good = int(s.scalar(q) or 0)
+        if len({r["alertId"] for r, _ in collector.snapshot()}) >= n_good:
+            return n_good
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(collector.snapshot())} of {n_good} alerts arrived")
+        time.sleep(0.2)
+
+
+def bench_end_to_end(
+    settings: Settings,
+    *,
+    n_exposures: int = 8,
+    size: tuple[int, int] = (2048, 4096),
+    cadence: float = 0.0,
+    timeout: float = 900.0,
+    on_progress: Callable[[Any, int], None] | None = None,
+) -> dict[str, Any]:
+    """A one-field night through the services (one OS process each), with latency, throughput and memory.
+
+    Parameters
+    ----------
+    settings : Settings
+        Kafka and PostgreSQL addresses (resolved) and the data dir; the run uses its own database, topic
+        prefix and consumer groups, so it never touches other data.
+    n_exposures : int
+        CCDs ingested (the first three build the reference and give no alerts).
+    size : tuple of int
+        ``(nx, ny)`` of a CCD, pixels.
+    cadence : float
+        Seconds between ingested exposures (0: all at once, which measures sustained throughput).
+    timeout : float
+        Give up after this many seconds.
+
+    Returns
+    -------
+    dict
+        ``latency_s`` (median, p95, max, n over the alerts: exposure ingestion to the alert's broker
+        timestamp), ``ccds_per_min`` (exposures / time from the first ingestion to the last alert),
+        ``elapsed_s``, ``peak_rss_mb`` per service (VmHWM read before stopping), ``alerts``, ``exit_codes``.
+    """
+    from producers.ingest import Ingestor
+    from seechange.localservices.postgres import create_database, drop_database
+    from seechange.models.migrate import make_engine, make_session_factory, upgrade
+    from seechange.orchestrate import AlertCollector, ServiceProcesses, alert_latencies, wait_for_night
+    from seechange.streaming.topics import delete_topics, ensure_topics, topic_names
+
+    if n_exposures <= N_REF:
+        raise ValueError(f"n_exposures must exceed the {N_REF} reference epochs")
+    nx, ny = size
+    night_dir = Path(settings.data_dir) / "bench" / f"e2e_{nx}x{ny}_{n_exposures}"
+    raw = simulated_night(night_dir, size=size, n_epochs=n_exposures)
+    run_id = uuid.uuid4().hex[:8]
+    db_name = f"bench_e2e_{run_id}"
+    db_url = create_database(settings.database_url, db_name)
+    upgrade(db_url)
+    run = settings.model_copy(
+        update={
+            "database_url": db_url,
+            "data_dir": night_dir,
+            "topic_prefix": f"bench{run_id}.",
+            "consumer_group_prefix": f"bench{run_id}",
+        }
+    )
+    names = topic_names(run)
+    ensure_topics(run.kafka_bootstrap, names, run.partitions)
+    engine = make_engine(db_url)
+    sessions = make_session_factory(engine)
+    services = ServiceProcesses(run, night_dir / "logs" / run_id)
+    collector = AlertCollector(run)
+    collector.start()
+    collector.ready.wait(15)
+    services.start()
+    time.sleep(3.0)  # let the services import and join their groups, so start-up is not counted as latency
+    ingestor = Ingestor(run, sessions)
+    rss: dict[str, float | None] = {}
+    try:
+        exposure_ids: list[int] = []
+        t_night = time.monotonic()
+        for path in raw:
+            exposure_ids.extend(ingestor.ingest([night_dir / path]).registered)
+            if cadence:
+                time.sleep(cadence)
+        final = wait_for_night(
+            sessions,
+            exposure_ids,
+            collector,
+            timeout=timeout,
+            services=services,
+            on_progress=on_progress,
+            poll_s=0.2,
+        )
+        elapsed = time.monotonic() - t_night
+        rss = {name: peak_rss_mb(p.pid) for name, p in services.procs}
+    finally:
+        ingestor.close()
+        codes = services.stop()
+        collector.stop()
+    alerts = collector.snapshot()
+    with sessions() as s:
+        lat = alert_latencies(s, alerts)
+    engine.dispose()
+    drop_database(settings.database_url, db_name)
+    delete_topics(run.kafka_bootstrap, names)
+    return {
+        "size": [nx, ny],
+        "n_exposures": len(exposure_ids),
+        "cadence_s": cadence,
+        "elapsed_s": elapsed,
+        "ccds_per_min": 60.0 * len(exposure_ids) / elapsed if elapsed > 0 else None,
+        "latency_s": {
+            "median": float(np.median(lat)) if lat.size else None,
+            "p95": float(np.percentile(lat, 95)) if lat.size else None,
+            "max": float(lat.max()) if lat.size else None,
+            "n": int(lat.size),
+        },
+        "alerts": len(alerts),
+        "alerts_logged": final.alerts_logged,
+        "sightings": final.sightings,
+        "peak_rss_mb": rss,
+        "exit_codes": codes,
+    }
