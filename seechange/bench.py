@@ -228,25 +228,6 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def _wait_all_alerts(sessions: Any, exposure_ids: Sequence[int], collector: Any, deadline: float) -> int:
-    """Wait until every good sighting of the exposures has an alert received by ``collector``."""
-    from sqlalchemy import func, select
-
-    from seechange.models import Image, Sighting, SubtractionImage
-
-    q = (select(func.count(Sighting.id)).join(SubtractionImage, Sighting.subtraction_id == SubtractionImage.id)
-         .join(Image, SubtractionImage.new_image_id == Image.id)
-         .where(Image.exposure_id.in_(list(exposure_ids)), Sighting.is_good.is_(True)))
-    while True:
-        with sessions() as s:
-            n_good = int(s.scalar(q) or 0)
-        if len({r["alertId"] for r, _ in collector.snapshot()}) >= n_good:
-            return n_good
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(collector.snapshot())} of {n_good} alerts arrived")
-        time.sleep(0.2)
-
-
 def bench_end_to_end(
     settings: Settings,
     *,
