@@ -178,7 +178,10 @@ def status(settings: Settings) -> list[ServiceStatus]:
         rows.append(ServiceStatus(KAFKA, settings.kafka_bootstrap, ok, None, "external"))
     else:
         pid = kafka.kafka_pid(settings)
-        rows.append(ServiceStatus(KAFKA, kafka.bootstrap_address(settings), pid is not None, pid, "local"))
+        if pid is None and _foreign_broker(settings):
+            rows.append(ServiceStatus(KAFKA, kafka.bootstrap_address(settings), True, None, "reused"))
+        else:
+            rows.append(ServiceStatus(KAFKA, kafka.bootstrap_address(settings), pid is not None, pid, "local"))
     if settings.database_url:
         ok = postgres.database_answers(settings.database_url)
         rows.append(ServiceStatus(POSTGRES, settings.database_url.split("@")[-1], ok, None, "external"))

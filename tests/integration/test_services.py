@@ -145,12 +145,21 @@ def test_down_stops_only_what_up_started(tmp_path: Path) -> None:
     assert down(settings) == []
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_cli_error_policy_is_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
     env = {
         "SEECHANGE_CACHE_DIR": str(tmp_path),
         "SEECHANGE_KAFKA_BOOTSTRAP": "",
         "SEECHANGE_DATABASE_URL": "",
+        "SEECHANGE_KAFKA_PORT": str(_free_port()),  # no broker there, not even another checkout's
     }
     result = runner.invoke(main, ["topics", "create"], env=env)
     assert result.exit_code == 1
