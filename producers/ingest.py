@@ -78,12 +78,7 @@ class Ingestor:
                 self._deliver(self.topic, str(record["exposure_id"]),
                               encode(self.registry, "exposure_ready", record))
             except IngestError as exc:
-                message = " ".join(str(exc).split())
-                log.error("ingest: %s: %s -> %s", path, message, dlq_name(self.topic))
-                self._deliver(dlq_name(self.topic), str(path), str(path).encode(), [
-                    ("error_class", type(exc).__name__.encode()), ("error_message", message.encode()),
-                    ("origin_topic", b"ingest"), ("origin_path", str(path).encode()), ("service", b"ingest"),
-                    ("failed_at", datetime.now(UTC).isoformat().encode())])
+                message = self._dead_letter(path, exc)
                 report.failed.append((str(path), message))
                 if on_each:
                     on_each(str(path), None, message)

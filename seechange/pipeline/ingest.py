@@ -182,7 +182,7 @@ def register_exposure(session: Session, data_root: Path, path: str | Path) -> tu
 
 def epoch_ms(when: datetime) -> int:
     """Unix epoch milliseconds of an aware datetime."""
-    return int(when.timestamp() * 1000)
+    return round(when.timestamp() * 1000)  # as seechange.streaming.framing.epoch_ms
 
 
 def exposure_event(exposure: Exposure, *, produced_at_ms: int) -> dict[str, Any]:
