@@ -7,6 +7,16 @@ already computed, and its error comes from the same variance maps (source noise 
 and flux-ratio terms, correlated-noise renormalisation) that make S_corr, so ``snr == |S_corr|`` at the
 peak. Pulls on injected sources are verified in ``tests/unit/test_measure.py`` and on real data in
 ``seechange.evaluation.real``.
+
+Near bright stars (flag ``QF_NEAR_BRIGHT``): a star of flux F leaves residuals in D of order F times the
+PSF models' error (1e-4 of F per pixel is already 5 sigma for a mag 16.5 star) and, when it varies, a
+plateau of |S_corr| ~ 3 over its wing (the flux-error term keeps S_corr there at about its value at the
+centre) on which noise peaks cross 5 sigma. A detection is therefore flagged when a star in the reference
+or the new image, within the radius where that star's wing is above ``bright_wing_sigma`` of the noise per
+pixel, is so bright that the detection's |flux| is below ``bright_flux_fraction`` of the star's, and the
+star's terms dominate the score variance there (``bright_var_factor``); and when
+it lies within the wing of a saturated star or bleed trail (whose flux cannot be measured). Flags, not
+deletions; a transient on a faint galaxy is not affected (its |flux| is a large fraction of the galaxy's).
 """
 
 from __future__ import annotations
@@ -16,8 +26,9 @@ from collections.abc import Sequence
 import numpy as np
 import sep
 from astropy.table import Table
+from scipy import ndimage
 
-from seechange.improc.types import FLAG_EDGE, ImageData
+from seechange.improc.types import FLAG_BLEED, FLAG_EDGE, FLAG_SATURATED, ImageData
 from seechange.improc.zogy import ZogyResult
 
 __all__ = [
@@ -25,6 +36,7 @@ __all__ = [
     "QF_DIPOLE",
     "QF_EDGE",
     "QF_ELONGATED",
+    "QF_NEAR_BRIGHT",
     "QF_NEG_FRACTION",
     "QF_WIDTH",
     "measure_sightings",
@@ -36,6 +48,7 @@ QF_BAD_PIXELS = 4
 QF_WIDTH = 8
 QF_ELONGATED = 16
 QF_EDGE = 32
+QF_NEAR_BRIGHT = 64
 _F2S = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
@@ -87,6 +100,86 @@ def _shape(cov: np.ndarray | None) -> tuple[float, float]:
     return float(_F2S * (ev[0] * ev[1]) ** 0.25), float(np.sqrt(ev[1] / ev[0]))
 
 
+def _radial_profile(psf: np.ndarray) -> np.ndarray:
+    """Azimuthal mean of a centred stamp at integer radii 0..half (fraction of the flux per pixel)."""
+    p = np.asarray(psf, np.float64) / float(np.sum(psf))
+    k = p.shape[0] // 2
+    yy, xx = np.mgrid[-k : k + 1, -k : k + 1]
+    r = np.rint(np.hypot(xx, yy)).astype(int).ravel()
+    prof = np.bincount(r, weights=p.ravel()) / np.maximum(np.bincount(r), 1)
+    return prof[: k + 1]
+
+
+def _near_bright(
+    images: Sequence[np.ndarray], flags: np.ndarray, xc: np.ndarray, yc: np.ndarray, flux: np.ndarray,
+    psf: np.ndarray, fwhm: float, sigma: float, *, wing_sigma: float, fraction: float, dominated: np.ndarray,
+) -> np.ndarray:
+    """True where a detection lies in the significant wing of a much brighter star or of saturation.
+
+    Stars are the local maxima above 10 sigma in each image within ``len(profile)`` pixels of the
+    detection; a star's flux is its aperture sum (radius 2.5 FWHM) over the PSF's aperture fraction; its
+    wing reaches the largest radius where ``flux * profile(r) >= wing_sigma * sigma``; a detection in it
+    is flagged when it is ``dominated`` (its score variance well above the sky's: the star's source-noise,
+    flux-error and astrometric terms make the local noise budget). Saturated pixels (flags) reach twice
+    the radius of their blob plus 2 FWHM (measured on simulated nights: no false positives remain beyond
+    that once the reference keeps every input's saturation flags); bleed pixels 2 FWHM.
+    """
+    prof = _radial_profile(psf)
+    rmax = len(prof) - 1
+    ny, nx = flags.shape
+    rap = 2.5 * fwhm
+    k = psf.shape[0] // 2
+    yy, xx = np.mgrid[-k : k + 1, -k : k + 1]
+    pn = np.asarray(psf, np.float64) / float(np.sum(psf))
+    apfrac = float(pn[np.hypot(xx, yy) <= rap].sum())
+    win = max(3, int(2 * round((fwhm - 1) / 2) + 1))
+    sat_bits = np.uint16(FLAG_SATURATED | FLAG_BLEED)
+    out = np.zeros(len(xc), dtype=bool)
+    for i in range(len(xc)):
+        ix, iy = round(float(xc[i])), round(float(yc[i]))
+        y0, y1, x0, x1 = max(iy - rmax, 0), min(iy + rmax + 1, ny), max(ix - rmax, 0), min(ix + rmax + 1, nx)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        fl = flags[y0:y1, x0:x1]
+        if np.any(fl & sat_bits):
+            sat = (fl & np.uint16(FLAG_SATURATED)) != 0
+            gy, gx = np.nonzero(sat)
+            if gy.size:
+                lab, nlab = ndimage.label(sat)
+                sizes = ndimage.sum_labels(sat, lab, index=np.arange(1, nlab + 1))
+                reach = 2.0 * np.sqrt(sizes[lab[gy, gx] - 1] / np.pi) + 2.0 * fwhm
+                if np.any(np.hypot(gx + x0 - xc[i], gy + y0 - yc[i]) <= reach):
+                    out[i] = True
+                    continue
+            by, bx = np.nonzero((fl & np.uint16(FLAG_BLEED)) != 0)  # bleed trails: their own width only
+            if by.size and np.any(np.hypot(bx + x0 - xc[i], by + y0 - yc[i]) <= 2.0 * fwhm):
+                out[i] = True
+                continue
+        if not dominated[i]:
+            continue
+        need = abs(float(flux[i])) / fraction  # a star at least this bright can flag the detection
+        for img in images:
+            box = img[y0:y1, x0:x1]
+            peaks = (box == ndimage.maximum_filter(box, size=win, mode="nearest")) & (box > 10.0 * sigma)
+            py, px = np.nonzero(peaks)
+            if py.size == 0:
+                continue
+            order = np.argsort(-box[py, px])[:20]
+            sx, sy = (px[order] + x0).astype(float), (py[order] + y0).astype(float)
+            fstar = sep.sum_circle(img, sx, sy, rap)[0] / apfrac  # img: C-contiguous float64
+            d = np.hypot(sx - xc[i], sy - yc[i])
+            for f_s, d_s in zip(fstar, d, strict=True):
+                if not (f_s >= need and f_s > 0):
+                    continue
+                above = np.nonzero(f_s * prof >= wing_sigma * sigma)[0]
+                if above.size and d_s <= above[-1] + 1:
+                    out[i] = True
+                    break
+            if out[i]:
+                break
+    return out
+
+
 def measure_sightings(
     zogy_result: ZogyResult,
     new: ImageData,
@@ -99,6 +192,9 @@ def measure_sightings(
     width_range: tuple[float, float] = (0.5, 2.0),
     max_elongation: float = 2.0,
     max_neg_fraction: float = 0.55,
+    bright_flux_fraction: float = 0.01,
+    bright_wing_sigma: float = 0.3,
+    bright_var_factor: float = 1.5,
 ) -> Table:
     """Photometry, centroid, shape and quality flags for each detection.
 
@@ -123,6 +219,16 @@ def measure_sightings(
         Largest allowed axis ratio.
     max_neg_fraction : float, optional
         Largest allowed fraction of opposite-sign pixels of D within 1 FWHM.
+    bright_flux_fraction : float, optional
+        A detection whose |PSF flux| is below this fraction of a nearby star's flux (in the reference or
+        the new image, electrons; the reference is not rescaled to the new zero point) is flagged
+        ``QF_NEAR_BRIGHT`` when it lies in that star's wing; 0 disables the flag.
+    bright_wing_sigma : float, optional
+        A star's wing reaches where its per-pixel surface brightness (the star's flux times the azimuthal
+        profile of P_D) falls to this many sigma of the difference image's per-pixel noise.
+    bright_var_factor : float, optional
+        ... and only when the score variance at the detection exceeds this factor times its median over the
+        frame (the star, not the sky, sets the noise there).
 
     Returns
     -------
@@ -133,7 +239,8 @@ def measure_sightings(
         (AB, from |flux_psf|), ``flux_njy``, ``flux_njy_err``, ``snr``, ``fwhm_px``, ``elongation``,
         ``background`` (local median of D, electrons/px), ``neg_fraction``, ``n_bad_pix``, ``flux_new_aper``,
         ``flux_ref_aper`` (electrons in the first aperture), ``zp``, ``qflags`` (bit mask: 1 dipole, 2 high
-        opposite-sign fraction, 4 bad pixels, 8 width out of range, 16 elongated, 32 near edge) and
+        opposite-sign fraction, 4 bad pixels, 8 width out of range, 16 elongated, 32 near edge, 64 near a
+        bright or saturated star) and
         ``is_good`` (no quality flag). Rows are never removed.
     """
     zp_d = zogy_result.zp if zp is None else float(zp)
@@ -156,12 +263,17 @@ def measure_sightings(
     x0 = np.asarray(detections["x"], dtype=float)
     y0 = np.asarray(detections["y"], dtype=float)
 
-    flux = np.array([sign[i] * _peak_value(sign[i] * score, yp[i], xp[i]) for i in range(n)]) / zogy_result.f_s
+    # the sign-flipped frames are made once (flipping the whole frame per detection cost ~40 ms each)
+    pos = np.asarray(detections["is_positive"], dtype=bool)
+    score_signed = (score, -score if not pos.all() else score)
+    diff_signed = (diff, -diff if not pos.all() else diff)
+    flux = np.array([sign[i] * _peak_value(score_signed[0 if pos[i] else 1], yp[i], xp[i])
+                     for i in range(n)]) / zogy_result.f_s
     err = np.sqrt(svar[yp, xp].astype(float)) * zogy_result.renorm_factor / zogy_result.f_s
 
     xc, yc = np.empty(n), np.empty(n)
     for i in range(n):
-        wx, wy, wf = sep.winpos(sign[i] * diff, x0[i:i + 1], y0[i:i + 1], sigw)
+        wx, wy, wf = sep.winpos(diff_signed[0 if pos[i] else 1], x0[i:i + 1], y0[i:i + 1], sigw)
         ok = wf[0] == 0 and abs(wx[0] - x0[i]) < fwhm_d and abs(wy[0] - y0[i]) < fwhm_d
         xc[i], yc[i] = (wx[0], wy[0]) if ok else (x0[i], y0[i])
 
@@ -171,7 +283,6 @@ def measure_sightings(
         fa[:, j], fe[:, j] = f, e
 
     flags_d = zogy_result.flags
-    yy, xx = np.mgrid[0:ny, 0:nx]
     pd_cov = _windowed_cov(np.asarray(zogy_result.psf_d, float), zogy_result.psf_d.shape[1] // 2,
                            zogy_result.psf_d.shape[0] // 2, sigw)
     fwhm_ref, _ = _shape(pd_cov)
@@ -189,7 +300,8 @@ def measure_sightings(
     for i in range(n):
         r = int(np.ceil(5 * fwhm_d))
         sl = (slice(max(yp[i] - r, 0), yp[i] + r + 1), slice(max(xp[i] - r, 0), xp[i] + r + 1))
-        d2 = (xx[sl] - xc[i]) ** 2 + (yy[sl] - yc[i]) ** 2
+        ys, xs = np.ogrid[sl[0].start:min(yp[i] + r + 1, ny), sl[1].start:min(xp[i] + r + 1, nx)]
+        d2 = (xs - xc[i]) ** 2 + (ys - yc[i]) ** 2
         core = d2 <= fwhm_d**2
         ann = (d2 >= (3 * fwhm_d) ** 2) & (d2 <= (5 * fwhm_d) ** 2)
         bkg[i] = float(np.median(diff[sl][ann])) if ann.any() else 0.0
@@ -201,7 +313,7 @@ def measure_sightings(
         near = d2 <= (2 * fwhm_d) ** 2
         opp = float(np.min(sign[i] * scorr[sl][near]))
         dip[i] = opp < -max(3.5, 0.5 * abs(float(detections["score"][i])))
-        cov = _windowed_cov(sign[i] * diff, xc[i], yc[i], sigw)
+        cov = _windowed_cov(diff_signed[0 if pos[i] else 1], xc[i], yc[i], sigw)
         fwhm[i], elong[i] = _shape(cov)
 
     snr = flux / err
@@ -215,6 +327,16 @@ def measure_sightings(
     q[bad_w] |= QF_WIDTH
     q[meas & ~(elong <= max_elongation)] |= QF_ELONGATED
     q[edge] |= QF_EDGE
+    if bright_flux_fraction > 0:
+        step = max(1, int(np.sqrt(dvar.size / 250_000)))
+        sigma = float(np.sqrt(np.median(dvar[::step, ::step][np.isfinite(dvar[::step, ::step])])))
+        sv = svar[::step, ::step]
+        sv_bg = float(np.median(sv[np.isfinite(sv) & (sv > 0)])) if np.any(sv > 0) else 0.0
+        dominated = svar[yp, xp] > bright_var_factor * sv_bg  # the local noise budget is a star's, not the sky's
+        near_b = _near_bright((ref_img, new_img), flags_d | new.flags | ref.flags, xc, yc, flux,
+                              np.asarray(zogy_result.psf_d), fwhm_d, sigma, wing_sigma=bright_wing_sigma,
+                              fraction=bright_flux_fraction, dominated=dominated)
+        q[near_b] |= QF_NEAR_BRIGHT
 
     absf = np.abs(flux)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from seechange.improc.types import FLAG_EDGE, ImageData
 
-__all__ = ["ZogyParams", "ZogyResult", "noise_correlation", "pad_psf", "zogy"]
+__all__ = ["ZogyParams", "ZogyResult", "encircled_radius", "noise_correlation", "pad_psf", "zogy"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,9 @@ class ZogyParams:
     correlation_threshold : float
         Neighbour-pixel correlation coefficient above which noise is treated as correlated.
     border_px : int or None
-        Width of the frame border to flag (FFT wrap-around, truncated sources), pixels; None: the larger
-        PSF stamp half-width, at least 2 x FWHM.
+        Width of the frame border to flag (FFT wrap-around, truncated sources), pixels; None: the radius
+        enclosing 99.5% of the flux of the broader PSF, at least 2 x FWHM (not the stamp half-width: stamps
+        carry the PSF's faint wing far beyond that).
     float32 : bool
         Compute in single precision (measured: 1.5 s vs 2.3 s on 2048x4096, S_corr differs < 1e-4).
     workers : int
@@ -189,6 +190,18 @@ def _fwhm_of_stamp(psf: np.ndarray) -> float:
     return float(2.3548 * np.sqrt(max(var, 1e-6)))
 
 
+def encircled_radius(psf: np.ndarray, fraction: float = 0.995) -> float:
+    """Radius about the stamp centre enclosing ``fraction`` of a PSF stamp's (positive) flux, pixels."""
+    p = np.clip(np.asarray(psf, dtype=np.float64), 0, None)
+    ky, kx = p.shape
+    y, x = np.mgrid[0:ky, 0:kx]
+    r = np.hypot(x - kx // 2, y - ky // 2).ravel()
+    order = np.argsort(r)
+    cum = np.cumsum(p.ravel()[order])
+    i = int(np.searchsorted(cum, fraction * cum[-1]))
+    return float(r[order][min(i, r.size - 1)])
+
+
 def _robust_spread(score_corr: np.ndarray, valid: np.ndarray, fwhm: float,
                    score_var: np.ndarray | None = None) -> float:
     """mad_std of S_corr over background-limited valid pixels away from significant peaks.
@@ -213,16 +226,30 @@ def _robust_spread(score_corr: np.ndarray, valid: np.ndarray, fwhm: float,
 
 def _prepare(img: ImageData, bad: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray, float]:
     """Image with bad pixels zeroed, variance map with bad pixels at the median, background sigma."""
-    w = np.asarray(img.weight, dtype=np.float64)
-    var = np.zeros(w.shape)
-    np.divide(1.0, w, out=var, where=~bad)
+    # in ``dtype`` throughout (float64 temporaries here cost 0.35 s and 200 MB on 2048x4096)
+    w = np.asarray(img.weight, dtype=dtype)
+    var = np.zeros(w.shape, dtype=dtype)
+    np.divide(dtype(1.0), w, out=var, where=~bad)
     good_var = var[~bad]
     if good_var.size == 0:
         raise ValueError("no valid pixels in image")
     sigma2 = float(np.median(good_var))
+    del good_var
     var[bad] = sigma2
-    data = np.where(bad, 0.0, np.asarray(img.image, dtype=np.float64))
-    return data.astype(dtype), var.astype(dtype), float(np.sqrt(sigma2))
+    data = np.where(bad, dtype(0.0), np.asarray(img.image, dtype=dtype))
+    return data, var, float(np.sqrt(sigma2))
+
+
+def _gradient_sq(a: np.ndarray, axis: int) -> np.ndarray:
+    """``np.gradient(a, axis=axis) ** 2`` (unit spacing, same values) without its full-frame temporaries."""
+    g = np.empty_like(a)
+    av, gv = np.moveaxis(a, axis, 0), np.moveaxis(g, axis, 0)
+    np.subtract(av[2:], av[:-2], out=gv[1:-1])
+    gv[1:-1] *= a.dtype.type(0.5)
+    gv[0] = av[1] - av[0]
+    gv[-1] = av[-1] - av[-2]
+    g *= g
+    return g
 
 
 def zogy(new: ImageData, ref: ImageData, *, params: ZogyParams = ZogyParams()) -> ZogyResult:
@@ -268,53 +295,71 @@ def zogy(new: ImageData, ref: ImageData, *, params: ZogyParams = ZogyParams()) -
     denom = sig_n**2 * f_r**2 * pr2 + sig_r**2 * f_n**2 * pn2
     denom = np.maximum(denom, np.finfo(dt).tiny * 1e6).astype(dt)
     sq = np.sqrt(denom)
-    f_d = f_r * f_n / np.sqrt(sig_n**2 * f_r**2 + sig_r**2 * f_n**2)
+    f_d = float(f_r * f_n / np.sqrt(sig_n**2 * f_r**2 + sig_r**2 * f_n**2))  # python float: keeps FFTs in float32
 
     d_hat = (f_r * pr_hat * n_hat - f_n * pn_hat * r_hat) / sq
     diff = irfft(d_hat) / dt(f_d)
+    del d_hat
     pd_hat = f_r * f_n * pr_hat * pn_hat / (f_d * sq)
-    pd_full = np.fft.fftshift(irfft(pd_hat))
     half = max(new.psf.shape[0], ref.psf.shape[0]) // 2
-    cy, cx = ny // 2, nx // 2
-    psf_d = pd_full[cy - half : cy + half + 1, cx - half : cx + half + 1].astype(np.float32)
+    around = np.arange(-half, half + 1)  # the stamp around pixel (0, 0), wrapped (no full-frame fftshift)
+    psf_d = irfft(pd_hat)[np.ix_(around % ny, around % nx)].astype(np.float32)
+    del pd_hat
     psf_d /= psf_d.sum()
 
-    kn_hat = f_n * f_r**2 * pn_hat.conj() * pr2 / denom
-    kr_hat = f_r * f_n**2 * pr_hat.conj() * pn2 / denom
+    kn_hat = pn_hat.conj() * (f_n * f_r**2 * pr2 / denom)  # real factor first: fewer complex passes
+    kr_hat = pr_hat.conj() * (f_r * f_n**2 * pn2 / denom)
     s_n = irfft(kn_hat * n_hat)
     s_r = irfft(kr_hat * r_hat)
+    del n_hat, r_hat
     score = s_n - s_r
     kn = irfft(kn_hat)
     kr = irfft(kr_hat)
+    del kn_hat, kr_hat
     # F_S: peak of S for a point source of 1 electron (new-image units) in either image,
     # (1/N) sum over the full spectrum of F_n^2 F_r^2 |P_n|^2 |P_r|^2 / denom (rfft half-plane weights).
     herm = np.full(pn2.shape[1], 2.0)
     herm[0] = 1.0
     if nx % 2 == 0:
         herm[-1] = 1.0
-    f_s = float(np.sum((f_n**2 * f_r**2 * pn2.astype(np.float64) * pr2 / denom) * herm) / (ny * nx))
+    q = pn2 * pr2
+    q /= denom
+    f_s = float(f_n**2 * f_r**2 * (q.sum(axis=0, dtype=np.float64) @ herm) / (ny * nx))
+    del q, pn2, pr2, denom
     vn_hat = rfft(v_n)
     vr_hat = rfft(v_r)
-    v_sn = irfft(vn_hat * rfft(kn * kn))
-    v_sr = irfft(vr_hat * rfft(kr * kr))
-    v_ast = np.zeros_like(score)
+    del v_n, v_r
+    # V_Sn + V_Sr in one inverse FFT (the transform is linear; only the sum is used)
+    score_var = irfft(vn_hat * rfft(kn * kn) + vr_hat * rfft(kr * kr))
+    del kn, kr
+    np.maximum(score_var, 0, out=score_var)
     for sig, axis in ((params.astrometric_sigma_x, 1), (params.astrometric_sigma_y, 0)):
         if sig > 0:
-            v_ast += dt(sig**2) * (np.gradient(s_n, axis=axis) ** 2 + np.gradient(s_r, axis=axis) ** 2)
-    v_flux = dt(params.flux_error_fraction**2) * (s_n * s_n + s_r * s_r)
-    score_var = np.maximum(v_sn, 0) + np.maximum(v_sr, 0) + v_ast + v_flux
+            g2 = _gradient_sq(s_n, axis)
+            g2 += _gradient_sq(s_r, axis)
+            g2 *= dt(sig**2)
+            score_var += g2
+            del g2
+    v_flux = s_n * s_n
+    v_flux += s_r * s_r
+    v_flux *= dt(params.flux_error_fraction**2)
+    score_var += v_flux
+    del v_flux, s_n, s_r
     score_var = np.maximum(score_var, np.finfo(dt).tiny * 1e6)
     score_corr = score / np.sqrt(score_var)
 
     kdn = irfft(f_r * pr_hat / sq) / dt(f_d)
     kdr = irfft(f_n * pn_hat / sq) / dt(f_d)
-    diff_var = irfft(vn_hat * rfft(kdn * kdn)) + irfft(vr_hat * rfft(kdr * kdr))
-    diff_var = np.maximum(diff_var, 0)
+    del pn_hat, pr_hat, sq
+    diff_var = irfft(vn_hat * rfft(kdn * kdn) + vr_hat * rfft(kdr * kdr))  # one inverse FFT for the sum
+    del kdn, kdr, vn_hat, vr_hat
+    np.maximum(diff_var, 0, out=diff_var)
 
     fwhm_d = _fwhm_of_stamp(psf_d)
     border = params.border_px
     if border is None:
-        border = max(half, int(np.ceil(2 * max(new.fwhm_px, ref.fwhm_px, fwhm_d))))
+        border = int(np.ceil(max(encircled_radius(new.psf), encircled_radius(ref.psf),
+                                 2 * max(new.fwhm_px, ref.fwhm_px, fwhm_d))))
     flags = (np.asarray(new.flags, dtype=np.uint16) | np.asarray(ref.flags, dtype=np.uint16)).copy()
     if border > 0:
         edge = np.ones((ny, nx), dtype=bool)
@@ -334,8 +379,9 @@ def zogy(new: ImageData, ref: ImageData, *, params: ZogyParams = ZogyParams()) -
     score_corr[nodata] = 0.0
 
     return ZogyResult(
-        diff=diff.astype(np.float32), diff_variance=diff_var.astype(np.float32), psf_d=psf_d,
-        f_d=float(f_d), f_s=f_s, score=score.astype(np.float32), score_var=score_var.astype(np.float32),
+        diff=diff.astype(np.float32, copy=False), diff_variance=diff_var.astype(np.float32, copy=False),
+        psf_d=psf_d, f_d=float(f_d), f_s=f_s, score=score.astype(np.float32, copy=False),
+        score_var=score_var.astype(np.float32, copy=False),
         score_corr=score_corr, score_std=score_std, renorm_factor=float(renorm), flags=flags,
         noise_corr_new=corr_new, noise_corr_ref=corr_ref, zp=float(new.zp), fwhm_px=fwhm_d,
         wcs=new.wcs.deepcopy(), border_px=int(border),

@@ -96,7 +96,7 @@ def add_galaxies(image: np.ndarray, psf: MoffatPSF, x: np.ndarray, y: np.ndarray
     """
     if len(x) == 0:
         return
-    psf_half = int(min(psf.max_half, math.ceil(2.5 * psf.fwhm_px / math.sqrt(1 - psf.ellipticity))))
+    psf_half = int(min(psf.max_half, math.ceil(4.0 * psf.fwhm_px / math.sqrt(1 - psf.ellipticity))))
     gy, gx = np.mgrid[-psf_half:psf_half + 1, -psf_half:psf_half + 1].astype(np.float64)
     kernel = psf.profile(gx, gy)
     kernel /= kernel.sum()
