@@ -299,15 +299,33 @@ def detect_cosmic_rays(
     keep = (s_prime > sigclip) & (s_prime / fine > objlim)
     mask[ys[keep], xs[keep]] = True
     if mask.any():
-        grow = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool)) & (s > sigfrac * sigclip)
+        # grow into the 8 neighbours with S > sigfrac * sigclip: the same pixels as a full-frame 3x3
+        # binary_dilation of the mask, looked at only around the (few) hits
+        hy, hx = ys[keep], xs[keep]
+        ny, nx = img.shape
+        ny_ = np.concatenate([hy + dy for dy in (-1, 0, 1) for _ in (-1, 0, 1)])
+        nx_ = np.concatenate([hx + dx for _ in (-1, 0, 1) for dx in (-1, 0, 1)])
+        ok = (ny_ >= 0) & (ny_ < ny) & (nx_ >= 0) & (nx_ < nx)
+        ny_, nx_ = ny_[ok], nx_[ok]
+        grow = s[ny_, nx_] > sigfrac * sigclip
         if exclude is not None:
-            grow &= ~exclude
-        mask |= grow
+            grow &= ~np.asarray(exclude, bool)[ny_, nx_]
+        mask[ny_[grow], nx_[grow]] = True
     return mask
 
 
 def _grow(mask: np.ndarray, r: int) -> np.ndarray:
-    """Dilate a boolean mask by a (2r+1)^2 square with shifted ORs (faster than ndimage on big frames)."""
+    """Dilate a boolean mask by a (2r+1)^2 square with shifted ORs (faster than ndimage on big frames); a
+    sparse mask (saturated stars: a few thousand pixels) is dilated around its pixels only."""
+    ys, xs = np.nonzero(mask)
+    if ys.size * (2 * r + 1) ** 2 < mask.size // 64:
+        out = np.zeros_like(mask)
+        ny, nx = mask.shape
+        for dy in range(-r, r + 1):
+            yy = np.clip(ys + dy, 0, ny - 1)
+            for dx in range(-r, r + 1):
+                out[yy, np.clip(xs + dx, 0, nx - 1)] = True
+        return out
     out = mask.copy()
     for _ in range(r):
         cur = out.copy()
@@ -346,6 +364,18 @@ def _saturation_and_bleed(
         sat = _grow(sat, grow)
         bleed = _grow(bleed, grow) & ~sat
     return sat, bleed
+
+
+def _box3_mean(a: np.ndarray) -> np.ndarray:
+    """3x3 mean with edge replication: ``ndimage.uniform_filter(a, 3, mode="nearest")`` to float32 rounding
+    (1e-7 relative), from shifted sums in float32 (0.03 s instead of 0.17 s on 2048x4096)."""
+    p = np.pad(np.asarray(a, np.float32), 1, mode="edge")
+    rows = p[:, :-2] + p[:, 1:-1]
+    rows += p[:, 2:]
+    out = rows[:-2] + rows[1:-1]
+    out += rows[2:]
+    out *= np.float32(1.0 / 9.0)
+    return out
 
 
 def calibrate(
@@ -420,10 +450,9 @@ def calibrate(
     electrons = (raw_e - dark_e) / flat32
     # expected pre-flat counts: smooth the flat-fielded image (3x3 mean, so a pixel's own noise barely feeds
     # its weight), then put the flat and the dark back
-    signal = np.maximum(ndimage.uniform_filter(electrons, size=3, mode="nearest") * flat32 + dark_e, 0)
+    signal = np.maximum(_box3_mean(electrons) * flat32 + dark_e, 0)
     variance_raw = signal + rn2
-    flags = np.zeros(shape, np.uint16)
-    flags[np.asarray(bpm) != 0] |= FLAG_BAD
+    flags = np.where(np.asarray(bpm) != 0, np.uint16(FLAG_BAD), np.uint16(0))
     sat, bleed = _saturation_and_bleed(adu, amps, bleed_fraction=bleed_fraction, grow=saturation_grow)
     flags[sat] |= FLAG_SATURATED
     flags[bleed] |= FLAG_BLEED

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
+import os
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +18,8 @@ from astropy.wcs import WCS
 
 from seechange.improc.types import ImageData
 
-__all__ = ["cutout_to_gzipped_fits", "make_cutouts", "read_cutout", "read_cutouts_file", "write_cutouts_file"]
+__all__ = ["cutout_to_gzipped_fits", "make_cutouts", "read_cutout", "read_cutouts_file", "write_cutouts",
+           "write_cutouts_file"]
 
 
 def _header_template(wcs: WCS) -> fits.Header:
@@ -31,12 +35,8 @@ def _stamp(data: np.ndarray, template: fits.Header, x: float, y: float,
            size: int) -> tuple[np.ndarray, fits.Header]:
     """``Cutout2D(data, (x, y), size, mode="partial", fill_value=nan)`` and its WCS header, without the
     per-stamp WCS copy: the same rounding (lower edge ``ceil(x - size / 2)``) and the same CRPIX shift."""
-    ny, nx = data.shape
     x0, y0 = int(np.ceil(x - size / 2.0)), int(np.ceil(y - size / 2.0))
-    out = np.full((size, size), np.nan, dtype=np.float32)
-    ys, ye, xs, xe = max(y0, 0), min(y0 + size, ny), max(x0, 0), min(x0 + size, nx)
-    if ys < ye and xs < xe:
-        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = data[ys:ye, xs:xe]
+    out = _cut(data, x0, y0, size)
     hdr = template.copy()
     hdr["CRPIX1"] = float(template["CRPIX1"]) - x0
     hdr["CRPIX2"] = float(template["CRPIX2"]) - y0
@@ -92,17 +92,129 @@ def write_cutouts_file(path: Path | str, stamps_by_sighting: Mapping[int, dict])
     Parameters
     ----------
     path : Path or str
-        Output file (overwritten).
+        Output file (replaced atomically).
     stamps_by_sighting : mapping of int to dict
         Sighting id -> a dict as returned by :func:`make_cutouts`.
+
+    Notes
+    -----
+    The HDUs are serialised here (mandatory cards, the stamp header's cards, ``EXTNAME``, big-endian float32
+    data, 2880-byte blocks) instead of through ``astropy.io.fits.HDUList.writeto``, whose per-HDU object
+    creation and verification cost about 2 ms per HDU (1.5 s for 250 sightings x 3 stamps on a full CCD);
+    astropy reads the file back as before.
     """
-    hdus: list[fits.hdu.base.ExtensionHDU | fits.PrimaryHDU] = [fits.PrimaryHDU()]
+    chunks = [_PRIMARY]
     for idx, st in stamps_by_sighting.items():
         for key in ("new", "ref", "diff"):
             data, hdr = st[key]
-            hdus.append(fits.ImageHDU(data=np.asarray(data, dtype=np.float32), header=hdr,
-                                      name=f"SIG{idx}_{key.upper()}"))
-    fits.HDUList(hdus).writeto(path, overwrite=True)
+            cards = [c.image for c in hdr.cards if c.keyword not in _STRUCTURAL]
+            chunks.append(_hdu_bytes(np.asarray(data, dtype=np.float32), cards, f"SIG{idx}_{key.upper()}"))
+    _write_atomic(Path(path), chunks)
+
+
+def write_cutouts(path: Path | str, new: ImageData, ref: ImageData, diff: np.ndarray,
+                  positions: Sequence[tuple[int, tuple[float, float]]], *, size: int = 51,
+                  diff_wcs: WCS | None = None) -> None:
+    """:func:`make_cutouts` and :func:`write_cutouts_file` in one pass, without a Header object per stamp.
+
+    Parameters
+    ----------
+    path : Path or str
+        Output file (replaced atomically).
+    new, ref, diff, size, diff_wcs
+        As for :func:`make_cutouts`.
+    positions : sequence of (int, (x, y))
+        Sighting id and 0-based pixel position of each stamp.
+
+    Notes
+    -----
+    The file holds the same HDUs, data and header values as ``write_cutouts_file(path, {id: stamps})`` with
+    the stamps of :func:`make_cutouts`: only CRPIX1/2, XCEN and YCEN differ between stamps, so the other
+    cards are formatted once per image (about 0.1 s instead of 2 s for 250 sightings on a full CCD).
+    """
+    if size < 1 or size % 2 == 0:
+        raise ValueError("size must be a positive odd integer")
+    dw = new.wcs if diff_wcs is None else diff_wcs
+    t_new = _header_template(new.wcs)
+    t_ref = t_new if ref.wcs is new.wcs else _header_template(ref.wcs)
+    t_diff = t_new if dw is new.wcs else _header_template(dw)
+    sources = (("NEW", new.image, _CardTemplate(t_new)), ("REF", ref.image, _CardTemplate(t_ref)),
+               ("DIFF", diff, _CardTemplate(t_diff)))
+    chunks = [_PRIMARY]
+    for idx, (x, y) in positions:
+        x0, y0 = int(np.ceil(x - size / 2.0)), int(np.ceil(y - size / 2.0))
+        for name, image, tmpl in sources:
+            chunks.append(_hdu_bytes(_cut(image, x0, y0, size), tmpl.cards(x0, y0, x, y), f"SIG{idx}_{name}"))
+    _write_atomic(Path(path), chunks)
+
+
+_STRUCTURAL = frozenset({"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
+                         "EXTEND", "EXTNAME", "END"})
+
+
+def _pad(b: bytes, fill: bytes) -> bytes:
+    return b + fill * (-len(b) % 2880)
+
+
+_PRIMARY = _pad("".join(c.image for c in fits.PrimaryHDU().header.cards).encode("ascii") + b"END".ljust(80),
+                b" ")
+
+
+def _hdu_bytes(data: np.ndarray, cards: list[str], extname: str) -> bytes:
+    """One IMAGE extension (float32 2-D data) as FITS bytes: what astropy writes for an ImageHDU."""
+    head = [_mandatory(*data.shape), *cards, fits.Card("EXTNAME", extname, "extension name").image]
+    header = _pad("".join(head).encode("ascii") + b"END".ljust(80), b" ")
+    return header + _pad(np.ascontiguousarray(data, dtype=">f4").tobytes(), b"\0")
+
+
+@functools.lru_cache(maxsize=8)
+def _mandatory(ny: int, nx: int) -> str:
+    """The leading cards astropy writes for a float32 2-D ImageHDU."""
+    cards = [fits.Card("XTENSION", "IMAGE", "Image extension"), fits.Card("BITPIX", -32, "array data type"),
+             fits.Card("NAXIS", 2, "number of array dimensions"), fits.Card("NAXIS1", nx),
+             fits.Card("NAXIS2", ny), fits.Card("PCOUNT", 0, "number of parameters"),
+             fits.Card("GCOUNT", 1, "number of groups")]
+    return "".join(c.image for c in cards)
+
+
+class _CardTemplate:
+    """A stamp header template: every card image formatted once; CRPIX1/2 re-formatted per stamp."""
+
+    def __init__(self, template: fits.Header) -> None:
+        self.crpix = (float(template["CRPIX1"]), float(template["CRPIX2"]))
+        self.comments = (template.comments["CRPIX1"], template.comments["CRPIX2"])
+        self.images = [c.image for c in template.cards if c.keyword not in _STRUCTURAL]
+        keys = [c.keyword for c in template.cards if c.keyword not in _STRUCTURAL]
+        self.at = (keys.index("CRPIX1"), keys.index("CRPIX2"))
+
+    def cards(self, x0: int, y0: int, x: float, y: float) -> list[str]:
+        out = list(self.images)
+        out[self.at[0]] = fits.Card("CRPIX1", self.crpix[0] - x0, self.comments[0]).image
+        out[self.at[1]] = fits.Card("CRPIX2", self.crpix[1] - y0, self.comments[1]).image
+        out.append(fits.Card("XCEN", float(x), "0-based x of the sighting in the parent image").image)
+        out.append(fits.Card("YCEN", float(y), "0-based y of the sighting in the parent image").image)
+        return out
+
+
+def _cut(data: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
+    """The ``size`` x ``size`` float32 stamp with lower corner (x0, y0), NaN outside ``data``."""
+    ny, nx = data.shape
+    out = np.full((size, size), np.nan, dtype=np.float32)
+    ys, ye, xs, xe = max(y0, 0), min(y0 + size, ny), max(x0, 0), min(x0 + size, nx)
+    if ys < ye and xs < xe:
+        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = data[ys:ye, xs:xe]
+    return out
+
+
+def _write_atomic(path: Path, chunks: list[bytes]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.writelines(chunks)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_cutout(path: Path | str, hdu_name: str) -> tuple[np.ndarray, fits.Header]:

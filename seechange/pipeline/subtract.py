@@ -248,14 +248,15 @@ def subtract_image_row(session: Session, data_root: Path, image_id: int, *, ref_
         return existing
     t0 = time.perf_counter()
     new = read_image_data(resolve(data_root, image.filepath))
-    ref = read_image_data(resolve(data_root, reference.filepath))
-    result = subtract(new, ref, params=params)  # resamples the reference once, with params.resample_order
+    # the reference is passed without a name here so that subtract() can free it once resampled (80 MB)
+    result = subtract(new, read_image_data(resolve(data_root, reference.filepath)), params=params)
+    del new
     ref_on_new = result.meta["ref_resampled"]
     stem = product_stem("subtractions", prov.id, Path(image.filepath).name)
     write_zogy(data_root, stem, result, ref_on_new)
     diff_data = ImageData(image=result.diff, weight=np.zeros((1, 1), np.float32), flags=result.flags,
                           psf=result.psf_d, wcs=result.wcs, zp=result.zp, fwhm_px=result.fwhm_px,
-                          bkg_level=0.0, bkg_rms=float(np.sqrt(np.nanmedian(result.diff_variance))),
+                          bkg_level=0.0, bkg_rms=float(np.sqrt(np.nanmedian(result.diff_variance[::4, ::4]))),
                           astrom_rms_arcsec=float(np.hypot(image.astrom_rms_arcsec or 0,
                                                            reference.astrom_rms_arcsec or 0)),
                           mjd=image.mjd, band=image.band)

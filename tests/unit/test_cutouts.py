@@ -84,3 +84,28 @@ def test_read_cutouts_file_reads_every_stamp(tmp_path: Path) -> None:
     for name, (d, h) in allst.items():
         d1, h1 = read_cutout(path, name)
         assert np.array_equal(d, d1) and h["CRPIX1"] == h1["CRPIX1"]
+
+
+def test_write_cutouts_equals_make_cutouts_plus_astropy_writer(tmp_path: Path) -> None:
+    from seechange.improc.cutouts import read_cutouts_file, write_cutouts
+
+    rng = np.random.default_rng(5)
+    new, ref = make_image(rng), make_image(rng)
+    diff = new.image - ref.image
+    ny, nx = new.image.shape
+    pos = [(100.3, 120.7), (0.2, 0.4), (nx - 1.4, ny - 0.6), (-3.0, 60.0)]
+    ids = [11, 12, 13, 14]
+    st = make_cutouts(new, ref, diff, pos, size=21)
+    hdus: list = [fits.PrimaryHDU()]
+    for i, s in zip(ids, st, strict=True):
+        for k in ("new", "ref", "diff"):
+            hdus.append(fits.ImageHDU(data=s[k][0], header=s[k][1], name=f"SIG{i}_{k.upper()}"))
+    fits.HDUList(hdus).writeto(tmp_path / "astropy.fits")
+    write_cutouts_file(tmp_path / "file.fits", dict(zip(ids, st, strict=True)))
+    write_cutouts(tmp_path / "direct.fits", new, ref, diff, list(zip(ids, pos, strict=True)), size=21)
+    want = (tmp_path / "astropy.fits").read_bytes()
+    assert (tmp_path / "file.fits").read_bytes() == want
+    assert (tmp_path / "direct.fits").read_bytes() == want
+    got = read_cutouts_file(tmp_path / "direct.fits")
+    assert np.array_equal(got["SIG14_DIFF"][0], st[3]["diff"][0], equal_nan=True)
+    assert got["SIG11_NEW"][1]["CRPIX1"] == st[0]["new"][1]["CRPIX1"]
