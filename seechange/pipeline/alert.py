@@ -86,18 +86,31 @@ def _cutouts(data_root: Path, sighting: Sighting) -> dict[str, bytes | None]:
     return out
 
 
+_SCALES: OrderedDict[tuple[int, str], float] = OrderedDict()
+
+
+def _pixel_scale(image: Image | None) -> float:
+    """Pixel scale of an Image (arcsec/pixel) from its WCS header, parsed once per image (the sightings of
+    one subtraction share it; parsing a WCS per alert cost a few ms each); 0.263 without a header."""
+    if image is None or not image.wcs_header:
+        return 0.263
+    key = (image.id, image.wcs_header)
+    if key not in _SCALES:
+        from astropy.wcs import WCS
+
+        _SCALES[key] = pixel_scale_arcsec(WCS(Header.fromstring(image.wcs_header)))
+        while len(_SCALES) > 16:
+            _SCALES.popitem(last=False)
+    return _SCALES[key]
+
+
 def build_alert(session: Session, data_root: Path, sighting: Sighting) -> dict[str, Any]:
     """The alert record (schema ``alert`` 1.0) of one sighting."""
     phot = _photometry(session, sighting)
     sub = session.get(SubtractionImage, sighting.subtraction_id)
     assert sub is not None
     new = session.get(Image, sub.new_image_id)
-    scale = 0.263
-    if new is not None and new.wcs_header:
-        from astropy.io.fits import Header
-        from astropy.wcs import WCS
-
-        scale = pixel_scale_arcsec(WCS(Header.fromstring(new.wcs_header)))
+    scale = _pixel_scale(new)
     obj = sighting.object
     assert obj is not None
     zp = float(phot.zero_point) if phot.zero_point is not None else float("nan")
