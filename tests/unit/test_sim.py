@@ -271,3 +271,15 @@ def test_saturated_star_bleeds_along_its_column(night):
     assert sat[iy, ix]
     assert sat[:, ix].sum() > 2 * sat[iy, :].sum()  # a bleed trail along the column
     assert truth.meta["n_bleed_pixels"] > 0 and truth.meta["n_full_well_pixels"] == sat.sum()
+
+
+def test_psf_stamps_hold_fractions_of_the_total_flux() -> None:
+    # the wing beyond a stamp is dropped, not folded back into the core (which made faint stars' cores
+    # brighter than bright stars' and their wings stop short)
+    psf = MoffatPSF(4.0, 3.0, 0.05, 0.3)
+    small = psf.stamps(np.array([50.3]), np.array([40.7]), 6)[2][0]
+    large = psf.stamps(np.array([50.3]), np.array([40.7]), 40)[2][0]
+    assert small.sum() < 0.97 and large.sum() == pytest.approx(1.0, abs=2e-3)
+    np.testing.assert_allclose(small, large[34:47, 34:47], rtol=1e-4, atol=1e-7)
+    assert psf.centred_stamp(10).sum() == pytest.approx(1.0, abs=1e-5)
+    assert psf.half_size_for(np.array([10.0]), 30.0)[0] >= 4 * 4.0

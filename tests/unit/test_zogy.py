@@ -136,3 +136,19 @@ def test_float32_matches_float64() -> None:
     b = zogy(new, ref, params=ZogyParams(float32=False))
     assert np.max(np.abs(a.score_corr - b.score_corr)) < 1e-3
     assert a.f_s == pytest.approx(b.f_s, rel=1e-4)
+
+
+def test_border_does_not_grow_with_the_psf_stamp() -> None:
+    # PSF stamps carry a faint wing far beyond the core; the flagged border follows the PSF's 99.5%
+    # encircled-energy radius (at least 2 FWHM), not the stamp's half-width
+    from seechange.improc.zogy import encircled_radius
+
+    new, ref = _pair(11)
+    small = zogy(new, ref, params=ZogyParams())
+    pad = 30
+    new.psf = np.pad(new.psf, pad)
+    ref.psf = np.pad(ref.psf, pad)
+    big = zogy(new, ref, params=ZogyParams())
+    assert big.border_px == small.border_px <= int(np.ceil(2.5 * 4.6))
+    assert encircled_radius(gaussian_psf(4.0)) == pytest.approx(4.0 / 2.3548 * np.sqrt(2 * np.log(200)), abs=0.7)
+    np.testing.assert_allclose(big.score_corr[40:-40, 40:-40], small.score_corr[40:-40, 40:-40], atol=1e-3)
