@@ -130,15 +130,21 @@ def _source_free_mask(truth: Table, shape: tuple[int, int], fwhm_px: float, sky_
 
 
 def _true_snr(x: float, y: float, flux: float, psf_d: np.ndarray, var_d: np.ndarray) -> float:
-    """``flux / sigma_f`` with ``sigma_f = sqrt(sum(P^2 var)) / sum(P^2)`` over the P_D stamp at (x, y)."""
+    """``flux / sigma_f`` with ``sigma_f = sqrt(sum(P^2 var)) / sum(P^2)`` over the P_D stamp at (x, y).
+
+    The stamp is cut at the image edges (P_D stamps carry the PSF's faint wing far beyond the flagged
+    border; the wing adds nothing to ``sum(P^2)``), so every transient inside the border gets an SNR.
+    """
     ny, nx = var_d.shape
     k = psf_d.shape[0] // 2
     ix, iy = round(x), round(y)
-    if ix - k < 0 or iy - k < 0 or ix + k >= nx or iy + k >= ny:
+    if not (0 <= ix < nx and 0 <= iy < ny):
         return float("nan")
     p = np.asarray(psf_d, np.float64)
     p = p / p.sum()
-    v = np.asarray(var_d[iy - k : iy + k + 1, ix - k : ix + k + 1], np.float64)
+    y0, y1, x0, x1 = max(iy - k, 0), min(iy + k + 1, ny), max(ix - k, 0), min(ix + k + 1, nx)
+    p = p[y0 - (iy - k) : y1 - (iy - k), x0 - (ix - k) : x1 - (ix - k)]
+    v = np.asarray(var_d[y0:y1, x0:x1], np.float64)
     if not np.all(np.isfinite(v)):
         return float("nan")
     p2 = p * p
