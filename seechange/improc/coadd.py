@@ -108,16 +108,18 @@ def coadd(
         # to the ratio of PSF peaks, (FWHM_max / FWHM_min)^2, which is allowed for; in the wings of bright
         # sources (where the broadest input can be 16 x the sharpest) nothing is clipped.
         wmed = _weighted_median(stack, usable_all.astype(np.float32))
-        err = np.sqrt(var)
         n_use = np.maximum(usable_all.sum(axis=0), 1)
         typical = np.sqrt(np.where(usable_all, var, 0.0).sum(axis=0) / n_use)
         fw = [im.fwhm_px for im in images]
         snr_med = wmed / np.maximum(typical, 1e-12)
         bright = _near_sources(snr_med, max(fw))
         seeing = (max(fw) / max(min(fw), 1e-3)) ** 2
-        tol = clip_sigma * err + np.float32(seeing) * ndimage.maximum_filter(np.abs(wmed), size=3)[None]
-        out = (np.abs(stack - wmed) > tol) & usable_all & ~bright[None]
-        del err, tol, typical, snr_med
+        lim = np.float32(seeing) * ndimage.maximum_filter(np.abs(wmed), size=3)
+        out = np.empty(stack.shape, dtype=bool)
+        for i in range(n):  # one input at a time: no n-stack float temporaries (same values)
+            out[i] = np.abs(stack[i] - wmed) > clip_sigma * np.sqrt(var[i]) + lim
+        out &= usable_all & ~bright[None]
+        del lim, typical, snr_med
         wts = np.where(out, 0.0, wts)
         del out
     wsum = wts.sum(axis=0)

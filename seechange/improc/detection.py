@@ -13,11 +13,11 @@ __all__ = ["DETECTION_COLUMNS", "detect_transients"]
 DETECTION_COLUMNS = ("index", "x", "y", "x_peak", "y_peak", "score", "is_positive", "npix", "flags")
 
 
+_DTYPES = (np.int64, np.float64, np.float64, np.int64, np.int64, np.float64, bool, np.int64, np.uint16)
+
+
 def _empty() -> Table:
-    return Table(
-        names=DETECTION_COLUMNS,
-        dtype=(np.int64, np.float64, np.float64, np.int64, np.int64, np.float64, bool, np.int64, np.uint16),
-    )
+    return Table(names=DETECTION_COLUMNS, dtype=_DTYPES)
 
 
 def _parabolic(score: np.ndarray, y: int, x: int, axis: int) -> float:
@@ -42,8 +42,18 @@ def _peaks(score: np.ndarray, threshold: float, min_area: int, window: int) -> l
     if not above.any():
         return []
     labels, nlab = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
-    areas = ndimage.sum_labels(np.ones_like(score), labels, index=np.arange(1, nlab + 1))
-    locmax = (score == ndimage.maximum_filter(score, size=window, mode="constant", cval=-np.inf)) & above
+    areas = np.bincount(labels.ravel(), minlength=nlab + 1)[1:]
+    # the maximum filter on each region's box padded by half the window only: the same values there as on
+    # the whole frame, in a fraction of the time (two full-frame float64 filters took ~0.6 s on 2048x4096)
+    ny, nx = score.shape
+    h = window // 2
+    locmax = np.zeros_like(above)
+    for sl in ndimage.find_objects(labels):
+        y0, x0 = max(sl[0].start - h, 0), max(sl[1].start - h, 0)
+        box = score[y0 : min(sl[0].stop + h, ny), x0 : min(sl[1].stop + h, nx)]
+        mf = ndimage.maximum_filter(box, size=window, mode="constant", cval=-np.inf)
+        inner = (slice(sl[0].start - y0, sl[0].stop - y0), slice(sl[1].start - x0, sl[1].stop - x0))
+        locmax[sl] |= (score[sl] == mf[inner]) & above[sl]
     ys, xs = np.nonzero(locmax)
     out = []
     for y, x in zip(ys, xs):
@@ -100,7 +110,7 @@ def detect_transients(
     if not rows:
         return _empty()
     rows.sort(key=lambda r: (r[3], r[2]))
-    t = _empty()
-    for i, (cx, cy, x, y, s, a, pos) in enumerate(rows):
-        t.add_row((i, cx, cy, x, y, s, pos, a, int(zogy_result.flags[y, x])))
-    return t
+    cx, cy, x, y, s, a, pos = (np.array(c) for c in zip(*rows, strict=True))
+    cols = (np.arange(len(rows)), cx, cy, x, y, s, pos, a, np.asarray(zogy_result.flags)[y, x])
+    return Table([np.asarray(c, dtype=d) for c, d in zip(cols, _DTYPES, strict=True)],
+                 names=DETECTION_COLUMNS)
