@@ -88,6 +88,8 @@ class DetectParams:
         Largest allowed axis ratio.
     max_neg_fraction : float
         Largest allowed opposite-sign pixel fraction within one FWHM.
+    bright_flux_fraction, bright_wing_sigma, bright_var_factor : float
+        Near-bright-star flag (see :func:`~seechange.improc.measure.measure_sightings`).
     """
 
     threshold: float = 5.0
@@ -98,6 +100,9 @@ class DetectParams:
     width_range: tuple[float, float] = (0.5, 2.0)
     max_elongation: float = 2.0
     max_neg_fraction: float = 0.55
+    bright_flux_fraction: float = 0.01
+    bright_wing_sigma: float = 0.3
+    bright_var_factor: float = 1.5
 
     def critical(self) -> dict[str, Any]:
         """Parameters that change the products (feed the provenance id)."""
@@ -174,6 +179,8 @@ def detect_and_measure(
         result, new, ref_resampled, det, aper_radii_fwhm=params.aper_radii_fwhm,
         shape_min_snr=params.shape_min_snr, width_range=params.width_range,
         max_elongation=params.max_elongation, max_neg_fraction=params.max_neg_fraction,
+        bright_flux_fraction=params.bright_flux_fraction, bright_wing_sigma=params.bright_wing_sigma,
+        bright_var_factor=params.bright_var_factor,
     )
     if len(det) == 0:
         for c, dt in (("x_centroid_score", float), ("y_centroid_score", float), ("npix", np.int64),
