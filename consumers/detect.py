@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from seechange.config import Settings
 from seechange.improc.subtraction import DetectParams
+from seechange.parameters import load_parameters
 from seechange.pipeline.detect import detect_on_subtraction, sighting_event
 from seechange.storage import PathOutsideDataRoot
 from seechange.streaming.framing import epoch_ms, now_ms
@@ -20,7 +21,7 @@ INPUT_TOPIC, INPUT_SCHEMA = "subtraction-done", "subtraction_done"
 
 def make_handler(settings: Settings, params: DetectParams | None = None) -> Handler:
     """The detect handler."""
-    params = params or DetectParams()
+    params = params or load_parameters(settings.params_file).detect
 
     def handle(session: Session, event: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
         try:

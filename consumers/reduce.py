@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from seechange.config import Settings
 from seechange.improc.reduction import ReduceParams
+from seechange.parameters import load_parameters
 from seechange.pipeline.reduce import ReduceInputError, ReduceResources, image_event, reduce_exposure_row
 from seechange.storage import PathOutsideDataRoot
 from seechange.streaming.framing import epoch_ms, now_ms
@@ -20,7 +21,7 @@ INPUT_TOPIC, INPUT_SCHEMA = "exposure-ready", "exposure_ready"
 def make_handler(settings: Settings, params: ReduceParams | None = None) -> Handler:
     """The reduce handler, with its per-process caches of calibration frames and catalogues."""
     resources = ReduceResources(settings.data_dir)
-    params = params or ReduceParams()
+    params = params or load_parameters(settings.params_file).reduce
 
     def handle(session: Session, event: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
         try:

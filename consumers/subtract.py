@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from seechange.config import Settings
 from seechange.improc.subtraction import SubtractParams
+from seechange.parameters import load_parameters
 from seechange.pipeline.subtract import (
     ReferenceParams,
     ReferencePending,
@@ -25,8 +26,9 @@ INPUT_TOPIC, INPUT_SCHEMA = "image-reduced", "image_reduced"
 def make_handler(settings: Settings, ref_params: ReferenceParams | None = None,
                  params: SubtractParams | None = None) -> Handler:
     """The subtract handler."""
-    ref_params = ref_params or ReferenceParams()
-    params = params or SubtractParams()
+    loaded = load_parameters(settings.params_file)
+    ref_params = ref_params or loaded.reference
+    params = params or loaded.subtract
 
     def handle(session: Session, event: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
         try:

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     kafka_version: str = "4.1.1"
     consumer_group_prefix: str = "seechange"
     association_radius_arcsec: float = 1.5
+    params_file: Path | None = None  # TOML with [reduce], [reference], [subtract], [detect] tables
     log_level: str = "INFO"
 
     def topic(self, name: str) -> str:

@@ -56,6 +56,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         "SEECHANGE_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
         "SEECHANGE_CACHE_DIR": str(settings.cache_dir),
     })
+    if settings.params_file is not None:
+        env["SEECHANGE_PARAMS_FILE"] = str(settings.params_file)
     return env
 
 
