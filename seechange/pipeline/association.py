@@ -51,13 +51,8 @@ def lock_region(session: Session, positions: Sequence[tuple[float, float]], radi
 def nearest_object(session: Session, ra: float, dec: float, radius_arcsec: float) -> Object | None:
     """The Object nearest to (ra, dec) within the radius (degrees, arcsec), via the healpix btree index."""
     pixels = fine_pixels_in_cone(ra, dec, radius_arcsec)
-    candidates = session.scalars(select(Object).where(Object.healpix.in_(pixels))).all()
-    best, best_sep = None, radius_arcsec
-    for obj in candidates:
-        sep = angular_sep_arcsec(ra, dec, obj.ra, obj.dec)
-        if sep <= best_sep:
-            best, best_sep = obj, sep
-    return best
+    return _nearest(session.scalars(select(Object).where(Object.healpix.in_(pixels))).all(), ra, dec,
+                    radius_arcsec)
 
 
 def associate(session: Session, sightings: Sequence[Sighting], *, radius_arcsec: float,
@@ -65,39 +60,64 @@ def associate(session: Session, sightings: Sequence[Sighting], *, radius_arcsec:
     """Attach each sighting to the nearest Object within ``radius_arcsec`` or to a new Object.
 
     Objects' positions become the mean of their sightings; counts, first/last MJD and latest magnitude are
-    updated. The caller's transaction must be open; locks are released at its end.
+    updated. The caller's transaction must be open; locks are released at its end. One query finds every
+    candidate of the batch (healpix btree), so the cost does not grow with round trips per sighting.
 
     Returns
     -------
     list of Object
         The Object of each sighting, in order.
     """
+    if not sightings:
+        return []
     lock_region(session, [(s.ra, s.dec) for s in sightings], radius_arcsec)
+    pixels = sorted({p for s in sightings for p in fine_pixels_in_cone(s.ra, s.dec, radius_arcsec)})
+    candidates = list(session.scalars(select(Object).where(Object.healpix.in_(pixels))))
+    created: list[tuple[Object, float]] = []
     out: list[Object] = []
     for i, s in enumerate(sightings):
         mag = mags[i] if mags is not None else None
-        obj = nearest_object(session, s.ra, s.dec, radius_arcsec)
+        obj = _nearest(candidates, s.ra, s.dec, radius_arcsec)
         if obj is None:
             obj = Object(name=f"pending-{s.id}", ra=s.ra, dec=s.dec, healpix=healpix_index(s.ra, s.dec),
                          band_latest=s.band, mag_latest=mag, first_mjd=s.mjd, last_mjd=s.mjd, n_sightings=1)
             session.add(obj)
-            session.flush()
-            obj.name = object_name(obj.id, s.mjd)
+            candidates.append(obj)
+            created.append((obj, s.mjd))
         else:
-            n = obj.n_sightings
-            # running mean on the sphere is fine at arcsec scales: average RA offsets, not raw RA (wrap at 0)
-            dra = ((s.ra - obj.ra + 180.0) % 360.0) - 180.0
-            obj.ra = float((obj.ra + dra / (n + 1)) % 360.0)
-            obj.dec = float(obj.dec + (s.dec - obj.dec) / (n + 1))
-            obj.healpix = healpix_index(obj.ra, obj.dec)
-            obj.n_sightings = n + 1
-            obj.first_mjd = min(obj.first_mjd, s.mjd)
-            if s.mjd >= obj.last_mjd:
-                obj.last_mjd = s.mjd
-                obj.band_latest = s.band
-                if mag is not None and np.isfinite(mag):
-                    obj.mag_latest = float(mag)
-        s.object_id = obj.id
-        session.flush()
+            _update(obj, s, mag)
         out.append(obj)
+    session.flush()  # ids of the new Objects
+    for obj, mjd in created:
+        obj.name = object_name(obj.id, mjd)
+    for s, obj in zip(sightings, out, strict=True):
+        s.object_id = obj.id
+    session.flush()
     return out
+
+
+def _nearest(candidates: Sequence[Object], ra: float, dec: float, radius_arcsec: float) -> Object | None:
+    best, best_sep = None, radius_arcsec
+    for obj in candidates:
+        if abs(obj.dec - dec) * 3600.0 > radius_arcsec:
+            continue
+        sep = angular_sep_arcsec(ra, dec, obj.ra, obj.dec)
+        if sep <= best_sep:
+            best, best_sep = obj, sep
+    return best
+
+
+def _update(obj: Object, s: Sighting, mag: float | None) -> None:
+    n = obj.n_sightings
+    # running mean; RA offsets are averaged (not raw RA) so that 0/360 wraps correctly
+    dra = ((s.ra - obj.ra + 180.0) % 360.0) - 180.0
+    obj.ra = float((obj.ra + dra / (n + 1)) % 360.0)
+    obj.dec = float(obj.dec + (s.dec - obj.dec) / (n + 1))
+    obj.healpix = healpix_index(obj.ra, obj.dec)
+    obj.n_sightings = n + 1
+    obj.first_mjd = min(obj.first_mjd, s.mjd)
+    if s.mjd >= obj.last_mjd:
+        obj.last_mjd = s.mjd
+        obj.band_latest = s.band
+        if mag is not None and np.isfinite(mag):
+            obj.mag_latest = float(mag)
