@@ -51,8 +51,9 @@ def recovered_transients(session: Any, data_dir: Path, alerts: list[tuple[dict[s
 @click.option("--epochs", default=6, show_default=True, help="Epochs per field (the first 3 build references).")
 @click.option("--size", default="2048x4096", show_default=True, help="CCD size NXxNY, pixels.")
 @click.option("--seed", default=42, show_default=True)
-@click.option("--cadence", default=0.0, show_default=True,
-              help="Seconds between ingested exposures (0: as fast as the pipeline takes them).")
+@click.option("--cadence", default=6.0, show_default=True,
+              help="Seconds between ingested exposures, like a telescope's (0: all at once, which measures "
+                   "queueing rather than processing latency).")
 @click.option("--timeout", default=900.0, show_default=True, help="Give up after this many seconds.")
 @click.pass_obj
 def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cadence: float,
