@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from seechange.improc.prereduced import load_prereduced
 from seechange.improc.reduction import ReduceParams, write_image_data
 from seechange.models import Exposure, Image, Provenance
-from seechange.pipeline.ingest import IngestError, band_of, ingest_provenance
+from seechange.pipeline.ingest import IngestError, RawInfo, band_of, ingest_provenance
 from seechange.pipeline.products import image_columns, product_stem
 from seechange.provenance import get_or_create_provenance
 from seechange.spatial import healpix_index
@@ -62,23 +62,10 @@ class ReducedFiles:
 
 
 @dataclass(frozen=True)
-class ReducedHeaderInfo:
-    """What the Exposure row needs, read from a reduced image's header."""
+class ReducedHeaderInfo(RawInfo):
+    """What the Exposure row needs (as for a raw file), read from a reduced image's header, and its shape."""
 
-    instrument: str
-    origin_id: str
-    section_id: str
-    filter: str
-    band: str
-    mjd: float
-    exp_time: float
-    ra: float
-    dec: float
-    field: str | None
-    airmass: float | None
-    gain: float | None
-    read_noise: float | None
-    shape: tuple[int, int]
+    shape: tuple[int, int] = (0, 0)
 
 
 def file_stem(path: Path) -> str:
