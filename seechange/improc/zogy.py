@@ -169,8 +169,13 @@ def noise_correlation(image: np.ndarray, valid: np.ndarray, *, clip: float = 3.0
     valid = valid[cb]
     if not np.any(valid):
         return 0.0
-    sig = mad_std(img[valid])
-    med = np.median(img[valid])
+    st = _stat_step(img.shape, min_pixels=250_000)  # clip level and offset: 1/4 of the 1 Mpx block
+    sub = img[::st, ::st][valid[::st, ::st]]
+    if sub.size < 10_000:
+        sub = img[valid]
+    sig = mad_std(sub)
+    med = np.median(sub)
+    del sub
     ok = valid & (np.abs(img - med) < clip * sig)
     ok = ndimage.binary_erosion(ok, iterations=2, border_value=0)
     x = img - med
@@ -207,26 +212,62 @@ def encircled_radius(psf: np.ndarray, fraction: float = 0.995) -> float:
     return float(r[order][min(i, r.size - 1)])
 
 
+def _stat_step(shape: tuple[int, ...], min_pixels: int = 400_000) -> int:
+    """Subsampling step (4, 2 or 1 in each direction) for a global robust statistic over a frame: the
+    largest that still leaves ``min_pixels`` pixels (4 on a 2048x4096 CCD, 1 below 1.6 Mpx)."""
+    n = int(np.prod(shape))
+    for step in (4, 2):
+        if n // (step * step) >= min_pixels:
+            return step
+    return 1
+
+
 def _robust_spread(score_corr: np.ndarray, valid: np.ndarray, fwhm: float,
-                   score_var: np.ndarray | None = None) -> float:
+                   score_var: np.ndarray | None = None, *, step: int | None = None) -> float:
     """mad_std of S_corr over background-limited valid pixels away from significant peaks.
 
     Pixels whose score variance exceeds the median by more than 10% (source noise, flux-error and
     astrometric terms: near stars and galaxies) and pixels near |S_corr| > 4 sigma are left out.
+
+    The statistics use every ``step``-th pixel in each direction (default :func:`_stat_step`: 4 on
+    2048x4096, where this takes 0.06 s instead of 0.44 s and the result moves by 4e-5; S_corr is correlated
+    over the PSF, so the subsample loses little information); the exclusion zones around peaks are found
+    from *all* pixels, exactly as a full-frame box filter would mark them.
     """
-    if score_var is not None and np.any(valid):
-        bg = score_var <= 1.1 * np.median(score_var[valid])
-        if np.count_nonzero(valid & bg) >= 1000:
-            valid = valid & bg
-    if not np.any(valid):
+    step = _stat_step(score_corr.shape) if step is None else max(1, int(step))
+    sub = (slice(None, None, step), slice(None, None, step))
+    if step > 1 and np.count_nonzero(valid[sub]) < 10_000:
+        step, sub = 1, (slice(None), slice(None))  # small images: use every pixel
+    v = valid[sub]
+    if score_var is not None and np.any(v):
+        sv = score_var[sub]
+        bg = sv <= 1.1 * np.median(sv[v])
+        if np.count_nonzero(v & bg) * step * step >= 1000:
+            v = v & bg
+    if not np.any(v):
         return 1.0
-    s0 = float(mad_std(score_corr[valid]))
-    size = 2 * max(1, int(round(2 * fwhm))) + 1  # a box filter: 10x faster than iterated binary dilation
-    peaks = ndimage.maximum_filter((np.abs(score_corr) > 4.0 * s0).astype(np.uint8), size=size) > 0
-    quiet = valid & ~peaks
-    if quiet.sum() < 100:
+    sc = score_corr[sub]
+    s0 = float(mad_std(sc[v]))
+    half = max(1, int(round(2 * fwhm)))  # box of 2 * half + 1 pixels around each peak pixel
+    ys, xs = np.nonzero(np.abs(score_corr) > 4.0 * s0)
+    peaks = np.zeros(v.shape, dtype=bool)
+    if ys.size:
+        # subsample nodes j (full-frame index j * step) within half of a peak pixel: ceil((y - half) / step)
+        # .. floor((y + half) / step); the same pixels as ndimage.maximum_filter(size=2 * half + 1) marks
+        ny_s, nx_s = v.shape
+        lo_y, hi_y = -((half - ys) // step), (ys + half) // step
+        lo_x, hi_x = -((half - xs) // step), (xs + half) // step
+        for dy in range(2 * half // step + 1):
+            jy = lo_y + dy
+            oky = (jy <= hi_y) & (jy >= 0) & (jy < ny_s)
+            for dx in range(2 * half // step + 1):
+                jx = lo_x + dx
+                ok = oky & (jx <= hi_x) & (jx >= 0) & (jx < nx_s)
+                peaks[jy[ok], jx[ok]] = True
+    quiet = v & ~peaks
+    if quiet.sum() * step * step < 100:
         return s0
-    return float(mad_std(score_corr[quiet]))
+    return float(mad_std(sc[quiet]))
 
 
 def _prepare(img: ImageData, bad: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray, float]:
@@ -235,7 +276,12 @@ def _prepare(img: ImageData, bad: np.ndarray, dtype: type) -> tuple[np.ndarray, 
     w: np.ndarray = np.asarray(img.weight, dtype=dtype)
     var: np.ndarray = np.zeros(w.shape, dtype=dtype)
     np.divide(dtype(1.0), w, out=var, where=~bad)
-    good_var = var[~bad]
+    # the median (a global scalar) from a regular subsample on large frames (:func:`_stat_step`, every 4th
+    # pixel on 2048x4096: 0.02 s instead of 0.15 s, the same to ~1e-4; the variance map is smooth)
+    st = _stat_step(var.shape)
+    good_var = var[::st, ::st][~bad[::st, ::st]]
+    if good_var.size < 10_000:
+        good_var = var[~bad]
     if good_var.size == 0:
         raise ValueError("no valid pixels in image")
     sigma2 = float(np.median(good_var))
