@@ -71,7 +71,7 @@ def measure_background(
     mask = np.zeros(data.shape, bool) if flags is None else np.asarray(flags) != 0
     mask = mask | ~np.isfinite(data)
     if mask.any():
-        data = np.where(mask, 0, data).astype(np.float32)
+        data = np.where(mask, np.float32(0), data)  # float32 already: no second copy
     bkg = sep.Background(data, mask=mask, bw=mesh, bh=mesh, fw=filter_size, fh=filter_size)
     bmap = bkg.back(dtype=np.float32)
     rmap = bkg.rms(dtype=np.float32)
@@ -81,7 +81,7 @@ def measure_background(
     good_s = good[::sample, ::sample]
     level = float(np.median(bmap[::sample, ::sample][good_s])) if good_s.any() else (
         float(np.median(bmap[good])) if good.any() else float(bkg.globalback))
-    sub = (data - bmap)[::sample, ::sample][good[::sample, ::sample]]
+    sub = (data[::sample, ::sample] - bmap[::sample, ::sample])[good[::sample, ::sample]]  # subsample first
     if sub.size < 100:
         rms = float(bkg.globalrms)
     else:

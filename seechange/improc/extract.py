@@ -19,9 +19,12 @@ _COLUMNS = ("x", "y", "flux", "flux_err", "a", "b", "theta", "fwhm", "flag", "pi
 def noise_from_weight(weight: np.ndarray, *, fill: float) -> np.ndarray:
     """Per-pixel 1-sigma noise (electrons) from an inverse-variance weight; ``fill`` where weight <= 0."""
     w = np.asarray(weight, dtype=np.float32)
-    with np.errstate(divide="ignore"):
-        noise = np.where(w > 0, 1.0 / np.sqrt(np.maximum(w, 1e-30)), np.float32(fill))
-    return noise.astype(np.float32)
+    # in place (same float32 operations): one full-frame array instead of four
+    noise = np.maximum(w, np.float32(1e-30))
+    np.sqrt(noise, out=noise)
+    np.divide(np.float32(1.0), noise, out=noise)
+    noise[~(w > 0)] = np.float32(fill)
+    return noise
 
 
 def _typical(err: np.ndarray, ok: np.ndarray, step: int = 4) -> float:
@@ -92,8 +95,8 @@ def extract_sources(
     mask = np.zeros(data.shape, bool) if flags is None else np.asarray(flags) != 0
     mask |= ~np.isfinite(data) | ~np.isfinite(err) | (err <= 0)
     if mask.any():
-        data = np.where(mask, 0, data).astype(np.float32)
-        err = np.where(mask, np.float32(_typical(err, ~mask)), err).astype(np.float32)
+        data = np.where(mask, np.float32(0), data)  # float32 already: no second copy
+        err = np.where(mask, np.float32(_typical(err, ~mask)), err)
     sep.set_extract_pixstack(max(300_000, data.size // 10))
     sep.set_sub_object_limit(4096)
     kwargs = {} if filter_kernel is None else {"filter_kernel": np.asarray(filter_kernel, np.float32)}

@@ -155,7 +155,9 @@ def reduce_exposure(
     )
     lap("calibrate")
     bkg = measure_background(electrons, flags=flags, mesh=params.bkg_mesh, filter_size=params.bkg_filter)
-    image = electrons - bkg.map
+    image = electrons  # subtracted in place: the sky-level frame is not used again
+    image -= bkg.map
+    del electrons
     lap("background")
     noise = noise_from_weight(weight, fill=bkg.rms)
     sources = extract_sources(
