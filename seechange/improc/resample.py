@@ -62,16 +62,19 @@ def _coarse_map(source_wcs: WCS, target_wcs: WCS, ny: int, nx: int,
 
 
 def _upsample(coarse: np.ndarray, gy: np.ndarray, gx: np.ndarray, ny: int, nx: int,
-              rows: slice | None = None, out: np.ndarray | None = None) -> np.ndarray:
+              rows: slice | None = None, out: np.ndarray | None = None,
+              cols: np.ndarray | None = None) -> np.ndarray:
     """Separable linear interpolation of a coarse grid (nodes gy, gx) to the full ny x nx grid (or to the
     target rows ``rows`` of it only, into ``out`` if given).
 
     Measured on 2048x4096: about 0.05 s per map, against 0.5 s for a bicubic spline evaluated on the full
     grid; the map is smooth, so linear interpolation on 32 px cells is exact to far below 0.01 px. Rows are
     filled one coarse cell at a time (outer products, no gathered full-size temporaries): 3x faster than
-    indexing the node rows per pixel row.
+    indexing the node rows per pixel row. ``cols`` (``_upsample_cols(coarse, gx, nx)``, optional) lets the
+    callers that fill one map in row blocks interpolate along x once instead of once per block.
     """
-    cols = coarse @ _linear_weights(gx, nx).T  # (len(gy), nx)
+    if cols is None:
+        cols = _upsample_cols(coarse, gx, nx)
     y = np.arange(ny, dtype=float) if rows is None else np.arange(ny, dtype=float)[rows]
     j = np.clip(np.searchsorted(gy, y, side="right") - 1, 0, gy.size - 2)
     t = (y - gy[j]) / (gy[j + 1] - gy[j])
@@ -87,6 +90,11 @@ def _upsample(coarse: np.ndarray, gy: np.ndarray, gx: np.ndarray, ny: int, nx: i
         np.multiply.outer(t[a:b], cols[k + 1], out=tmp[: b - a])
         out[a:b] += tmp[: b - a]
     return out
+
+
+def _upsample_cols(coarse: np.ndarray, gx: np.ndarray, nx: int) -> np.ndarray:
+    """The coarse grid interpolated along x to every column: (len(gy), nx)."""
+    return coarse @ _linear_weights(gx, nx).T
 
 
 def _linear_weights(nodes: np.ndarray, n: int) -> np.ndarray:
@@ -209,13 +217,17 @@ def resample_image(
     out_img = np.empty((ny, nx), dtype=np.float32)
     out_weight = np.empty((ny, nx), dtype=np.float32)
     out_flags = np.empty((ny, nx), dtype=np.uint16)
+    # interpolated along x once per map here, not once per row block (the small matrix product was
+    # repeated 8 times per map, about 0.25 s of CPU in all on 2048x4096)
+    cols_y, cols_x = _upsample_cols(csy, gx, nx), _upsample_cols(csx, gx, nx)
+    cols_a = None if area is None else _upsample_cols(area, gx, nx)
 
     def block(rows: slice) -> None:
         # the pixel map of these target rows only (float64, as map_coordinates wants): never a full-frame
         # pair of coordinate maps, and the two blocks run in parallel (map_coordinates releases the GIL)
         coords = np.empty((2, rows.stop - rows.start, nx))
-        _upsample(csy, gy, gx, ny, nx, rows, out=coords[0])
-        _upsample(csx, gy, gx, ny, nx, rows, out=coords[1])
+        _upsample(csy, gy, gx, ny, nx, rows, out=coords[0], cols=cols_y)
+        _upsample(csx, gy, gx, ny, nx, rows, out=coords[1], cols=cols_x)
         sy, sx = coords[0], coords[1]
         o_img, o_var = out_img[rows], np.empty((rows.stop - rows.start, nx), np.float32)
         ndimage.map_coordinates(img, coords, order=order, mode="nearest", output=o_img, prefilter=False)
@@ -231,7 +243,7 @@ def resample_image(
         del iy, ix
         o_flags[~inside] |= FLAG_EDGE
         if area is not None:
-            a = _upsample(area, gy, gx, ny, nx, rows).astype(np.float32)
+            a = _upsample(area, gy, gx, ny, nx, rows, cols=cols_a).astype(np.float32)
             o_img *= a
             a *= a
             o_var *= a
