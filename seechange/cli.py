@@ -168,6 +168,7 @@ main.add_command(topics)
 
 
 def _register_pipeline_commands() -> None:
+    from seechange.commands.bench import bench
     from seechange.commands.demo import demo
     from seechange.commands.evaluate import evaluate
     from seechange.commands.serve import ingest, serve
@@ -182,7 +183,7 @@ def _register_pipeline_commands() -> None:
     main.add_command(lightcurve_cmd)
     main.add_command(simulate)
     main.add_command(evaluate)
-    main.add_command(__import__("seechange.commands.bench", fromlist=["bench"]).bench)
+    main.add_command(bench)
 
 
 _register_pipeline_commands()
