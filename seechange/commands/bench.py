@@ -8,15 +8,8 @@ from typing import Any
 
 import click
 
+from seechange.commands import parse_size
 from seechange.config import Settings
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        nx, ny = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise click.BadParameter(f"expected NXxNY such as 2048x4096, got {text!r}") from exc
-    return nx, ny
 
 
 def _fmt(v: Any, unit: str = "", digits: int = 2) -> str:
@@ -59,7 +52,7 @@ def bench(
     from seechange.localservices import endpoints
 
     console = Console()
-    nx, ny = _parse_size(size)
+    nx, ny = parse_size(size)
     run = endpoints(settings, kafka_needed=e2e)
     results: dict[str, Any] = {}
     with console.status(f"timing the stages on {nx}x{ny} CCDs ({runs} run(s))"):

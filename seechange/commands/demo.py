@@ -12,18 +12,13 @@ from typing import Any
 import click
 import numpy as np
 
+from seechange.commands import parse_size
 from seechange.config import Settings
 
 DEMO_PREFIX = "demo."
 DEMO_DATABASE = "seechange_demo"
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        nx, ny = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise click.BadParameter(f"expected NXxNY such as 2048x4096, got {text!r}") from exc
-    return nx, ny
 
 
 def recovered_transients(session: Any, data_dir: Path, alerts: list[tuple[dict[str, Any], int]],
@@ -78,7 +73,7 @@ def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cad
     from seechange.streaming.topics import delete_topics, ensure_topics, topic_names
 
     console = Console()
-    nx, ny = _parse_size(size)
+    nx, ny = parse_size(size)
     t_start = time.monotonic()
     with console.status("starting Kafka and PostgreSQL"):
         ep = up(settings)

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from seechange.commands import parse_size
 from seechange.config import PROJECT_ROOT, Settings
 
 DEFAULT_REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "decam-sfft"
@@ -42,12 +43,6 @@ def print_table(title: str, rows: list[tuple[str, Any, str, Any]]) -> bool:
     return ok
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        nx, ny = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise click.BadParameter(f"expected NXxNY such as 512x1024, got {text!r}") from exc
-    return nx, ny
 
 
 @click.group("evaluate")
@@ -73,7 +68,7 @@ def evaluate_sim(settings: Settings, size: str, fields: int, epochs: int, seed: 
 
     ep = endpoints(settings, kafka_needed=False)
     assert ep.database_url
-    nx, ny = _parse_size(size)
+    nx, ny = parse_size(size)
     with tempfile.TemporaryDirectory(prefix="seechange-eval-") as tmp:
         root = data_dir if data_dir is not None else Path(tmp)
         res = evaluate_night_inprocess(root, ep.database_url, seed=seed, n_fields=fields, n_epochs=epochs,

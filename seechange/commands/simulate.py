@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from seechange.commands import parse_size
 from seechange.config import Settings
 
 
@@ -24,10 +25,9 @@ def simulate(settings: Settings, out_dir: Path | None, fields: int, epochs: int,
     """Simulate a night of DECam-like raw exposures with truth tables (deterministic from the seed)."""
     from rich.progress import Progress
 
-    from seechange.commands.demo import _parse_size
     from seechange.sim.night import simulate_night
 
-    nx, ny = _parse_size(size)
+    nx, ny = parse_size(size)
     root = out_dir or settings.data_dir
     with Progress() as bar:
         task = bar.add_task("simulating", total=fields * epochs)
