@@ -29,10 +29,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from seechange.config import PROJECT_ROOT, Settings, load_settings
+from seechange.config import Settings, load_settings
+from tests.paths import SHARED_DATA
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,4 +1,4 @@
-"""``seechange evaluate sim|real``: the quality figures of DESIGN.md section 8, with their targets."""
+"""``seechange evaluate sim|real``: the quality figures, with their targets (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``evaluate_simulated_night(session, data_dir)`` reads what the stages wrote (Image, SubtractionImage,
 Sighting, Photometry and Object rows, the reduced and subtraction files) for the night whose truth is under
-``data_dir/truth`` and computes the figures of DESIGN.md section 8:
+``data_dir/truth`` and computes the quality figures (targets in docs/ARCHITECTURE.md "Quality targets"):
 
 astrometry
     RMS over truth stars (16 < mag < 21, inside the CCD) of the sky distance between the reduced image's WCS

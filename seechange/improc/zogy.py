@@ -4,7 +4,7 @@ Both images must already be on one pixel grid. Conventions: ``F_n = 1`` and
 ``F_r = 10**(0.4 * (zp_ref - zp_new))`` (reference electrons per new-image electron), so fluxes measured in
 the difference image and score are electrons of the *new* image, on its zero point.
 
-What matters in practice (see DESIGN.md section 5): the source-noise variance terms, the astrometric-noise
+What matters in practice (measured on real DECam pairs, see docs/ARCHITECTURE.md "Subtraction"): the source-noise variance terms, the astrometric-noise
 term (removes bright-star dipoles), a small fractional flux-error term (removes most remaining bright-star
 residuals), and renormalising S_corr by its robust spread when the input noise is correlated (stacks,
 resampled images); white-noise inputs are left alone so that they are not over-corrected.

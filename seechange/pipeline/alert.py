@@ -23,7 +23,6 @@ from seechange.models import AlertLog, Image, Photometry, Sighting, SubtractionI
 from seechange.pipeline.products import pixel_scale_arcsec
 from seechange.storage import resolve
 
-ALERT_SCHEMA_VERSION = "1.0"
 
 
 def _f(value: float | None) -> float | None:
@@ -105,7 +104,7 @@ def _pixel_scale(image: Image | None) -> float:
 
 
 def build_alert(session: Session, data_root: Path, sighting: Sighting) -> dict[str, Any]:
-    """The alert record (schema ``alert`` 1.0) of one sighting."""
+    """The alert record (schema ``alert``) of one sighting; ``schemaVersion`` is filled in when encoded."""
     phot = _photometry(session, sighting)
     sub = session.get(SubtractionImage, sighting.subtraction_id)
     assert sub is not None
@@ -127,7 +126,7 @@ def build_alert(session: Session, data_root: Path, sighting: Sighting) -> dict[s
     ap_scale = [to_njy(1.0, zp)] if math.isfinite(zp) else [float("nan")]
     record: dict[str, Any] = {
         "alertId": sighting.id,
-        "schemaVersion": ALERT_SCHEMA_VERSION,
+        "schemaVersion": "",  # the version actually written: set by streaming.framing.encode
         "sighting": {
             "sightingId": sighting.id, "subtractionId": sighting.subtraction_id, "objectId": obj.id,
             "mjd": sighting.mjd, "band": sighting.band, "ra": sighting.ra, "dec": sighting.dec,

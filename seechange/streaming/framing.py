@@ -21,13 +21,15 @@ from typing import Any
 import fastavro
 from fastavro.validation import validate
 
-from seechange.streaming.registry import SchemaRegistry
+from seechange.streaming.registry import SchemaRegistry, format_version
 
 log = logging.getLogger(__name__)
 
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
 HEADER_SIZE = HEADER.size  # 5 bytes
+#: Top-level field that names the packet's own schema version (filled by :func:`encode`).
+SCHEMA_VERSION_FIELD = "schemaVersion"
 
 
 class DecodeError(ValueError):
@@ -60,7 +62,9 @@ def encode(registry: SchemaRegistry, name: str, record: dict[str, Any], version:
     name : str
         Schema name, e.g. ``"exposure_ready"``.
     record : dict
-        The record; it is validated against the writer schema first.
+        The record; it is validated against the writer schema first. When the schema has a top-level
+        ``schemaVersion`` field (the alert packet), it is set to the version actually written, whatever the
+        record said (the caller's dict is not modified).
     version : str, optional
         ``"MAJOR.MINOR"`` of the writer schema; default the latest.
 
@@ -77,6 +81,8 @@ def encode(registry: SchemaRegistry, name: str, record: dict[str, Any], version:
         The record does not fit the schema.
     """
     entry = registry.get(name, version)
+    if any(f.get("name") == SCHEMA_VERSION_FIELD for f in entry.parsed.get("fields", ())):
+        record = {**record, SCHEMA_VERSION_FIELD: format_version(entry.version)}
     try:
         validate(record, entry.parsed, raise_errors=True)
     except Exception as exc:  # fastavro's ValidationError lists every bad field

@@ -7,9 +7,9 @@ unique; the ``alert`` schema's id follows Rubin's rule ``MAJOR * 100 + MINOR``.
 No network registry is involved: a client holding only ``schemas/`` reads every message, and a
 registry-based client can hold the same ids.
 
-The default location is ``PROJECT_ROOT / "schemas"`` (``seechange.config.PROJECT_ROOT``, the repository
-root). That works from a source checkout and an editable install; for a plain wheel install pass
-``schemas_dir`` explicitly (e.g. a checkout of ``schemas/`` next to the deployment).
+The default location is ``seechange/schemas`` inside the installed package: in a source checkout it is a
+link to the repository's top-level ``schemas/``, and a wheel carries the files themselves as package data
+(``pyproject.toml``), so an installed package finds them without a checkout.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ from typing import Any
 
 import fastavro
 
-from seechange.config import PROJECT_ROOT
-
 log = logging.getLogger(__name__)
 
-DEFAULT_SCHEMAS_DIR = PROJECT_ROOT / "schemas"
+DEFAULT_SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 ALERT_SCHEMA_NAME = "alert"
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)$")
 

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -7,8 +5,9 @@ from astropy.table import Table
 
 from seechange.improc.prereduced import load_prereduced
 from seechange.improc.reduction import ReduceParams
+from tests.paths import SHARED_DATA
 
-DATA = Path("/work/shared/data/decam-sfft")
+DATA = SHARED_DATA / "decam-sfft"
 FRAMES = sorted(DATA.glob("DEC-OBS*.mini.fits")) if DATA.exists() else []
 
 
@@ -33,7 +32,7 @@ def _tpv_by_hand(h: fits.Header, xy: np.ndarray) -> np.ndarray:
     return np.column_stack([np.degrees(ra) % 360, np.degrees(dec)])
 
 
-@pytest.mark.skipif(not FRAMES, reason="/work/shared/data/decam-sfft is not available")
+@pytest.mark.skipif(not FRAMES, reason=f"{DATA} is not available")
 @pytest.mark.parametrize("name", ["DEC-OBS04a.mini.fits", "DEC-OBS18c.mini.fits", "Stack-DEC-OBS04.fits"])
 def test_decam_sfft_frame(name):
     path = DATA / name

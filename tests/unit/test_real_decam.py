@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from seechange.evaluation.real import evaluate_real_decam
+from tests.paths import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "decam-sfft"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data/decam-sfft")
+DATA = SHARED_DATA / "decam-sfft"
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason="real DECam data (../shared/data/decam-sfft) not present")
