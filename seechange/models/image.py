@@ -5,7 +5,6 @@ The three tables share :class:`ImageMixin` (pointing, footprint, WCS, quality fi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -19,12 +18,10 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    select,
     true,
-    update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, relationship
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
 
 from seechange.models.base import Base, CreatedAtMixin, IdMixin
 from seechange.models.provenance import PROVENANCE_ID_LENGTH, Provenance
@@ -158,7 +155,7 @@ class Image(ImageMixin, Base):
         )
 
 
-#: Which Images built which CoaddImage, with an optional weight.
+#: Which Images built which CoaddImage.
 coadd_members = Table(
     "coadd_members",
     Base.metadata,
@@ -170,7 +167,6 @@ coadd_members = Table(
         primary_key=True,
         index=True,
     ),
-    Column("weight", Double, nullable=True),
 )
 
 
@@ -182,8 +178,7 @@ class CoaddImage(ImageMixin, Base):
     reference_key : str
         What this coadd is the reference for, ``"<field>/<band>/<section>"``.
     images : list of Image
-        The member images, ordered by id. Assigning the list writes ``coadd_members`` rows with a null
-        weight; set weights with :meth:`set_member_weights`, read them with :meth:`member_weights`.
+        The member images, ordered by id (assigning the list writes the ``coadd_members`` rows).
     """
 
     __tablename__ = "coadd_images"
@@ -195,52 +190,6 @@ class CoaddImage(ImageMixin, Base):
         secondary=coadd_members, order_by=lambda: Image.id, passive_deletes=True
     )
     subtractions: Mapped[list[SubtractionImage]] = relationship(back_populates="reference")
-
-    def set_member_weights(self, session: Session, weights: Mapping[int, float | None]) -> None:
-        """Store the weight of each member image (flushing the session first so the members exist).
-
-        Parameters
-        ----------
-        session : sqlalchemy.orm.Session
-            The caller's session.
-        weights : Mapping[int, float or None]
-            Image id -> relative weight of that image in the coadd (dimensionless).
-
-        Raises
-        ------
-        ValueError
-            If an image id is not a member of this coadd.
-        """
-        session.flush()
-        for image_id, weight in weights.items():
-            result = session.execute(
-                update(coadd_members)
-                .where(coadd_members.c.coadd_id == self.id, coadd_members.c.image_id == image_id)
-                .values(weight=weight)
-            )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                raise ValueError(f"image {image_id} is not a member of coadd {self.id}")
-
-    def member_weights(self, session: Session) -> dict[int, float | None]:
-        """The weights of the member images.
-
-        Parameters
-        ----------
-        session : sqlalchemy.orm.Session
-            The caller's session.
-
-        Returns
-        -------
-        dict
-            Image id -> weight (None where never set).
-        """
-        session.flush()
-        rows = session.execute(
-            select(coadd_members.c.image_id, coadd_members.c.weight).where(
-                coadd_members.c.coadd_id == self.id
-            )
-        )
-        return {image_id: weight for image_id, weight in rows}
 
     def __repr__(self) -> str:
         return (

@@ -1,4 +1,4 @@
-"""Database migration and connection helpers: ``upgrade``, ``current``, ``make_engine``, ``make_session_factory``.
+"""Database migration and connection helpers: ``upgrade``, ``head_revision``, ``make_engine``, ``make_session_factory``.
 
 The URL is always passed in; nothing here reads the environment.
 """
@@ -80,27 +80,6 @@ def upgrade(database_url: str) -> None:
             after = MigrationContext.configure(conn).get_current_revision()
         if before != after:
             log.info("database migrated from %s to %s", before, after)
-    finally:
-        engine.dispose()
-
-
-def current(database_url: str) -> str | None:
-    """Revision the database is at.
-
-    Parameters
-    ----------
-    database_url : str
-        SQLAlchemy URL.
-
-    Returns
-    -------
-    str or None
-        The current revision id, or None for a database never migrated.
-    """
-    engine = create_engine(database_url, poolclass=pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
 

@@ -48,13 +48,6 @@ def lock_region(session: Session, positions: Sequence[tuple[float, float]], radi
         session.execute(text("SELECT pg_advisory_xact_lock(:ns, :k)"), {"ns": LOCK_NAMESPACE, "k": key})
 
 
-def nearest_object(session: Session, ra: float, dec: float, radius_arcsec: float) -> Object | None:
-    """The Object nearest to (ra, dec) within the radius (degrees, arcsec), via the healpix btree index."""
-    pixels = fine_pixels_in_cone(ra, dec, radius_arcsec)
-    return _nearest(session.scalars(select(Object).where(Object.healpix.in_(pixels))).all(), ra, dec,
-                    radius_arcsec)
-
-
 def associate(session: Session, sightings: Sequence[Sighting], *, radius_arcsec: float,
               mags: Sequence[float | None] | None = None) -> list[Object]:
     """Attach each sighting to the nearest Object within ``radius_arcsec`` or to a new Object.

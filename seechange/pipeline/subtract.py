@@ -211,12 +211,9 @@ def read_zogy(data_root: Path, stem: str) -> tuple[ZogyResult, np.ndarray]:
         with fits.open(f"{base}.{suffix}.fits", memmap=False) as h:
             return np.asarray(h[0].data, dtype=dtype), h[0].header
 
-    def score_file() -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def score_file() -> tuple[np.ndarray, np.ndarray]:
         with fits.open(f"{base}.score.fits", memmap=False) as h:
-            s_corr = np.asarray(h[0].data, dtype=np.float32)
-            s_var = np.asarray(h["VAR"].data, dtype=np.float32)
-            s = np.asarray(h["S"].data, dtype=np.float32) if "S" in h else None  # files of before 2026-11
-        return s_corr, s_var, s
+            return np.asarray(h[0].data, dtype=np.float32), np.asarray(h["VAR"].data, dtype=np.float32)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         f_diff = pool.submit(primary, "diff", np.float32)
@@ -227,7 +224,7 @@ def read_zogy(data_root: Path, stem: str) -> tuple[ZogyResult, np.ndarray]:
         f_psf = pool.submit(primary, "psf", np.float32)
         diff, header = f_diff.result()
         weight, _ = f_weight.result()
-        score_corr, score_var, score = f_score.result()
+        score_corr, score_var = f_score.result()
         flags, _ = f_flags.result()
         ref, _ = f_ref.result()
         psf, _ = f_psf.result()
@@ -235,8 +232,7 @@ def read_zogy(data_root: Path, stem: str) -> tuple[ZogyResult, np.ndarray]:
         variance = np.where(weight > 0, 1.0 / weight, np.inf).astype(np.float32)
     scalars: dict[str, Any] = {n: float(header[n.upper()]) for n in _SCALARS}
     scalars["border_px"] = int(scalars["border_px"])
-    if score is None:
-        score = score_corr * np.float32(scalars["renorm_factor"]) * np.sqrt(score_var)
+    score = score_corr * np.float32(scalars["renorm_factor"]) * np.sqrt(score_var)
     result = ZogyResult(diff=diff, diff_variance=variance, psf_d=psf, score=score, score_var=score_var,
                         score_corr=score_corr, flags=flags, wcs=WCS(header, naxis=2), **scalars)
     return result, ref

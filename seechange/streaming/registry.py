@@ -173,24 +173,6 @@ class SchemaRegistry:
             raise KeyError(f"schema {name!r} has no version {format_version(wanted)}")
         return versions[wanted]
 
-    def latest(self, name: str) -> tuple[int, Any]:
-        """``(schema_id, parsed_schema)`` of the newest version of ``name``."""
-        entry = self.get(name)
-        return entry.schema_id, entry.parsed
-
-    def by_id(self, schema_id: int) -> tuple[str, str, Any]:
-        """``(name, "MAJOR.MINOR", parsed_schema)`` of a schema id.
-
-        Raises
-        ------
-        KeyError
-            When no schema has that id.
-        """
-        entry = self._by_id.get(schema_id)
-        if entry is None:
-            raise KeyError(f"unknown schema id {schema_id}")
-        return entry.name, format_version(entry.version), entry.parsed
-
     def entry_by_id(self, schema_id: int) -> SchemaEntry | None:
         """The entry of a schema id, or ``None``."""
         return self._by_id.get(schema_id)

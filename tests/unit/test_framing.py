@@ -119,17 +119,19 @@ def test_ids_file_covers_every_schema_and_ids_are_unique() -> None:
 
 
 def test_alert_schema_id_follows_rubin_rule(registry: SchemaRegistry) -> None:
-    schema_id, parsed = registry.latest("alert")
-    assert schema_id == 100
-    assert parsed["name"] == "seechange.alert"
-    assert registry.by_id(100)[:2] == ("alert", "1.0")
+    entry = registry.get("alert")
+    assert entry.schema_id == 100
+    assert entry.parsed["name"] == "seechange.alert"
+    by_id = registry.entry_by_id(100)
+    assert by_id is not None and (by_id.name, by_id.version) == ("alert", (1, 0))
 
 
 def test_exposure_ready_latest_is_1_1(registry: SchemaRegistry) -> None:
-    schema_id, parsed = registry.latest("exposure_ready")
-    assert schema_id == 1011
-    assert registry.by_id(1010)[:2] == ("exposure_ready", "1.0")
-    assert [f["name"] for f in parsed["fields"]][-1] == "origin"
+    entry = registry.get("exposure_ready")
+    assert entry.schema_id == 1011
+    old = registry.entry_by_id(1010)
+    assert old is not None and (old.name, old.version) == ("exposure_ready", (1, 0))
+    assert [f["name"] for f in entry.parsed["fields"]][-1] == "origin"
 
 
 def _exposure_record() -> dict[str, Any]:
