@@ -28,6 +28,8 @@ services-down: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check seechange consumers producers tests
+	$(BIN)/ruff format --check seechange consumers producers tests
+	$(BIN)/mypy seechange consumers producers
 
 clean:
 	rm -rf $(VENV) .cache
