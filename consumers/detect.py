@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from seechange.config import Settings
-from seechange.improc.subtraction import DetectParams
-from seechange.parameters import load_parameters
+from seechange.improc.detection import DetectParams
 from seechange.pipeline.detect import detect_on_subtraction, sighting_event
+from seechange.pipeline.parameters import load_parameters
 from seechange.storage import PathOutsideDataRoot
 from seechange.streaming.framing import epoch_ms, now_ms
 from seechange.streaming.runloop import BadMessage, Handler, MessageContext, OutEvent
@@ -26,7 +26,8 @@ def make_handler(settings: Settings, params: DetectParams | None = None) -> Hand
     def handle(session: Session, event: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
         try:
             sightings = detect_on_subtraction(session, settings.data_dir, int(event["subtraction_id"]),
-                                              params=params, radius_arcsec=settings.association_radius_arcsec)
+                                              params=params, radius_arcsec=settings.association_radius_arcsec,
+                                              threads=settings.threads)
         except (FileNotFoundError, PathOutsideDataRoot) as exc:
             raise BadMessage(str(exc)) from exc
         produced, ingested = now_ms(), epoch_ms(event["ingested_at"])

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from seechange.config import Settings
 from seechange.improc.reduction import ReduceParams
-from seechange.parameters import load_parameters
+from seechange.pipeline.parameters import load_parameters
 from seechange.pipeline.reduce import ReduceInputError, ReduceResources, image_event, reduce_exposure_row
 from seechange.storage import PathOutsideDataRoot
 from seechange.streaming.framing import epoch_ms, now_ms

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from seechange.config import Settings
 from seechange.improc.subtraction import SubtractParams
-from seechange.parameters import load_parameters
+from seechange.pipeline.parameters import load_parameters
 from seechange.pipeline.subtract import (
     ReferenceParams,
     ReferencePending,
@@ -26,7 +26,7 @@ INPUT_TOPIC, INPUT_SCHEMA = "image-reduced", "image_reduced"
 def make_handler(settings: Settings, ref_params: ReferenceParams | None = None,
                  params: SubtractParams | None = None) -> Handler:
     """The subtract handler."""
-    loaded = load_parameters(settings.params_file)
+    loaded = load_parameters(settings.params_file, threads=settings.threads)
     ref_params = ref_params or loaded.reference
     params = params or loaded.subtract
 

@@ -63,8 +63,9 @@ def _time(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float
 
 def _one_run(night_dir: Path, raw_paths: Sequence[str], db_url: str) -> dict[str, Any]:
     """Every stage on the night in a fresh database: per-item timings (s) and what came out."""
+    from seechange.improc.detection import DetectParams
     from seechange.improc.reduction import ReduceParams
-    from seechange.improc.subtraction import DetectParams, SubtractParams
+    from seechange.improc.subtraction import SubtractParams
     from seechange.models import Image, Sighting
     from seechange.models.migrate import make_engine, make_session_factory
     from seechange.pipeline.alert import build_alert, log_alert

@@ -12,6 +12,8 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from seechange.parameters import default_threads
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TOPICS = ("exposure-ready", "image-reduced", "subtraction-done", "sighting-found", "alerts")
 INPUT_TOPICS = ("exposure-ready", "image-reduced", "subtraction-done", "sighting-found")
@@ -35,6 +37,7 @@ class Settings(BaseSettings):
     association_radius_arcsec: float = 1.5
     params_file: Path | None = None  # TOML with [reduce], [reference], [subtract], [detect] tables
     log_level: str = "INFO"
+    threads: int = Field(default_factory=default_threads, ge=1)  # per process; default: the machine's cores
 
     def topic(self, name: str) -> str:
         """Full topic name with the configured prefix."""

@@ -9,147 +9,19 @@ one, and old and new products live side by side.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import hashlib
-import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import PurePath
-from typing import Any, ClassVar
+from typing import Any
 
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 import seechange
 from seechange.models.provenance import PROVENANCE_ID_LENGTH, Provenance, provenance_upstreams
+from seechange.parameters import StepParameters, canonical_json, normalize_parameters
 
-__all__ = [
-    "StepParameters",
-    "canonical_json",
-    "get_or_create_provenance",
-    "normalize_parameters",
-    "provenance_id",
-]
-
-
-@dataclasses.dataclass(frozen=True)
-class StepParameters:
-    """Base of every step's parameters: a frozen dataclass whose critical fields feed the provenance hash.
-
-    Subclasses must be frozen dataclasses too and list the fields that do not change the product (e.g.
-    number of threads, verbosity) in ``NON_CRITICAL``::
-
-        @dataclass(frozen=True)
-        class DetectParameters(StepParameters):
-            NON_CRITICAL: ClassVar[frozenset[str]] = frozenset({"n_threads"})
-            threshold_sigma: float = 5.0
-            n_threads: int = 1
-    """
-
-    NON_CRITICAL: ClassVar[frozenset[str]] = frozenset()
-
-    def critical(self) -> dict[str, Any]:
-        """The critical parameters: every field not named in ``NON_CRITICAL``, normalised for JSON.
-
-        Returns
-        -------
-        dict
-            Field name -> JSON-ready value (nested dataclasses and tuples become dicts and lists).
-
-        Raises
-        ------
-        TypeError
-            If ``NON_CRITICAL`` names a field the class does not have (a typo would silently make a
-            non-critical parameter critical, or the reverse).
-        """
-        names = [f.name for f in dataclasses.fields(self)]
-        unknown = self.NON_CRITICAL.difference(names)
-        if unknown:
-            raise TypeError(f"{type(self).__name__}.NON_CRITICAL names unknown fields: {sorted(unknown)}")
-        return {
-            name: normalize_parameters(getattr(self, name)) for name in names if name not in self.NON_CRITICAL
-        }
-
-
-def normalize_parameters(value: Any) -> Any:
-    """Turn parameters into plain JSON values, deterministically.
-
-    Mappings become dicts with ``str`` keys, tuples and lists become lists, sets become sorted lists, numpy
-    scalars and arrays become Python numbers and lists, paths become POSIX strings, enums their values,
-    a :class:`StepParameters` its :meth:`~StepParameters.critical` part, other dataclasses their fields.
-    ``-0.0`` becomes ``0.0``. ``int`` and ``float`` stay distinct (``5`` and ``5.0`` hash differently).
-
-    Parameters
-    ----------
-    value : object
-        Parameters (usually a mapping).
-
-    Returns
-    -------
-    object
-        The normalised value.
-
-    Raises
-    ------
-    TypeError
-        For a value that has no JSON form or a mapping key that is not a string.
-    ValueError
-        For NaN or infinite floats.
-    """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, enum.Enum):
-        return normalize_parameters(value.value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"parameter value {value!r} is not finite")
-        return 0.0 if value == 0.0 else float(value)
-    if isinstance(value, np.generic):
-        return normalize_parameters(value.item())
-    if isinstance(value, np.ndarray):
-        return normalize_parameters(value.tolist())
-    if isinstance(value, PurePath):
-        return value.as_posix()
-    if isinstance(value, StepParameters):
-        return value.critical()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: normalize_parameters(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"parameter keys must be strings, got {key!r}")
-            out[key] = normalize_parameters(item)
-        return out
-    if isinstance(value, (set, frozenset)):
-        items = [normalize_parameters(v) for v in value]
-        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True, separators=(",", ":")))
-    if isinstance(value, (list, tuple)):
-        return [normalize_parameters(v) for v in value]
-    raise TypeError(f"parameter value of type {type(value).__name__} has no canonical JSON form")
-
-
-def canonical_json(value: Any) -> str:
-    """Canonical JSON text: normalised (:func:`normalize_parameters`), keys sorted, no whitespace.
-
-    Parameters
-    ----------
-    value : object
-        Anything :func:`normalize_parameters` accepts.
-
-    Returns
-    -------
-    str
-        ASCII JSON; floats are written with Python's shortest round-trip ``repr``.
-    """
-    return json.dumps(
-        normalize_parameters(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
+__all__ = ["get_or_create_provenance", "provenance_id"]
 
 
 def provenance_id(

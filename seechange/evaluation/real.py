@@ -21,9 +21,12 @@ from astropy.stats import mad_std
 from astropy.wcs import WCS
 from scipy import ndimage
 
+from seechange.improc.detection import DetectParams, detect_and_measure
 from seechange.improc.inject import inject_point_sources
-from seechange.improc.subtraction import DetectParams, SubtractParams, detect_and_measure, subtract
+from seechange.improc.subtraction import SubtractParams, subtract
 from seechange.improc.types import FLAG_COSMIC_RAY, FLAG_SATURATED, ImageData
+from seechange.pipeline.products import pixel_scale_arcsec
+from seechange.units import FWHM_PER_SIGMA
 
 __all__ = ["REF_ZP", "TRANSIENT_XY", "evaluate_real_decam", "load_decam_sfft"]
 
@@ -57,7 +60,7 @@ def _stack_psf(img: np.ndarray, objs: np.ndarray, fwhm0: float, sat_e: float) ->
     if len(stamps) >= 3:
         psf = np.median(stamps, axis=0)
     else:
-        s = fwhm0 / 2.3548
+        s = fwhm0 / FWHM_PER_SIGMA
         psf = np.exp(-(xx**2 + yy**2) / (2 * s * s))
     psf = np.where(np.hypot(xx, yy) <= half, np.clip(psf, 0, None), 0.0)
     return (psf / psf.sum()).astype(np.float32)
@@ -125,7 +128,7 @@ def _calibrate_to(new: ImageData, ref: ImageData) -> tuple[float, float]:
     fr = sep.sum_circle(ref.image, p[:, 2], p[:, 3], r)[0]
     ok = (fn > 0) & (fr > 0)
     zp = ref.zp + 2.5 * np.log10(np.median(fn[ok] / fr[ok])) if ok.sum() >= 2 else ref.zp
-    scale = 0.263
+    scale = pixel_scale_arcsec(new.wcs)  # arcsec / pixel of the new image
     dx, dy = p[:, 0] - p[:, 2], p[:, 1] - p[:, 3]
     rms = float(np.sqrt(np.mean((dx - np.median(dx)) ** 2 + (dy - np.median(dy)) ** 2))) * scale
     return float(zp), rms

@@ -61,7 +61,6 @@ __all__ = ["FULL_CCD_PIXELS", "TARGETS", "evaluate_night_inprocess", "evaluate_s
 log = logging.getLogger(__name__)
 
 FULL_CCD_PIXELS = 2048 * 4096
-PIXEL_SCALE = 0.263
 TIME_VARIABLE_KINDS = ("transient", "variable", "moving")
 
 #: figure -> (description, check) used by the CLI table; checks take the value and return True on PASS.
@@ -370,8 +369,9 @@ def evaluate_night_inprocess(data_dir: Path, database_url: str, *, seed: int = 4
     dict
         :func:`evaluate_simulated_night`'s figures plus ``"timings"`` (s) and ``"database_url"``.
     """
+    from seechange.improc.detection import DetectParams
     from seechange.improc.reduction import ReduceParams
-    from seechange.improc.subtraction import DetectParams, SubtractParams
+    from seechange.improc.subtraction import SubtractParams
     from seechange.models.migrate import make_engine, make_session_factory, upgrade
     from seechange.pipeline.detect import detect_on_subtraction
     from seechange.pipeline.ingest import register_exposure

@@ -1,14 +1,19 @@
-"""Find positive and negative peaks in a ZOGY score image."""
+"""The detection step: positive and negative peaks of a ZOGY score image, then their measurement."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
-from astropy.table import Table
+from astropy.table import Table, hstack
 from scipy import ndimage
 
+from seechange.improc.measure import MeasureParams, measure_sightings
+from seechange.improc.types import ImageData
 from seechange.improc.zogy import ZogyResult
+from seechange.parameters import StepParameters
 
-__all__ = ["DETECTION_COLUMNS", "detect_transients"]
+__all__ = ["DETECTION_COLUMNS", "DetectParams", "detect_and_measure", "detect_transients"]
 
 DETECTION_COLUMNS = ("index", "x", "y", "x_peak", "y_peak", "score", "is_positive", "npix", "flags")
 
@@ -114,3 +119,59 @@ def detect_transients(
     cols = (np.arange(len(rows)), cx, cy, x, y, s, pos, a, np.asarray(zogy_result.flags)[y, x])
     return Table([np.asarray(c, dtype=d) for c, d in zip(cols, _DTYPES, strict=True)],
                  names=DETECTION_COLUMNS)
+
+
+@dataclass(frozen=True)
+class DetectParams(StepParameters):
+    """Parameters of :func:`detect_and_measure` (all critical).
+
+    Attributes
+    ----------
+    threshold : float
+        |S_corr| detection threshold, sigma.
+    min_area : int
+        Minimum connected pixels above threshold.
+    negative : bool
+        Also detect fading (negative) sources.
+    measure : MeasureParams
+        Apertures and quality cuts of :func:`~seechange.improc.measure.measure_sightings`.
+    """
+
+    threshold: float = 5.0
+    min_area: int = 1
+    negative: bool = True
+    measure: MeasureParams = field(default_factory=MeasureParams)
+
+
+def detect_and_measure(
+    result: ZogyResult, new: ImageData, ref_resampled: ImageData, *, params: DetectParams = DetectParams()
+) -> Table:
+    """Detect peaks of S_corr and measure them (photometry, shape, quality flags).
+
+    Parameters
+    ----------
+    result : ZogyResult
+        Output of :func:`~seechange.improc.subtraction.subtract`.
+    new, ref_resampled : ImageData
+        The new image and the reference on the new image's grid.
+    params : DetectParams
+        Threshold and quality-cut options.
+
+    Returns
+    -------
+    astropy.table.Table
+        One row per detection (columns of :func:`~seechange.improc.measure.measure_sightings` plus
+        ``x_centroid_score``, ``y_centroid_score``, ``npix``, ``diff_flags``), ordered by ``index``
+        (y then x of the peak). Quality cuts flag rows (``qflags``, ``is_good``); nothing is removed.
+    """
+    det = detect_transients(result, threshold=params.threshold, min_area=params.min_area,
+                            negative=params.negative)
+    meas = measure_sightings(result, new, ref_resampled, det, params=params.measure)
+    if len(det) == 0:
+        for c, dt in (("x_centroid_score", float), ("y_centroid_score", float), ("npix", np.int64),
+                      ("diff_flags", np.uint16)):
+            meas[c] = np.zeros(0, dtype=dt)
+        return meas
+    extra = Table({"x_centroid_score": det["x"], "y_centroid_score": det["y"], "npix": det["npix"],
+                   "diff_flags": det["flags"]})
+    return hstack([meas, extra], join_type="exact")

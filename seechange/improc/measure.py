@@ -22,6 +22,7 @@ deletions; a transient on a faint galaxy is not affected (its |flux| is a large 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import sep
@@ -30,6 +31,8 @@ from scipy import ndimage
 
 from seechange.improc.types import FLAG_BLEED, FLAG_EDGE, FLAG_SATURATED, ImageData
 from seechange.improc.zogy import ZogyResult
+from seechange.parameters import StepParameters
+from seechange.units import FWHM_PER_SIGMA, electrons_to_njy
 
 __all__ = [
     "QF_BAD_PIXELS",
@@ -39,6 +42,7 @@ __all__ = [
     "QF_NEAR_BRIGHT",
     "QF_NEG_FRACTION",
     "QF_WIDTH",
+    "MeasureParams",
     "measure_sightings",
 ]
 
@@ -49,7 +53,44 @@ QF_WIDTH = 8
 QF_ELONGATED = 16
 QF_EDGE = 32
 QF_NEAR_BRIGHT = 64
-_F2S = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+
+@dataclass(frozen=True)
+class MeasureParams(StepParameters):
+    """Options of :func:`measure_sightings` (all critical).
+
+    Attributes
+    ----------
+    aper_radii_fwhm : tuple of float
+        Aperture radii in units of the FWHM of P_D.
+    shape_min_snr : float
+        Width and elongation cuts apply only at |SNR| >= this (shapes are noise at lower SNR).
+    width_range : tuple of float
+        Allowed FWHM / FWHM(P_D).
+    max_elongation : float
+        Largest allowed axis ratio.
+    max_neg_fraction : float
+        Largest allowed fraction of opposite-sign pixels of D within 1 FWHM.
+    bright_flux_fraction : float
+        A detection whose |PSF flux| is below this fraction of a nearby star's flux (in the reference or
+        the new image, electrons; the reference is not rescaled to the new zero point) is flagged
+        ``QF_NEAR_BRIGHT`` when it lies in that star's wing; 0 disables the flag.
+    bright_wing_sigma : float
+        A star's wing reaches where its per-pixel surface brightness (the star's flux times the azimuthal
+        profile of P_D) falls to this many sigma of the difference image's per-pixel noise.
+    bright_var_factor : float
+        ... and only when the score variance at the detection exceeds this factor times its median over the
+        frame (the star, not the sky, sets the noise there).
+    """
+
+    aper_radii_fwhm: tuple[float, ...] = (1.0, 2.0, 3.0)
+    shape_min_snr: float = 10.0
+    width_range: tuple[float, float] = (0.5, 2.0)
+    max_elongation: float = 2.0
+    max_neg_fraction: float = 0.55
+    bright_flux_fraction: float = 0.01
+    bright_wing_sigma: float = 0.3
+    bright_var_factor: float = 1.5
 
 
 def _peak_value(a: np.ndarray, y: int, x: int) -> float:
@@ -97,7 +138,7 @@ def _shape(cov: np.ndarray | None) -> tuple[float, float]:
     ev = np.linalg.eigvalsh(cov)
     if ev[0] <= 0:
         return float("nan"), float("nan")
-    return float(_F2S * (ev[0] * ev[1]) ** 0.25), float(np.sqrt(ev[1] / ev[0]))
+    return float(FWHM_PER_SIGMA * (ev[0] * ev[1]) ** 0.25), float(np.sqrt(ev[1] / ev[0]))
 
 
 def _radial_profile(psf: np.ndarray) -> np.ndarray:
@@ -186,15 +227,8 @@ def measure_sightings(
     ref: ImageData,
     detections: Table,
     *,
+    params: MeasureParams = MeasureParams(),
     zp: float | None = None,
-    aper_radii_fwhm: Sequence[float] = (1.0, 2.0, 3.0),
-    shape_min_snr: float = 10.0,
-    width_range: tuple[float, float] = (0.5, 2.0),
-    max_elongation: float = 2.0,
-    max_neg_fraction: float = 0.55,
-    bright_flux_fraction: float = 0.01,
-    bright_wing_sigma: float = 0.3,
-    bright_var_factor: float = 1.5,
 ) -> Table:
     """Photometry, centroid, shape and quality flags for each detection.
 
@@ -207,28 +241,10 @@ def measure_sightings(
         the first aperture are reported for context).
     detections : astropy.table.Table
         Output of :func:`seechange.improc.detection.detect_transients`.
+    params : MeasureParams, optional
+        Apertures and quality-cut thresholds.
     zp : float, optional
         Zero point of D (AB mag); default ``zogy_result.zp`` (the new image's).
-    aper_radii_fwhm : sequence of float, optional
-        Aperture radii in units of the FWHM of P_D.
-    shape_min_snr : float, optional
-        Width and elongation cuts apply only at |SNR| >= this (shapes are noise at lower SNR).
-    width_range : tuple of float, optional
-        Allowed FWHM / FWHM(P_D).
-    max_elongation : float, optional
-        Largest allowed axis ratio.
-    max_neg_fraction : float, optional
-        Largest allowed fraction of opposite-sign pixels of D within 1 FWHM.
-    bright_flux_fraction : float, optional
-        A detection whose |PSF flux| is below this fraction of a nearby star's flux (in the reference or
-        the new image, electrons; the reference is not rescaled to the new zero point) is flagged
-        ``QF_NEAR_BRIGHT`` when it lies in that star's wing; 0 disables the flag.
-    bright_wing_sigma : float, optional
-        A star's wing reaches where its per-pixel surface brightness (the star's flux times the azimuthal
-        profile of P_D) falls to this many sigma of the difference image's per-pixel noise.
-    bright_var_factor : float, optional
-        ... and only when the score variance at the detection exceeds this factor times its median over the
-        frame (the star, not the sky, sets the noise there).
 
     Returns
     -------
@@ -248,8 +264,8 @@ def measure_sightings(
     dvar = np.ascontiguousarray(zogy_result.diff_variance, dtype=np.float64) * zogy_result.renorm_factor**2
     score, svar, scorr = zogy_result.score, zogy_result.score_var, zogy_result.score_corr
     fwhm_d = zogy_result.fwhm_px
-    sigw = fwhm_d / _F2S
-    radii = np.asarray(aper_radii_fwhm, dtype=float) * fwhm_d
+    sigw = fwhm_d / FWHM_PER_SIGMA
+    radii = np.asarray(params.aper_radii_fwhm, dtype=float) * fwhm_d
     ny, nx = diff.shape
     n = len(detections)
     out = Table()
@@ -317,38 +333,38 @@ def measure_sightings(
         fwhm[i], elong[i] = _shape(cov)
 
     snr = flux / err
-    meas = np.abs(snr) >= shape_min_snr
+    meas = np.abs(snr) >= params.shape_min_snr
     ratio = fwhm / fwhm_ref if np.isfinite(fwhm_ref) and fwhm_ref > 0 else np.full(n, np.nan)
     q = np.zeros(n, dtype=np.uint16)
     q[dip] |= QF_DIPOLE
-    q[negf > max_neg_fraction] |= QF_NEG_FRACTION
+    q[negf > params.max_neg_fraction] |= QF_NEG_FRACTION
     q[nbad > 0] |= QF_BAD_PIXELS
-    bad_w = meas & ~((ratio >= width_range[0]) & (ratio <= width_range[1]))
+    bad_w = meas & ~((ratio >= params.width_range[0]) & (ratio <= params.width_range[1]))
     q[bad_w] |= QF_WIDTH
-    q[meas & ~(elong <= max_elongation)] |= QF_ELONGATED
+    q[meas & ~(elong <= params.max_elongation)] |= QF_ELONGATED
     q[edge] |= QF_EDGE
-    if bright_flux_fraction > 0:
+    if params.bright_flux_fraction > 0:
         step = max(1, int(np.sqrt(dvar.size / 250_000)))
         sigma = float(np.sqrt(np.median(dvar[::step, ::step][np.isfinite(dvar[::step, ::step])])))
         sv = svar[::step, ::step]
         sv_bg = float(np.median(sv[np.isfinite(sv) & (sv > 0)])) if np.any(sv > 0) else 0.0
-        dominated = svar[yp, xp] > bright_var_factor * sv_bg  # the local noise budget is a star's, not the sky's
+        # the local noise budget is a star's, not the sky's
+        dominated = svar[yp, xp] > params.bright_var_factor * sv_bg
         near_b = _near_bright((ref_img, new_img), flags_d | new.flags | ref.flags, xc, yc, flux,
-                              np.asarray(zogy_result.psf_d), fwhm_d, sigma, wing_sigma=bright_wing_sigma,
-                              fraction=bright_flux_fraction, dominated=dominated)
+                              np.asarray(zogy_result.psf_d), fwhm_d, sigma, wing_sigma=params.bright_wing_sigma,
+                              fraction=params.bright_flux_fraction, dominated=dominated)
         q[near_b] |= QF_NEAR_BRIGHT
 
     absf = np.abs(flux)
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(absf > 0, -2.5 * np.log10(absf) + zp_d, np.nan)
         mag_err = np.where(absf > 0, 2.5 / np.log(10) * err / absf, np.nan)
-    to_njy = 10 ** (-0.4 * (zp_d - 31.4))
     out["x"], out["y"] = xc, yc
     out["flux_psf"], out["flux_psf_err"] = flux, err
     out["flux_aper"], out["flux_aper_err"] = fa, fe
     out["aper_radii_px"] = np.tile(radii, (n, 1))
     out["mag"], out["mag_err"] = mag, mag_err
-    out["flux_njy"], out["flux_njy_err"] = flux * to_njy, err * to_njy
+    out["flux_njy"], out["flux_njy_err"] = electrons_to_njy(flux, zp_d), electrons_to_njy(err, zp_d)
     out["snr"] = snr
     out["fwhm_px"], out["elongation"] = fwhm, elong
     out["background"], out["neg_fraction"], out["n_bad_pix"] = bkg, negf, nbad

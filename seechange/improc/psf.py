@@ -20,6 +20,8 @@ from astropy.table import Table
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from seechange.units import FWHM_PER_SIGMA
+
 __all__ = [
     "MoffatFit",
     "PSFModel",
@@ -121,7 +123,7 @@ def gaussian_psf(fwhm_px: float, size: int) -> np.ndarray:
         raise ValueError(f"size must be odd and >= 3, got {size}")
     if not fwhm_px > 0:
         raise ValueError(f"fwhm_px must be > 0, got {fwhm_px}")
-    s = fwhm_px / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    s = fwhm_px / FWHM_PER_SIGMA
     r = np.arange(size) - size // 2
     g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * s * s))
     return (g / g.sum()).astype(np.float32)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -24,8 +23,9 @@ from seechange.improc.background import measure_background
 from seechange.improc.calibrate import CalibFrames, calibrate, overscan_correct_and_trim
 from seechange.improc.extract import extract_sources, noise_from_weight
 from seechange.improc.psf import aperture_fraction, build_psf, noise_equivalent_area
-from seechange.improc.types import ImageData
+from seechange.improc.types import FLAG_COSMIC_RAY, ImageData
 from seechange.improc.zeropoint import aperture_flux, fit_zeropoint, limiting_magnitude
+from seechange.parameters import StepParameters
 
 __all__ = ["ReduceParams", "header_wcs", "read_image_data", "read_image_pixels", "reduce_exposure", "write_image_data"]
 
@@ -35,8 +35,8 @@ _SUFFIXES = ("image", "weight", "flags", "psf")
 
 
 @dataclass(frozen=True)
-class ReduceParams:
-    """Parameters of the reduce step (all of them feed the provenance, see `critical`).
+class ReduceParams(StepParameters):
+    """Parameters of the reduce step (all of them are critical: they feed the provenance).
 
     Attributes
     ----------
@@ -92,10 +92,6 @@ class ReduceParams:
     astrom_sip_degree: int = 2
     zp_aperture_fwhm: float = 4.0
     zp_min_snr: float = 20.0
-
-    def critical(self) -> dict[str, Any]:
-        """The parameters that change the products, for the provenance hash (all of them)."""
-        return dataclasses.asdict(self)
 
 
 def header_wcs(header: fits.Header) -> WCS:
@@ -206,7 +202,7 @@ def reduce_exposure(
         "airmass": float(header.get("AIRMASS", float("nan"))), "field": str(header.get("OBJECT", "")),
         "astrom_offset_px": [float(offset[0]), float(offset[1])],
         "overscan_levels": {a.name: a.overscan_level for a in amps},
-        "n_cosmic_ray_px": int(np.count_nonzero(flags & 4)), "timings": timings,
+        "n_cosmic_ray_px": int(np.count_nonzero(flags & FLAG_COSMIC_RAY)), "timings": timings,
     }
     mjd = float(header.get("MJD-OBS", 0.0)) + exptime / 2.0 / 86400.0
     return ImageData(

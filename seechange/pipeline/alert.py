@@ -22,6 +22,7 @@ from seechange.improc.cutouts import cutout_to_gzipped_fits, read_cutouts_file
 from seechange.models import AlertLog, Image, Photometry, Sighting, SubtractionImage
 from seechange.pipeline.products import pixel_scale_arcsec
 from seechange.storage import resolve
+from seechange.units import electrons_to_njy
 
 
 
@@ -29,9 +30,9 @@ def _f(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def to_njy(flux_e: float, zp: float) -> float:
-    """Electrons to nJy for an AB zero point (mag = -2.5 log10(e) + zp; 31.4 AB mag = 1 nJy)."""
-    return float(flux_e * 10 ** (-0.4 * (zp - 31.4)))
+def _njy(stored: float | None, flux_e: float, zp: float) -> float:
+    """The stored nJy flux, or the electrons converted with the AB zero point ``zp`` when none is stored."""
+    return float(stored) if stored is not None else electrons_to_njy(float(flux_e), zp)
 
 
 def _photometry(session: Session, sighting: Sighting) -> Photometry:
@@ -90,9 +91,10 @@ _SCALES: OrderedDict[tuple[int, str], float] = OrderedDict()
 
 def _pixel_scale(image: Image | None) -> float:
     """Pixel scale of an Image (arcsec/pixel) from its WCS header, parsed once per image (the sightings of
-    one subtraction share it; parsing a WCS per alert cost a few ms each); 0.263 without a header."""
+    one subtraction share it; parsing a WCS per alert cost a few ms each); NaN without a WCS (no camera's
+    scale is assumed: the angular sizes of the packet are then left out)."""
     if image is None or not image.wcs_header:
-        return 0.263
+        return float("nan")
     key = (image.id, image.wcs_header)
     if key not in _SCALES:
         from astropy.wcs import WCS
@@ -119,11 +121,10 @@ def build_alert(session: Session, data_root: Path, sighting: Sighting) -> dict[s
                Photometry.provenance_id == phot.provenance_id)
         .order_by(Sighting.mjd, Sighting.id)).all()
     prv = [{"sightingId": s.id, "mjd": s.mjd, "band": s.band,
-            "psfFlux": float(p.flux_njy if p.flux_njy is not None else to_njy(p.psf_flux, p.zero_point or zp)),
-            "psfFluxErr": float(p.flux_njy_err if p.flux_njy_err is not None
-                                else to_njy(p.psf_flux_err, p.zero_point or zp)),
+            "psfFlux": _njy(p.flux_njy, p.psf_flux, p.zero_point or zp),
+            "psfFluxErr": _njy(p.flux_njy_err, p.psf_flux_err, p.zero_point or zp),
             "mag": _f(p.mag), "magErr": _f(p.mag_err), "isPositive": s.is_positive} for s, p in earlier]
-    ap_scale = [to_njy(1.0, zp)] if math.isfinite(zp) else [float("nan")]
+    ap_scale = [electrons_to_njy(1.0, zp)] if math.isfinite(zp) else [float("nan")]
     record: dict[str, Any] = {
         "alertId": sighting.id,
         "schemaVersion": "",  # the version actually written: set by streaming.framing.encode
@@ -131,12 +132,12 @@ def build_alert(session: Session, data_root: Path, sighting: Sighting) -> dict[s
             "sightingId": sighting.id, "subtractionId": sighting.subtraction_id, "objectId": obj.id,
             "mjd": sighting.mjd, "band": sighting.band, "ra": sighting.ra, "dec": sighting.dec,
             "raErr": _f(sighting.ra_err), "decErr": _f(sighting.dec_err), "x": sighting.x, "y": sighting.y,
-            "psfFlux": float(phot.flux_njy if phot.flux_njy is not None else to_njy(phot.psf_flux, zp)),
-            "psfFluxErr": float(phot.flux_njy_err if phot.flux_njy_err is not None
-                                else to_njy(phot.psf_flux_err, zp)),
+            "psfFlux": _njy(phot.flux_njy, phot.psf_flux, zp),
+            "psfFluxErr": _njy(phot.flux_njy_err, phot.psf_flux_err, zp),
             "apFlux": [float(f * ap_scale[0]) for f in phot.aper_fluxes] if phot.aper_fluxes else None,
             "apFluxErr": [float(f * ap_scale[0]) for f in phot.aper_flux_errs] if phot.aper_flux_errs else None,
-            "apRadii": [float(r * scale) for r in phot.aper_radii_px] if phot.aper_radii_px else None,
+            "apRadii": ([float(r * scale) for r in phot.aper_radii_px]
+                        if phot.aper_radii_px and math.isfinite(scale) else None),
             "mag": _f(phot.mag), "magErr": _f(phot.mag_err),
             "snr": float(phot.snr) if phot.snr is not None else float("nan"),
             "fwhm": _f(phot.fwhm_px * scale) if phot.fwhm_px is not None else None,
@@ -162,4 +163,4 @@ def log_alert(session: Session, sighting: Sighting, topic: str) -> bool:
     return session.execute(stmt).scalar_one_or_none() is not None
 
 
-__all__ = ["build_alert", "log_alert", "to_njy"]
+__all__ = ["build_alert", "log_alert"]

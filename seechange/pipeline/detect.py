@@ -15,12 +15,12 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from seechange.improc.cutouts import write_cutouts
+from seechange.improc.detection import DetectParams, detect_and_measure
 from seechange.improc.reduction import read_image_pixels
-from seechange.improc.subtraction import DetectParams, detect_and_measure
 from seechange.improc.types import ImageData
 from seechange.models import Cutouts, Image, Photometry, Provenance, Sighting, SubtractionImage
 from seechange.pipeline.association import associate
-from seechange.pipeline.products import product_stem
+from seechange.pipeline.products import pixel_scale_arcsec, product_stem
 from seechange.pipeline.subtract import read_zogy
 from seechange.provenance import get_or_create_provenance
 from seechange.spatial import healpix_index
@@ -37,8 +37,11 @@ def _opt(value: Any) -> float | None:
 
 
 def detect_on_subtraction(session: Session, data_root: Path, subtraction_id: int, *, params: DetectParams,
-                          radius_arcsec: float) -> list[Sighting]:
-    """Detect, measure, cut out and associate on one subtraction; the sightings (existing ones if done)."""
+                          radius_arcsec: float, threads: int | None = None) -> list[Sighting]:
+    """Detect, measure, cut out and associate on one subtraction; the sightings (existing ones if done).
+
+    ``threads`` read the subtraction's files in parallel (default every core).
+    """
     sub = session.get(SubtractionImage, subtraction_id)
     if sub is None:
         raise ValueError(f"subtraction {subtraction_id} is not in the database")
@@ -49,7 +52,7 @@ def detect_on_subtraction(session: Session, data_root: Path, subtraction_id: int
     if sub.n_sightings is not None and (sub.extra or {}).get("detect_provenance") == prov.id:
         return list(session.scalars(done.order_by(Sighting.index_in_image)))
     t0 = time.perf_counter()
-    result, ref_pixels = read_zogy(data_root, sub.filepath)
+    result, ref_pixels = read_zogy(data_root, sub.filepath, threads=threads)
     new_row = session.get(Image, sub.new_image_id)
     assert new_row is not None
     # only the new image's pixels are needed: its flags are already in result.flags (their OR with the
@@ -77,11 +80,12 @@ def _write_sightings(session: Session, sub: SubtractionImage, prov_id: str, tabl
     if len(table) == 0:
         return []
     world = wcs.all_pix2world(np.column_stack([table["x"], table["y"]]), 0)
+    scale = pixel_scale_arcsec(wcs)  # arcsec / pixel, from the image's own WCS
     rows: list[dict[str, Any]] = []
     phots: dict[int, dict[str, Any]] = {}
     for row, (ra, dec) in zip(table, world, strict=True):
         snr = abs(float(row["snr"])) if math.isfinite(float(row["snr"])) else 0.0
-        pos_err = float(row["fwhm_px"]) * 0.263 / max(snr, 1.0) if math.isfinite(float(row["fwhm_px"])) else None
+        pos_err = float(row["fwhm_px"]) * scale / max(snr, 1.0) if math.isfinite(float(row["fwhm_px"])) else None
         index = int(row["index"])
         rows.append({"subtraction_id": sub.id, "provenance_id": prov_id, "index_in_image": index,
                          "x": float(row["x"]), "y": float(row["y"]), "ra": float(ra), "dec": float(dec), "ra_err": pos_err,

@@ -17,7 +17,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -32,8 +32,9 @@ from seechange.improc.subtraction import SubtractParams, subtract
 from seechange.improc.types import ImageData
 from seechange.improc.zogy import ZogyResult
 from seechange.models import CoaddImage, Image, Provenance, SubtractionImage, coadd_members
+from seechange.parameters import StepParameters, default_threads
 from seechange.pipeline.products import image_columns, product_stem
-from seechange.provenance import StepParameters, get_or_create_provenance
+from seechange.provenance import get_or_create_provenance
 from seechange.storage import resolve, write_fits_atomic
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,8 @@ REFERENCE_MEMBER = "member of its reference"
 
 @dataclass(frozen=True)
 class ReferenceParams(StepParameters):
-    """How references are chosen and built."""
+    """How references are chosen and built (all critical)."""
 
-    NON_CRITICAL: ClassVar[frozenset[str]] = frozenset()
     n_ref_images: int = 3
     min_zp: float = 0.0  # images with a lower zero point (clouds) are not used
 
@@ -172,13 +172,14 @@ _SCALARS = ("f_d", "f_s", "score_std", "renorm_factor", "noise_corr_new", "noise
             "border_px")
 
 
-def write_zogy(data_root: Path, stem: str, result: ZogyResult, ref_on_new: ImageData) -> None:
+def write_zogy(data_root: Path, stem: str, result: ZogyResult, ref_on_new: ImageData, *,
+               threads: int | None = None) -> None:
     """Write D (``diff``), its weight, P_D (``psf``), S_corr and V_S (``score``), flags and the resampled ref.
 
     S itself is not stored: it is ``S_corr * renorm_factor * sqrt(V_S)`` (:func:`read_zogy` rebuilds it; to
     float32 rounding, except on the FLAG_EDGE pixels where S_corr is 0). That saves one full-frame write and
-    read (about 0.1 s each on 2048x4096). The files are written by two threads (numpy byte swapping and
-    file writes release the GIL).
+    read (about 0.1 s each on 2048x4096). The files are written by ``threads`` threads (default every core;
+    numpy byte swapping and file writes release the GIL).
     """
     base = resolve(data_root, stem)
     header = result.wcs.to_header(relax=True)
@@ -196,15 +197,18 @@ def write_zogy(data_root: Path, stem: str, result: ZogyResult, ref_on_new: Image
         ("flags", result.flags.astype(np.uint16, copy=False), header.copy()),
         ("psf", result.psf_d.astype(np.float32, copy=False), None),
     ]
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=threads or default_threads()) as pool:
         done = [pool.submit(write_fits_atomic, Path(f"{base}.{suffix}.fits"), what, hdr)
                 for suffix, what, hdr in jobs]
         for f in done:
             f.result()
 
 
-def read_zogy(data_root: Path, stem: str) -> tuple[ZogyResult, np.ndarray]:
-    """Read what :func:`write_zogy` wrote: the ZogyResult and the resampled reference image."""
+def read_zogy(data_root: Path, stem: str, *, threads: int | None = None) -> tuple[ZogyResult, np.ndarray]:
+    """Read what :func:`write_zogy` wrote: the ZogyResult and the resampled reference image.
+
+    ``threads`` files are read in parallel (default every core).
+    """
     base = resolve(data_root, stem)
 
     def primary(suffix: str, dtype: type) -> tuple[np.ndarray, fits.Header]:
@@ -215,7 +219,7 @@ def read_zogy(data_root: Path, stem: str) -> tuple[ZogyResult, np.ndarray]:
         with fits.open(f"{base}.score.fits", memmap=False) as h:
             return np.asarray(h[0].data, dtype=np.float32), np.asarray(h["VAR"].data, dtype=np.float32)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=threads or default_threads()) as pool:
         f_diff = pool.submit(primary, "diff", np.float32)
         f_weight = pool.submit(primary, "weight", np.float32)
         f_score = pool.submit(score_file)
@@ -262,7 +266,7 @@ def subtract_image_row(session: Session, data_root: Path, image_id: int, *, ref_
     del new
     ref_on_new = result.meta["ref_resampled"]
     stem = product_stem("subtractions", prov.id, Path(image.filepath).name)
-    write_zogy(data_root, stem, result, ref_on_new)
+    write_zogy(data_root, stem, result, ref_on_new, threads=params.threads)
     diff_data = ImageData(image=result.diff, weight=np.zeros((1, 1), np.float32), flags=result.flags,
                           psf=result.psf_d, wcs=result.wcs, zp=result.zp, fwhm_px=result.fwhm_px,
                           bkg_level=0.0, bkg_rms=float(np.sqrt(np.nanmedian(result.diff_variance[::4, ::4]))),

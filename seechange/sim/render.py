@@ -7,6 +7,7 @@ import math
 import numpy as np
 from scipy import fft
 
+from seechange.parameters import default_threads
 from seechange.sim.psf import MoffatPSF
 
 GALAXY_OVERSAMPLE = 3
@@ -68,7 +69,7 @@ def add_point_sources(image: np.ndarray, psf: MoffatPSF, x: np.ndarray, y: np.nd
 
 def add_galaxies(image: np.ndarray, psf: MoffatPSF, x: np.ndarray, y: np.ndarray, flux: np.ndarray,
                  r_eff_px: np.ndarray, axis_ratio: np.ndarray, pa: np.ndarray,
-                 sersic_n: np.ndarray) -> None:
+                 sersic_n: np.ndarray, *, threads: int | None = None) -> None:
     """Render small Sersic galaxies convolved with the PSF, in place.
 
     The intrinsic profile ``exp(-b_n ((r/r_eff)^(1/n) - 1))`` is integrated over pixels at the galaxy's
@@ -93,9 +94,12 @@ def add_galaxies(image: np.ndarray, psf: MoffatPSF, x: np.ndarray, y: np.ndarray
         Major-axis position angles, radians counter-clockwise from +x.
     sersic_n : ndarray
         Sersic indices (1 = exponential disc, 4 = de Vaucouleurs).
+    threads : int, optional
+        Threads of the FFTs; default every core of the machine.
     """
     if len(x) == 0:
         return
+    workers = default_threads() if threads is None else threads
     psf_half = int(min(psf.max_half, math.ceil(4.0 * psf.fwhm_px / math.sqrt(1 - psf.ellipticity))))
     gy, gx = np.mgrid[-psf_half:psf_half + 1, -psf_half:psf_half + 1].astype(np.float64)
     kernel = psf.profile(gx, gy)
@@ -117,8 +121,8 @@ def add_galaxies(image: np.ndarray, psf: MoffatPSF, x: np.ndarray, y: np.ndarray
         pix /= pix.sum(axis=(1, 2), keepdims=True)
         full = size + 2 * psf_half  # linear convolution: the galaxy's light spreads by the PSF
         shape = (fft.next_fast_len(full, real=True),) * 2
-        conv = fft.irfft2(fft.rfft2(pix, shape, workers=2) * fft.rfft2(kernel, shape)[None], shape,
-                          workers=2)[:, :full, :full]
+        conv = fft.irfft2(fft.rfft2(pix, shape, workers=workers) * fft.rfft2(kernel, shape)[None], shape,
+                          workers=workers)[:, :full, :full]
         conv /= conv.sum(axis=(1, 2), keepdims=True)
         half = int(gh) + psf_half
         add_stamps(image, cx - half, cy - half, conv.astype(np.float32), flux[sel])

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from seechange.improc.extract import extract_sources, noise_from_weight
+from seechange.improc.types import FLAG_COSMIC_RAY
 
 
 def _gauss_image(rng, positions, fluxes, *, shape=(300, 400), fwhm=3.5, sky_sigma=10.0):
@@ -21,7 +22,7 @@ def test_finds_injected_stars_at_known_positions():
     fluxes = np.full(n, 1e5)  # SNR ~ 1e5 / (10 * sqrt(4 pi s^2) ~ 27) ~ 350
     img = _gauss_image(rng, pos, fluxes).astype(">f4")
     flags = np.zeros(img.shape, np.uint16)
-    flags[int(pos[0, 1]), int(pos[0, 0])] = 4
+    flags[int(pos[0, 1]), int(pos[0, 0])] = FLAG_COSMIC_RAY
     t = extract_sources(img, noise=10.0, flags=flags, thresh=5.0, aper_radius=8.0)
     assert len(t) >= n - 1  # stars can blend
     d = np.hypot(t["x"][:, None] - pos[:, 0], t["y"][:, None] - pos[:, 1])
@@ -33,7 +34,7 @@ def test_finds_injected_stars_at_known_positions():
     assert np.median(t["flux"][j[isolated]]) == pytest.approx(1e5, rel=0.02)
     assert np.median(t["fwhm"][j[isolated]]) == pytest.approx(3.5, rel=0.1)
     assert np.all(t["snr"][j[isolated]] > 100)
-    assert t["pixflags"][j[0]] & 4
+    assert t["pixflags"][j[0]] & FLAG_COSMIC_RAY
     assert {"x", "y", "flux", "flux_err", "a", "b", "theta", "fwhm", "flag", "snr"} <= set(t.colnames)
 
 

@@ -7,7 +7,7 @@ from astropy.table import Table
 
 from seechange.improc.detection import DETECTION_COLUMNS, detect_transients
 from seechange.improc.inject import inject_point_sources
-from seechange.improc.measure import QF_DIPOLE, measure_sightings
+from seechange.improc.measure import QF_DIPOLE, MeasureParams, measure_sightings
 from seechange.improc.zogy import ZogyParams, zogy
 from tests.unit.test_zogy import make_image
 
@@ -109,5 +109,5 @@ def test_near_bright_star_flag() -> None:
     m = measure_sightings(res, new, ref, _detections(pts))
     near = (np.asarray(m["qflags"]) & QF_NEAR_BRIGHT) != 0
     assert near.tolist() == [True, False, False, True, False]
-    off = measure_sightings(res, new, ref, _detections(pts), bright_flux_fraction=0.0)
+    off = measure_sightings(res, new, ref, _detections(pts), params=MeasureParams(bright_flux_fraction=0.0))
     assert not np.any(np.asarray(off["qflags"]) & QF_NEAR_BRIGHT)

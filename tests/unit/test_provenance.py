@@ -5,30 +5,26 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pytest
 
-from seechange.provenance import StepParameters, canonical_json, normalize_parameters, provenance_id
+from seechange.parameters import StepParameters, canonical_json, noncritical, normalize_parameters
+from seechange.provenance import provenance_id
 
 
 @dataclass(frozen=True)
 class DetectParams(StepParameters):
-    NON_CRITICAL: ClassVar[frozenset[str]] = frozenset({"n_threads", "verbose"})
-
     threshold_sigma: float = 5.0
     radius_arcsec: float = 1.5
     bands: tuple[str, ...] = ("g", "r")
-    n_threads: int = 1
-    verbose: bool = False
+    n_threads: int = noncritical(default=1)
+    verbose: bool = field(default=False, metadata={"critical": False})
 
 
 @dataclass(frozen=True)
 class TypoParams(StepParameters):
-    NON_CRITICAL: ClassVar[frozenset[str]] = frozenset({"n_thread"})
-
-    n_threads: int = 1
+    n_threads: int = field(default=1, metadata={"critcal": False})
 
 
 @dataclass(frozen=True)
@@ -141,8 +137,14 @@ def test_nested_step_parameters_use_their_critical_part() -> None:
 
 
 def test_non_critical_typo_is_an_error() -> None:
-    with pytest.raises(TypeError, match="n_thread"):
+    with pytest.raises(TypeError, match="n_threads.*critcal"):
         TypoParams().critical()
+    with pytest.raises(TypeError, match="NON_CRITICAL"):  # the old class-level list is refused, not ignored
+
+        @dataclass(frozen=True)
+        class OldStyle(StepParameters):
+            NON_CRITICAL = frozenset({"n_threads"})
+            n_threads: int = 1
 
 
 def test_empty_process_rejected() -> None:

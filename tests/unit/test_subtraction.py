@@ -6,16 +6,17 @@ import time
 
 import numpy as np
 
+from seechange.improc.detection import DetectParams, detect_and_measure
 from seechange.improc.inject import inject_point_sources
-from seechange.improc.subtraction import DetectParams, SubtractParams, detect_and_measure, subtract
+from seechange.improc.subtraction import SubtractParams, subtract
 from tests.unit.test_zogy import make_image, simple_wcs
 
 
 def test_params_critical_and_frozen() -> None:
     p = SubtractParams()
-    assert "workers" not in p.critical() and p.critical()["flux_error_fraction"] == 0.005
+    assert "threads" not in p.critical() and p.critical()["zogy"]["flux_error_fraction"] == 0.005
     assert DetectParams().critical()["threshold"] == 5.0
-    assert SubtractParams(workers=1).critical() == p.critical()
+    assert SubtractParams(threads=1).critical() == p.critical()
 
 
 def test_subtract_with_misaligned_reference_finds_transient() -> None:

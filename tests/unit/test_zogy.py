@@ -9,7 +9,7 @@ from astropy.wcs import WCS
 
 from seechange.improc.detection import detect_transients
 from seechange.improc.inject import inject_point_sources
-from seechange.improc.types import FLAG_EDGE, ImageData
+from seechange.improc.types import FLAG_COSMIC_RAY, FLAG_EDGE, ImageData
 from seechange.improc.zogy import ZogyParams, zogy
 
 
@@ -102,12 +102,12 @@ def test_fading_source_is_negative() -> None:
 def test_flagged_pixels_are_zeroed_and_flagged() -> None:
     new, ref = _pair(3)
     flags = new.flags.copy()
-    flags[50:53, 70:90] = 4
+    flags[50:53, 70:90] = FLAG_COSMIC_RAY
     img = new.image.copy()
     img[50:53, 70:90] = 1e6  # a cosmic ray, masked
     new2 = ImageData(**{**new.__dict__, "image": img, "flags": flags})
     res = zogy(new2, ref, params=ZogyParams())
-    assert np.all(res.flags[50:53, 70:90] & 4)
+    assert np.all(res.flags[50:53, 70:90] & FLAG_COSMIC_RAY)
     assert np.all(res.flags[0, :] & FLAG_EDGE) and np.all(res.score_corr[0, :] == 0)
     assert len(detect_transients(res, threshold=5.0)) == 0
     assert np.array_equal(new2.image, img)  # input untouched
