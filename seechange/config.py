@@ -13,8 +13,6 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TOPICS = ("exposure-ready", "image-reduced", "subtraction-done", "sighting-found", "alerts")
-INPUT_TOPICS = ("exposure-ready", "image-reduced", "subtraction-done", "sighting-found")
 
 
 class Settings(BaseSettings):
@@ -35,6 +33,8 @@ class Settings(BaseSettings):
     association_radius_arcsec: float = 1.5
     params_file: Path | None = None  # TOML with [reduce], [reference], [subtract], [detect] tables
     log_level: str = "INFO"
+    # error policy of the stage services (see seechange.streaming.runloop)
+    max_consecutive_errors: int = 3  #: unexpected handler failures in a row before a service stops
 
     def topic(self, name: str) -> str:
         """Full topic name with the configured prefix."""

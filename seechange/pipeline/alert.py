@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from seechange.errors import MissingRow
 from seechange.improc.cutouts import cutout_to_gzipped_fits, read_cutouts_file
 from seechange.models import AlertLog, Image, Photometry, Sighting, SubtractionImage
 from seechange.pipeline.products import pixel_scale_arcsec
@@ -38,7 +39,7 @@ def to_njy(flux_e: float, zp: float) -> float:
 def _photometry(session: Session, sighting: Sighting) -> Photometry:
     phot = sorted(sighting.photometry, key=lambda p: p.id)
     if not phot:
-        raise ValueError(f"sighting {sighting.id} has no photometry")
+        raise MissingRow(f"sighting {sighting.id} has no photometry")
     return phot[-1]
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import fastavro
 from fastavro.validation import validate
 
+from seechange.errors import BadInput
 from seechange.streaming.registry import SchemaRegistry
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ HEADER = struct.Struct(">bI")
 HEADER_SIZE = HEADER.size  # 5 bytes
 
 
-class DecodeError(ValueError):
+class DecodeError(BadInput, ValueError):
     """A message cannot be decoded; the message (``str(exc)``) is one line."""
 
 
