@@ -381,7 +381,8 @@ def run_service(
     Parameters
     ----------
     settings : Settings
-        Broker, topic prefix and consumer-group prefix; passed on to the handler in the context.
+        Broker, topic prefix, consumer-group prefix and ``max_consecutive_errors``; passed on to the
+        handler in the context.
     name : str
         Service name: consumer group ``f"{settings.consumer_group_prefix}-{name}"``, log lines, DLQ header.
     input_topic : str
@@ -389,7 +390,9 @@ def run_service(
     input_schema : str
         Schema name the input must have, e.g. ``"exposure_ready"``; another one is dead-lettered.
     handler : callable
-        ``handler(session, record, ctx) -> [OutEvent, ...]``; runs inside the open transaction.
+        ``handler(session, record, ctx) -> [OutEvent, ...]``; runs inside the open transaction. It raises
+        the :class:`~seechange.errors.BadInput` family for bad input (dead-lettered) and
+        :class:`InfrastructureError` for "retry later"; anything else counts as unexpected.
     session_factory : sqlalchemy.orm.sessionmaker
         Makes one session per message.
     registry : SchemaRegistry, optional
@@ -420,6 +423,12 @@ def run_service(
     -------
     RunStats
         Counts of this run. The consumer has left its group and the producer is flushed.
+
+    Raises
+    ------
+    TooManyErrors
+        After ``settings.max_consecutive_errors`` unexpected handler failures in a row; the failing
+        message's offset is not committed (the consumer has left its group and the producer is flushed).
     """
     stop = stop_event if stop_event is not None else threading.Event()
     loop = _Loop(settings, name, input_topic, input_schema, handler, session_factory,

@@ -308,3 +308,33 @@ def test_database_down_retries_commits_nothing_then_recovers(settings: Settings,
 ])
 def test_error_classification(exc: Exception, infra: bool) -> None:
     assert is_infrastructure_error(exc) is infra
+
+
+def test_a_refused_offset_commit_is_left_to_redelivery(settings: Settings, registry: SchemaRegistry,
+                                                       db_engine: Engine) -> None:
+    """The broker refuses the commit (another member owns the partition): logged, not fatal, not committed."""
+    from seechange.streaming.runloop import _Loop
+
+    where = produce_values(settings, "exposure-ready", [("k", encode(registry, "exposure_ready",
+                                                                     exposure_record(21)))])
+    group = f"{settings.consumer_group_prefix}-owner"
+    owner = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group,
+                      "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    owner.subscribe([settings.topic("exposure-ready")])
+    loop = _Loop(settings, "owner", "exposure-ready", "exposure_ready", lambda *_: [], sessionmaker(db_engine),
+                 registry, threading.Event(), None, 0.5, None)
+    try:
+        msg = None
+        for _ in range(30):  # the owner joins the group and gets the message
+            got = owner.poll(1.0)
+            if got is not None and got.error() is None:
+                msg = got
+                break
+        assert msg is not None, "the owner got no message"
+        assert (msg.partition(), msg.offset()) == where[0]
+        loop.assigned = {(str(msg.topic()), int(msg.partition() or 0))}  # it thinks it owns the partition
+        assert loop._commit(msg, "test") is False  # UNKNOWN_MEMBER_ID: not a member of the group
+    finally:
+        loop.consumer.close()
+        owner.close()
+    assert _committed(settings, group, where[0][0]) < 0
