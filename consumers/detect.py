@@ -8,15 +8,15 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from seechange.config import Settings
+from seechange.errors import file_errors_as_bad_input
 from seechange.improc.detection import DetectParams
 from seechange.pipeline.detect import detect_on_subtraction, sighting_event
 from seechange.pipeline.parameters import load_parameters
-from seechange.storage import PathOutsideDataRoot
 from seechange.streaming.framing import epoch_ms, now_ms
-from seechange.streaming.runloop import BadMessage, Handler, MessageContext, OutEvent
+from seechange.streaming.runloop import Handler, MessageContext, OutEvent
+from seechange.streaming.stages import get_stage
 
-NAME = "detect"
-INPUT_TOPIC, INPUT_SCHEMA = "subtraction-done", "subtraction_done"
+STAGE = get_stage("detect")
 
 
 def make_handler(settings: Settings, params: DetectParams | None = None) -> Handler:
@@ -24,14 +24,12 @@ def make_handler(settings: Settings, params: DetectParams | None = None) -> Hand
     params = params or load_parameters(settings.params_file).detect
 
     def handle(session: Session, event: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
-        try:
+        with file_errors_as_bad_input():
             sightings = detect_on_subtraction(session, settings.data_dir, int(event["subtraction_id"]),
                                               params=params, radius_arcsec=settings.association_radius_arcsec,
                                               threads=settings.threads)
-        except (FileNotFoundError, PathOutsideDataRoot) as exc:
-            raise BadMessage(str(exc)) from exc
         produced, ingested = now_ms(), epoch_ms(event["ingested_at"])
-        return [OutEvent("sighting-found", key=str(s.object_id), schema="sighting_found",
+        return [OutEvent(STAGE.output_topic, key=str(s.object_id), schema=STAGE.output_schema,
                          record=sighting_event(s, produced_at_ms=produced, ingested_at_ms=ingested))
                 for s in sightings]
 

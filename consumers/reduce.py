@@ -7,15 +7,16 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from seechange.config import Settings
+from seechange.errors import BadMessage, file_errors_as_bad_input
 from seechange.improc.reduction import ReduceParams
 from seechange.pipeline.parameters import load_parameters
 from seechange.pipeline.reduce import ReduceInputError, ReduceResources, image_event, reduce_exposure_row
 from seechange.storage import PathOutsideDataRoot
 from seechange.streaming.framing import epoch_ms, now_ms
-from seechange.streaming.runloop import BadMessage, Handler, MessageContext, OutEvent
+from seechange.streaming.runloop import Handler, MessageContext, OutEvent
+from seechange.streaming.stages import get_stage
 
-NAME = "reduce"
-INPUT_TOPIC, INPUT_SCHEMA = "exposure-ready", "exposure_ready"
+STAGE = get_stage("reduce")
 
 
 def make_handler(settings: Settings, params: ReduceParams | None = None) -> Handler:
@@ -25,10 +26,11 @@ def make_handler(settings: Settings, params: ReduceParams | None = None) -> Hand
 
     def handle(session: Session, event: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
         try:
-            image, _ = reduce_exposure_row(session, resources, int(event["exposure_id"]), params=params)
+            with file_errors_as_bad_input():
+                image, _ = reduce_exposure_row(session, resources, int(event["exposure_id"]), params=params)
         except (ReduceInputError, PathOutsideDataRoot) as exc:
             raise BadMessage(str(exc)) from exc
         record = image_event(image, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(event["ingested_at"]))
-        return [OutEvent("image-reduced", key=str(image.id), schema="image_reduced", record=record)]
+        return [OutEvent(STAGE.output_topic, key=str(image.id), schema=STAGE.output_schema, record=record)]
 
     return handle

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from seechange.config import Settings
+from seechange.errors import file_errors_as_bad_input
 from seechange.improc.subtraction import SubtractParams
 from seechange.pipeline.parameters import load_parameters
 from seechange.pipeline.subtract import (
@@ -15,12 +16,11 @@ from seechange.pipeline.subtract import (
     subtract_image_row,
     subtraction_event,
 )
-from seechange.storage import PathOutsideDataRoot
 from seechange.streaming.framing import epoch_ms, now_ms
-from seechange.streaming.runloop import BadMessage, Handler, InfrastructureError, MessageContext, OutEvent
+from seechange.streaming.runloop import Handler, InfrastructureError, MessageContext, OutEvent
+from seechange.streaming.stages import get_stage
 
-NAME = "subtract"
-INPUT_TOPIC, INPUT_SCHEMA = "image-reduced", "image_reduced"
+STAGE = get_stage("subtract")
 
 
 def make_handler(settings: Settings, ref_params: ReferenceParams | None = None,
@@ -32,16 +32,15 @@ def make_handler(settings: Settings, ref_params: ReferenceParams | None = None,
 
     def handle(session: Session, event: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
         try:
-            sub = subtract_image_row(session, settings.data_dir, int(event["image_id"]), ref_params=ref_params,
-                                     params=params)
-        except (FileNotFoundError, PathOutsideDataRoot) as exc:
-            raise BadMessage(str(exc)) from exc
+            with file_errors_as_bad_input():
+                sub = subtract_image_row(session, settings.data_dir, int(event["image_id"]),
+                                         ref_params=ref_params, params=params)
         except ReferencePending as exc:  # a member is still in reduce: retry with back-off, commit nothing
             raise InfrastructureError(str(exc)) from exc
         if sub is None:
             return []
         record = subtraction_event(sub, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(event["ingested_at"]))
         key = f"{sub.field}/{sub.band}"
-        return [OutEvent("subtraction-done", key=key, schema="subtraction_done", record=record)]
+        return [OutEvent(STAGE.output_topic, key=key, schema=STAGE.output_schema, record=record)]
 
     return handle

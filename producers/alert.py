@@ -12,13 +12,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from seechange.config import Settings
+from seechange.errors import BadMessage
 from seechange.models import Sighting
 from seechange.pipeline.alert import build_alert, log_alert
-from seechange.streaming.runloop import BadMessage, Handler, MessageContext, OutEvent
+from seechange.streaming.runloop import Handler, MessageContext, OutEvent
+from seechange.streaming.stages import get_stage
 
-NAME = "alert"
-INPUT_TOPIC, INPUT_SCHEMA = "sighting-found", "sighting_found"
-DELIVER_BEFORE_COMMIT = True  # the alert_log row says "sent": deliver first
+STAGE = get_stage("alert")  # delivers before the DB commit: the alert_log row says "sent"
 
 
 def make_handler(settings: Settings) -> Handler:
@@ -30,9 +30,10 @@ def make_handler(settings: Settings) -> Handler:
             raise BadMessage(f"sighting {event['sighting_id']} is not in the database")
         if not sighting.is_good:
             return []
-        if not log_alert(session, sighting, settings.topic("alerts")):
+        if not log_alert(session, sighting, settings.topic(STAGE.output_topic)):
             return []
         record = build_alert(session, settings.data_dir, sighting)
-        return [OutEvent("alerts", key=str(sighting.object_id), schema="alert", record=record)]
+        return [OutEvent(STAGE.output_topic, key=str(sighting.object_id), schema=STAGE.output_schema,
+                         record=record)]
 
     return handle

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 __all__ = ["bench_end_to_end", "bench_stages", "peak_rss_mb", "simulated_night"]
 
 STAGES = ("reduce", "reference", "subtract", "detect", "alerts")
+DEFAULT_RADIUS_ARCSEC: float = Settings.model_fields["association_radius_arcsec"].default
 N_REF = 3  # reference epochs of the simulated night (ReferenceParams.n_ref_images)
 
 
@@ -61,7 +62,7 @@ def _time(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float
     return out, time.perf_counter() - t0
 
 
-def _one_run(night_dir: Path, raw_paths: Sequence[str], db_url: str) -> dict[str, Any]:
+def _one_run(night_dir: Path, raw_paths: Sequence[str], db_url: str, radius_arcsec: float) -> dict[str, Any]:
     """Every stage on the night in a fresh database: per-item timings (s) and what came out."""
     from seechange.improc.detection import DetectParams
     from seechange.improc.reduction import ReduceParams
@@ -113,7 +114,8 @@ def _one_run(night_dir: Path, raw_paths: Sequence[str], db_url: str) -> dict[str
                 sub_id, score_std = sub.id, sub.score_std
             with sessions() as s, s.begin():
                 sightings, dt = _time(
-                    detect_on_subtraction, s, night_dir, sub_id, params=det_params, radius_arcsec=1.5
+                    detect_on_subtraction, s, night_dir, sub_id, params=det_params,
+                    radius_arcsec=radius_arcsec,
                 )
                 times["detect"].append(dt)
                 good = [x.id for x in sightings if x.is_good]
@@ -149,6 +151,7 @@ def bench_stages(
     size: tuple[int, int] = (2048, 4096),
     runs: int = 3,
     n_epochs: int = 5,
+    association_radius_arcsec: float = DEFAULT_RADIUS_ARCSEC,
 ) -> dict[str, Any]:
     """Time each stage function in-process on a simulated night of full-size CCDs.
 
@@ -165,6 +168,8 @@ def bench_stages(
         Repetitions; times are medians over runs and items.
     n_epochs : int
         Epochs of the one field (the first three build the reference; the rest are subtracted).
+    association_radius_arcsec : float
+        Sighting-to-object association radius, arcsec (``settings.association_radius_arcsec``).
 
     Returns
     -------
@@ -192,7 +197,7 @@ def bench_stages(
         try:
             upgrade(url)
             log.info("bench run %d of %d in database %s", i + 1, runs, name)
-            all_runs.append(_one_run(night_dir, raw, url))
+            all_runs.append(_one_run(night_dir, raw, url, association_radius_arcsec))
         finally:
             drop_database(database_url, name)
     stages: dict[str, dict[str, Any]] = {}
@@ -261,10 +266,10 @@ def bench_end_to_end(
         timestamp), ``ccds_per_min`` (exposures / time from the first ingestion to the last alert),
         ``elapsed_s``, ``peak_rss_mb`` per service (VmHWM read before stopping), ``alerts``, ``exit_codes``.
     """
-    from producers.ingest import Ingestor
     from seechange.localservices.postgres import create_database, drop_database
     from seechange.models.migrate import make_engine, make_session_factory, upgrade
     from seechange.orchestrate import AlertCollector, ServiceProcesses, alert_latencies, wait_for_night
+    from seechange.streaming.ingestor import Ingestor
     from seechange.streaming.topics import delete_topics, ensure_topics, topic_names
 
     if n_exposures <= N_REF:

@@ -15,8 +15,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from seechange.parameters import default_threads
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TOPICS = ("exposure-ready", "image-reduced", "subtraction-done", "sighting-found", "alerts")
-INPUT_TOPICS = ("exposure-ready", "image-reduced", "subtraction-done", "sighting-found")
 
 
 class Settings(BaseSettings):
@@ -38,6 +36,8 @@ class Settings(BaseSettings):
     params_file: Path | None = None  # TOML with [reduce], [reference], [subtract], [detect] tables
     log_level: str = "INFO"
     threads: int = Field(default_factory=default_threads, ge=1)  # per process; default: the machine's cores
+    # error policy of the stage services (see seechange.streaming.runloop)
+    max_consecutive_errors: int = 3  #: unexpected handler failures in a row before a service stops
 
     def topic(self, name: str) -> str:
         """Full topic name with the configured prefix."""

@@ -5,6 +5,7 @@ Shared by ``seechange demo``, ``seechange bench`` and the end-to-end integration
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -37,27 +38,38 @@ from seechange.models import (
 )
 from seechange.streaming.framing import decode
 from seechange.streaming.registry import SchemaRegistry
+from seechange.streaming.stages import stage_names
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("reduce", "subtract", "detect", "alert")
+STAGE_ORDER = stage_names()
+ENV_PREFIX = "SEECHANGE_"
 TABLES = (Provenance, Exposure, Image, CoaddImage, SubtractionImage, Sighting, Cutouts, Photometry, Object,
           AlertLog)
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every field of ``settings`` as a ``SEECHANGE_<FIELD>`` variable (fields that are ``None`` left out).
+
+    Generated from ``Settings.model_fields``, so a new setting is forwarded without touching this.
+    """
+    env = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is not None:  # complex values as JSON, which is how pydantic-settings reads them back
+            text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
+            env[f"{ENV_PREFIX}{name.upper()}"] = text
+    return env
+
+
 def service_env(settings: Settings) -> dict[str, str]:
-    """Environment that makes a child ``seechange`` process use exactly these settings."""
-    env = dict(os.environ)
-    env.update({
-        "SEECHANGE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "SEECHANGE_DATABASE_URL": settings.database_url,
-        "SEECHANGE_DATA_DIR": str(settings.data_dir),
-        "SEECHANGE_TOPIC_PREFIX": settings.topic_prefix,
-        "SEECHANGE_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
-        "SEECHANGE_CACHE_DIR": str(settings.cache_dir),
-    })
-    if settings.params_file is not None:
-        env["SEECHANGE_PARAMS_FILE"] = str(settings.params_file)
+    """Environment that makes a child ``seechange`` process use exactly these settings (all of them).
+
+    The parent's environment is kept, except its own ``SEECHANGE_*`` variables: every setting of the child
+    comes from ``settings`` (which already merged the parent's config file and environment).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update(settings_env(settings))
     return env
 
 

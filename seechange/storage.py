@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from seechange.errors import BadInput
+
 __all__ = [
     "PathOutsideDataRoot",
     "md5sum",
@@ -28,7 +30,7 @@ __all__ = [
 _CHUNK = 1 << 20
 
 
-class PathOutsideDataRoot(ValueError):
+class PathOutsideDataRoot(BadInput, ValueError):
     """A path that resolves outside the data root (or is not a usable path at all)."""
 
 

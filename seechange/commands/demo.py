@@ -58,7 +58,6 @@ def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cad
     from rich.progress import BarColumn, Progress, TextColumn
     from rich.table import Table
 
-    from producers.ingest import Ingestor
     from seechange.localservices import up
     from seechange.localservices.postgres import create_database, drop_database
     from seechange.models.migrate import make_engine, make_session_factory, upgrade
@@ -70,6 +69,7 @@ def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cad
         wait_for_night,
     )
     from seechange.sim.night import simulate_night
+    from seechange.streaming.ingestor import Ingestor
     from seechange.streaming.topics import delete_topics, ensure_topics, topic_names
 
     console = Console()

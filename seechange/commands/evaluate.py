@@ -72,7 +72,8 @@ def evaluate_sim(settings: Settings, size: str, fields: int, epochs: int, seed: 
     with tempfile.TemporaryDirectory(prefix="seechange-eval-") as tmp:
         root = data_dir if data_dir is not None else Path(tmp)
         res = evaluate_night_inprocess(root, ep.database_url, seed=seed, n_fields=fields, n_epochs=epochs,
-                                       size=(nx, ny))
+                                       size=(nx, ny),
+                                       association_radius_arcsec=ep.association_radius_arcsec)
     if json_out is not None:
         json_out.write_text(json.dumps(res, indent=1, default=float) + "\n")
     rows = [(name, res.get(name, float("nan")), target, check) for name, (target, check) in TARGETS.items()]

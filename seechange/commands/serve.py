@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import signal
 import threading
 from pathlib import Path
@@ -10,37 +9,23 @@ from pathlib import Path
 import click
 
 from seechange.config import Settings
-
-#: stage name -> module with NAME, INPUT_TOPIC, INPUT_SCHEMA, make_handler(settings)
-STAGES = {
-    "reduce": "consumers.reduce",
-    "subtract": "consumers.subtract",
-    "detect": "consumers.detect",
-    "alert": "producers.alert",
-}
-
-
-def run_stage(settings: Settings, stage: str, *, max_messages: int | None = None,
-              idle_timeout: float | None = None) -> None:
-    """Run one stage service in this process (settings must name the broker and database)."""
-    from consumers.common import serve as serve_loop
-
-    module = importlib.import_module(STAGES[stage])
-    serve_loop(settings, name=module.NAME, input_topic=module.INPUT_TOPIC, input_schema=module.INPUT_SCHEMA,
-               make_handler=module.make_handler, max_messages=max_messages, idle_timeout=idle_timeout,
-               deliver_before_commit=getattr(module, "DELIVER_BEFORE_COMMIT", False))
+from seechange.streaming.stages import stage_names
 
 
 @click.command("serve")
-@click.argument("stage", type=click.Choice(sorted(STAGES)))
+@click.argument("stage", type=click.Choice(stage_names()))
 @click.option("--max-messages", type=int, default=None, help="Stop after this many messages.")
 @click.option("--idle-timeout", type=float, default=None, help="Stop after this many idle seconds.")
 @click.pass_obj
 def serve(settings: Settings, stage: str, max_messages: int | None, idle_timeout: float | None) -> None:
-    """Run one pipeline service (reduce, subtract, detect, alert) until SIGTERM."""
-    from seechange.localservices import endpoints
+    """Run one pipeline service (reduce, subtract, detect, alert) until SIGTERM.
 
-    run_stage(endpoints(settings), stage, max_messages=max_messages, idle_timeout=idle_timeout)
+    Exits non-zero when the stage keeps failing unexpectedly (``max_consecutive_errors`` in a row).
+    """
+    from seechange.localservices import endpoints
+    from seechange.streaming.stages import get_stage, serve_stage
+
+    serve_stage(endpoints(settings), get_stage(stage), max_messages=max_messages, idle_timeout=idle_timeout)
 
 
 @click.command("ingest")
@@ -60,10 +45,11 @@ def ingest(settings: Settings, paths: tuple[Path, ...], watch_dir: Path | None, 
     Already-reduced images (--reduced, or Community Pipeline names *_ooi_*, paired with the *_oow_* weight
     and *_ood_* mask beside them) become Exposure + Image rows and emit image-reduced instead.
     """
-    from producers.ingest import Ingestor
     from seechange.localservices import endpoints
     from seechange.models.migrate import make_engine, make_session_factory
     from seechange.pipeline.ingest_reduced import CP_NAME_CODES, ReducedFiles, pair_cp_triplets
+    from seechange.pipeline.parameters import load_parameters
+    from seechange.streaming.ingestor import Ingestor
 
     if (weight or mask) and (not reduced or len(paths) != 1):
         raise click.UsageError("--weight/--mask need --reduced and exactly one image path")
@@ -78,7 +64,8 @@ def ingest(settings: Settings, paths: tuple[Path, ...], watch_dir: Path | None, 
                                  mask.resolve() if mask else one.mask)]
     settings = endpoints(settings)
     engine = make_engine(settings.database_url)
-    ingestor = Ingestor(settings, make_session_factory(engine))
+    stop = threading.Event()
+    ingestor = Ingestor(settings, make_session_factory(engine), stop=stop)
     try:
         failed = 0
         if raw:
@@ -87,14 +74,14 @@ def ingest(settings: Settings, paths: tuple[Path, ...], watch_dir: Path | None, 
                        f"{len(report.failed)} failed")
             failed += len(report.failed)
         if triplets:
-            report = ingestor.ingest_reduced(triplets)
+            # the same reduce parameters (and so provenance) as the reduce service would use
+            report = ingestor.ingest_reduced(triplets, params=load_parameters(settings.params_file).reduce)
             click.echo(f"ingested {len(report.images)} reduced image(s) ({report.new} new), "
                        f"{len(report.failed)} failed")
             failed += len(report.failed)
         if failed and not watch_dir:
             raise SystemExit(1)
         if watch_dir:
-            stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             ingestor.watch(watch_dir, stop=stop.is_set)
     finally:

@@ -345,7 +345,8 @@ def evaluate_night_inprocess(data_dir: Path, database_url: str, *, seed: int = 4
                              n_epochs: int = 5, size: tuple[int, int] = (512, 1024),
                              match_radius_arcsec: float = 1.0, create_db: bool = True,
                              reduce_params: Any = None, subtract_params: Any = None,
-                             detect_params: Any = None) -> dict:
+                             detect_params: Any = None,
+                             association_radius_arcsec: float | None = None) -> dict:
     """Simulate a night, run reduce / subtract / detect in-process into a database, and evaluate it.
 
     Parameters
@@ -363,12 +364,15 @@ def evaluate_night_inprocess(data_dir: Path, database_url: str, *, seed: int = 4
         Create a fresh database next to ``database_url``.
     reduce_params, subtract_params, detect_params : optional
         Step parameters (default: each step's defaults).
+    association_radius_arcsec : float, optional
+        Sighting-to-object association radius, arcsec (default: the settings' default).
 
     Returns
     -------
     dict
         :func:`evaluate_simulated_night`'s figures plus ``"timings"`` (s) and ``"database_url"``.
     """
+    from seechange.config import Settings
     from seechange.improc.detection import DetectParams
     from seechange.improc.reduction import ReduceParams
     from seechange.improc.subtraction import SubtractParams
@@ -383,6 +387,8 @@ def evaluate_night_inprocess(data_dir: Path, database_url: str, *, seed: int = 4
     reduce_params = reduce_params or ReduceParams()
     subtract_params = subtract_params or SubtractParams()
     detect_params = detect_params or DetectParams()
+    if association_radius_arcsec is None:
+        association_radius_arcsec = Settings.model_fields["association_radius_arcsec"].default
     t0 = time.perf_counter()
     night = simulate_night(data_dir, seed=seed, n_fields=n_fields, n_epochs=n_epochs, size=size)
     timings = {"simulate": time.perf_counter() - t0, "reduce": 0.0, "subtract": 0.0, "detect": 0.0}
@@ -412,7 +418,8 @@ def evaluate_night_inprocess(data_dir: Path, database_url: str, *, seed: int = 4
             if sub_id is not None:
                 with sf() as s, s.begin():
                     t = time.perf_counter()
-                    detect_on_subtraction(s, data_dir, sub_id, params=detect_params, radius_arcsec=1.5)
+                    detect_on_subtraction(s, data_dir, sub_id, params=detect_params,
+                                          radius_arcsec=association_radius_arcsec)
                     timings["detect"] += time.perf_counter() - t
         with sf() as s:
             out = evaluate_simulated_night(s, data_dir, match_radius_arcsec=match_radius_arcsec)

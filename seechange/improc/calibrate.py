@@ -15,6 +15,7 @@ import numpy as np
 from astropy.io import fits
 from scipy import ndimage
 
+from seechange.errors import ImpossibleValue
 from seechange.improc.sections import parse_section
 from seechange.improc.types import FLAG_BAD, FLAG_BLEED, FLAG_COSMIC_RAY, FLAG_SATURATED
 
@@ -142,7 +143,7 @@ def amp_layout(header: fits.Header) -> list[AmpInfo]:
     """
     names = [n for n in ("A", "B") if f"DATASEC{n}" in header]
     if not names:
-        raise ValueError("raw header has no DATASECA/DATASECB")
+        raise ImpossibleValue("raw header has no DATASECA/DATASECB")
     bounds = {n: parse_section(header[f"DATASEC{n}"]) for n in names}
     if "DATASEC" in header:
         x1, x2, y1, y2 = parse_section(header["DATASEC"])
@@ -206,7 +207,8 @@ def overscan_correct_and_trim(
         over = np.asarray(raw[amp.raw_bias], dtype=np.float32)
         data = np.asarray(raw[amp.raw_data], dtype=np.float32)
         if over.shape[0] != data.shape[0]:
-            raise ValueError(f"amp {amp.name}: overscan rows {over.shape[0]} != data rows {data.shape[0]}")
+            raise ImpossibleValue(f"amp {amp.name}: overscan rows {over.shape[0]} != data rows "
+                                  f"{data.shape[0]}")
         row_level = np.median(over, axis=1)
         if smooth_rows > 1:
             row_level = ndimage.median_filter(row_level, size=smooth_rows, mode="nearest")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from seechange.errors import ImpossibleValue
+
 __all__ = ["parse_section", "section_shape", "section_slices"]
 
 _SECTION_RE = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
@@ -34,10 +36,10 @@ def parse_section(section: str) -> tuple[int, int, int, int]:
         raise TypeError(f"section must be a string, got {type(section).__name__}")
     m = _SECTION_RE.match(section)
     if m is None:
-        raise ValueError(f"not a FITS section: {section!r}")
+        raise ImpossibleValue(f"not a FITS section: {section!r}")
     x1, x2, y1, y2 = (int(g) for g in m.groups())
     if min(x1, x2, y1, y2) < 1:
-        raise ValueError(f"FITS section bounds are 1-based: {section!r}")
+        raise ImpossibleValue(f"FITS section bounds are 1-based: {section!r}")
     return x1, x2, y1, y2
 
 

@@ -18,12 +18,12 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from seechange.errors import MissingRow
 from seechange.improc.cutouts import cutout_to_gzipped_fits, read_cutouts_file
 from seechange.models import AlertLog, Image, Photometry, Sighting, SubtractionImage
 from seechange.pipeline.products import pixel_scale_arcsec
 from seechange.storage import resolve
 from seechange.units import electrons_to_njy
-
 
 
 def _f(value: float | None) -> float | None:
@@ -38,7 +38,7 @@ def _njy(stored: float | None, flux_e: float, zp: float) -> float:
 def _photometry(session: Session, sighting: Sighting) -> Photometry:
     phot = sorted(sighting.photometry, key=lambda p: p.id)
     if not phot:
-        raise ValueError(f"sighting {sighting.id} has no photometry")
+        raise MissingRow(f"sighting {sighting.id} has no photometry")
     return phot[-1]
 
 

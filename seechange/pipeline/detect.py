@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from seechange.errors import MissingRow
 from seechange.improc.cutouts import write_cutouts
 from seechange.improc.detection import DetectParams, detect_and_measure
 from seechange.improc.reduction import read_image_pixels
@@ -44,7 +45,7 @@ def detect_on_subtraction(session: Session, data_root: Path, subtraction_id: int
     """
     sub = session.get(SubtractionImage, subtraction_id)
     if sub is None:
-        raise ValueError(f"subtraction {subtraction_id} is not in the database")
+        raise MissingRow(f"subtraction {subtraction_id} is not in the database")
     upstream = session.get(Provenance, sub.provenance_id)
     assert upstream is not None
     prov = get_or_create_provenance(session, "detect", params.critical(), [upstream])

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from seechange.errors import BadInput
 from seechange.models import Exposure, Provenance
 from seechange.provenance import get_or_create_provenance
 from seechange.spatial import healpix_index
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 REQUIRED_RAW_KEYS = ("INSTRUME", "FILTER", "EXPTIME", "MJD-OBS")
 
 
-class IngestError(ValueError):
+class IngestError(BadInput, ValueError):
     """The file cannot be ingested (unreadable, not FITS, missing headers, outside the data root)."""
 
 

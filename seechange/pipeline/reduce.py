@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from seechange.errors import BadInput
 from seechange.improc.reduction import ReduceParams, reduce_exposure, write_image_data
 from seechange.models import Exposure, Image, Provenance
 from seechange.pipeline.products import image_columns, product_stem
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 PROCESS = "reduce"
 
 
-class ReduceInputError(ValueError):
+class ReduceInputError(BadInput, ValueError):
     """The exposure cannot be reduced (missing or corrupt raw file, calibration or catalogue)."""
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from seechange.errors import MissingRow
 from seechange.improc.coadd import coadd
 from seechange.improc.reduction import read_image_data
 from seechange.improc.subtraction import SubtractParams, subtract
@@ -247,7 +248,7 @@ def subtract_image_row(session: Session, data_root: Path, image_id: int, *, ref_
     """Subtract the reference from one Image (find before make); None when no reference can exist yet."""
     image = session.get(Image, image_id)
     if image is None:
-        raise ValueError(f"image {image_id} is not in the database")
+        raise MissingRow(f"image {image_id} is not in the database")
     reference = find_or_build_reference(session, data_root, image, params=ref_params)
     if reference is None:
         return None

@@ -21,6 +21,7 @@ from typing import Any
 import fastavro
 from fastavro.validation import validate
 
+from seechange.errors import BadInput
 from seechange.streaming.registry import SchemaRegistry, format_version
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ HEADER_SIZE = HEADER.size  # 5 bytes
 SCHEMA_VERSION_FIELD = "schemaVersion"
 
 
-class DecodeError(ValueError):
+class DecodeError(BadInput, ValueError):
     """A message cannot be decoded; the message (``str(exc)``) is one line."""
 
 

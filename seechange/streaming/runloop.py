@@ -6,13 +6,23 @@ Order per message (at least once in, idempotent out):
 2. open one transaction, call the handler, encode its output events, commit;
 3. produce every output event, flush, and check every delivery report (failed ones are re-sent with
    back-off until they succeed);
-4. only then commit the consumer offset (synchronously).
+4. only then commit the consumer offset (synchronously; per-partition commit errors are checked).
 
-A handler raising :class:`BadMessage` (or any non-infrastructure exception) sends the original bytes to
-``<input_topic>.dlq`` with error and origin headers; the offset is committed and the loop goes on. An
-infrastructure error (:class:`InfrastructureError`, a lost DB connection, a Kafka error) rolls back and
-retries the same message with back-off (0.5 s .. 30 s) for as long as it takes, committing nothing; the
-partitions are paused meanwhile to keep the group membership. SIGTERM/SIGINT stop after the current message.
+Error policy, by the kind of exception the handler raises:
+
+- bad input (:class:`seechange.errors.BadInput`: :class:`BadMessage`, a missing or corrupt file, a row
+  that does not exist, an undecodable message): the original bytes go to ``<input_topic>.dlq`` with error
+  and origin headers, the offset is committed and the loop goes on;
+- infrastructure (:class:`InfrastructureError`, a lost DB connection, a Kafka error): roll back and retry
+  the same message with back-off (0.5 s .. 30 s) for as long as it takes, committing nothing; the
+  partitions are paused meanwhile to keep the group membership;
+- anything else (``TypeError``, ``AttributeError``, a failed ``assert``: a bug or a deployment error):
+  roll back and retry the same message with back-off, committing nothing; after
+  ``settings.max_consecutive_errors`` failures in a row the loop raises :class:`TooManyErrors` (the
+  service exits non-zero) and the message stays uncommitted, to be redelivered once the bug is fixed.
+  A bug never drains a night into the dead-letter topic.
+
+SIGTERM/SIGINT stop after the current message.
 """
 
 from __future__ import annotations
@@ -24,7 +34,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -33,6 +42,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from seechange.config import Settings
+from seechange.errors import BadMessage, is_bad_input
+from seechange.streaming.delivery import (
+    BACKOFF_INITIAL_S,
+    BACKOFF_MAX_S,
+    DLQ_HEADERS,
+    Delivery,
+    Item,
+    dead_letter,
+)
 from seechange.streaming.framing import DecodeError, decode, encode, one_line
 from seechange.streaming.kafka_config import consumer_config, producer_config
 from seechange.streaming.registry import SchemaRegistry
@@ -40,11 +58,12 @@ from seechange.streaming.topics import dlq_name
 
 log = logging.getLogger(__name__)
 
-BACKOFF_INITIAL_S = 0.5
-BACKOFF_MAX_S = 30.0
+__all__ = ["BACKOFF_INITIAL_S", "BACKOFF_MAX_S", "DLQ_HEADERS", "BadMessage", "Handler",
+           "InfrastructureError", "MessageContext", "OutEvent", "RunStats", "TooManyErrors", "dlq_topic",
+           "is_infrastructure_error", "run_service"]
+
 STATS_INTERVAL_S = 30.0
-DLQ_HEADERS = ("error_class", "error_message", "origin_topic", "origin_partition", "origin_offset",
-               "service", "failed_at")
+COMMIT_ATTEMPTS = 3  #: synchronous offset commits tried per message before leaving it to redelivery
 
 
 @dataclass(frozen=True)
@@ -68,12 +87,15 @@ class MessageContext:
     settings: Settings
 
 
-class BadMessage(Exception):
-    """Raise from a handler for bad input: the message goes to the dead-letter topic."""
-
-
 class InfrastructureError(Exception):
     """Raise from a handler for "retry me later" (a dependency is down); nothing is committed."""
+
+
+class TooManyErrors(RuntimeError):
+    """The handler failed unexpectedly ``max_consecutive_errors`` times in a row: the service stops.
+
+    The failing message's offset is not committed, so it is redelivered when the service restarts.
+    """
 
 
 class _Abandoned(Exception):
@@ -86,13 +108,11 @@ class RunStats:
 
     processed: int = 0  #: messages handled successfully and committed
     dead_lettered: int = 0  #: messages sent to the dead-letter topic and committed
-    retried: int = 0  #: infrastructure-error retries (attempts, not messages)
+    retried: int = 0  #: infrastructure-error and unexpected-error retries (attempts, not messages)
     produced: int = 0  #: output events delivered (dead-letter copies not counted)
 
 
 Handler = Callable[[Session, dict[str, Any], MessageContext], Sequence[OutEvent]]
-_Headers = list[tuple[str, str | bytes | None]]
-_Item = tuple[str, str | bytes | None, bytes, _Headers | None]  # topic, key, value, headers
 
 
 def dlq_topic(settings: Settings, input_topic: str) -> str:
@@ -122,6 +142,8 @@ class _Loop:
         self.group = f"{settings.consumer_group_prefix}-{name}"
         self.stats = RunStats()
         self.deliver_before_commit = False
+        self.max_consecutive_errors = max(1, settings.max_consecutive_errors)
+        self.consecutive_errors = 0
         self.assigned: set[tuple[str, int]] = set()
         self.pending: deque[Message] = deque()
         self.paused = False
@@ -129,6 +151,11 @@ class _Loop:
         self.consumer = Consumer({**consumer_config(settings, self.group), "error_cb": self._on_kafka_error,
                                   **(consumer_overrides or {})})
         self.producer = Producer({**producer_config(settings), "error_cb": self._on_kafka_error})
+        self.delivery = Delivery(self.producer, name, stop=stop,
+                                 wait=lambda seconds: self._wait(seconds, None), on_retry=self._count_retry)
+
+    def _count_retry(self) -> None:
+        self.stats.retried += 1
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         log.warning("%s: kafka client error: %s", self.name, err)
@@ -195,21 +222,25 @@ class _Loop:
                     break
                 except _Abandoned:
                     return
-                except Exception as exc:  # noqa: BLE001 - every failure is either retried or dead-lettered
-                    if not is_infrastructure_error(exc):
+                except Exception as exc:  # noqa: BLE001 - dead-lettered, retried, or stops the service
+                    if is_bad_input(exc):
                         self._dead_letter(msg, where, exc)
                         return
+                    if is_infrastructure_error(exc):
+                        log.warning("%s: %s: infrastructure error, retry in %.1f s: %s: %s", self.name, where,
+                                    delay, type(exc).__name__, one_line(exc))
+                    else:
+                        self._unexpected(where, exc, delay)
                     self.stats.retried += 1
-                    log.warning("%s: %s: infrastructure error, retry in %.1f s: %s: %s", self.name, where,
-                                delay, type(exc).__name__, one_line(exc))
                     if not self._wait(delay, msg):
                         return
                     delay = min(delay * 2, BACKOFF_MAX_S)
             if self.after_db_commit is not None:
                 self.after_db_commit()
-            if not self.deliver_before_commit and not self._deliver(items, where):
+            if not self.deliver_before_commit and not self.delivery.deliver(items, where):
                 return
             self.stats.produced += len(items)
+            self.consecutive_errors = 0
             if self._commit(msg, where):
                 self.stats.processed += 1
         finally:
@@ -217,79 +248,71 @@ class _Loop:
                 self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
                 self.paused = False
 
-    def _transact(self, record: dict[str, Any], ctx: MessageContext, where: str) -> list[_Item]:
+    def _unexpected(self, where: str, exc: Exception, delay: float) -> None:
+        """Count an unexpected (non-bad-input, non-infrastructure) failure; raise when there are too many."""
+        self.consecutive_errors += 1
+        n, cap = self.consecutive_errors, self.max_consecutive_errors
+        if n >= cap:
+            log.error("%s: %s: unexpected %s (%d of %d in a row), stopping; offset not committed: %s",
+                      self.name, where, type(exc).__name__, n, cap, one_line(exc), exc_info=exc)
+            raise TooManyErrors(f"{self.name}: {where}: {n} consecutive unexpected errors, last "
+                                f"{type(exc).__name__}: {one_line(exc)}") from exc
+        log.error("%s: %s: unexpected %s (%d of %d in a row), not committed, retry in %.1f s: %s", self.name,
+                  where, type(exc).__name__, n, cap, delay, one_line(exc), exc_info=exc)
+
+    def _transact(self, record: dict[str, Any], ctx: MessageContext, where: str) -> list[Item]:
         """One transaction: the handler, then encoding its events (a bad event rolls the writes back).
 
         With ``deliver_before_commit`` the events are delivered before the transaction commits.
         """
         with self.session_factory() as session, session.begin():
             events = self.handler(session, record, ctx)
-            items: list[_Item] = [(self.settings.topic(e.topic), e.key,
-                                   encode(self.registry, e.schema, e.record), None) for e in events]
-            if self.deliver_before_commit and items and not self._deliver(items, where):
+            items = [Item(self.settings.topic(e.topic), e.key, encode(self.registry, e.schema, e.record))
+                     for e in events]
+            if self.deliver_before_commit and items and not self.delivery.deliver(items, where):
                 raise _Abandoned(where)  # stopped while delivering: roll back, commit nothing
             return items
 
     def _dead_letter(self, msg: Message, where: str, exc: BaseException) -> None:
-        error_class = type(exc).__name__
-        message = one_line(exc, 1000)
-        log.error("%s: %s: %s: %s -> %s", self.name, where, error_class, message, self.dlq)
-        values = (error_class, message, str(msg.topic()), str(msg.partition()), str(msg.offset()), self.name,
-                  datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
-        headers: _Headers = [(k, v.encode()) for k, v in zip(DLQ_HEADERS, values, strict=True)]
-        item: _Item = (self.dlq, msg.key(), msg.value() or b"", headers)
-        if self._deliver([item], where) and self._commit(msg, where):
+        log.error("%s: %s: %s: %s -> %s", self.name, where, type(exc).__name__, one_line(exc, 1000), self.dlq)
+        item = dead_letter(self.dlq, exc, service=self.name, key=msg.key(), value=msg.value() or b"",
+                           origin_topic=str(msg.topic()), origin_partition=msg.partition(),
+                           origin_offset=msg.offset())
+        if self.delivery.deliver([item], where) and self._commit(msg, where):
             self.stats.dead_lettered += 1
 
-    def _deliver(self, items: list[_Item], where: str) -> bool:
-        """Produce, flush and confirm every item; re-send failures with back-off. False if stopped first."""
-        todo, delay = list(items), BACKOFF_INITIAL_S
-        while todo:
-            failed: list[_Item] = []
-            for item in todo:
-                self._produce(item, failed)
-            while self.producer.flush(1.0) > 0:
-                if self.stop.is_set():
-                    log.warning("%s: %s: stopping with deliveries outstanding; offset not committed",
-                                self.name, where)
-                    return False
-            if not failed:
-                return True
-            self.stats.retried += 1
-            log.warning("%s: %s: %d of %d deliveries failed, re-sending in %.1f s", self.name, where,
-                        len(failed), len(todo), delay)
-            if not self._wait(delay, None):
-                return False
-            todo, delay = failed, min(delay * 2, BACKOFF_MAX_S)
-        return True
-
-    def _produce(self, item: _Item, failed: list[_Item]) -> None:
-        topic, key, value, headers = item
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                log.warning("%s: delivery to %s failed: %s", self.name, topic, err)
-                failed.append(item)
-
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-                return
-            except BufferError:  # local queue full: serve delivery reports, then try again
-                self.producer.poll(0.5)
-            except KafkaException as exc:
-                log.warning("%s: produce to %s failed: %s", self.name, topic, exc)
-                failed.append(item)
-                return
-
     def _commit(self, msg: Message, where: str) -> bool:
-        try:
-            self.consumer.commit(message=msg, asynchronous=False)
-            return True
-        except KafkaException as exc:
-            # Rows and events are already written; the message will be redelivered and handled idempotently.
-            log.warning("%s: %s: offset commit failed (%s); message may be redelivered", self.name, where, exc)
-            return False
+        """Commit the offset after ``msg`` synchronously, checking the per-partition result.
+
+        A retriable error is retried (up to :data:`COMMIT_ATTEMPTS` times) while the partition is still
+        ours; otherwise the commit is given up: rows and events are already written, so the message will be
+        redelivered (to this or another member) and handled idempotently. False when not committed.
+        """
+        delay = BACKOFF_INITIAL_S
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            error: KafkaError | None = None
+            try:
+                result = self.consumer.commit(message=msg, asynchronous=False) or []
+                error = next((tp.error for tp in result if tp.error is not None), None)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if error is None:
+                    log.warning("%s: %s: offset commit failed (%s); message will be redelivered", self.name,
+                                where, exc)
+                    return False
+            if error is None:
+                return True
+            lost = (msg.topic(), msg.partition()) not in self.assigned
+            if lost or not error.retriable() or attempt == COMMIT_ATTEMPTS:
+                log.warning("%s: %s: offset commit failed (%s%s); message will be redelivered", self.name,
+                            where, error, ", partition lost" if lost else "")
+                return False
+            log.warning("%s: %s: offset commit failed (%s), retry %d in %.1f s", self.name, where, error,
+                        attempt, delay)
+            if not self._wait(delay, msg):
+                return False
+            delay = min(delay * 2, BACKOFF_MAX_S)
+        return False
 
     def _wait(self, seconds: float, msg: Message | None) -> bool:
         """Back off while keeping the group membership alive. False when stopping or the partition left."""
@@ -358,7 +381,8 @@ def run_service(
     Parameters
     ----------
     settings : Settings
-        Broker, topic prefix and consumer-group prefix; passed on to the handler in the context.
+        Broker, topic prefix, consumer-group prefix and ``max_consecutive_errors``; passed on to the
+        handler in the context.
     name : str
         Service name: consumer group ``f"{settings.consumer_group_prefix}-{name}"``, log lines, DLQ header.
     input_topic : str
@@ -366,7 +390,9 @@ def run_service(
     input_schema : str
         Schema name the input must have, e.g. ``"exposure_ready"``; another one is dead-lettered.
     handler : callable
-        ``handler(session, record, ctx) -> [OutEvent, ...]``; runs inside the open transaction.
+        ``handler(session, record, ctx) -> [OutEvent, ...]``; runs inside the open transaction. It raises
+        the :class:`~seechange.errors.BadInput` family for bad input (dead-lettered) and
+        :class:`InfrastructureError` for "retry later"; anything else counts as unexpected.
     session_factory : sqlalchemy.orm.sessionmaker
         Makes one session per message.
     registry : SchemaRegistry, optional
@@ -397,6 +423,12 @@ def run_service(
     -------
     RunStats
         Counts of this run. The consumer has left its group and the producer is flushed.
+
+    Raises
+    ------
+    TooManyErrors
+        After ``settings.max_consecutive_errors`` unexpected handler failures in a row; the failing
+        message's offset is not committed (the consumer has left its group and the producer is flushed).
     """
     stop = stop_event if stop_event is not None else threading.Event()
     loop = _Loop(settings, name, input_topic, input_schema, handler, session_factory,

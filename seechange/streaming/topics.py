@@ -8,7 +8,8 @@ import time
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from seechange.config import INPUT_TOPICS, TOPICS, Settings
+from seechange.config import Settings
+from seechange.streaming.stages import INPUT_TOPICS, TOPICS
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +27,8 @@ def topic_names(settings: Settings) -> list[str]:
     Returns
     -------
     list of str
-        The five stage topics of :data:`seechange.config.TOPICS`, then ``<topic>.dlq`` for each topic of
-        :data:`seechange.config.INPUT_TOPICS` (nine names with the default layout).
+        The five stage topics of :data:`seechange.streaming.stages.TOPICS`, then ``<topic>.dlq`` for each
+        topic of :data:`seechange.streaming.stages.INPUT_TOPICS` (nine names with the default layout).
     """
     return [settings.topic(name) for name in TOPICS] + [
         dlq_name(settings.topic(name)) for name in INPUT_TOPICS

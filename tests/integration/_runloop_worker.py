@@ -7,7 +7,8 @@ event. Being a test program, it reads its settings from the environment:
 
 - ``SEECHANGE_*``: the usual settings (bootstrap, database URL, topic and consumer-group prefixes);
 - ``WORKER_TABLE``: table-name stem; ``WORKER_KILL_AFTER_DB_COMMIT=1``: SIGKILL itself after the first DB
-  commit (before produce and offset commit); ``WORKER_MAX_MESSAGES``, ``WORKER_IDLE_TIMEOUT``: stop rules.
+  commit (before produce and offset commit); ``WORKER_MAX_MESSAGES``, ``WORKER_IDLE_TIMEOUT``: stop rules;
+  ``WORKER_BUG_FIELD``: raise ``TypeError`` (a bug, not bad input) for records with this ``field``.
 """
 
 from __future__ import annotations
@@ -142,10 +143,13 @@ def main() -> int:
     kill = os.environ.get("WORKER_KILL_AFTER_DB_COMMIT") == "1"
     max_messages = int(os.environ["WORKER_MAX_MESSAGES"]) if "WORKER_MAX_MESSAGES" in os.environ else None
     idle = float(os.environ["WORKER_IDLE_TIMEOUT"]) if "WORKER_IDLE_TIMEOUT" in os.environ else None
+    bug_field = os.environ.get("WORKER_BUG_FIELD")
     engine = create_engine(settings.database_url)
 
     def handler(session: Session, record: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
         exp_id = record["exposure_id"]
+        if record["field"] == bug_field:
+            raise TypeError(f"exposure {exp_id}: unsupported operand type(s) for +: 'int' and 'NoneType'")
         session.execute(text(f"INSERT INTO {table}_attempts (exposure_id, pid, topic_offset) VALUES (:e, :p, :o)"),
                         {"e": exp_id, "p": os.getpid(), "o": ctx.offset})
         session.execute(text(f"INSERT INTO {table}_rows (exposure_id, image_id, field) VALUES (:e, :i, :f)"

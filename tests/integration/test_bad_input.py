@@ -212,7 +212,7 @@ def test_events_naming_unknown_rows_are_dead_lettered(run: Run) -> None:
     }  # fmt: skip
     for input_topic, (schema, record) in records.items():
         value = encode(registry, schema, {**record, **common})
-        error_class = "ValueError" if input_topic in ("image-reduced", "subtraction-done") else "BadMessage"
+        error_class = "MissingRow" if input_topic in ("image-reduced", "subtraction-done") else "BadMessage"
         message = _check_dead_letter(run, input_topic, b"987654", value, error_class, "987654")
         assert "not in the database" in message
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -13,7 +16,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from seechange.config import Settings
+from seechange.config import PROJECT_ROOT, Settings
+from seechange.errors import ImpossibleValue
 from seechange.streaming.framing import decode, encode, epoch_ms
 from seechange.streaming.registry import SchemaRegistry
 from seechange.streaming.runloop import (
@@ -76,8 +80,8 @@ def _committed(settings: Settings, group: str, partition: int) -> int:
         consumer.close()
 
 
-def test_good_events_flow_and_bad_ones_go_to_the_dlq(settings: Settings, registry: SchemaRegistry,
-                                                      db_engine: Engine, table: str) -> None:
+def test_good_events_flow_and_bad_input_goes_to_the_dlq(settings: Settings, registry: SchemaRegistry,
+                                                         db_engine: Engine, table: str) -> None:
     records = [exposure_record(1), exposure_record(2, field="BAD"), exposure_record(3)]
     values = [encode(registry, "exposure_ready", r) for r in records] + [b"garbage"]
     # One key: one partition, so the order is kept and the handler must go on past the failures.
@@ -90,7 +94,7 @@ def test_good_events_flow_and_bad_ones_go_to_the_dlq(settings: Settings, registr
         seen.append(record["exposure_id"])
         assert ctx.topic == settings.topic("exposure-ready") and ctx.key == b"night-1"
         if record["field"] == "BAD":
-            raise ValueError(f"exposure {record['exposure_id']} has an impossible field")
+            raise ImpossibleValue(f"exposure {record['exposure_id']} has an impossible field")
         image_id = 100 + record["exposure_id"]
         session.execute(text(f"INSERT INTO {table}_rows (exposure_id, image_id, field) VALUES (:e, :i, :f)"),
                         {"e": record["exposure_id"], "i": image_id, "f": record["field"]})
@@ -121,7 +125,7 @@ def test_good_events_flow_and_bad_ones_go_to_the_dlq(settings: Settings, registr
     assert len(dlq) == 2 and topic_size(settings, "exposure-ready.dlq") == 2
     by_offset = {int(_headers(m)["origin_offset"]): m for m in dlq}
     assert sorted(by_offset) == [where[1][1], where[3][1]]
-    for index, error_class, text_part in [(1, "ValueError", "exposure 2 has an impossible field"),
+    for index, error_class, text_part in [(1, "ImpossibleValue", "exposure 2 has an impossible field"),
                                           (3, "DecodeError", "wrong magic byte 0x67")]:
         msg = by_offset[where[index][1]]
         headers = _headers(msg)
@@ -136,6 +140,36 @@ def test_good_events_flow_and_bad_ones_go_to_the_dlq(settings: Settings, registr
         assert headers["service"] == "reduce"
         assert headers["failed_at"].endswith("Z")
     assert _committed(settings, f"{settings.consumer_group_prefix}-reduce", partition) == where[3][1] + 1
+
+
+def test_an_unexpected_error_stops_the_service_after_n_and_commits_nothing(
+        settings: Settings, registry: SchemaRegistry, database_url: str, db_engine: Engine,
+        table: str) -> None:
+    """A bug (``TypeError``) is not bad input: never dead-lettered; N failures in a row stop the service."""
+    records = [exposure_record(11), exposure_record(12, field="BUG"), exposure_record(13)]
+    where = produce_values(settings, "exposure-ready",
+                           [("night-2", encode(registry, "exposure_ready", r)) for r in records])
+    partition = where[0][0]
+    assert {p for p, _ in where} == {partition}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEECHANGE_", "WORKER_"))}
+    env.update({"SEECHANGE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "SEECHANGE_DATABASE_URL": database_url,
+                "SEECHANGE_TOPIC_PREFIX": settings.topic_prefix,
+                "SEECHANGE_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
+                "SEECHANGE_MAX_CONSECUTIVE_ERRORS": "2", "WORKER_TABLE": table, "WORKER_BUG_FIELD": "BUG",
+                "WORKER_IDLE_TIMEOUT": "30"})
+    proc = subprocess.run([sys.executable, "-m", "tests.integration._runloop_worker"], cwd=PROJECT_ROOT,
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    assert proc.returncode != 0, proc.stderr
+    assert "TooManyErrors" in proc.stderr and "2 consecutive unexpected errors" in proc.stderr, proc.stderr
+    assert "TypeError" in proc.stderr
+    assert proc.stderr.count("unexpected TypeError") == 2  # tried twice, then stopped
+    # exposure 11 was handled and committed; 12 (the bug) and so 13 were not: both will be redelivered
+    assert _committed(settings, f"{settings.consumer_group_prefix}-worker", partition) == where[1][1]
+    with db_engine.connect() as conn:
+        assert conn.execute(text(f"SELECT exposure_id FROM {table}_rows")).scalars().all() == [11]
+    assert topic_size(settings, "exposure-ready.dlq") == 0
+    assert topic_size(settings, "image-reduced") == 1
 
 
 def test_infrastructure_errors_are_retried_and_nothing_is_dead_lettered(
@@ -274,3 +308,33 @@ def test_database_down_retries_commits_nothing_then_recovers(settings: Settings,
 ])
 def test_error_classification(exc: Exception, infra: bool) -> None:
     assert is_infrastructure_error(exc) is infra
+
+
+def test_a_refused_offset_commit_is_left_to_redelivery(settings: Settings, registry: SchemaRegistry,
+                                                       db_engine: Engine) -> None:
+    """The broker refuses the commit (another member owns the partition): logged, not fatal, not committed."""
+    from seechange.streaming.runloop import _Loop
+
+    where = produce_values(settings, "exposure-ready", [("k", encode(registry, "exposure_ready",
+                                                                     exposure_record(21)))])
+    group = f"{settings.consumer_group_prefix}-owner"
+    owner = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group,
+                      "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    owner.subscribe([settings.topic("exposure-ready")])
+    loop = _Loop(settings, "owner", "exposure-ready", "exposure_ready", lambda *_: [], sessionmaker(db_engine),
+                 registry, threading.Event(), None, 0.5, None)
+    try:
+        msg = None
+        for _ in range(30):  # the owner joins the group and gets the message
+            got = owner.poll(1.0)
+            if got is not None and got.error() is None:
+                msg = got
+                break
+        assert msg is not None, "the owner got no message"
+        assert (msg.partition(), msg.offset()) == where[0]
+        loop.assigned = {(str(msg.topic()), int(msg.partition() or 0))}  # it thinks it owns the partition
+        assert loop._commit(msg, "test") is False  # UNKNOWN_MEMBER_ID: not a member of the group
+    finally:
+        loop.consumer.close()
+        owner.close()
+    assert _committed(settings, group, where[0][0]) < 0
