@@ -20,6 +20,7 @@ __all__ = [
     "ImpossibleValue",
     "MissingFile",
     "MissingRow",
+    "UnusableImage",
     "file_errors_as_bad_input",
     "is_bad_input",
 ]
@@ -47,6 +48,10 @@ class MissingRow(BadInput, ValueError):
 
 class ImpossibleValue(BadInput, ValueError):
     """A value (header card, record field) that cannot be right."""
+
+
+class UnusableImage(BadInput, ValueError):
+    """An image with nothing to work on: every pixel masked, smaller than its PSF, not two-dimensional."""
 
 
 def is_bad_input(exc: BaseException) -> bool:

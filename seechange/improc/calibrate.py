@@ -15,7 +15,7 @@ import numpy as np
 from astropy.io import fits
 from scipy import ndimage
 
-from seechange.errors import ImpossibleValue
+from seechange.errors import ImpossibleValue, UnusableImage
 from seechange.improc.sections import parse_section
 from seechange.improc.types import FLAG_BAD, FLAG_BLEED, FLAG_COSMIC_RAY, FLAG_SATURATED
 
@@ -199,7 +199,7 @@ def overscan_correct_and_trim(
         Geometry, electronics and the measured overscan level and rms per amplifier.
     """
     if raw.ndim != 2:
-        raise ValueError(f"raw must be 2-D, got shape {raw.shape}")
+        raise UnusableImage(f"raw must be 2-D, got shape {raw.shape}")
     amps = amp_layout(header)
     out = np.zeros(_trimmed_shape(amps), dtype=np.float32)
     done = []
@@ -447,7 +447,7 @@ def calibrate(
         if arr.shape != shape:
             raise ValueError(f"{name} has shape {arr.shape}, the trimmed grid is {shape}")
     if exptime < 0:
-        raise ValueError(f"exptime must be >= 0, got {exptime}")
+        raise ImpossibleValue(f"exptime must be >= 0, got {exptime}")
     adu = np.asarray(trimmed_adu, dtype=np.float32)
     gain = np.empty(shape, np.float32)
     rn2 = np.empty(shape, np.float32)

@@ -20,6 +20,7 @@ from astropy.wcs import WCS
 from scipy import fft as sfft
 from scipy import ndimage
 
+from seechange.errors import UnusableImage
 from seechange.improc.types import FLAG_EDGE, ImageData
 from seechange.parameters import StepParameters, default_threads
 from seechange.units import FWHM_PER_SIGMA
@@ -132,7 +133,7 @@ def pad_psf(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if ky % 2 == 0 or kx % 2 == 0:
         raise ValueError(f"PSF stamp must be odd-sized, got {psf.shape}")
     if ky > shape[0] or kx > shape[1]:
-        raise ValueError(f"PSF stamp {psf.shape} larger than image {shape}")
+        raise UnusableImage(f"PSF stamp {psf.shape} larger than image {shape}")
     out = np.zeros(shape, dtype=psf.dtype)
     out[:ky, :kx] = psf / psf.sum()
     return np.roll(out, (-(ky // 2), -(kx // 2)), axis=(0, 1))
@@ -282,7 +283,7 @@ def _prepare(img: ImageData, bad: np.ndarray, dtype: type) -> tuple[np.ndarray, 
     if good_var.size < 10_000:
         good_var = var[~bad]
     if good_var.size == 0:
-        raise ValueError("no valid pixels in image")
+        raise UnusableImage("no valid pixels in image (every pixel flagged or of zero weight)")
     sigma2 = float(np.median(good_var))
     del good_var
     var[bad] = sigma2

@@ -152,3 +152,16 @@ def test_border_does_not_grow_with_the_psf_stamp() -> None:
     assert big.border_px == small.border_px <= int(np.ceil(2.5 * 4.6))
     assert encircled_radius(gaussian_psf(4.0)) == pytest.approx(4.0 / 2.3548 * np.sqrt(2 * np.log(200)), abs=0.7)
     np.testing.assert_allclose(big.score_corr[40:-40, 40:-40], small.score_corr[40:-40, 40:-40], atol=1e-3)
+
+
+def test_image_with_no_valid_pixels_is_bad_input_not_a_crash() -> None:
+    """Data that cannot be subtracted is refused as bad input (dead-lettered), not as a programming error."""
+    from dataclasses import replace
+
+    from seechange.errors import UnusableImage, is_bad_input
+
+    new, ref = _pair(3)
+    masked = replace(new, flags=np.full(new.shape, FLAG_EDGE, np.uint16))
+    with pytest.raises(UnusableImage, match="no valid pixels") as info:
+        zogy(masked, ref)
+    assert is_bad_input(info.value)
