@@ -19,12 +19,12 @@ from pathlib import PurePath
 from typing import Any, ClassVar
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 import seechange
 from seechange.models.provenance import PROVENANCE_ID_LENGTH, Provenance, provenance_upstreams
+from seechange.models.upsert import insert_or_get
 
 __all__ = [
     "StepParameters",
@@ -231,18 +231,14 @@ def get_or_create_provenance(
     pid = provenance_id(process, code_version, params, upstream_ids)
     if upstreams:
         session.flush()  # upstream rows pending in this session must exist before the links
-    session.execute(
-        insert(Provenance)
-        .values(id=pid, process=process, code_version=code_version, parameters=params)
-        .on_conflict_do_nothing(index_elements=["id"])
-    )
+    values = {"id": pid, "process": process, "code_version": code_version, "parameters": params}
+    prov, _ = insert_or_get(session, Provenance, values, conflict=("id",))
     if upstream_ids:
         session.execute(
             insert(provenance_upstreams)
             .values([{"provenance_id": pid, "upstream_id": uid} for uid in upstream_ids])
             .on_conflict_do_nothing()
         )
-    prov = session.scalars(select(Provenance).where(Provenance.id == pid)).one()
     if prov.process != process or prov.code_version != code_version:
         raise RuntimeError(
             f"provenance {pid} exists with process={prov.process!r}, code_version={prov.code_version!r}; "
