@@ -18,7 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from seechange.improc.cutouts import cutout_to_gzipped_fits, read_cutouts_file
+from seechange.imageio import read_cutouts_file
+from seechange.improc.cutouts import cutout_to_gzipped_fits
 from seechange.models import AlertLog, Image, Photometry, Sighting, SubtractionImage
 from seechange.pipeline.products import pixel_scale_arcsec
 from seechange.storage import resolve

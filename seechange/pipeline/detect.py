@@ -14,8 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from seechange.improc.cutouts import write_cutouts
-from seechange.improc.reduction import read_image_pixels
+from seechange.imageio import read_image_pixels, write_cutouts
 from seechange.improc.subtraction import DetectParams, detect_and_measure
 from seechange.improc.types import ImageData
 from seechange.models import Cutouts, Image, Photometry, Provenance, Sighting, SubtractionImage
