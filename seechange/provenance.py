@@ -13,12 +13,12 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 import seechange
 from seechange.models.provenance import PROVENANCE_ID_LENGTH, Provenance, provenance_upstreams
+from seechange.models.upsert import insert_or_get
 from seechange.parameters import StepParameters, canonical_json, normalize_parameters
 
 __all__ = ["get_or_create_provenance", "provenance_id"]
@@ -103,18 +103,14 @@ def get_or_create_provenance(
     pid = provenance_id(process, code_version, params, upstream_ids)
     if upstreams:
         session.flush()  # upstream rows pending in this session must exist before the links
-    session.execute(
-        insert(Provenance)
-        .values(id=pid, process=process, code_version=code_version, parameters=params)
-        .on_conflict_do_nothing(index_elements=["id"])
-    )
+    values = {"id": pid, "process": process, "code_version": code_version, "parameters": params}
+    prov, _ = insert_or_get(session, Provenance, values, conflict=("id",))
     if upstream_ids:
         session.execute(
             insert(provenance_upstreams)
             .values([{"provenance_id": pid, "upstream_id": uid} for uid in upstream_ids])
             .on_conflict_do_nothing()
         )
-    prov = session.scalars(select(Provenance).where(Provenance.id == pid)).one()
     if prov.process != process or prov.code_version != code_version:
         raise RuntimeError(
             f"provenance {pid} exists with process={prov.process!r}, code_version={prov.code_version!r}; "

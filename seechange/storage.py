@@ -1,4 +1,4 @@
-"""Files under the data root: confined path resolution, atomic writes, checksums.
+"""Files under the data root: confined path resolution and checksums (atomic writes: `seechange.imageio`).
 
 Every path in a database row or an event is relative to the data root; :func:`resolve` refuses anything that
 would land outside it (``..``, absolute paths elsewhere, symlinks pointing out).
@@ -6,15 +6,9 @@ would land outside it (``..``, absolute paths elsewhere, symlinks pointing out).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import numpy as np
-from astropy.io import fits
 
 from seechange.errors import BadInput
 
@@ -23,8 +17,6 @@ __all__ = [
     "md5sum",
     "relative",
     "resolve",
-    "write_bytes_atomic",
-    "write_fits_atomic",
 ]
 
 _CHUNK = 1 << 20
@@ -103,83 +95,6 @@ def relative(data_root: Path, path: str | Path) -> str:
         if lexical.is_relative_to(base) and lexical != base:
             return lexical.relative_to(base).as_posix()
     return resolved.relative_to(root).as_posix()
-
-
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable; not possible on every filesystem
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same directory, then ``os.replace``).
-
-    Parameters
-    ----------
-    path : Path
-        Destination (parent directories are created).
-    data : bytes
-        Content.
-    """
-    with _atomic_target(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_fits_atomic(
-    path: Path,
-    hdul_or_array: fits.HDUList | fits.PrimaryHDU | fits.ImageHDU | fits.BinTableHDU | np.ndarray,
-    header: fits.Header | None = None,
-) -> None:
-    """Write a FITS file atomically: readers see the old file or the complete new one, never a partial one.
-
-    Parameters
-    ----------
-    path : Path
-        Destination (parent directories are created; an existing file is replaced).
-    hdul_or_array : HDUList, HDU or ndarray
-        What to write. An array becomes the primary HDU (astropy writes it big-endian as FITS requires);
-        a lone extension HDU gets an empty primary HDU in front.
-    header : astropy.io.fits.Header or None
-        Header of the primary HDU; only with an array.
-
-    Raises
-    ------
-    ValueError
-        If ``header`` is given together with an HDU or HDUList.
-    """
-    if isinstance(hdul_or_array, np.ndarray):
-        hdul = fits.HDUList([fits.PrimaryHDU(data=hdul_or_array, header=header)])
-    else:
-        if header is not None:
-            raise ValueError("header is only accepted together with an array; put it in the HDU instead")
-        if isinstance(hdul_or_array, fits.HDUList):
-            hdul = hdul_or_array
-        elif isinstance(hdul_or_array, fits.PrimaryHDU):
-            hdul = fits.HDUList([hdul_or_array])
-        else:
-            hdul = fits.HDUList([fits.PrimaryHDU(), hdul_or_array])
-    with _atomic_target(path) as tmp:
-        hdul.writeto(tmp, overwrite=True, output_verify="exception")
 
 
 def md5sum(path: Path) -> str:

@@ -1,15 +1,13 @@
-"""Postage stamps around sightings: in memory, in one multi-HDU FITS per subtraction, gzipped for alerts."""
+"""Postage stamps around sightings: in memory, as the bytes of one multi-HDU FITS per subtraction, gzipped for
+alerts. Writing and reading the cutouts file is `seechange.imageio`'s."""
 
 from __future__ import annotations
 
 import functools
 import gzip
 import io
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
@@ -18,8 +16,7 @@ from astropy.wcs import WCS
 
 from seechange.improc.types import ImageData
 
-__all__ = ["cutout_to_gzipped_fits", "make_cutouts", "read_cutout", "read_cutouts_file", "write_cutouts",
-           "write_cutouts_file"]
+__all__ = ["cutout_to_gzipped_fits", "cutouts_bytes", "make_cutouts", "stamps_bytes"]
 
 
 def _header_template(wcs: WCS) -> fits.Header:
@@ -86,15 +83,18 @@ def make_cutouts(
     return out
 
 
-def write_cutouts_file(path: Path | str, stamps_by_sighting: Mapping[int, dict]) -> None:
-    """Write one multi-HDU FITS: HDUs ``SIG{idx}_NEW``, ``SIG{idx}_REF``, ``SIG{idx}_DIFF`` per sighting.
+def stamps_bytes(stamps_by_sighting: Mapping[int, dict]) -> list[bytes]:
+    """A multi-HDU FITS as bytes: HDUs ``SIG{idx}_NEW``, ``SIG{idx}_REF``, ``SIG{idx}_DIFF`` per sighting.
 
     Parameters
     ----------
-    path : Path or str
-        Output file (replaced atomically).
     stamps_by_sighting : mapping of int to dict
         Sighting id -> a dict as returned by :func:`make_cutouts`.
+
+    Returns
+    -------
+    list of bytes
+        The file's content (`seechange.imageio.write_cutouts_file` writes it).
 
     Notes
     -----
@@ -109,28 +109,31 @@ def write_cutouts_file(path: Path | str, stamps_by_sighting: Mapping[int, dict])
             data, hdr = st[key]
             cards = [c.image for c in hdr.cards if c.keyword not in _STRUCTURAL]
             chunks.append(_hdu_bytes(np.asarray(data, dtype=np.float32), cards, f"SIG{idx}_{key.upper()}"))
-    _write_atomic(Path(path), chunks)
+    return chunks
 
 
-def write_cutouts(path: Path | str, new: ImageData, ref: ImageData, diff: np.ndarray,
+def cutouts_bytes(new: ImageData, ref: ImageData, diff: np.ndarray,
                   positions: Sequence[tuple[int, tuple[float, float]]], *, size: int = 51,
-                  diff_wcs: WCS | None = None) -> None:
-    """:func:`make_cutouts` and :func:`write_cutouts_file` in one pass, without a Header object per stamp.
+                  diff_wcs: WCS | None = None) -> list[bytes]:
+    """:func:`make_cutouts` and :func:`stamps_bytes` in one pass, without a Header object per stamp.
 
     Parameters
     ----------
-    path : Path or str
-        Output file (replaced atomically).
     new, ref, diff, size, diff_wcs
         As for :func:`make_cutouts`.
     positions : sequence of (int, (x, y))
         Sighting id and 0-based pixel position of each stamp.
 
+    Returns
+    -------
+    list of bytes
+        The cutouts file's content (`seechange.imageio.write_cutouts` writes it).
+
     Notes
     -----
-    The file holds the same HDUs, data and header values as ``write_cutouts_file(path, {id: stamps})`` with
-    the stamps of :func:`make_cutouts`: only CRPIX1/2, XCEN and YCEN differ between stamps, so the other
-    cards are formatted once per image (about 0.1 s instead of 2 s for 250 sightings on a full CCD).
+    The file holds the same HDUs, data and header values as ``stamps_bytes({id: stamps})`` with the stamps
+    of :func:`make_cutouts`: only CRPIX1/2, XCEN and YCEN differ between stamps, so the other cards are
+    formatted once per image (about 0.1 s instead of 2 s for 250 sightings on a full CCD).
     """
     if size < 1 or size % 2 == 0:
         raise ValueError("size must be a positive odd integer")
@@ -145,7 +148,7 @@ def write_cutouts(path: Path | str, new: ImageData, ref: ImageData, diff: np.nda
         x0, y0 = int(np.ceil(x - size / 2.0)), int(np.ceil(y - size / 2.0))
         for name, image, tmpl in sources:
             chunks.append(_hdu_bytes(_cut(image, x0, y0, size), tmpl.cards(x0, y0, x, y), f"SIG{idx}_{name}"))
-    _write_atomic(Path(path), chunks)
+    return chunks
 
 
 _STRUCTURAL = frozenset({"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
@@ -203,37 +206,6 @@ def _cut(data: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
     ys, ye, xs, xe = max(y0, 0), min(y0 + size, ny), max(x0, 0), min(x0 + size, nx)
     if ys < ye and xs < xe:
         out[ys - y0 : ye - y0, xs - x0 : xe - x0] = data[ys:ye, xs:xe]
-    return out
-
-
-def _write_atomic(path: Path, chunks: list[bytes]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.writelines(chunks)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_cutout(path: Path | str, hdu_name: str) -> tuple[np.ndarray, fits.Header]:
-    """Read one stamp (native float32) and its header by HDU name."""
-    with fits.open(path) as hdul:
-        h = hdul[hdu_name]
-        return np.asarray(h.data, dtype=np.float32), h.header.copy()
-
-
-def read_cutouts_file(path: Path | str) -> dict[str, tuple[np.ndarray, fits.Header]]:
-    """Every stamp of a cutouts file in one pass: HDU name -> (native float32 data, header).
-
-    Opening the file once per stamp (``read_cutout``) walks the headers up to the named HDU each time, so
-    building the alerts of n sightings cost O(n^2); this reads the file once.
-    """
-    out: dict[str, tuple[np.ndarray, fits.Header]] = {}
-    with fits.open(path, memmap=False) as hdul:
-        for h in hdul[1:]:
-            out[h.name] = (np.asarray(h.data, dtype=np.float32), h.header)
     return out
 
 

@@ -15,11 +15,12 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from seechange.imageio import header_wcs, read_ccd
 from seechange.improc.astrometry import find_offset, match_xy
 from seechange.improc.background import measure_background
 from seechange.improc.extract import extract_sources, noise_from_weight
 from seechange.improc.psf import aperture_fraction, build_psf, noise_equivalent_area
-from seechange.improc.reduction import ReduceParams, header_wcs
+from seechange.improc.reduction import ReduceParams
 from seechange.improc.types import FLAG_BAD, FLAG_EDGE, FLAG_SATURATED, ImageData
 from seechange.improc.zeropoint import aperture_flux, fit_zeropoint, limiting_magnitude
 
@@ -28,20 +29,6 @@ __all__ = ["load_prereduced"]
 log = logging.getLogger(__name__)
 
 _ZP_CARDS = ("MAGZERO", "MAGZPT", "ZP")
-
-
-def _first_image_hdu(path: Path) -> tuple[np.ndarray, fits.Header]:
-    with fits.open(path, memmap=False) as hdul:
-        for hdu in hdul:
-            if hdu.data is not None and getattr(hdu.data, "ndim", 0) == 2:
-                header = hdu.header.copy()
-                if hdu is not hdul[0]:  # inherit primary cards not in the extension (CP files)
-                    for card in hdul[0].header.cards:
-                        if card.keyword and card.keyword not in header and card.keyword not in (
-                                "SIMPLE", "EXTEND", "NAXIS", "BITPIX", "COMMENT", "HISTORY"):
-                            header[card.keyword] = card.value
-                return np.asarray(hdu.data, dtype=np.float32), header
-    raise ValueError(f"{path}: no 2-D image HDU")
 
 
 def _gain(header: fits.Header) -> float:
@@ -95,7 +82,8 @@ def load_prereduced(
         zero point for electrons (NaN with a warning when unknown), FWHM (pixels), background level and
         rms (electrons), ``astrom_rms_arcsec`` of the header WCS against the refcat (NaN without one).
     """
-    data, header = _first_image_hdu(Path(image_path))
+    ccd = read_ccd(Path(image_path))
+    data, header = ccd.data, ccd.header
     g = float(gain) if gain is not None else _gain(header)
     flags = np.zeros(data.shape, np.uint16)
     flags[~np.isfinite(data)] |= FLAG_EDGE
@@ -103,14 +91,14 @@ def load_prereduced(
     if sat is not None:
         flags[np.nan_to_num(data, nan=-np.inf) >= float(sat)] |= FLAG_SATURATED
     if mask_path is not None:
-        m, _ = _first_image_hdu(Path(mask_path))
+        m = read_ccd(Path(mask_path)).data
         flags[m != 0] |= FLAG_BAD
     electrons = np.where(np.isfinite(data), data, 0).astype(np.float32) * np.float32(g)
     bkg = measure_background(electrons, flags=flags, mesh=min(params.bkg_mesh, max(16, min(data.shape) // 4)),
                              filter_size=params.bkg_filter)
     image = (electrons - bkg.map).astype(np.float32)
     if weight_path is not None:
-        w_in, _ = _first_image_hdu(Path(weight_path))
+        w_in = read_ccd(Path(weight_path)).data
         weight = np.where(np.isfinite(w_in) & (w_in > 0), w_in, 0).astype(np.float32) / np.float32(g * g)
         flags[weight <= 0] |= FLAG_EDGE
     else:

@@ -19,7 +19,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from seechange.errors import MissingRow
-from seechange.improc.cutouts import cutout_to_gzipped_fits, read_cutouts_file
+from seechange.imageio import read_cutouts_file
+from seechange.improc.cutouts import cutout_to_gzipped_fits
 from seechange.models import AlertLog, Image, Photometry, Sighting, SubtractionImage
 from seechange.pipeline.products import pixel_scale_arcsec
 from seechange.storage import resolve

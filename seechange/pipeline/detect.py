@@ -15,9 +15,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from seechange.errors import MissingRow
-from seechange.improc.cutouts import write_cutouts
+from seechange.imageio import read_image_pixels, write_cutouts
 from seechange.improc.detection import DetectParams, detect_and_measure
-from seechange.improc.reduction import read_image_pixels
 from seechange.improc.types import ImageData
 from seechange.models import Cutouts, Image, Photometry, Provenance, Sighting, SubtractionImage
 from seechange.pipeline.association import associate

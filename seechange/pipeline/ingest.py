@@ -15,12 +15,12 @@ import numpy as np
 from astropy.coordinates import Angle
 from astropy.io import fits
 from astropy.wcs import WCS
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from seechange.errors import BadInput
+from seechange.imageio import ImageReadError, read_ccd
 from seechange.models import Exposure, Provenance
+from seechange.models.upsert import insert_or_get
 from seechange.provenance import get_or_create_provenance
 from seechange.spatial import healpix_index
 from seechange.storage import md5sum, relative, resolve
@@ -89,17 +89,10 @@ def read_raw_info(path: Path) -> RawInfo:
         Unreadable or non-FITS file, no image data, or a missing required header card.
     """
     try:
-        with fits.open(path, memmap=False) as hdul:
-            hdu = next((h for h in hdul if h.data is not None and getattr(h.data, "ndim", 0) == 2), None)
-            if hdu is None:
-                raise IngestError(f"{path.name}: no 2-D image HDU")
-            header = hdul[0].header.copy()
-            header.update(hdu.header)
-            shape = hdu.data.shape
-    except IngestError:
-        raise
-    except (OSError, ValueError, TypeError) as exc:
-        raise IngestError(f"{path.name}: not a readable FITS file: {exc}") from exc
+        ccd = read_ccd(path)
+    except (ImageReadError, OSError) as exc:
+        raise IngestError(str(exc)) from exc
+    header, shape = ccd.header, ccd.data.shape
     missing = [k for k in REQUIRED_RAW_KEYS if k not in header]
     if missing:
         raise IngestError(f"{path.name}: missing header card(s) {', '.join(missing)}")
@@ -136,8 +129,26 @@ def ingest_provenance(session: Session) -> Provenance:
     return get_or_create_provenance(session, "ingest", {}, [])
 
 
-def register_exposure(session: Session, data_root: Path, path: str | Path) -> tuple[Exposure, bool]:
-    """Register one raw CCD file as an :class:`Exposure` row (idempotent).
+def input_file(data_root: Path, path: str | Path) -> Path:
+    """The absolute path of an input file, which must exist inside the data root.
+
+    Raises
+    ------
+    IngestError
+        The path is outside the data root, or no file is there.
+    """
+    try:
+        full = resolve(data_root, path)
+    except ValueError as exc:
+        raise IngestError(str(exc)) from exc
+    if not full.is_file():
+        raise IngestError(f"{path}: no such file under the data root")
+    return full
+
+
+def register_exposure(session: Session, data_root: Path, path: str | Path, *,
+                      info: RawInfo | None = None) -> tuple[Exposure, bool]:
+    """Register one CCD file as an :class:`Exposure` row (idempotent).
 
     Parameters
     ----------
@@ -146,39 +157,40 @@ def register_exposure(session: Session, data_root: Path, path: str | Path) -> tu
     data_root : Path
         Data root; the file must lie inside it.
     path : str or Path
-        The raw file, absolute or relative to the data root.
+        The file, absolute or relative to the data root.
+    info : RawInfo, optional
+        What the row needs, when the caller has read it already (e.g. from a reduced image's header);
+        default: `read_raw_info` of the file.
 
     Returns
     -------
     (Exposure, bool)
         The row and whether it was created now (False: it was already registered).
+
+    Raises
+    ------
+    IngestError
+        The file is outside the data root, missing or unreadable, or its exposure key is already registered
+        from a different file.
     """
-    try:
-        full = resolve(data_root, path)
-    except ValueError as exc:
-        raise IngestError(str(exc)) from exc
-    if not full.is_file():
-        raise IngestError(f"{path}: no such file under the data root")
-    info = read_raw_info(full)
+    full = input_file(data_root, path)
+    if info is None:
+        info = read_raw_info(full)
     prov = ingest_provenance(session)
-    values: dict[str, Any] = dict(
-        instrument=info.instrument, origin_id=info.origin_id, section_id=info.section_id,
-        filepath=relative(data_root, full), md5=md5sum(full), mjd=info.mjd, exp_time=info.exp_time,
-        filter=info.filter, band=info.band, ra=info.ra, dec=info.dec, field=info.field,
-        airmass=info.airmass, gain=info.gain, read_noise=info.read_noise,
-        ingested_at=datetime.now(UTC), healpix=healpix_index(info.ra, info.dec), provenance_id=prov.id,
-    )
-    stmt = (insert(Exposure).values(**values)
-            .on_conflict_do_nothing(index_elements=["instrument", "origin_id", "section_id"])
-            .returning(Exposure.id))
-    new_id = session.execute(stmt).scalar_one_or_none()
-    exposure = session.scalars(select(Exposure).where(
-        Exposure.instrument == info.instrument, Exposure.origin_id == info.origin_id,
-        Exposure.section_id == info.section_id)).one()
-    if new_id is None and exposure.md5 != values["md5"]:
+    values: dict[str, Any] = {
+        "instrument": info.instrument, "origin_id": info.origin_id, "section_id": info.section_id,
+        "filepath": relative(data_root, full), "md5": md5sum(full), "mjd": info.mjd,
+        "exp_time": info.exp_time, "filter": info.filter, "band": info.band, "ra": info.ra, "dec": info.dec,
+        "field": info.field, "airmass": info.airmass, "gain": info.gain, "read_noise": info.read_noise,
+        "ingested_at": datetime.now(UTC), "healpix": healpix_index(info.ra, info.dec),
+        "provenance_id": prov.id,
+    }
+    exposure, created = insert_or_get(session, Exposure, values,
+                                      conflict=("instrument", "origin_id", "section_id"))
+    if not created and exposure.md5 != values["md5"]:
         raise IngestError(f"{path}: exposure {info.instrument}/{info.origin_id}/{info.section_id} is already "
                           f"registered from a different file ({exposure.filepath})")
-    return exposure, new_id is not None
+    return exposure, created
 
 
 def epoch_ms(when: datetime) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,24 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS, FITSFixedWarning
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from seechange.imageio import ImageReadError, read_ccd, write_image_data
 from seechange.improc.prereduced import load_prereduced
-from seechange.improc.reduction import ReduceParams, write_image_data
+from seechange.improc.reduction import ReduceParams
 from seechange.models import Exposure, Image, Provenance
-from seechange.pipeline.ingest import IngestError, RawInfo, band_of, ingest_provenance
+from seechange.models.upsert import insert_or_get
+from seechange.pipeline.ingest import (
+    IngestError,
+    RawInfo,
+    band_of,
+    ingest_provenance,
+    input_file,
+    register_exposure,
+)
 from seechange.pipeline.products import image_columns, product_stem
 from seechange.provenance import get_or_create_provenance
-from seechange.spatial import healpix_index
-from seechange.storage import md5sum, relative, resolve
+from seechange.storage import relative, resolve
 
 __all__ = [
     "CP_NAME_CODES",
@@ -125,22 +131,11 @@ def _instrument(header: fits.Header, name: str) -> str:
 def _read_header(full: Path) -> tuple[fits.Header, tuple[int, int]]:
     """Header of the single 2-D image HDU (primary cards inherited), and its shape (ny, nx)."""
     try:
-        with fits.open(full, memmap=False) as hdul:
-            hdus = [h for h in hdul if h.data is not None and getattr(h.data, "ndim", 0) == 2]
-            others = [h for h in hdul if h.data is not None and getattr(h.data, "ndim", 0) not in (0, 2)]
-            if not hdus:
-                raise IngestError(f"{full.name}: no 2-D image HDU"
-                                  + (f" (data has {others[0].data.ndim} dimensions)" if others else ""))
-            if len(hdus) > 1:
-                raise IngestError(f"{full.name}: {len(hdus)} image HDUs; give one CCD per file")
-            header = hdul[0].header.copy()
-            header.update(hdus[0].header)
-            shape = tuple(int(n) for n in hdus[0].data.shape)
-    except IngestError:
-        raise
-    except (OSError, ValueError, TypeError, IndexError) as exc:
-        raise IngestError(f"{full.name}: not a readable FITS file: {' '.join(str(exc).split())}") from exc
-    return header, (shape[0], shape[1])
+        ccd = read_ccd(full, unique=True)
+    except (ImageReadError, OSError) as exc:
+        raise IngestError(str(exc)) from exc
+    ny, nx = ccd.data.shape
+    return ccd.header, (int(ny), int(nx))
 
 
 def read_reduced_info(full: Path) -> ReducedHeaderInfo:
@@ -209,20 +204,10 @@ def _companion(data_root: Path, path: str | Path | None, kind: str, shape: tuple
     """Resolve and check a weight or mask file (inside the root, one 2-D HDU of the image's shape)."""
     if path is None:
         return None
-    full = _inside(data_root, path)
+    full = input_file(data_root, path)
     _, other = _read_header(full)
     if other != shape:
         raise IngestError(f"{full.name}: {kind} shape {other} differs from the image's {shape}")
-    return full
-
-
-def _inside(data_root: Path, path: str | Path) -> Path:
-    try:
-        full = resolve(data_root, path)
-    except ValueError as exc:
-        raise IngestError(str(exc)) from exc
-    if not full.is_file():
-        raise IngestError(f"{path}: no such file under the data root")
     return full
 
 
@@ -280,11 +265,11 @@ def register_reduced_image(
         A file outside the data root, missing, not FITS, not 2-D, without WCS or required header cards;
         or the exposure key already registered from a different file. The message is one line.
     """
-    full = _inside(data_root, image_path)
+    full = input_file(data_root, image_path)
     info = read_reduced_info(full)
     weight = _companion(data_root, weight_path, "weight", info.shape)
     mask = _companion(data_root, mask_path, "mask", info.shape)
-    exposure = _register_exposure(session, data_root, full, info)
+    exposure, _ = register_exposure(session, data_root, image_path, info=info)
     prov = reduced_provenance(session, params)
     existing = session.scalars(select(Image).where(Image.exposure_id == exposure.id,
                                                    Image.provenance_id == prov.id)).one_or_none()
@@ -307,33 +292,8 @@ def register_reduced_image(
                  source_weight=relative(data_root, weight) if weight else None,
                  source_mask=relative(data_root, mask) if mask else None)
     values.update(exposure_id=exposure.id, extra=extra, is_good=bool(np.isfinite(data.fwhm_px)))
-    new_id = session.execute(insert(Image).values(**values)
-                             .on_conflict_do_nothing(index_elements=["exposure_id", "provenance_id"])
-                             .returning(Image.id)).scalar_one_or_none()
-    image = session.scalars(select(Image).where(Image.exposure_id == exposure.id,
-                                                Image.provenance_id == prov.id)).one()
+    image, created = insert_or_get(session, Image, values, conflict=("exposure_id", "provenance_id"))
     log.info("ingest-reduced: %s -> exposure %d, image %d (fwhm %.2f\", zp %s from %s)", exposure.filepath,
              exposure.id, image.id, image.fwhm_arcsec or float("nan"),
              f"{image.zero_point:.3f}" if image.zero_point is not None else "none", extra.get("zp_source"))
-    return exposure, image, new_id is not None
-
-
-def _register_exposure(session: Session, data_root: Path, full: Path, info: ReducedHeaderInfo) -> Exposure:
-    """Insert the Exposure row unless its (instrument, origin id, section) exists; return the row."""
-    prov = ingest_provenance(session)
-    md5 = md5sum(full)
-    row = insert(Exposure).values(
-        instrument=info.instrument, origin_id=info.origin_id, section_id=info.section_id,
-        filepath=relative(data_root, full), md5=md5, mjd=info.mjd, exp_time=info.exp_time, filter=info.filter,
-        band=info.band, ra=info.ra, dec=info.dec, field=info.field, airmass=info.airmass, gain=info.gain,
-        read_noise=info.read_noise, ingested_at=datetime.now(UTC), healpix=healpix_index(info.ra, info.dec),
-        provenance_id=prov.id,
-    )
-    session.execute(row.on_conflict_do_nothing(index_elements=["instrument", "origin_id", "section_id"]))
-    exposure = session.scalars(select(Exposure).where(
-        Exposure.instrument == info.instrument, Exposure.origin_id == info.origin_id,
-        Exposure.section_id == info.section_id)).one()
-    if exposure.md5 != md5:
-        raise IngestError(f"{full.name}: exposure {info.instrument}/{info.origin_id}/{info.section_id} is already "
-                          f"registered from a different file ({exposure.filepath})")
-    return exposure
+    return exposure, image, created

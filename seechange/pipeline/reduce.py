@@ -7,15 +7,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from astropy.io import fits
 from astropy.table import Table
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from seechange.errors import BadInput
-from seechange.improc.reduction import ReduceParams, reduce_exposure, write_image_data
+from seechange.imageio import ImageReadError, read_ccd, write_image_data
+from seechange.improc.reduction import ReduceParams, reduce_exposure
 from seechange.models import Exposure, Image, Provenance
+from seechange.models.upsert import insert_or_get
 from seechange.pipeline.products import image_columns, product_stem
 from seechange.provenance import get_or_create_provenance
 from seechange.storage import resolve
@@ -86,13 +86,10 @@ def reduce_exposure_row(session: Session, resources: ReduceResources, exposure_i
         return existing, False
     raw_path = resolve(resources.data_root, exposure.filepath)
     try:
-        with fits.open(raw_path, memmap=False) as hdul:
-            hdu = next(h for h in hdul if h.data is not None and h.data.ndim == 2)
-            raw = hdu.data
-            header = hdul[0].header.copy()
-            header.update(hdu.header)
-    except (OSError, ValueError, StopIteration, TypeError) as exc:
+        ccd = read_ccd(raw_path)
+    except (ImageReadError, OSError) as exc:
         raise ReduceInputError(f"raw file {exposure.filepath} unreadable: {exc}") from exc
+    raw, header = ccd.data, ccd.header
     calib = resources.calibration(exposure.instrument, exposure.section_id)
     refcat = resources.refcat(exposure.ra, exposure.dec)
     t0 = time.perf_counter()
@@ -104,15 +101,11 @@ def reduce_exposure_row(session: Session, resources: ReduceResources, exposure_i
     values["exposure_id"] = exposure.id
     values["extra"] = {k: v for k, v in (data.meta or {}).items() if isinstance(v, (int, float, str, dict))}
     values["is_good"] = bool(data.meta.get("is_good", True)) if data.meta else True
-    new_id = session.execute(insert(Image).values(**values)
-                             .on_conflict_do_nothing(index_elements=["exposure_id", "provenance_id"])
-                             .returning(Image.id)).scalar_one_or_none()
-    image = session.scalars(select(Image).where(Image.exposure_id == exposure.id,
-                                                Image.provenance_id == prov.id)).one()
+    image, created = insert_or_get(session, Image, values, conflict=("exposure_id", "provenance_id"))
     log.info("reduced exposure %d -> image %d in %.2f s (fwhm %.2f\", zp %.3f, astrom rms %.3f\")",
              exposure.id, image.id, time.perf_counter() - t0, image.fwhm_arcsec or float("nan"),
              image.zero_point or float("nan"), image.astrom_rms_arcsec or float("nan"))
-    return image, new_id is not None
+    return image, created
 
 
 def image_event(image: Image, *, produced_at_ms: int, ingested_at_ms: int) -> dict[str, object]:

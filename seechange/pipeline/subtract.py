@@ -27,16 +27,17 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from seechange.errors import MissingRow
+from seechange.imageio import read_ccd, read_image_data, write_fits_atomic, write_image_data
 from seechange.improc.coadd import coadd
-from seechange.improc.reduction import read_image_data
 from seechange.improc.subtraction import SubtractParams, subtract
 from seechange.improc.types import ImageData
 from seechange.improc.zogy import ZogyResult
 from seechange.models import CoaddImage, Image, Provenance, SubtractionImage, coadd_members
+from seechange.models.upsert import insert_or_get
 from seechange.parameters import StepParameters, default_threads
 from seechange.pipeline.products import image_columns, product_stem
 from seechange.provenance import get_or_create_provenance
-from seechange.storage import resolve, write_fits_atomic
+from seechange.storage import resolve
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,6 @@ def _note(image: Image, why: str) -> None:
 
 def write_image_data_any(data_root: Path, stem: str, data: ImageData) -> None:
     """Write an ImageData's four files under the data root."""
-    from seechange.improc.reduction import write_image_data
-
     write_image_data(resolve(data_root, stem), data, {})
 
 
@@ -213,8 +212,8 @@ def read_zogy(data_root: Path, stem: str, *, threads: int | None = None) -> tupl
     base = resolve(data_root, stem)
 
     def primary(suffix: str, dtype: type) -> tuple[np.ndarray, fits.Header]:
-        with fits.open(f"{base}.{suffix}.fits", memmap=False) as h:
-            return np.asarray(h[0].data, dtype=dtype), h[0].header
+        ccd = read_ccd(f"{base}.{suffix}.fits", 0, dtype=dtype)
+        return ccd.data, ccd.header
 
     def score_file() -> tuple[np.ndarray, np.ndarray]:
         with fits.open(f"{base}.score.fits", memmap=False) as h:
@@ -280,9 +279,8 @@ def subtract_image_row(session: Session, data_root: Path, image_id: int, *, ref_
                   extra={"renorm_factor": float(result.renorm_factor), "f_d": float(result.f_d),
                          "noise_corr_new": float(result.noise_corr_new),
                          "noise_corr_ref": float(result.noise_corr_ref)})
-    session.execute(insert(SubtractionImage).values(**values).on_conflict_do_nothing(
-        index_elements=["new_image_id", "reference_id", "provenance_id"]))
-    sub = session.scalars(found).one()
+    sub, _ = insert_or_get(session, SubtractionImage, values,
+                           conflict=("new_image_id", "reference_id", "provenance_id"))
     log.info("subtracted image %d - coadd %d -> subtraction %d in %.2f s (S_corr std %.3f, renorm %.3f)",
              image.id, reference.id, sub.id, time.perf_counter() - t0, result.score_std, result.renorm_factor)
     return sub

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from seechange.imageio import write_fits_atomic
 from seechange.sim import seeds
 from seechange.sim.instrument import INSTRUMENT, detpos
 
@@ -154,8 +155,6 @@ def write_calibration(data_dir: Path, ccdnum: int, frames: CalibrationFrames) ->
         hdr["DETPOS"] = detpos(ccdnum)
         hdr["BUNIT"] = unit
         hdr["COMMENT"] = f"Simulated {what}, trimmed grid."
-        tmp = path.with_suffix(".fits.tmp")
-        fits.PrimaryHDU(data=data, header=hdr).writeto(tmp, overwrite=True)
-        tmp.replace(path)
+        write_fits_atomic(path, data, hdr)
         written.append(path)
     return written

@@ -12,6 +12,7 @@ from typing import Any
 from astropy.io import fits
 from astropy.time import Time
 
+from seechange.imageio import write_fits_atomic
 from seechange.sim import seeds
 from seechange.sim.calib import CalibrationFrames, make_calibration, write_calibration
 from seechange.sim.catalog import FieldCatalog, make_field_catalog, reference_catalog, write_reference_catalog
@@ -209,11 +210,7 @@ def simulate_night(data_dir: Path, *, seed: int = 42, n_fields: int = 2, n_epoch
     total = len(plan.specs)
     for i, rec in enumerate(plan.summary.exposures):
         hdu, truth = render_planned(plan, i)
-        path = data_dir / rec.raw_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        hdu.writeto(tmp, overwrite=True)
-        tmp.replace(path)
+        write_fits_atomic(data_dir / rec.raw_path, hdu)
         write_truth(data_dir, truth)
         log.info("wrote %s (%d of %d)", rec.raw_path, i + 1, total)
         if progress is not None:

@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 from producers.ingest import Ingestor
 from seechange.cli import main
 from seechange.config import Settings
-from seechange.improc.reduction import ReduceParams, read_image_data
+from seechange.imageio import read_image_data
+from seechange.improc.reduction import ReduceParams
 from seechange.improc.types import FLAG_BAD
 from seechange.models import Exposure, Image
 from seechange.models.migrate import make_session_factory

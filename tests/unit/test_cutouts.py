@@ -10,7 +10,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from seechange.improc.cutouts import cutout_to_gzipped_fits, make_cutouts, read_cutout, write_cutouts_file
+from seechange.imageio import read_cutout, write_cutouts_file
+from seechange.improc.cutouts import cutout_to_gzipped_fits, make_cutouts
 from tests.unit.test_zogy import make_image
 
 
@@ -72,7 +73,7 @@ def test_stamps_match_cutout2d_including_sip_and_edges() -> None:
 
 
 def test_read_cutouts_file_reads_every_stamp(tmp_path: Path) -> None:
-    from seechange.improc.cutouts import read_cutouts_file
+    from seechange.imageio import read_cutouts_file
 
     rng = np.random.default_rng(1)
     new, ref = make_image(rng), make_image(rng)
@@ -87,7 +88,7 @@ def test_read_cutouts_file_reads_every_stamp(tmp_path: Path) -> None:
 
 
 def test_write_cutouts_equals_make_cutouts_plus_astropy_writer(tmp_path: Path) -> None:
-    from seechange.improc.cutouts import read_cutouts_file, write_cutouts
+    from seechange.imageio import read_cutouts_file, write_cutouts
 
     rng = np.random.default_rng(5)
     new, ref = make_image(rng), make_image(rng)

@@ -7,8 +7,9 @@ from astropy.stats import mad_std
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from seechange.imageio import read_image_data, write_image_data
 from seechange.improc.calibrate import CalibFrames
-from seechange.improc.reduction import ReduceParams, read_image_data, reduce_exposure, write_image_data
+from seechange.improc.reduction import ReduceParams, reduce_exposure
 from seechange.improc.types import ImageData
 
 SCALE = 0.263 / 3600.0
@@ -139,9 +140,9 @@ def test_reduce_simulated_ccd_against_truth(tmp_path_factory):
     import astropy.units as u
     from astropy.coordinates import SkyCoord
 
+    from seechange.imageio import header_wcs
     from seechange.improc.astrometry import load_refcat
     from seechange.improc.calibrate import load_calibration
-    from seechange.improc.reduction import header_wcs
 
     root = tmp_path_factory.mktemp("night")
     size = (512, 1024)

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from seechange.imageio import write_bytes_atomic, write_fits_atomic
 from seechange.storage import (
     PathOutsideDataRoot,
     md5sum,
     relative,
     resolve,
-    write_bytes_atomic,
-    write_fits_atomic,
 )
 
 
