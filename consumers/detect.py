@@ -12,9 +12,9 @@ from seechange.errors import file_errors_as_bad_input
 from seechange.improc.detection import DetectParams
 from seechange.pipeline.detect import detect_on_subtraction, sighting_event
 from seechange.pipeline.parameters import load_parameters
-from seechange.streaming.framing import epoch_ms, now_ms
 from seechange.streaming.runloop import Handler, MessageContext, OutEvent
 from seechange.streaming.stages import get_stage
+from seechange.timestamps import epoch_ms, now_ms
 
 STAGE = get_stage("detect")
 

@@ -12,9 +12,9 @@ from seechange.improc.reduction import ReduceParams
 from seechange.pipeline.parameters import load_parameters
 from seechange.pipeline.reduce import ReduceInputError, ReduceResources, image_event, reduce_exposure_row
 from seechange.storage import PathOutsideDataRoot
-from seechange.streaming.framing import epoch_ms, now_ms
 from seechange.streaming.runloop import Handler, MessageContext, OutEvent
 from seechange.streaming.stages import get_stage
+from seechange.timestamps import epoch_ms, now_ms
 
 STAGE = get_stage("reduce")
 

@@ -16,9 +16,9 @@ from seechange.pipeline.subtract import (
     subtract_image_row,
     subtraction_event,
 )
-from seechange.streaming.framing import epoch_ms, now_ms
 from seechange.streaming.runloop import Handler, InfrastructureError, MessageContext, OutEvent
 from seechange.streaming.stages import get_stage
+from seechange.timestamps import epoch_ms, now_ms
 
 STAGE = get_stage("subtract")
 

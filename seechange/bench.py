@@ -56,91 +56,38 @@ def simulated_night(root: Path, *, size: tuple[int, int], n_epochs: int, seed: i
     return raw
 
 
-def _time(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
-
-
 def _one_run(night_dir: Path, raw_paths: Sequence[str], db_url: str, radius_arcsec: float) -> dict[str, Any]:
     """Every stage on the night in a fresh database: per-item timings (s) and what came out."""
-    from seechange.improc.detection import DetectParams
-    from seechange.improc.reduction import ReduceParams
-    from seechange.improc.subtraction import SubtractParams
-    from seechange.models import Image, Sighting
-    from seechange.models.migrate import make_engine, make_session_factory
-    from seechange.pipeline.alert import build_alert, log_alert
-    from seechange.pipeline.detect import detect_on_subtraction
-    from seechange.pipeline.ingest import register_exposure
-    from seechange.pipeline.reduce import ReduceResources, reduce_exposure_row
-    from seechange.pipeline.subtract import ReferenceParams, find_or_build_reference, subtract_image_row
+    from seechange.models.session import make_engine, make_session_factory
+    from seechange.pipeline.chain import InProcessChain
+    from seechange.pipeline.parameters import PipelineParameters
 
+    params = PipelineParameters()
+    assert params.reference.n_ref_images == N_REF, "the benchmark night is simulated for the default reference"
     engine = make_engine(db_url)
-    sessions = make_session_factory(engine)
-    resources = ReduceResources(night_dir)
-    times: dict[str, list[float]] = {k: [] for k in STAGES}
+    chain = InProcessChain(make_session_factory(engine), night_dir, params, radius_arcsec=radius_arcsec)
     out: dict[str, Any] = {"images": [], "subtractions": []}
-    ref_params, sub_params, det_params = ReferenceParams(n_ref_images=N_REF), SubtractParams(), DetectParams()
     try:
         image_ids = []
         for raw in raw_paths:
-            with sessions() as s, s.begin():
-                exp, _ = register_exposure(s, night_dir, raw)
-                exp_id = exp.id
-            with sessions() as s, s.begin():
-                (img, _), dt = _time(reduce_exposure_row, s, resources, exp_id, params=ReduceParams())
-                times["reduce"].append(dt)
-                image_ids.append(img.id)
-                out["images"].append(
-                    {
-                        "zp": img.zero_point,
-                        "fwhm_arcsec": img.fwhm_arcsec,
-                        "astrom_rms_arcsec": img.astrom_rms_arcsec,
-                        "n_stars": img.n_stars,
-                    }
-                )
+            img = chain.reduce(chain.ingest(raw))
+            image_ids.append(img.id)
+            out["images"].append({"zp": img.zero_point, "fwhm_arcsec": img.fwhm_arcsec,
+                                  "astrom_rms_arcsec": img.astrom_rms_arcsec, "n_stars": img.n_stars})
         for image_id in image_ids[N_REF:]:
-            with sessions() as s, s.begin():
-                image = s.get(Image, image_id)
-                ref, dt = _time(find_or_build_reference, s, night_dir, image, params=ref_params)
-                if not times["reference"]:
-                    times["reference"].append(dt)
-                assert ref is not None, "the benchmark night must give a reference after its first epochs"
-            with sessions() as s, s.begin():
-                sub, dt = _time(
-                    subtract_image_row, s, night_dir, image_id, ref_params=ref_params, params=sub_params
-                )
-                times["subtract"].append(dt)
-                sub_id, score_std = sub.id, sub.score_std
-            with sessions() as s, s.begin():
-                sightings, dt = _time(
-                    detect_on_subtraction, s, night_dir, sub_id, params=det_params,
-                    radius_arcsec=radius_arcsec,
-                )
-                times["detect"].append(dt)
-                good = [x.id for x in sightings if x.is_good]
-                n_sightings = len(sightings)
-            with sessions() as s, s.begin():
-                t0 = time.perf_counter()
-                n_alerts = 0
-                for sighting_id in good:
-                    x = s.get(Sighting, sighting_id)
-                    assert x is not None
-                    if log_alert(s, x, "alerts"):
-                        build_alert(s, night_dir, x)
-                        n_alerts += 1
-                times["alerts"].append(time.perf_counter() - t0)
-            out["subtractions"].append(
-                {
-                    "score_std": score_std,
-                    "n_sightings": n_sightings,
-                    "n_good": len(good),
-                    "n_alerts": n_alerts,
-                }
-            )
+            ref = chain.reference(image_id)
+            assert ref is not None, "the benchmark night must give a reference after its first epochs"
+            sub = chain.subtract(image_id)
+            assert sub is not None, f"image {image_id} is not a member of its reference but was not subtracted"
+            sightings = chain.detect(sub.id)
+            good = [x.id for x in sightings if x.is_good]
+            n_alerts = chain.alerts(good)
+            out["subtractions"].append({"score_std": sub.score_std, "n_sightings": len(sightings),
+                                        "n_good": len(good), "n_alerts": n_alerts})
     finally:
         engine.dispose()
-    out["times"] = times
+    # the reference is built by the first call and found by the others: its time is the first one's
+    out["times"] = {k: (chain.times[k][:1] if k == "reference" else chain.times[k]) for k in STAGES}
     return out
 
 
@@ -267,7 +214,8 @@ def bench_end_to_end(
         ``elapsed_s``, ``peak_rss_mb`` per service (VmHWM read before stopping), ``alerts``, ``exit_codes``.
     """
     from seechange.localservices.postgres import create_database, drop_database
-    from seechange.models.migrate import make_engine, make_session_factory, upgrade
+    from seechange.models.migrate import upgrade
+    from seechange.models.session import make_engine, make_session_factory
     from seechange.orchestrate import AlertCollector, ServiceProcesses, alert_latencies, wait_for_night
     from seechange.streaming.ingestor import Ingestor
     from seechange.streaming.topics import delete_topics, ensure_topics, topic_names

@@ -89,7 +89,7 @@ def database_url(endpoints: Settings) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def db_engine(database_url: str) -> Iterator[Engine]:
     """An Engine on the session's test database."""
-    from seechange.models.migrate import make_engine
+    from seechange.models.session import make_engine
 
     engine = make_engine(database_url)
     yield engine
@@ -99,7 +99,7 @@ def db_engine(database_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def db_session(db_engine: Engine) -> Iterator[Session]:
     """A Session on the test database; whatever it did not commit is rolled back when the test ends."""
-    from seechange.models.migrate import make_session_factory
+    from seechange.models.session import make_session_factory
 
     session = make_session_factory(db_engine)()
     try:

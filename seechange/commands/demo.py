@@ -60,7 +60,8 @@ def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cad
 
     from seechange.localservices import up
     from seechange.localservices.postgres import create_database, drop_database
-    from seechange.models.migrate import make_engine, make_session_factory, upgrade
+    from seechange.models.migrate import upgrade
+    from seechange.models.session import make_engine, make_session_factory
     from seechange.orchestrate import (
         AlertCollector,
         ServiceProcesses,

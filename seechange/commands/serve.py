@@ -46,7 +46,7 @@ def ingest(settings: Settings, paths: tuple[Path, ...], watch_dir: Path | None, 
     and *_ood_* mask beside them) become Exposure + Image rows and emit image-reduced instead.
     """
     from seechange.localservices import endpoints
-    from seechange.models.migrate import make_engine, make_session_factory
+    from seechange.models.session import make_engine, make_session_factory
     from seechange.pipeline.ingest_reduced import CP_NAME_CODES, ReducedFiles, pair_cp_triplets
     from seechange.pipeline.parameters import load_parameters
     from seechange.streaming.ingestor import Ingestor

@@ -131,7 +131,7 @@ def lightcurve_cmd(settings: Settings, name: str, ecsv: Path | None, plot: Path 
 
     from seechange.lightcurve import lightcurve_table
     from seechange.localservices import endpoints
-    from seechange.models.migrate import make_engine, make_session_factory
+    from seechange.models.session import make_engine, make_session_factory
 
     settings = endpoints(settings, kafka_needed=False)
     engine = make_engine(settings.database_url)

@@ -373,25 +373,22 @@ def evaluate_night_inprocess(data_dir: Path, database_url: str, *, seed: int = 4
         :func:`evaluate_simulated_night`'s figures plus ``"timings"`` (s) and ``"database_url"``.
     """
     from seechange.config import Settings
-    from seechange.improc.detection import DetectParams
-    from seechange.improc.reduction import ReduceParams
-    from seechange.improc.subtraction import SubtractParams
-    from seechange.models.migrate import make_engine, make_session_factory, upgrade
-    from seechange.pipeline.detect import detect_on_subtraction
-    from seechange.pipeline.ingest import register_exposure
-    from seechange.pipeline.reduce import ReduceResources, reduce_exposure_row
-    from seechange.pipeline.subtract import ReferenceParams, subtract_image_row
+    from seechange.models.migrate import upgrade
+    from seechange.models.session import make_engine, make_session_factory
+    from seechange.pipeline.chain import InProcessChain
+    from seechange.pipeline.parameters import PipelineParameters
     from seechange.sim.night import simulate_night
 
     data_dir = Path(data_dir)
-    reduce_params = reduce_params or ReduceParams()
-    subtract_params = subtract_params or SubtractParams()
-    detect_params = detect_params or DetectParams()
+    defaults = PipelineParameters()
+    params = PipelineParameters(reduce=reduce_params or defaults.reduce, reference=defaults.reference,
+                                subtract=subtract_params or defaults.subtract,
+                                detect=detect_params or defaults.detect)
     if association_radius_arcsec is None:
         association_radius_arcsec = Settings.model_fields["association_radius_arcsec"].default
     t0 = time.perf_counter()
     night = simulate_night(data_dir, seed=seed, n_fields=n_fields, n_epochs=n_epochs, size=size)
-    timings = {"simulate": time.perf_counter() - t0, "reduce": 0.0, "subtract": 0.0, "detect": 0.0}
+    t_simulate = time.perf_counter() - t0
     url = database_url
     if create_db:
         from seechange.localservices.postgres import create_database
@@ -400,31 +397,19 @@ def evaluate_night_inprocess(data_dir: Path, database_url: str, *, seed: int = 4
     upgrade(url)
     engine = make_engine(url)
     sf = make_session_factory(engine)
-    resources = ReduceResources(data_dir)
+    chain = InProcessChain(sf, data_dir, params, radius_arcsec=association_radius_arcsec)
     try:
         for rec in night.exposures:
-            with sf() as s, s.begin():
-                exp, _ = register_exposure(s, data_dir, rec.raw_path)
-                t = time.perf_counter()
-                img, _ = reduce_exposure_row(s, resources, exp.id, params=reduce_params)
-                timings["reduce"] += time.perf_counter() - t
-                image_id = img.id
-            with sf() as s, s.begin():
-                t = time.perf_counter()
-                sub = subtract_image_row(s, data_dir, image_id, ref_params=ReferenceParams(),
-                                         params=subtract_params)
-                timings["subtract"] += time.perf_counter() - t
-                sub_id = sub.id if sub is not None else None
-            if sub_id is not None:
-                with sf() as s, s.begin():
-                    t = time.perf_counter()
-                    detect_on_subtraction(s, data_dir, sub_id, params=detect_params,
-                                          radius_arcsec=association_radius_arcsec)
-                    timings["detect"] += time.perf_counter() - t
+            image = chain.reduce(chain.ingest(rec.raw_path))
+            sub = chain.subtract(image.id)
+            if sub is not None:
+                chain.detect(sub.id)
         with sf() as s:
             out = evaluate_simulated_night(s, data_dir, match_radius_arcsec=match_radius_arcsec)
     finally:
         engine.dispose()
+    totals = chain.timings()
+    timings = {"simulate": t_simulate, **{k: totals.get(k, 0.0) for k in ("reduce", "subtract", "detect")}}
     out["timings"] = {k: round(v, 2) for k, v in timings.items()}
     out["database_url"] = url
     return out

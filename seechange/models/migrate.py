@@ -1,4 +1,4 @@
-"""Database migration and connection helpers: ``upgrade``, ``head_revision``, ``make_engine``, ``make_session_factory``.
+"""Database migrations: ``upgrade`` (concurrency-safe) and ``head_revision``.
 
 The URL is always passed in; nothing here reads the environment.
 """
@@ -12,8 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, pool, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import create_engine, pool, text
 
 log = logging.getLogger(__name__)
 
@@ -82,41 +81,3 @@ def upgrade(database_url: str) -> None:
             log.info("database migrated from %s to %s", before, after)
     finally:
         engine.dispose()
-
-
-def make_engine(database_url: str, **kwargs: object) -> Engine:
-    """An engine for services and tests (``pool_pre_ping=True`` so a restarted server is survived).
-
-    Parameters
-    ----------
-    database_url : str
-        SQLAlchemy URL.
-    **kwargs
-        Passed on to :func:`sqlalchemy.create_engine` (e.g. ``pool_size``).
-
-    Returns
-    -------
-    sqlalchemy.Engine
-        The engine.
-    """
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(database_url, **kwargs)  # type: ignore[arg-type]
-
-
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """A session factory bound to ``engine``.
-
-    Sessions do not expire their objects on commit, so a service can still read the rows it wrote
-    (ids, paths) when it builds the next event after committing.
-
-    Parameters
-    ----------
-    engine : sqlalchemy.Engine
-        The engine.
-
-    Returns
-    -------
-    sqlalchemy.orm.sessionmaker
-        Call it (``with factory() as session, session.begin(): ...``) for one transaction.
-    """
-    return sessionmaker(bind=engine, expire_on_commit=False)

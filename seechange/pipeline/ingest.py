@@ -24,6 +24,7 @@ from seechange.models.upsert import insert_or_get
 from seechange.provenance import get_or_create_provenance
 from seechange.spatial import healpix_index
 from seechange.storage import md5sum, relative, resolve
+from seechange.timestamps import epoch_ms
 
 log = logging.getLogger(__name__)
 
@@ -191,11 +192,6 @@ def register_exposure(session: Session, data_root: Path, path: str | Path, *,
         raise IngestError(f"{path}: exposure {info.instrument}/{info.origin_id}/{info.section_id} is already "
                           f"registered from a different file ({exposure.filepath})")
     return exposure, created
-
-
-def epoch_ms(when: datetime) -> int:
-    """Unix epoch milliseconds of an aware datetime."""
-    return round(when.timestamp() * 1000)  # as seechange.streaming.framing.epoch_ms
 
 
 def exposure_event(exposure: Exposure, *, produced_at_ms: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ resolution: fields added since carry their defaults).
 
 Values of ``timestamp-millis`` fields (``produced_at``, ``ingested_at``) are accepted by :func:`encode` as
 Unix epoch milliseconds (``int``) or as aware ``datetime``; :func:`decode` returns them as aware UTC
-``datetime`` objects (fastavro's logical-type reading). :func:`epoch_ms` turns either back into an int.
+``datetime`` objects (fastavro's logical-type reading). :func:`seechange.timestamps.epoch_ms` turns either back into an int.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 import io
 import logging
 import struct
-import time
-from datetime import datetime
 from typing import Any
 
 import fastavro
@@ -39,18 +37,6 @@ class DecodeError(BadInput, ValueError):
 
 class EncodeError(ValueError):
     """A record does not match the schema it is to be written with."""
-
-
-def now_ms() -> int:
-    """The current time as Unix epoch milliseconds (for ``produced_at``)."""
-    return time.time_ns() // 1_000_000
-
-
-def epoch_ms(value: int | datetime) -> int:
-    """A ``timestamp-millis`` value (int ms or aware datetime, as decoded) as Unix epoch milliseconds."""
-    if isinstance(value, datetime):
-        return round(value.timestamp() * 1000)
-    return int(value)
 
 
 def encode(registry: SchemaRegistry, name: str, record: dict[str, Any], version: str | None = None) -> bytes:

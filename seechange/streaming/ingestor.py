@@ -25,16 +25,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from seechange.config import Settings
 from seechange.errors import BadInput
 from seechange.improc.reduction import ReduceParams
-from seechange.pipeline.ingest import epoch_ms, exposure_event, register_exposure
+from seechange.pipeline.ingest import exposure_event, register_exposure
 from seechange.pipeline.ingest_reduced import ReducedFiles, register_reduced_image
 from seechange.pipeline.reduce import image_event
 from seechange.streaming.delivery import Delivery, Item, dead_letter
-from seechange.streaming.framing import encode, now_ms, one_line
+from seechange.streaming.framing import encode, one_line
 from seechange.streaming.kafka_config import producer_config
 from seechange.streaming.registry import SchemaRegistry
 from seechange.streaming.runloop import InfrastructureError
 from seechange.streaming.stages import INGEST
 from seechange.streaming.topics import dlq_name
+from seechange.timestamps import epoch_ms, now_ms
 
 log = logging.getLogger(__name__)
 

@@ -112,7 +112,7 @@ def serve_stage(settings: Settings, stage: Stage, *, max_messages: int | None = 
     ``settings`` must already name the broker and database (see ``seechange.localservices.endpoints``).
     Raises :class:`~seechange.streaming.runloop.TooManyErrors` when the handler keeps failing unexpectedly.
     """
-    from seechange.models.migrate import make_engine, make_session_factory
+    from seechange.models.session import make_engine, make_session_factory
     from seechange.streaming.registry import SchemaRegistry
     from seechange.streaming.runloop import run_service
 

@@ -28,9 +28,9 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from seechange.config import Settings, load_settings
-from seechange.streaming.framing import now_ms
 from seechange.streaming.runloop import MessageContext, OutEvent, run_service
 from seechange.streaming.topics import delete_topics, dlq_name, ensure_topics
+from seechange.timestamps import now_ms
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from seechange.config import Settings
 from seechange.localservices.postgres import create_database, drop_database
 from seechange.models import Object, Sighting
-from seechange.models.migrate import make_engine, make_session_factory, upgrade
+from seechange.models.migrate import upgrade
+from seechange.models.session import make_engine, make_session_factory
 from seechange.pipeline.association import angular_sep_arcsec, associate, object_name
 from seechange.spatial import healpix_index
 from tests.integration.test_models import _exposure, _image_columns

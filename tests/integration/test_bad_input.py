@@ -69,7 +69,7 @@ class Run:
 @pytest.fixture(scope="module")
 def run(test_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     from producers.ingest import Ingestor
-    from seechange.models.migrate import make_engine, make_session_factory
+    from seechange.models.session import make_engine, make_session_factory
     from seechange.orchestrate import ServiceProcesses
     from seechange.sim.night import simulate_night
     from tests.integration._night import isolated_run
@@ -220,8 +220,9 @@ def test_events_naming_unknown_rows_are_dead_lettered(run: Run) -> None:
 def test_corrupt_raw_file_is_dead_lettered_and_the_next_exposure_reduced(run: Run) -> None:
     from seechange.models import Image
     from seechange.pipeline.ingest import exposure_event, register_exposure
-    from seechange.streaming.framing import encode, now_ms
+    from seechange.streaming.framing import encode
     from seechange.streaming.registry import SchemaRegistry
+    from seechange.timestamps import now_ms
 
     registry = SchemaRegistry.load()
     data_dir = run.settings.data_dir

@@ -153,7 +153,7 @@ def _check_cutout(blob: bytes | None, ra: float, dec: float, what: str) -> np.nd
 @pytest.mark.timeout(900)
 def test_night_end_to_end(test_settings: Settings) -> None:
     from seechange.models import AlertLog, Sighting
-    from seechange.models.migrate import make_engine, make_session_factory
+    from seechange.models.session import make_engine, make_session_factory
     from seechange.orchestrate import table_counts
     from seechange.sim.night import simulate_night
 

@@ -26,7 +26,7 @@ from seechange.imageio import read_image_data
 from seechange.improc.reduction import ReduceParams
 from seechange.improc.types import FLAG_BAD
 from seechange.models import Exposure, Image
-from seechange.models.migrate import make_session_factory
+from seechange.models.session import make_session_factory
 from seechange.pipeline.ingest import IngestError
 from seechange.pipeline.ingest_reduced import (
     PROCESS,
@@ -34,8 +34,9 @@ from seechange.pipeline.ingest_reduced import (
     pair_cp_triplets,
     register_reduced_image,
 )
-from seechange.streaming.framing import decode, epoch_ms
+from seechange.streaming.framing import decode
 from seechange.streaming.registry import SchemaRegistry
+from seechange.timestamps import epoch_ms
 from tests.integration._runloop_worker import consume_all
 
 DECAM_SCALE = 0.263  # arcsec / pixel

@@ -29,7 +29,8 @@ from seechange.models import (
     SubtractionImage,
     provenance_upstreams,
 )
-from seechange.models.migrate import head_revision, make_engine, make_session_factory, upgrade
+from seechange.models.migrate import head_revision, upgrade
+from seechange.models.session import make_engine, make_session_factory
 from seechange.provenance import get_or_create_provenance, provenance_id
 
 ALL_TABLES = {

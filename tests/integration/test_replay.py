@@ -7,9 +7,10 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from seechange.config import Settings
-from seechange.streaming.framing import encode, now_ms
+from seechange.streaming.framing import encode
 from seechange.streaming.registry import SchemaRegistry
 from seechange.streaming.replay import replay
+from seechange.timestamps import now_ms
 
 
 def _read_all(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes]]:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from seechange.config import PROJECT_ROOT, Settings
 from seechange.errors import ImpossibleValue
-from seechange.streaming.framing import decode, encode, epoch_ms
+from seechange.streaming.framing import decode, encode
 from seechange.streaming.registry import SchemaRegistry
 from seechange.streaming.runloop import (
     InfrastructureError,
@@ -28,6 +28,7 @@ from seechange.streaming.runloop import (
     run_service,
 )
 from seechange.streaming.subscribe import subscribe
+from seechange.timestamps import epoch_ms
 from tests.integration._runloop_worker import (
     consume_all,
     create_tables,

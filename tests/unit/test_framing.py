@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from seechange.streaming.framing import DecodeError, EncodeError, decode, encode, epoch_ms
+from seechange.streaming.framing import DecodeError, EncodeError, decode, encode
 from seechange.streaming.registry import DEFAULT_SCHEMAS_DIR, SchemaError, SchemaRegistry
+from seechange.timestamps import epoch_ms
 
 SCHEMA_FILES = sorted(DEFAULT_SCHEMAS_DIR.glob("*/*.avsc"))
 IDS = json.loads((DEFAULT_SCHEMAS_DIR / "ids.json").read_text())

@@ -1,0 +1,119 @@
+"""Every stage's pipeline function called in-process, in stage order: what ``bench`` and ``evaluate`` run.
+
+The services call the same functions from their handlers; here each step gets its own transaction (as
+one message does in a service) and is timed, so the in-process figures are the services' stage times
+without the hops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from seechange.models import CoaddImage, Image, Sighting, SubtractionImage
+from seechange.pipeline.alert import build_alert, log_alert
+from seechange.pipeline.detect import detect_on_subtraction
+from seechange.pipeline.ingest import register_exposure
+from seechange.pipeline.parameters import PipelineParameters
+from seechange.pipeline.reduce import ReduceResources, reduce_exposure_row
+from seechange.pipeline.subtract import find_or_build_reference, subtract_image_row
+
+__all__ = ["InProcessChain"]
+
+T = TypeVar("T")
+
+
+class InProcessChain:
+    """The stages of one data root and database, called one step at a time.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        Session factory of the database (sessions must not expire on commit, see
+        :func:`seechange.models.session.make_session_factory`, so returned rows stay readable).
+    data_root : Path
+        Data root the raw paths are relative to and the products are written under.
+    params : PipelineParameters
+        Every step's parameters.
+    radius_arcsec : float
+        Sighting-to-object association radius, arcsec.
+    threads : int, optional
+        Threads of the threaded steps (default: the machine's cores).
+    alerts_topic : str
+        Topic name recorded in ``alert_log`` by :meth:`alerts`.
+
+    Attributes
+    ----------
+    times : dict of str to list of float
+        Wall-clock seconds of every call, per stage name (``ingest``, ``reduce``, ``reference``,
+        ``subtract``, ``detect``, ``alerts``).
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], data_root: Path, params: PipelineParameters, *,
+                 radius_arcsec: float, threads: int | None = None, alerts_topic: str = "alerts") -> None:
+        self.sessions = sessions
+        self.data_root = Path(data_root)
+        self.params = params
+        self.radius_arcsec = radius_arcsec
+        self.threads = threads
+        self.alerts_topic = alerts_topic
+        self.resources = ReduceResources(self.data_root)
+        self.times: dict[str, list[float]] = defaultdict(list)
+
+    def _step(self, stage: str, fn: Callable[[Session], T]) -> T:
+        """Run ``fn(session)`` in one transaction and record its time under ``stage``."""
+        with self.sessions() as session, session.begin():
+            t0 = time.perf_counter()
+            out = fn(session)
+            self.times[stage].append(time.perf_counter() - t0)
+        return out
+
+    def ingest(self, raw_path: str | Path) -> int:
+        """Register a raw CCD file; its Exposure id."""
+        return self._step("ingest", lambda s: register_exposure(s, self.data_root, raw_path)[0].id)
+
+    def reduce(self, exposure_id: int) -> Image:
+        """Reduce one Exposure (find before make)."""
+        return self._step("reduce", lambda s: reduce_exposure_row(
+            s, self.resources, exposure_id, params=self.params.reduce)[0])
+
+    def reference(self, image_id: int) -> CoaddImage | None:
+        """The reference of an Image, built now when its members are all reduced (None while it cannot be)."""
+        def find(s: Session) -> CoaddImage | None:
+            image = s.get(Image, image_id)
+            assert image is not None, f"image {image_id} vanished"
+            return find_or_build_reference(s, self.data_root, image, params=self.params.reference)
+        return self._step("reference", find)
+
+    def subtract(self, image_id: int) -> SubtractionImage | None:
+        """Subtract an Image's reference (None for a member of its reference)."""
+        return self._step("subtract", lambda s: subtract_image_row(
+            s, self.data_root, image_id, ref_params=self.params.reference, params=self.params.subtract))
+
+    def detect(self, subtraction_id: int) -> list[Sighting]:
+        """Detect, measure, cut out and associate on one subtraction."""
+        return self._step("detect", lambda s: detect_on_subtraction(
+            s, self.data_root, subtraction_id, params=self.params.detect, radius_arcsec=self.radius_arcsec,
+            threads=self.threads))
+
+    def alerts(self, sighting_ids: Iterable[int]) -> int:
+        """Log and build the alert packet of each good, not yet alerted sighting; how many were built."""
+        def build(s: Session) -> int:
+            n = 0
+            for sighting_id in sighting_ids:
+                sighting = s.get(Sighting, sighting_id)
+                assert sighting is not None, f"sighting {sighting_id} vanished"
+                if sighting.is_good and log_alert(s, sighting, self.alerts_topic):
+                    build_alert(s, self.data_root, sighting)
+                    n += 1
+            return n
+        return self._step("alerts", build)
+
+    def timings(self) -> dict[str, Any]:
+        """Total seconds per stage."""
+        return {stage: sum(values) for stage, values in self.times.items()}
