@@ -25,12 +25,23 @@ def make_handler(settings: Settings, params: DetectParams | None = None) -> Hand
 
     def handle(session: Session, event: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
         with file_errors_as_bad_input():
-            sightings = detect_on_subtraction(session, settings.data_dir, int(event["subtraction_id"]),
-                                              params=params, radius_arcsec=settings.association_radius_arcsec,
-                                              threads=settings.threads)
+            sightings = detect_on_subtraction(
+                session,
+                settings.data_dir,
+                int(event["subtraction_id"]),
+                params=params,
+                radius_arcsec=settings.association_radius_arcsec,
+                threads=settings.threads,
+            )
         produced, ingested = now_ms(), epoch_ms(event["ingested_at"])
-        return [OutEvent(STAGE.output_topic, key=str(s.object_id), schema=STAGE.output_schema,
-                         record=sighting_event(s, produced_at_ms=produced, ingested_at_ms=ingested))
-                for s in sightings]
+        return [
+            OutEvent(
+                STAGE.output_topic,
+                key=str(s.object_id),
+                schema=STAGE.output_schema,
+                record=sighting_event(s, produced_at_ms=produced, ingested_at_ms=ingested),
+            )
+            for s in sightings
+        ]
 
     return handle

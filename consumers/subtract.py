@@ -23,8 +23,9 @@ from seechange.timestamps import epoch_ms, now_ms
 STAGE = get_stage("subtract")
 
 
-def make_handler(settings: Settings, ref_params: ReferenceParams | None = None,
-                 params: SubtractParams | None = None) -> Handler:
+def make_handler(
+    settings: Settings, ref_params: ReferenceParams | None = None, params: SubtractParams | None = None
+) -> Handler:
     """The subtract handler."""
     loaded = load_parameters(settings.params_file, threads=settings.threads)
     ref_params = ref_params or loaded.reference
@@ -33,13 +34,16 @@ def make_handler(settings: Settings, ref_params: ReferenceParams | None = None,
     def handle(session: Session, event: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
         try:
             with file_errors_as_bad_input():
-                sub = subtract_image_row(session, settings.data_dir, int(event["image_id"]),
-                                         ref_params=ref_params, params=params)
+                sub = subtract_image_row(
+                    session, settings.data_dir, int(event["image_id"]), ref_params=ref_params, params=params
+                )
         except ReferencePending as exc:  # a member is still in reduce: retry with back-off, commit nothing
             raise InfrastructureError(str(exc)) from exc
         if sub is None:
             return []
-        record = subtraction_event(sub, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(event["ingested_at"]))
+        record = subtraction_event(
+            sub, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(event["ingested_at"])
+        )
         key = f"{sub.field}/{sub.band}"
         return [OutEvent(STAGE.output_topic, key=key, schema=STAGE.output_schema, record=record)]
 

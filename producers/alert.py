@@ -33,7 +33,10 @@ def make_handler(settings: Settings) -> Handler:
         if not log_alert(session, sighting, settings.topic(STAGE.output_topic)):
             return []
         record = build_alert(session, settings.data_dir, sighting)
-        return [OutEvent(STAGE.output_topic, key=str(sighting.object_id), schema=STAGE.output_schema,
-                         record=record)]
+        return [
+            OutEvent(
+                STAGE.output_topic, key=str(sighting.object_id), schema=STAGE.output_schema, record=record
+            )
+        ]
 
     return handle

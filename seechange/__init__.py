@@ -2,4 +2,3 @@
 
 __version__ = "0.1.0"
 CODE_VERSION = "0.1"  # major.minor, enters every provenance hash
-

@@ -63,7 +63,9 @@ def _one_run(night_dir: Path, raw_paths: Sequence[str], db_url: str, radius_arcs
     from seechange.pipeline.parameters import PipelineParameters
 
     params = PipelineParameters()
-    assert params.reference.n_ref_images == N_REF, "the benchmark night is simulated for the default reference"
+    assert params.reference.n_ref_images == N_REF, (
+        "the benchmark night is simulated for the default reference"
+    )
     engine = make_engine(db_url)
     chain = InProcessChain(make_session_factory(engine), night_dir, params, radius_arcsec=radius_arcsec)
     out: dict[str, Any] = {"images": [], "subtractions": []}
@@ -72,18 +74,32 @@ def _one_run(night_dir: Path, raw_paths: Sequence[str], db_url: str, radius_arcs
         for raw in raw_paths:
             img = chain.reduce(chain.ingest(raw))
             image_ids.append(img.id)
-            out["images"].append({"zp": img.zero_point, "fwhm_arcsec": img.fwhm_arcsec,
-                                  "astrom_rms_arcsec": img.astrom_rms_arcsec, "n_stars": img.n_stars})
+            out["images"].append(
+                {
+                    "zp": img.zero_point,
+                    "fwhm_arcsec": img.fwhm_arcsec,
+                    "astrom_rms_arcsec": img.astrom_rms_arcsec,
+                    "n_stars": img.n_stars,
+                }
+            )
         for image_id in image_ids[N_REF:]:
             ref = chain.reference(image_id)
             assert ref is not None, "the benchmark night must give a reference after its first epochs"
             sub = chain.subtract(image_id)
-            assert sub is not None, f"image {image_id} is not a member of its reference but was not subtracted"
+            assert sub is not None, (
+                f"image {image_id} is not a member of its reference but was not subtracted"
+            )
             sightings = chain.detect(sub.id)
             good = [x.id for x in sightings if x.is_good]
             n_alerts = chain.alerts(good)
-            out["subtractions"].append({"score_std": sub.score_std, "n_sightings": len(sightings),
-                                        "n_good": len(good), "n_alerts": n_alerts})
+            out["subtractions"].append(
+                {
+                    "score_std": sub.score_std,
+                    "n_sightings": len(sightings),
+                    "n_good": len(good),
+                    "n_alerts": n_alerts,
+                }
+            )
     finally:
         engine.dispose()
     # the reference is built by the first call and found by the others: its time is the first one's

@@ -58,8 +58,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Primary-header cards that describe the primary HDU's own data, not inherited by an extension's header.
-_PRIMARY_ONLY = frozenset({"SIMPLE", "EXTEND", "BITPIX", "NAXIS", "BSCALE", "BZERO", "BLANK", "CHECKSUM",
-                           "DATASUM"})
+_PRIMARY_ONLY = frozenset(
+    {"SIMPLE", "EXTEND", "BITPIX", "NAXIS", "BSCALE", "BZERO", "BLANK", "CHECKSUM", "DATASUM"}
+)
 
 
 class ImageReadError(CorruptFile):
@@ -116,8 +117,9 @@ def merged_header(primary: fits.Header, extension: fits.Header | None) -> fits.H
     """
     if extension is None:
         return primary.copy()
-    out = fits.Header([c for c in primary.cards
-                       if c.keyword not in _PRIMARY_ONLY and not c.keyword.startswith("NAXIS")])
+    out = fits.Header(
+        [c for c in primary.cards if c.keyword not in _PRIMARY_ONLY and not c.keyword.startswith("NAXIS")]
+    )
     out.update(extension)
     return out
 
@@ -147,15 +149,22 @@ def _select(hdul: fits.HDUList, name: str, hdu: int | str | None, ccdnum: int | 
             break
     if not found:
         what = "no 2-D image HDU" if ccdnum is None else f"no 2-D image HDU with CCDNUM = {ccdnum}"
-        raise ImageReadError(f"{name}: {what}"
-                             + (f" (data has {other_ndim} dimensions)" if other_ndim is not None else ""))
+        raise ImageReadError(
+            f"{name}: {what}" + (f" (data has {other_ndim} dimensions)" if other_ndim is not None else "")
+        )
     if len(found) > 1:
         raise ImageReadError(f"{name}: {len(found)} image HDUs; give one CCD per file")
     return found[0]
 
 
-def read_ccd(path: Path | str, hdu: int | str | None = None, *, ccdnum: int | None = None,
-             dtype: DTypeLike | None = np.float32, unique: bool = False) -> Ccd:
+def read_ccd(
+    path: Path | str,
+    hdu: int | str | None = None,
+    *,
+    ccdnum: int | None = None,
+    dtype: DTypeLike | None = np.float32,
+    unique: bool = False,
+) -> Ccd:
     """Read one CCD image and its merged header from a FITS file.
 
     Parameters
@@ -323,8 +332,15 @@ def write_fits_atomic(
 
 
 def _scalars(data: ImageData) -> dict[str, Any]:
-    return {"zp": data.zp, "fwhm_px": data.fwhm_px, "bkg_level": data.bkg_level, "bkg_rms": data.bkg_rms,
-            "astrom_rms_arcsec": data.astrom_rms_arcsec, "mjd": data.mjd, "band": data.band}
+    return {
+        "zp": data.zp,
+        "fwhm_px": data.fwhm_px,
+        "bkg_level": data.bkg_level,
+        "bkg_rms": data.bkg_rms,
+        "astrom_rms_arcsec": data.astrom_rms_arcsec,
+        "mjd": data.mjd,
+        "band": data.band,
+    }
 
 
 def _json_default(obj: Any) -> Any:
@@ -335,8 +351,9 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in SCMETA")
 
 
-def write_image_data(stem: Path | str, data: ImageData, header_extra: Mapping[str, Any], *,
-                     threads: int | None = None) -> None:
+def write_image_data(
+    stem: Path | str, data: ImageData, header_extra: Mapping[str, Any], *, threads: int | None = None
+) -> None:
     """Write ``<stem>.image.fits``, ``.weight.fits``, ``.flags.fits`` and ``.psf.fits`` atomically.
 
     Parameters
@@ -360,14 +377,17 @@ def write_image_data(stem: Path | str, data: ImageData, header_extra: Mapping[st
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     hdr = data.wcs.to_header(relax=True)
-    cards = {"ZP": (data.zp, "AB zero point: mag = -2.5 log10(flux_e) + ZP"),
-             "FWHM": (data.fwhm_px, "[pixel] PSF FWHM"),
-             "BKGLEV": (data.bkg_level, "[e-] background removed"),
-             "BKGRMS": (data.bkg_rms, "[e-] background rms"),
-             "ASTRMS": (data.astrom_rms_arcsec, "[arcsec] astrometric rms"),
-             "LIMMAG": (data.meta.get("lim_mag", float("nan")), "5-sigma point-source limit, AB"),
-             "MJD-OBS": (data.mjd, "[d] mid-exposure MJD"), "BAND": (data.band, "filter band"),
-             "BUNIT": ("electron", "background-subtracted")}
+    cards = {
+        "ZP": (data.zp, "AB zero point: mag = -2.5 log10(flux_e) + ZP"),
+        "FWHM": (data.fwhm_px, "[pixel] PSF FWHM"),
+        "BKGLEV": (data.bkg_level, "[e-] background removed"),
+        "BKGRMS": (data.bkg_rms, "[e-] background rms"),
+        "ASTRMS": (data.astrom_rms_arcsec, "[arcsec] astrometric rms"),
+        "LIMMAG": (data.meta.get("lim_mag", float("nan")), "5-sigma point-source limit, AB"),
+        "MJD-OBS": (data.mjd, "[d] mid-exposure MJD"),
+        "BAND": (data.band, "filter band"),
+        "BUNIT": ("electron", "background-subtracted"),
+    }
     for key, (value, comment) in cards.items():
         hdr[key] = (value if not (isinstance(value, float) and not np.isfinite(value)) else "NaN", comment)
     for key, value in header_extra.items():
@@ -379,10 +399,12 @@ def write_image_data(stem: Path | str, data: ImageData, header_extra: Mapping[st
     fhdr["FLAGBITS"] = "1 bad, 2 saturated, 4 cosmic ray, 8 bleed, 16 edge"
     phdr = fits.Header()
     phdr["FWHM"] = (data.fwhm_px, "[pixel]")
-    jobs = [(f"{stem}.image.fits", fits.PrimaryHDU(np.asarray(data.image, np.float32), hdr)),
-            (f"{stem}.weight.fits", fits.PrimaryHDU(np.asarray(data.weight, np.float32), whdr)),
-            (f"{stem}.flags.fits", fits.PrimaryHDU(np.asarray(data.flags, np.uint16), fhdr)),
-            (f"{stem}.psf.fits", fits.PrimaryHDU(np.asarray(data.psf, np.float32), phdr))]
+    jobs = [
+        (f"{stem}.image.fits", fits.PrimaryHDU(np.asarray(data.image, np.float32), hdr)),
+        (f"{stem}.weight.fits", fits.PrimaryHDU(np.asarray(data.weight, np.float32), whdr)),
+        (f"{stem}.flags.fits", fits.PrimaryHDU(np.asarray(data.flags, np.uint16), fhdr)),
+        (f"{stem}.psf.fits", fits.PrimaryHDU(np.asarray(data.psf, np.float32), phdr)),
+    ]
     # byte swapping, checksums and file writes release the GIL (0.45 s -> 0.25 s here with two threads)
     with ThreadPoolExecutor(max_workers=threads or default_threads()) as pool:
         for f in [pool.submit(write_fits_atomic, Path(path), hdu, checksum=True) for path, hdu in jobs]:
@@ -407,11 +429,13 @@ def _read_image_file(stem: Path) -> tuple[np.ndarray, WCS, dict[str, Any]]:
         return float("nan") if v == "NaN" else v
 
     fields: dict[str, Any] = {
-        "zp": float(_card("zp", "ZP", np.nan)), "fwhm_px": float(_card("fwhm_px", "FWHM", np.nan)),
+        "zp": float(_card("zp", "ZP", np.nan)),
+        "fwhm_px": float(_card("fwhm_px", "FWHM", np.nan)),
         "bkg_level": float(_card("bkg_level", "BKGLEV", np.nan)),
         "bkg_rms": float(_card("bkg_rms", "BKGRMS", np.nan)),
         "astrom_rms_arcsec": float(_card("astrom_rms_arcsec", "ASTRMS", np.nan)),
-        "mjd": float(_card("mjd", "MJD-OBS", 0.0)), "band": str(_card("band", "BAND", "")),
+        "mjd": float(_card("mjd", "MJD-OBS", 0.0)),
+        "band": str(_card("band", "BAND", "")),
         "meta": stored["meta"],
     }
     return image, wcs, fields
@@ -456,8 +480,9 @@ def read_image_pixels(stem: Path | str, *, flags: np.ndarray | None = None) -> I
     ones = np.broadcast_to(np.float32(1.0), image.shape)
     if flags is None:
         flags = np.broadcast_to(np.uint16(0), image.shape)
-    return ImageData(image=image, weight=ones, flags=flags, psf=np.ones((1, 1), np.float32), wcs=wcs,
-                     **fields)
+    return ImageData(
+        image=image, weight=ones, flags=flags, psf=np.ones((1, 1), np.float32), wcs=wcs, **fields
+    )
 
 
 # --- cutouts files: one multi-HDU FITS per subtraction (stamps computed in seechange.improc.cutouts) -------
@@ -476,9 +501,16 @@ def write_cutouts_file(path: Path | str, stamps_by_sighting: Mapping[int, dict])
     write_bytes_atomic(path, stamps_bytes(stamps_by_sighting))
 
 
-def write_cutouts(path: Path | str, new: ImageData, ref: ImageData, diff: np.ndarray,
-                  positions: Sequence[tuple[int, tuple[float, float]]], *, size: int = 51,
-                  diff_wcs: WCS | None = None) -> None:
+def write_cutouts(
+    path: Path | str,
+    new: ImageData,
+    ref: ImageData,
+    diff: np.ndarray,
+    positions: Sequence[tuple[int, tuple[float, float]]],
+    *,
+    size: int = 51,
+    diff_wcs: WCS | None = None,
+) -> None:
     """The stamps of new, reference and difference around each sighting, written as one cutouts file.
 
     Parameters

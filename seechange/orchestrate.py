@@ -37,6 +37,7 @@ from seechange.models import (
     SubtractionImage,
 )
 from seechange.streaming.framing import decode
+from seechange.streaming.kafka_config import is_consumer_error
 from seechange.streaming.registry import SchemaRegistry
 from seechange.streaming.stages import stage_names
 
@@ -44,8 +45,18 @@ log = logging.getLogger(__name__)
 
 STAGE_ORDER = stage_names()
 ENV_PREFIX = "SEECHANGE_"
-TABLES = (Provenance, Exposure, Image, CoaddImage, SubtractionImage, Sighting, Cutouts, Photometry, Object,
-          AlertLog)
+TABLES = (
+    Provenance,
+    Exposure,
+    Image,
+    CoaddImage,
+    SubtractionImage,
+    Sighting,
+    Cutouts,
+    Photometry,
+    Object,
+    AlertLog,
+)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -89,8 +100,13 @@ class ServiceProcesses:
         for stage in self.stages:
             for i in range(self.instances):
                 logfile = open(self.log_dir / f"{stage}-{i}.log", "ab")  # noqa: SIM115 - owned by the child
-                proc = subprocess.Popen([*exe, "serve", stage], env=service_env(self.settings),
-                                        stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+                proc = subprocess.Popen(
+                    [*exe, "serve", stage],
+                    env=service_env(self.settings),
+                    stdout=logfile,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
                 logfile.close()
                 self.procs.append((f"{stage}-{i}", proc))
 
@@ -130,9 +146,14 @@ class AlertCollector(threading.Thread):
 
     def run(self) -> None:
         topic = self.settings.topic("alerts")
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
-                             "group.id": f"{self.settings.consumer_group_prefix}-collector-{os.getpid()}",
-                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": f"{self.settings.consumer_group_prefix}-collector-{os.getpid()}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
         meta = consumer.list_topics(topic, timeout=10)
         parts = [TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions]
         consumer.assign(parts)
@@ -140,7 +161,7 @@ class AlertCollector(threading.Thread):
         try:
             while not self._stop_flag.is_set():
                 msg = consumer.poll(0.2)
-                if msg is None or msg.error():
+                if msg is None or is_consumer_error(msg, "alert collector"):
                     continue
                 try:
                     _, record = decode(self.registry, msg.value() or b"", expect="alert")
@@ -185,29 +206,60 @@ def progress(session: Session, exposure_ids: Sequence[int]) -> Progress:
     img = select(Image.id).where(Image.exposure_id.in_(ids))
     p = Progress(exposures=len(ids))
     p.reduced = session.scalar(select(func.count()).select_from(img.subquery())) or 0
-    p.no_reference = session.scalar(select(func.count()).where(
-        Image.exposure_id.in_(ids), Image.extra["subtraction"].astext.is_not(None))) or 0
+    p.no_reference = (
+        session.scalar(
+            select(func.count()).where(
+                Image.exposure_id.in_(ids), Image.extra["subtraction"].astext.is_not(None)
+            )
+        )
+        or 0
+    )
     subs = select(SubtractionImage).where(SubtractionImage.new_image_id.in_(img))
     p.subtracted = session.scalar(select(func.count()).select_from(subs.subquery())) or 0
-    p.detected = session.scalar(select(func.count()).select_from(
-        subs.where(SubtractionImage.n_sightings.is_not(None)).subquery())) or 0
-    p.sightings = session.scalar(select(func.count(Sighting.id)).join(
-        SubtractionImage, Sighting.subtraction_id == SubtractionImage.id).where(
-        SubtractionImage.new_image_id.in_(img))) or 0
-    p.good_sightings = session.scalar(select(func.count(Sighting.id)).join(
-        SubtractionImage, Sighting.subtraction_id == SubtractionImage.id).where(
-        SubtractionImage.new_image_id.in_(img), Sighting.is_good.is_(True))) or 0
-    p.alerts_logged = session.scalar(select(func.count(AlertLog.id)).join(
-        Sighting, AlertLog.sighting_id == Sighting.id).join(
-        SubtractionImage, Sighting.subtraction_id == SubtractionImage.id).where(
-        SubtractionImage.new_image_id.in_(img))) or 0
+    p.detected = (
+        session.scalar(
+            select(func.count()).select_from(subs.where(SubtractionImage.n_sightings.is_not(None)).subquery())
+        )
+        or 0
+    )
+    p.sightings = (
+        session.scalar(
+            select(func.count(Sighting.id))
+            .join(SubtractionImage, Sighting.subtraction_id == SubtractionImage.id)
+            .where(SubtractionImage.new_image_id.in_(img))
+        )
+        or 0
+    )
+    p.good_sightings = (
+        session.scalar(
+            select(func.count(Sighting.id))
+            .join(SubtractionImage, Sighting.subtraction_id == SubtractionImage.id)
+            .where(SubtractionImage.new_image_id.in_(img), Sighting.is_good.is_(True))
+        )
+        or 0
+    )
+    p.alerts_logged = (
+        session.scalar(
+            select(func.count(AlertLog.id))
+            .join(Sighting, AlertLog.sighting_id == Sighting.id)
+            .join(SubtractionImage, Sighting.subtraction_id == SubtractionImage.id)
+            .where(SubtractionImage.new_image_id.in_(img))
+        )
+        or 0
+    )
     return p
 
 
-def wait_for_night(session_factory: sessionmaker[Session], exposure_ids: Sequence[int],
-                   collector: AlertCollector | None, *, timeout: float,
-                   on_progress: Callable[[Progress, int], None] | None = None,
-                   services: ServiceProcesses | None = None, poll_s: float = 0.5) -> Progress:
+def wait_for_night(
+    session_factory: sessionmaker[Session],
+    exposure_ids: Sequence[int],
+    collector: AlertCollector | None,
+    *,
+    timeout: float,
+    on_progress: Callable[[Progress, int], None] | None = None,
+    services: ServiceProcesses | None = None,
+    poll_s: float = 0.5,
+) -> Progress:
     """Wait until every exposure is reduced, subtracted (or has no reference), detected and alerted."""
     deadline = time.monotonic() + timeout
     while True:
@@ -216,9 +268,13 @@ def wait_for_night(session_factory: sessionmaker[Session], exposure_ids: Sequenc
         received = len(collector.snapshot()) if collector is not None else 0
         if on_progress:
             on_progress(p, received)
-        done = (p.reduced == p.exposures and p.through_subtract == p.exposures and p.detected == p.subtracted
-                and p.alerts_logged == p.good_sightings
-                and (collector is None or received >= p.alerts_logged))
+        done = (
+            p.reduced == p.exposures
+            and p.through_subtract == p.exposures
+            and p.detected == p.subtracted
+            and p.alerts_logged == p.good_sightings
+            and (collector is None or received >= p.alerts_logged)
+        )
         if done:
             return p
         if services is not None and not all(services.alive().values()):
@@ -239,9 +295,11 @@ def alert_latencies(session: Session, alerts: Sequence[tuple[dict[str, Any], int
     out = []
     for record, ts_ms in alerts:
         ingested = session.scalar(
-            select(Exposure.ingested_at).join(Image, Image.exposure_id == Exposure.id)
+            select(Exposure.ingested_at)
+            .join(Image, Image.exposure_id == Exposure.id)
             .join(SubtractionImage, SubtractionImage.new_image_id == Image.id)
-            .where(SubtractionImage.id == record["sighting"]["subtractionId"]))
+            .where(SubtractionImage.id == record["sighting"]["subtractionId"])
+        )
         if ingested is not None:
             out.append(ts_ms / 1000.0 - ingested.timestamp())
     return np.asarray(out, dtype=float)

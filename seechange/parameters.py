@@ -43,8 +43,9 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
-def noncritical(*, default: Any = dataclasses.MISSING,
-                default_factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
+def noncritical(
+    *, default: Any = dataclasses.MISSING, default_factory: Callable[[], Any] | Any = dataclasses.MISSING
+) -> Any:
     """A dataclass field that does not change the products (threads, verbosity): left out of the provenance.
 
     Parameters
@@ -69,8 +70,10 @@ def _is_critical(cls: type, f: dataclasses.Field[Any]) -> bool:
     is an error (a misspelt marking would silently make a non-critical parameter critical)."""
     unknown = set(f.metadata) - {CRITICAL}
     if unknown:
-        raise TypeError(f"{cls.__name__}.{f.name}: unknown field metadata {sorted(unknown)} "
-                        f"(mark non-critical fields with noncritical(...) or metadata={{{CRITICAL!r}: False}})")
+        raise TypeError(
+            f"{cls.__name__}.{f.name}: unknown field metadata {sorted(unknown)} "
+            f"(mark non-critical fields with noncritical(...) or metadata={{{CRITICAL!r}: False}})"
+        )
     value = f.metadata.get(CRITICAL, True)
     if not isinstance(value, bool):
         raise TypeError(f"{cls.__name__}.{f.name}: metadata {CRITICAL!r} must be a bool, got {value!r}")
@@ -105,8 +108,11 @@ class StepParameters:
             If a field's metadata holds anything but ``critical: bool`` (e.g. a misspelt key).
         """
         cls = type(self)
-        return {f.name: normalize_parameters(getattr(self, f.name))
-                for f in dataclasses.fields(self) if _is_critical(cls, f)}
+        return {
+            f.name: normalize_parameters(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if _is_critical(cls, f)
+        }
 
 
 def normalize_parameters(value: Any) -> Any:

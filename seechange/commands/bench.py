@@ -56,8 +56,13 @@ def bench(
     run = endpoints(settings, kafka_needed=e2e)
     results: dict[str, Any] = {}
     with console.status(f"timing the stages on {nx}x{ny} CCDs ({runs} run(s))"):
-        results["stages"] = bench_stages(run.data_dir, run.database_url, size=(nx, ny), runs=runs,
-                                         association_radius_arcsec=run.association_radius_arcsec)
+        results["stages"] = bench_stages(
+            run.data_dir,
+            run.database_url,
+            size=(nx, ny),
+            runs=runs,
+            association_radius_arcsec=run.association_radius_arcsec,
+        )
     st = results["stages"]
     table = Table(title=f"stage timings, {nx}x{ny}, median of {runs} run(s)")
     for col in ("stage", "median", "min", "max", "n"):

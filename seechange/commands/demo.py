@@ -19,10 +19,9 @@ DEMO_PREFIX = "demo."
 DEMO_DATABASE = "seechange_demo"
 
 
-
-
-def recovered_transients(session: Any, data_dir: Path, alerts: list[tuple[dict[str, Any], int]],
-                         radius_arcsec: float) -> tuple[int, int, int]:
+def recovered_transients(
+    session: Any, data_dir: Path, alerts: list[tuple[dict[str, Any], int]], radius_arcsec: float
+) -> tuple[int, int, int]:
     """(transients visible after the reference epochs, of which with an alert, distinct objects per one).
 
     A transient counts as recovered when an alert lies within ``radius_arcsec`` of its true position.
@@ -34,8 +33,12 @@ def recovered_transients(session: Any, data_dir: Path, alerts: list[tuple[dict[s
     visible = [t for t in night["transients"] if t["kind"] == "transient" and t["t_start"] < last_mjd]
     found, split = 0, 0
     for t in visible:
-        objs = {a["object"]["objectId"] for a, _ in alerts
-                if angular_sep_arcsec(t["ra"], t["dec"], a["sighting"]["ra"], a["sighting"]["dec"]) < radius_arcsec}
+        objs = {
+            a["object"]["objectId"]
+            for a, _ in alerts
+            if angular_sep_arcsec(t["ra"], t["dec"], a["sighting"]["ra"], a["sighting"]["dec"])
+            < radius_arcsec
+        }
         found += bool(objs)
         split += len(objs) > 1
     return len(visible), found, split
@@ -43,16 +46,23 @@ def recovered_transients(session: Any, data_dir: Path, alerts: list[tuple[dict[s
 
 @click.command("demo")
 @click.option("--fields", default=2, show_default=True, help="Simulated fields.")
-@click.option("--epochs", default=6, show_default=True, help="Epochs per field (the first 3 build references).")
+@click.option(
+    "--epochs", default=6, show_default=True, help="Epochs per field (the first 3 build references)."
+)
 @click.option("--size", default="2048x4096", show_default=True, help="CCD size NXxNY, pixels.")
 @click.option("--seed", default=42, show_default=True)
-@click.option("--cadence", default=6.0, show_default=True,
-              help="Seconds between ingested exposures, like a telescope's (0: all at once, which measures "
-                   "queueing rather than processing latency).")
+@click.option(
+    "--cadence",
+    default=6.0,
+    show_default=True,
+    help="Seconds between ingested exposures, like a telescope's (0: all at once, which measures "
+    "queueing rather than processing latency).",
+)
 @click.option("--timeout", default=900.0, show_default=True, help="Give up after this many seconds.")
 @click.pass_obj
-def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cadence: float,
-         timeout: float) -> None:
+def demo(
+    settings: Settings, fields: int, epochs: int, size: str, seed: int, cadence: float, timeout: float
+) -> None:
     """Run a simulated night through every service and print what came out."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn
@@ -84,20 +94,30 @@ def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cad
     drop_database(ep.database_url, db_name)
     db_url = create_database(ep.database_url, db_name)
     upgrade(db_url)
-    run = settings.model_copy(update={"kafka_bootstrap": ep.kafka_bootstrap, "database_url": db_url,
-                                      "data_dir": data_dir, "topic_prefix": DEMO_PREFIX,
-                                      "consumer_group_prefix": f"demo{run_id}"})
+    run = settings.model_copy(
+        update={
+            "kafka_bootstrap": ep.kafka_bootstrap,
+            "database_url": db_url,
+            "data_dir": data_dir,
+            "topic_prefix": DEMO_PREFIX,
+            "consumer_group_prefix": f"demo{run_id}",
+        }
+    )
     admin_names = topic_names(run)
     delete_topics(run.kafka_bootstrap, admin_names)  # the previous demo's events
     ensure_topics(run.kafka_bootstrap, admin_names, run.partitions)
-    console.print(f"services up in {time.monotonic() - t_start:.1f} s: kafka {ep.kafka_bootstrap}, "
-                  f"database {db_name}, topics prefix {run.topic_prefix!r}")
+    console.print(
+        f"services up in {time.monotonic() - t_start:.1f} s: kafka {ep.kafka_bootstrap}, "
+        f"database {db_name}, topics prefix {run.topic_prefix!r}"
+    )
 
     shutil.rmtree(data_dir, ignore_errors=True)
     t0 = time.monotonic()
     with console.status(f"simulating {fields} field(s) x {epochs} epochs of {nx}x{ny} CCDs"):
         night = simulate_night(data_dir, seed=seed, n_fields=fields, n_epochs=epochs, size=(nx, ny))
-    console.print(f"simulated {len(night.exposures)} exposures in {time.monotonic() - t0:.1f} s under {data_dir}")
+    console.print(
+        f"simulated {len(night.exposures)} exposures in {time.monotonic() - t0:.1f} s under {data_dir}"
+    )
 
     engine = make_engine(db_url)
     sessions = make_session_factory(engine)
@@ -110,29 +130,43 @@ def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cad
     t_night = time.monotonic()
     try:
         exposure_ids: list[int] = []
-        with Progress(TextColumn("{task.description:>11}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TextColumn("{task.fields[extra]}"), console=console) as bar:
+        with Progress(
+            TextColumn("{task.description:>11}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[extra]}"),
+            console=console,
+        ) as bar:
             n = len(night.exposures)
-            tasks = {k: bar.add_task(k, total=n, extra="") for k in ("ingested", "reduced", "subtracted",
-                                                                     "detected")}
+            tasks = {
+                k: bar.add_task(k, total=n, extra="")
+                for k in ("ingested", "reduced", "subtracted", "detected")
+            }
             alerts_task = bar.add_task("alerts", total=None, extra="")
 
             def show(p: Any, received: int) -> None:
                 bar.update(tasks["ingested"], completed=len(exposure_ids))
                 bar.update(tasks["reduced"], completed=p.reduced)
-                bar.update(tasks["subtracted"], completed=p.through_subtract,
-                           extra=f"({p.no_reference} reference members or without reference)")
-                bar.update(tasks["detected"], completed=p.detected + p.no_reference,
-                           extra=f"{p.sightings} sightings")
-                bar.update(alerts_task, completed=received, extra=f"{p.alerts_logged} sent, {received} received")
+                bar.update(
+                    tasks["subtracted"],
+                    completed=p.through_subtract,
+                    extra=f"({p.no_reference} reference members or without reference)",
+                )
+                bar.update(
+                    tasks["detected"], completed=p.detected + p.no_reference, extra=f"{p.sightings} sightings"
+                )
+                bar.update(
+                    alerts_task, completed=received, extra=f"{p.alerts_logged} sent, {received} received"
+                )
 
             for e in night.exposures:
                 report = ingestor.ingest([data_dir / e.raw_path])
                 exposure_ids.extend(report.registered)
                 if cadence:
                     time.sleep(cadence)
-            final = wait_for_night(sessions, exposure_ids, collector, timeout=timeout, on_progress=show,
-                                   services=services)
+            final = wait_for_night(
+                sessions, exposure_ids, collector, timeout=timeout, on_progress=show, services=services
+            )
             show(final, len(collector.snapshot()))
         elapsed = time.monotonic() - t_night
     finally:
@@ -152,18 +186,30 @@ def demo(settings: Settings, fields: int, epochs: int, size: str, seed: int, cad
     for name, count in counts.items():
         table.add_row(name, str(count))
     console.print(table)
-    console.print(f"night of {len(exposure_ids)} exposures through every service in {elapsed:.1f} s "
-                  f"({60 * len(exposure_ids) / elapsed:.1f} CCDs/min)")
-    console.print(f"alerts received by a subscriber on {run.topic('alerts')}: {len(alerts)} "
-                  f"({collector.undecodable} undecodable)")
-    console.print(f"injected transients visible after the reference epochs: {n_vis}; with an alert: {n_found}; "
-                  f"split over several objects: {n_split}")
+    console.print(
+        f"night of {len(exposure_ids)} exposures through every service in {elapsed:.1f} s "
+        f"({60 * len(exposure_ids) / elapsed:.1f} CCDs/min)"
+    )
+    console.print(
+        f"alerts received by a subscriber on {run.topic('alerts')}: {len(alerts)} "
+        f"({collector.undecodable} undecodable)"
+    )
+    console.print(
+        f"injected transients visible after the reference epochs: {n_vis}; with an alert: {n_found}; "
+        f"split over several objects: {n_split}"
+    )
     if len(latencies):
-        console.print(f"exposure-to-alert latency: median {np.median(latencies):.1f} s, "
-                      f"p95 {np.percentile(latencies, 95):.1f} s (n={len(latencies)})")
+        console.print(
+            f"exposure-to-alert latency: median {np.median(latencies):.1f} s, "
+            f"p95 {np.percentile(latencies, 95):.1f} s (n={len(latencies)})"
+        )
     console.print(f"services stopped: {', '.join(f'{k}={v}' for k, v in codes.items())}")
-    click.echo("explore it (the demo keeps its topics, database and files until the next demo):\n"
-               f"  SEECHANGE_TOPIC_PREFIX={DEMO_PREFIX} seechange subscribe --from beginning --max 5\n"
-               f"  SEECHANGE_DATABASE_URL='{db_url}' seechange lightcurve <object name>")
+    click.echo(
+        "explore it (the demo keeps its topics, database and files until the next demo):\n"
+        f"  SEECHANGE_TOPIC_PREFIX={DEMO_PREFIX} seechange subscribe --from beginning --max 5\n"
+        f"  SEECHANGE_DATABASE_URL='{db_url}' seechange lightcurve <object name>"
+    )
     if any(c != 0 for c in codes.values()):
-        raise RuntimeError("a service did not shut down cleanly (exit code above); see " + str(data_dir / "logs"))
+        raise RuntimeError(
+            "a service did not shut down cleanly (exit code above); see " + str(data_dir / "logs")
+        )

@@ -43,8 +43,6 @@ def print_table(title: str, rows: list[tuple[str, Any, str, Any]]) -> bool:
     return ok
 
 
-
-
 @click.group("evaluate")
 def evaluate() -> None:
     """Measure the pipeline's quality against truth (simulated nights) or injections (real DECam data)."""
@@ -53,15 +51,34 @@ def evaluate() -> None:
 @evaluate.command("sim")
 @click.option("--size", default="512x1024", show_default=True, help="CCD size NXxNY, pixels.")
 @click.option("--fields", default=1, show_default=True, help="Simulated fields.")
-@click.option("--epochs", default=5, show_default=True, help="Epochs per field (the first 3 build references).")
+@click.option(
+    "--epochs", default=5, show_default=True, help="Epochs per field (the first 3 build references)."
+)
 @click.option("--seed", default=42, show_default=True)
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
-              help="Data root for the night (default: a temporary folder).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
-              help="Write every figure (and per-transient / per-false-positive details) here.")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Data root for the night (default: a temporary folder).",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write every figure (and per-transient / per-false-positive details) here.",
+)
 @click.pass_obj
-def evaluate_sim(settings: Settings, size: str, fields: int, epochs: int, seed: int, data_dir: Path | None,
-                 json_out: Path | None) -> None:
+def evaluate_sim(
+    settings: Settings,
+    size: str,
+    fields: int,
+    epochs: int,
+    seed: int,
+    data_dir: Path | None,
+    json_out: Path | None,
+) -> None:
     """Simulate a night, run reduce/subtract/detect in-process into a fresh database, compare with truth."""
     from seechange.evaluation.simulated import TARGETS, evaluate_night_inprocess
     from seechange.localservices import endpoints
@@ -71,23 +88,36 @@ def evaluate_sim(settings: Settings, size: str, fields: int, epochs: int, seed: 
     nx, ny = parse_size(size)
     with tempfile.TemporaryDirectory(prefix="seechange-eval-") as tmp:
         root = data_dir if data_dir is not None else Path(tmp)
-        res = evaluate_night_inprocess(root, ep.database_url, seed=seed, n_fields=fields, n_epochs=epochs,
-                                       size=(nx, ny),
-                                       association_radius_arcsec=ep.association_radius_arcsec)
+        res = evaluate_night_inprocess(
+            root,
+            ep.database_url,
+            seed=seed,
+            n_fields=fields,
+            n_epochs=epochs,
+            size=(nx, ny),
+            association_radius_arcsec=ep.association_radius_arcsec,
+        )
     if json_out is not None:
         json_out.write_text(json.dumps(res, indent=1, default=float) + "\n")
     rows = [(name, res.get(name, float("nan")), target, check) for name, (target, check) in TARGETS.items()]
-    rows += [("n_subtractions", res["n_subtractions"], "", None),
-             ("n_transient_epochs_snr10", res["n_transient_epochs_snr10"], "", None),
-             ("false_positives (total)", res["false_positives"], "", None),
-             ("n_pulls", res["n_pulls"], "", None)]
+    rows += [
+        ("n_subtractions", res["n_subtractions"], "", None),
+        ("n_transient_epochs_snr10", res["n_transient_epochs_snr10"], "", None),
+        ("false_positives (total)", res["false_positives"], "", None),
+        ("n_pulls", res["n_pulls"], "", None),
+    ]
     ok = print_table(f"simulated night {nx}x{ny}, {fields} field(s) x {epochs} epochs, seed {seed}", rows)
     click.echo("all targets met" if ok else "some targets missed")
 
 
 @evaluate.command("real")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
-              help=f"Folder of the decam-sfft files (default {DEFAULT_REAL_DATA}).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"Folder of the decam-sfft files (default {DEFAULT_REAL_DATA}).",
+)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
 def evaluate_real(data_dir: Path | None, json_out: Path | None) -> None:
     """Injection completeness, pulls, S_corr noise and false positives on the real DECam pairs."""

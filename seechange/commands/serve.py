@@ -30,16 +30,39 @@ def serve(settings: Settings, stage: str, max_messages: int | None, idle_timeout
 
 @click.command("ingest")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--watch", "watch_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep watching this folder and ingest every new FITS file.")
-@click.option("--reduced", is_flag=True, help="The files are already reduced: emit image-reduced, skip reduce.")
-@click.option("--weight", "weight", type=click.Path(path_type=Path), default=None,
-              help="Inverse-variance map of the one --reduced image.")
-@click.option("--mask", "mask", type=click.Path(path_type=Path), default=None,
-              help="Bad-pixel mask (non-zero = bad) of the one --reduced image.")
+@click.option(
+    "--watch",
+    "watch_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep watching this folder and ingest every new FITS file.",
+)
+@click.option(
+    "--reduced", is_flag=True, help="The files are already reduced: emit image-reduced, skip reduce."
+)
+@click.option(
+    "--weight",
+    "weight",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Inverse-variance map of the one --reduced image.",
+)
+@click.option(
+    "--mask",
+    "mask",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Bad-pixel mask (non-zero = bad) of the one --reduced image.",
+)
 @click.pass_obj
-def ingest(settings: Settings, paths: tuple[Path, ...], watch_dir: Path | None, reduced: bool,
-           weight: Path | None, mask: Path | None) -> None:
+def ingest(
+    settings: Settings,
+    paths: tuple[Path, ...],
+    watch_dir: Path | None,
+    reduced: bool,
+    weight: Path | None,
+    mask: Path | None,
+) -> None:
     """Register raw CCD files (inside the data root) and emit exposure-ready for each.
 
     Already-reduced images (--reduced, or Community Pipeline names *_ooi_*, paired with the *_oow_* weight
@@ -60,8 +83,11 @@ def ingest(settings: Settings, paths: tuple[Path, ...], watch_dir: Path | None, 
     triplets = pair_cp_triplets([p for p in full if p not in raw])
     if weight or mask:
         one = triplets[0] if triplets else ReducedFiles(full[0])
-        triplets = [ReducedFiles(one.image, weight.resolve() if weight else one.weight,
-                                 mask.resolve() if mask else one.mask)]
+        triplets = [
+            ReducedFiles(
+                one.image, weight.resolve() if weight else one.weight, mask.resolve() if mask else one.mask
+            )
+        ]
     settings = endpoints(settings)
     engine = make_engine(settings.database_url)
     stop = threading.Event()
@@ -70,14 +96,18 @@ def ingest(settings: Settings, paths: tuple[Path, ...], watch_dir: Path | None, 
         failed = 0
         if raw:
             report = ingestor.ingest(raw)
-            click.echo(f"ingested {len(report.registered)} exposure(s) ({report.new} new), "
-                       f"{len(report.failed)} failed")
+            click.echo(
+                f"ingested {len(report.registered)} exposure(s) ({report.new} new), "
+                f"{len(report.failed)} failed"
+            )
             failed += len(report.failed)
         if triplets:
             # the same reduce parameters (and so provenance) as the reduce service would use
             report = ingestor.ingest_reduced(triplets, params=load_parameters(settings.params_file).reduce)
-            click.echo(f"ingested {len(report.images)} reduced image(s) ({report.new} new), "
-                       f"{len(report.failed)} failed")
+            click.echo(
+                f"ingested {len(report.images)} reduced image(s) ({report.new} new), "
+                f"{len(report.failed)} failed"
+            )
             failed += len(report.failed)
         if failed and not watch_dir:
             raise SystemExit(1)

@@ -11,8 +11,13 @@ from seechange.config import Settings
 
 
 @click.command("simulate")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Data root to write into [settings.data_dir].")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data root to write into [settings.data_dir].",
+)
 @click.option("--fields", default=2, show_default=True)
 @click.option("--epochs", default=6, show_default=True)
 @click.option("--ref-epochs", default=3, show_default=True, help="Leading epochs without transients.")
@@ -20,8 +25,16 @@ from seechange.config import Settings
 @click.option("--band", default="r", show_default=True, type=click.Choice(["g", "r", "i", "z"]))
 @click.option("--seed", default=42, show_default=True)
 @click.pass_obj
-def simulate(settings: Settings, out_dir: Path | None, fields: int, epochs: int, ref_epochs: int, size: str,
-             band: str, seed: int) -> None:
+def simulate(
+    settings: Settings,
+    out_dir: Path | None,
+    fields: int,
+    epochs: int,
+    ref_epochs: int,
+    size: str,
+    band: str,
+    seed: int,
+) -> None:
     """Simulate a night of DECam-like raw exposures with truth tables (deterministic from the seed)."""
     from rich.progress import Progress
 
@@ -31,10 +44,19 @@ def simulate(settings: Settings, out_dir: Path | None, fields: int, epochs: int,
     root = out_dir or settings.data_dir
     with Progress() as bar:
         task = bar.add_task("simulating", total=fields * epochs)
-        night = simulate_night(root, seed=seed, n_fields=fields, n_epochs=epochs, band=band, size=(nx, ny),
-                               n_ref_epochs=ref_epochs,
-                               progress=lambda done, total: bar.update(task, completed=done, total=total))
-    click.echo(f"wrote {len(night.exposures)} exposures of {len(night.fields)} field(s) under {root}; "
-               f"{len(night.transients)} time-variable sources in truth/night.json")
+        night = simulate_night(
+            root,
+            seed=seed,
+            n_fields=fields,
+            n_epochs=epochs,
+            band=band,
+            size=(nx, ny),
+            n_ref_epochs=ref_epochs,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    click.echo(
+        f"wrote {len(night.exposures)} exposures of {len(night.fields)} field(s) under {root}; "
+        f"{len(night.transients)} time-variable sources in truth/night.json"
+    )
     for e in night.exposures:
         click.echo(f"  {e.raw_path}")

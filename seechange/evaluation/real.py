@@ -9,6 +9,7 @@ cosmic-ray flags, a stacked-star PSF, relative zero points from matched stars).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,14 @@ __all__ = ["REF_ZP", "TRANSIENT_XY", "evaluate_real_decam", "load_decam_sfft"]
 log = logging.getLogger(__name__)
 REF_ZP = 30.0  # arbitrary: the files carry no absolute calibration; new zps are relative to the reference
 TRANSIENT_XY = (129.0, 128.0)  # the real transient near the galaxy (x, y pixels)
-NEW_FILES = ("DEC-OBS04a.mini.fits", "DEC-OBS04b.mini.fits", "DEC-OBS04c.mini.fits",
-             "DEC-OBS04d.mini.fits", "DEC-OBS04e.mini.fits", "Stack-DEC-OBS04.fits")
+NEW_FILES = (
+    "DEC-OBS04a.mini.fits",
+    "DEC-OBS04b.mini.fits",
+    "DEC-OBS04c.mini.fits",
+    "DEC-OBS04d.mini.fits",
+    "DEC-OBS04e.mini.fits",
+    "Stack-DEC-OBS04.fits",
+)
 REF_FILE = "Stack-DEC-OBS18.fits"
 
 
@@ -47,10 +54,15 @@ def _stack_psf(img: np.ndarray, objs: np.ndarray, fwhm0: float, sat_e: float) ->
     for o in objs[np.argsort(-objs["flux"])]:
         x, y = o["x"], o["y"]
         d = np.hypot(xy[:, 0] - x, xy[:, 1] - y)
-        if (np.sum(d < 3 * half) > 1 or not (half + 2 <= x < nx - half - 2 and half + 2 <= y < ny - half - 2)
-                or o["peak"] > 0.5 * sat_e or o["flag"] != 0 or o["b"] / o["a"] < 0.7):
+        if (
+            np.sum(d < 3 * half) > 1
+            or not (half + 2 <= x < nx - half - 2 and half + 2 <= y < ny - half - 2)
+            or o["peak"] > 0.5 * sat_e
+            or o["flag"] != 0
+            or o["b"] / o["a"] < 0.7
+        ):
             continue
-        ix, iy = int(round(x)), int(round(y))
+        ix, iy = round(x), round(y)
         st = img[iy - half - 2 : iy + half + 3, ix - half - 2 : ix + half + 3].astype(np.float64)
         st = ndimage.shift(st, (iy - y, ix - x), order=3, mode="nearest")[2:-2, 2:-2]
         stamps.append(st / st.sum())
@@ -98,15 +110,30 @@ def load_decam_sfft(path: Path, *, n_combined: int = 1, zp: float = REF_ZP) -> I
     flags[sat] |= FLAG_SATURATED
     var = rms**2 + np.clip(img, 0, None) / n_combined
     if n_combined == 1:
-        crmask, _ = astroscrappy.detect_cosmics(img, invar=var, sigclip=5.0, objlim=5.0, gain=1.0,
-                                                readnoise=float(hdr["RDNOISE"]), satlevel=sat_e, niter=3)
+        crmask, _ = astroscrappy.detect_cosmics(
+            img,
+            invar=var,
+            sigclip=5.0,
+            objlim=5.0,
+            gain=1.0,
+            readnoise=float(hdr["RDNOISE"]),
+            satlevel=sat_e,
+            niter=3,
+        )
         flags[ndimage.binary_dilation(crmask, iterations=1)] |= FLAG_COSMIC_RAY
     weight = np.where(flags == 0, 1.0 / var, 0.0).astype(np.float32)
     objs = sep.extract(img, 10.0, err=rms, minarea=9)
     psf = _stack_psf(img, objs, float(hdr.get("FWHM", 4.5)), sat_e)
     return ImageData(
-        image=img, weight=weight, flags=flags, psf=psf, wcs=WCS(hdr).celestial, zp=zp, fwhm_px=_fwhm(psf),
-        bkg_level=float(hdr.get("SKYBRITE", 0.0)) * gain, bkg_rms=float(np.median(rms)),
+        image=img,
+        weight=weight,
+        flags=flags,
+        psf=psf,
+        wcs=WCS(hdr).celestial,
+        zp=zp,
+        fwhm_px=_fwhm(psf),
+        bkg_level=float(hdr.get("SKYBRITE", 0.0)) * gain,
+        bkg_rms=float(np.median(rms)),
         meta={"path": str(path), "gain": gain, "n_psf_stars": len(objs), "objects": objs},
     )
 
@@ -154,16 +181,20 @@ def _quiet_std(res: Any, avoid: np.ndarray) -> tuple[float, float]:
     return float(mad_std(s)), float(np.std(s[np.abs(s) < 10]))
 
 
+#: Difference-image SNR grid of the completeness curve.
+SNR_GRID: tuple[float, ...] = tuple(float(v) for v in range(1, 21))
+
+
 def evaluate_real_decam(
     data_dir: Path,
     *,
     seed: int = 0,
     n_inject: int = 20,
     n_rounds: int = 8,
-    snr_grid: tuple[float, ...] = tuple(float(v) for v in range(1, 21)),
+    snr_grid: tuple[float, ...] = SNR_GRID,
     new_files: tuple[str, ...] = NEW_FILES,
-    subtract_params: SubtractParams = SubtractParams(),
-    detect_params: DetectParams = DetectParams(),
+    subtract_params: SubtractParams | None = None,
+    detect_params: DetectParams | None = None,
 ) -> dict[str, Any]:
     """Completeness, pulls, S_corr noise and false positives of subtract + detect on the real pairs.
 
@@ -192,6 +223,8 @@ def evaluate_real_decam(
         ``snr50``, ``completeness_snr_ge_10``, ``pull_std``, ``pull_median``, ``flux_ratio_median``,
         ``n_injected``, ``transient_found_all``, ``false_positives_per_frame``, ``scorr_std_mean``.
     """
+    subtract_params = subtract_params or SubtractParams()
+    detect_params = detect_params or DetectParams()
     rng = np.random.default_rng(seed)
     ref = load_decam_sfft(data_dir / REF_FILE, n_combined=5)
     frames, inj_snr, inj_found, pulls, ratios = [], [], [], [], []
@@ -206,18 +239,35 @@ def evaluate_real_decam(
         found_tr = bool(np.any((dt < 5) & tab["is_positive"])) if len(tab) else False
         others = int(np.sum(tab["is_good"] & (dt >= 5))) if len(tab) else 0
         sn = np.abs(res.score) / np.sqrt(res.score_var)
-        avoid = ndimage.binary_dilation((np.abs(new.image) > 5 * new.bkg_rms) | (np.abs(ref_rs.image) >
-                                        5 * ref_rs.bkg_rms) | (sn > 5) | (res.flags != 0), iterations=8)
+        avoid = ndimage.binary_dilation(
+            (np.abs(new.image) > 5 * new.bkg_rms)
+            | (np.abs(ref_rs.image) > 5 * ref_rs.bkg_rms)
+            | (sn > 5)
+            | (res.flags != 0),
+            iterations=8,
+        )
         yy, xx = np.mgrid[0 : new.shape[0], 0 : new.shape[1]]
         avoid |= np.hypot(xx - TRANSIENT_XY[0], yy - TRANSIENT_XY[1]) < 15
         b = res.border_px + 5
         avoid[:b], avoid[-b:], avoid[:, :b], avoid[:, -b:] = True, True, True, True
         mad, clipped = _quiet_std(res, avoid)
-        frames.append({"file": name, "zp": new.zp, "fwhm_new": new.fwhm_px, "fwhm_ref": ref.fwhm_px,
-                       "noise_corr_new": res.noise_corr_new, "noise_corr_ref": res.noise_corr_ref,
-                       "score_std_raw": res.score_std, "renorm_factor": res.renorm_factor,
-                       "scorr_mad_std": mad, "scorr_std_clipped": clipped, "transient_found": found_tr,
-                       "other_good_sightings": others, "n_detections": len(tab)})
+        frames.append(
+            {
+                "file": name,
+                "zp": new.zp,
+                "fwhm_new": new.fwhm_px,
+                "fwhm_ref": ref.fwhm_px,
+                "noise_corr_new": res.noise_corr_new,
+                "noise_corr_ref": res.noise_corr_ref,
+                "score_std_raw": res.score_std,
+                "renorm_factor": res.renorm_factor,
+                "scorr_mad_std": mad,
+                "scorr_std_clipped": clipped,
+                "transient_found": found_tr,
+                "other_good_sightings": others,
+                "n_detections": len(tab),
+            }
+        )
         log.info("%s: %s", name, frames[-1])
         for _ in range(n_rounds):
             xy = _injection_sites(rng, avoid, n_inject, 4 * max(new.fwhm_px, res.fwhm_px))
@@ -243,17 +293,35 @@ def evaluate_real_decam(
                 if hit:
                     pulls.append((t["flux_psf"][j] - flux[k]) / t["flux_psf_err"][j])
                     ratios.append(t["flux_psf"][j] / flux[k])
-    return _summarise(frames, np.asarray(inj_snr), np.asarray(inj_found), np.asarray(pulls),
-                      np.asarray(ratios), np.asarray(snr_grid, dtype=float))
+    return _summarise(
+        frames,
+        np.asarray(inj_snr),
+        np.asarray(inj_found),
+        np.asarray(pulls),
+        np.asarray(ratios),
+        np.asarray(snr_grid, dtype=float),
+    )
 
 
-def _summarise(frames: list[dict], snr: np.ndarray, found: np.ndarray, pulls: np.ndarray,
-               ratios: np.ndarray, edges: np.ndarray) -> dict[str, Any]:
+def _summarise(
+    frames: list[dict],
+    snr: np.ndarray,
+    found: np.ndarray,
+    pulls: np.ndarray,
+    ratios: np.ndarray,
+    edges: np.ndarray,
+) -> dict[str, Any]:
     comp = []
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in itertools.pairwise(edges):
         m = (snr >= a) & (snr < b)
-        comp.append({"lo": float(a), "hi": float(b), "n": int(m.sum()),
-                     "completeness": float(found[m].mean()) if m.any() else float("nan")})
+        comp.append(
+            {
+                "lo": float(a),
+                "hi": float(b),
+                "n": int(m.sum()),
+                "completeness": float(found[m].mean()) if m.any() else float("nan"),
+            }
+        )
     centres = np.array([(c["lo"] + c["hi"]) / 2 for c in comp])
     frac = np.array([c["completeness"] for c in comp])
     ok = np.isfinite(frac)

@@ -205,14 +205,26 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
             continue
         truth = read_truth(data_dir, rec["expname"], ccd)
         wcs = _wcs_of(resolve(data_dir, f"{img.filepath}.image.fits"))
-        st = truth[(truth["kind"] == "star") & (truth["mag"] > 16) & (truth["mag"] < 21)
-                   & (truth["x"] > 0) & (truth["x"] < nx - 1) & (truth["y"] > 0) & (truth["y"] < ny - 1)]
+        st = truth[
+            (truth["kind"] == "star")
+            & (truth["mag"] > 16)
+            & (truth["mag"] < 21)
+            & (truth["x"] > 0)
+            & (truth["x"] < nx - 1)
+            & (truth["y"] > 0)
+            & (truth["y"] < ny - 1)
+        ]
         if len(st):
             ra, dec = wcs.all_pix2world(np.asarray(st["x"]), np.asarray(st["y"]), 0)
             astro_d2.append(_sky_sep_arcsec(ra, dec, np.asarray(st["ra"]), np.asarray(st["dec"])) ** 2)
         if img.zero_point is not None and math.isfinite(img.zero_point):
             zp_err.append(float(img.zero_point) - float(truth.meta["zp"]))
-        images[rec["expname"]] = {"image_id": img.id, "truth": truth, "epoch": rec["epoch"], "field": rec["field"]}
+        images[rec["expname"]] = {
+            "image_id": img.id,
+            "truth": truth,
+            "epoch": rec["epoch"],
+            "field": rec["field"],
+        }
 
     sub_rows: list[dict[str, Any]] = []
     transient_rows: list[dict[str, Any]] = []
@@ -220,8 +232,13 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
     scorr_vals: list[float] = []
     n_fp_total = 0
     for expname, info in images.items():
-        sub = _latest(list(session.scalars(select(SubtractionImage)
-                                           .where(SubtractionImage.new_image_id == info["image_id"]))))
+        sub = _latest(
+            list(
+                session.scalars(
+                    select(SubtractionImage).where(SubtractionImage.new_image_id == info["image_id"])
+                )
+            )
+        )
         if sub is None:
             continue
         truth: Table = info["truth"]
@@ -242,8 +259,16 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
         scorr_vals.append(s_std)
 
         sightings = list(session.scalars(select(Sighting).where(Sighting.subtraction_id == sub.id)))
-        phot = {p.sighting_id: p for p in session.scalars(
-            select(Photometry).where(Photometry.sighting_id.in_([s.id for s in sightings])))} if sightings else {}
+        phot = (
+            {
+                p.sighting_id: p
+                for p in session.scalars(
+                    select(Photometry).where(Photometry.sighting_id.in_([s.id for s in sightings]))
+                )
+            }
+            if sightings
+            else {}
+        )
         s_ra = np.array([s.ra for s in sightings])
         s_dec = np.array([s.dec for s in sightings])
 
@@ -267,17 +292,29 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
                 cand = [i for i in np.argsort(d) if d[i] <= match_radius_arcsec and sightings[i].is_positive]
                 good = [i for i in cand if sightings[i].is_good]
                 hit = good[0] if good else (cand[0] if cand else None)
-            tr: dict[str, Any] = {"expname": expname, "field": info["field"], "id": int(row["id"]), "x": x, "y": y, "mag": float(row["mag"]),
-                                  "flux_e": flux, "snr_true": snr, "detected": hit is not None,
-                                  "detected_good": hit is not None and sightings[hit].is_good}
+            tr: dict[str, Any] = {
+                "expname": expname,
+                "field": info["field"],
+                "id": int(row["id"]),
+                "x": x,
+                "y": y,
+                "mag": float(row["mag"]),
+                "flux_e": flux,
+                "snr_true": snr,
+                "detected": hit is not None,
+                "detected_good": hit is not None and sightings[hit].is_good,
+            }
             if hit is not None:
                 s = sightings[hit]
                 p = phot.get(s.id)
                 tr.update(sighting_id=s.id, object_id=s.object_id, flags=s.flags, score=s.score)
                 if p is not None and p.psf_flux_err and p.psf_flux_err > 0:
-                    tr.update(psf_flux=p.psf_flux, psf_flux_err=p.psf_flux_err,
-                              pull=(p.psf_flux - flux) / p.psf_flux_err,
-                              mag_meas=p.mag if p.mag is not None else float("nan"))
+                    tr.update(
+                        psf_flux=p.psf_flux,
+                        psf_flux_err=p.psf_flux_err,
+                        pull=(p.psf_flux - flux) / p.psf_flux_err,
+                        mag_meas=p.mag if p.mag is not None else float("nan"),
+                    )
             transient_rows.append(tr)
 
         n_fp = 0
@@ -291,23 +328,47 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
             crs = np.asarray(truth.meta.get("cosmic_ray_pixels") or np.zeros((0, 2)), float).reshape(-1, 2)
             d_cr = float(np.min(np.hypot(crs[:, 0] - s.x, crs[:, 1] - s.y))) if len(crs) else float("inf")
             p = phot.get(s.id)
-            fp_details.append({
-                "expname": expname, "sighting_id": s.id, "x": s.x, "y": s.y, "score": s.score,
-                "is_positive": s.is_positive, "snr": p.snr if p else None,
-                "nearest_kind": str(st["kind"][j]) if j >= 0 else None,
-                "nearest_mag": float(st["mag"][j]) if j >= 0 else None,
-                "nearest_arcsec": float(d[j]) if j >= 0 else None, "nearest_cr_px": d_cr})
+            fp_details.append(
+                {
+                    "expname": expname,
+                    "sighting_id": s.id,
+                    "x": s.x,
+                    "y": s.y,
+                    "score": s.score,
+                    "is_positive": s.is_positive,
+                    "snr": p.snr if p else None,
+                    "nearest_kind": str(st["kind"][j]) if j >= 0 else None,
+                    "nearest_mag": float(st["mag"][j]) if j >= 0 else None,
+                    "nearest_arcsec": float(d[j]) if j >= 0 else None,
+                    "nearest_cr_px": d_cr,
+                }
+            )
         n_fp_total += n_fp
-        sub_rows.append({"expname": expname, "subtraction_id": sub.id, "n_sightings": len(sightings),
-                         "n_good": sum(s.is_good for s in sightings), "false_positives": n_fp,
-                         "scorr_std": s_std, "renorm_factor": renorm, "score_std_pipeline": sub.score_std})
+        sub_rows.append(
+            {
+                "expname": expname,
+                "subtraction_id": sub.id,
+                "n_sightings": len(sightings),
+                "n_good": sum(s.is_good for s in sightings),
+                "false_positives": n_fp,
+                "scorr_std": s_std,
+                "renorm_factor": renorm,
+                "score_std_pipeline": sub.score_std,
+            }
+        )
 
     snr = np.array([t["snr_true"] for t in transient_rows], float)
     found = np.array([t["detected_good"] for t in transient_rows], bool)
     hi = snr >= 10
     pulls = np.array([t["pull"] for t in transient_rows if "pull" in t and t["detected_good"]], float)
-    dmag = np.array([t["mag_meas"] - t["mag"] for t in transient_rows
-                     if t.get("detected_good") and t["snr_true"] >= 20 and "mag_meas" in t], float)
+    dmag = np.array(
+        [
+            t["mag_meas"] - t["mag"]
+            for t in transient_rows
+            if t.get("detected_good") and t["snr_true"] >= 20 and "mag_meas" in t
+        ],
+        float,
+    )
     objects: dict[tuple[str, int], set[int]] = {}  # transient ids are unique within a field
     for t in transient_rows:
         if t["detected_good"] and t.get("object_id") is not None:
@@ -315,7 +376,9 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
     n_sub = len(sub_rows)
     astro = np.concatenate(astro_d2) if astro_d2 else np.zeros(0)
     return {
-        "n_images": len(images), "n_subtractions": n_sub, "size": [nx, ny],
+        "n_images": len(images),
+        "n_subtractions": n_sub,
+        "size": [nx, ny],
         "astrometric_rms_arcsec": float(np.sqrt(np.mean(astro))) if astro.size else float("nan"),
         "n_astrometric_stars": int(astro.size),
         "zp_max_abs_error_mag": float(np.max(np.abs(zp_err))) if zp_err else float("nan"),
@@ -337,16 +400,27 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
         "n_mag_offset_snr20": int(dmag.size),
         "max_objects_per_transient": max((len(v) for v in objects.values()), default=0),
         "n_transients_recovered": len(objects),
-        "subtractions": sub_rows, "transients": transient_rows, "false_positive_details": fp_details,
+        "subtractions": sub_rows,
+        "transients": transient_rows,
+        "false_positive_details": fp_details,
     }
 
 
-def evaluate_night_inprocess(data_dir: Path, database_url: str, *, seed: int = 42, n_fields: int = 1,
-                             n_epochs: int = 5, size: tuple[int, int] = (512, 1024),
-                             match_radius_arcsec: float = 1.0, create_db: bool = True,
-                             reduce_params: Any = None, subtract_params: Any = None,
-                             detect_params: Any = None,
-                             association_radius_arcsec: float | None = None) -> dict:
+def evaluate_night_inprocess(
+    data_dir: Path,
+    database_url: str,
+    *,
+    seed: int = 42,
+    n_fields: int = 1,
+    n_epochs: int = 5,
+    size: tuple[int, int] = (512, 1024),
+    match_radius_arcsec: float = 1.0,
+    create_db: bool = True,
+    reduce_params: Any = None,
+    subtract_params: Any = None,
+    detect_params: Any = None,
+    association_radius_arcsec: float | None = None,
+) -> dict:
     """Simulate a night, run reduce / subtract / detect in-process into a database, and evaluate it.
 
     Parameters
@@ -381,9 +455,12 @@ def evaluate_night_inprocess(data_dir: Path, database_url: str, *, seed: int = 4
 
     data_dir = Path(data_dir)
     defaults = PipelineParameters()
-    params = PipelineParameters(reduce=reduce_params or defaults.reduce, reference=defaults.reference,
-                                subtract=subtract_params or defaults.subtract,
-                                detect=detect_params or defaults.detect)
+    params = PipelineParameters(
+        reduce=reduce_params or defaults.reduce,
+        reference=defaults.reference,
+        subtract=subtract_params or defaults.subtract,
+        detect=detect_params or defaults.detect,
+    )
     if association_radius_arcsec is None:
         association_radius_arcsec = Settings.model_fields["association_radius_arcsec"].default
     t0 = time.perf_counter()

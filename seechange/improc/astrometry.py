@@ -77,8 +77,9 @@ def load_refcat(refcat_dir: Path, ra: float, dec: float, radius_deg: float) -> T
         if np.any(sep <= radius_deg):
             parts.append(t[sep <= radius_deg])
     if not parts:
-        warnings.warn(f"load_refcat: no stars within {radius_deg} deg of ({ra}, {dec})", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"load_refcat: no stars within {radius_deg} deg of ({ra}, {dec})", RuntimeWarning, stacklevel=2
+        )
         return Table(names=["ra", "dec"], dtype=["f8", "f8"])
     out = vstack(parts, metadata_conflicts="silent") if len(parts) > 1 else parts[0]
     return out
@@ -203,7 +204,9 @@ def solve_astrometry(
         bright_ref = np.argsort(np.where(np.isfinite(m), m, np.inf))[:n_bright]
     else:
         bright_ref = np.arange(min(n_bright, len(ref_xy)))
-    dx, dy, votes = find_offset(src_xy[bright_src], ref_xy[bright_ref], max_offset_px=max_offset_arcsec / scale)
+    dx, dy, votes = find_offset(
+        src_xy[bright_src], ref_xy[bright_ref], max_offset_px=max_offset_arcsec / scale
+    )
     log.debug("astrometry: offset (%.2f, %.2f) px from %d votes", dx, dy, votes)
     world = SkyCoord(ref_ra[ref_idx] * u.deg, ref_dec[ref_idx] * u.deg)
     fit = wcs.celestial.deepcopy()

@@ -79,8 +79,11 @@ def measure_background(
     # the map is smooth on the mesh scale: its median over every ``sample``-th pixel is the same level
     # (to ~1e-4 of the sky) at a 1/sample^2 of the cost (0.2 s on 2048x4096)
     good_s = good[::sample, ::sample]
-    level = float(np.median(bmap[::sample, ::sample][good_s])) if good_s.any() else (
-        float(np.median(bmap[good])) if good.any() else float(bkg.globalback))
+    level = (
+        float(np.median(bmap[::sample, ::sample][good_s]))
+        if good_s.any()
+        else (float(np.median(bmap[good])) if good.any() else float(bkg.globalback))
+    )
     sub = (data[::sample, ::sample] - bmap[::sample, ::sample])[good[::sample, ::sample]]  # subsample first
     if sub.size < 100:
         rms = float(bkg.globalrms)

@@ -207,8 +207,9 @@ def overscan_correct_and_trim(
         over = np.asarray(raw[amp.raw_bias], dtype=np.float32)
         data = np.asarray(raw[amp.raw_data], dtype=np.float32)
         if over.shape[0] != data.shape[0]:
-            raise ImpossibleValue(f"amp {amp.name}: overscan rows {over.shape[0]} != data rows "
-                                  f"{data.shape[0]}")
+            raise ImpossibleValue(
+                f"amp {amp.name}: overscan rows {over.shape[0]} != data rows {data.shape[0]}"
+            )
         row_level = np.median(over, axis=1)
         if smooth_rows > 1:
             row_level = ndimage.median_filter(row_level, size=smooth_rows, mode="nearest")
@@ -299,8 +300,10 @@ def detect_cosmic_rays(
     xx = xs[:, None, None] + 5 + off[None, None, :]
     patch = pad[yy, xx]  # (n, 9, 9)
     o5 = np.arange(-2, 3)  # 5x5 of S with edge replication: clipped indices (no padded full-frame copy)
-    s_patch = s[np.clip(ys[:, None, None] + o5[None, :, None], 0, s.shape[0] - 1),
-                np.clip(xs[:, None, None] + o5[None, None, :], 0, s.shape[1] - 1)]
+    s_patch = s[
+        np.clip(ys[:, None, None] + o5[None, :, None], 0, s.shape[0] - 1),
+        np.clip(xs[:, None, None] + o5[None, None, :], 0, s.shape[1] - 1),
+    ]
     s_prime = s[ys, xs] - np.median(s_patch.reshape(len(ys), -1), axis=1)
     win3 = np.lib.stride_tricks.sliding_window_view(patch, (3, 3), axis=(1, 2))  # (n, 7, 7, 3, 3)
     med3 = np.median(win3.reshape(len(ys), 7, 7, 9), axis=-1)
@@ -443,7 +446,13 @@ def calibrate(
     """
     amps = amp_layout(header)
     shape = _trimmed_shape(amps)
-    for name, arr in (("trimmed_adu", trimmed_adu), ("bias", bias), ("dark", dark), ("flat", flat), ("bpm", bpm)):
+    for name, arr in (
+        ("trimmed_adu", trimmed_adu),
+        ("bias", bias),
+        ("dark", dark),
+        ("flat", flat),
+        ("bpm", bpm),
+    ):
         if arr.shape != shape:
             raise ValueError(f"{name} has shape {arr.shape}, the trimmed grid is {shape}")
     if exptime < 0:

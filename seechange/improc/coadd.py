@@ -142,8 +142,9 @@ def coadd(
     # residuals). Those pixels keep the missing inputs' flags. (Faint sources, e.g. most transients' host
     # galaxies, are left alone: their mixture error is below the noise.)
     partial = (wsum > 0) & (missing_or != 0) & bright
-    flags = (np.where(wsum > 0, np.uint16(0), flags_and) | sat_any
-             | np.where(partial, missing_or, np.uint16(0))).astype(np.uint16)
+    flags = (
+        np.where(wsum > 0, np.uint16(0), flags_and) | sat_any | np.where(partial, missing_or, np.uint16(0))
+    ).astype(np.uint16)
     psf_w = img_w.copy()
     if psf_w.sum() <= 0:
         psf_w[:] = 1.0
@@ -151,11 +152,18 @@ def coadd(
     psf = (psf / psf.sum()).astype(np.float32)
     fwhm = float(2.0 * np.sqrt(np.count_nonzero(psf >= 0.5 * psf.max()) / np.pi))
     return ImageData(
-        image=img, weight=weight, flags=flags, psf=psf, wcs=wcs.deepcopy(), zp=zp0,
-        fwhm_px=fwhm, bkg_level=float(np.mean([im.bkg_level * 10 ** (0.4 * (zp0 - im.zp)) for im in images])),
+        image=img,
+        weight=weight,
+        flags=flags,
+        psf=psf,
+        wcs=wcs.deepcopy(),
+        zp=zp0,
+        fwhm_px=fwhm,
+        bkg_level=float(np.mean([im.bkg_level * 10 ** (0.4 * (zp0 - im.zp)) for im in images])),
         bkg_rms=float(np.sqrt(np.median(var_c[var_c > 0]))) if np.any(var_c > 0) else 0.0,
         astrom_rms_arcsec=float(np.sqrt(np.mean([im.astrom_rms_arcsec**2 for im in images]))),
-        mjd=float(np.mean([im.mjd for im in images])), band=first.band,
+        mjd=float(np.mean([im.mjd for im in images])),
+        band=first.band,
         meta={"n_images": n, "coadd_zp": zp0, "psf_weights": psf_w.tolist()},
     )
 

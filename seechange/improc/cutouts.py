@@ -28,8 +28,9 @@ def _header_template(wcs: WCS) -> fits.Header:
         return wcs.to_header()
 
 
-def _stamp(data: np.ndarray, template: fits.Header, x: float, y: float,
-           size: int) -> tuple[np.ndarray, fits.Header]:
+def _stamp(
+    data: np.ndarray, template: fits.Header, x: float, y: float, size: int
+) -> tuple[np.ndarray, fits.Header]:
     """``Cutout2D(data, (x, y), size, mode="partial", fill_value=nan)`` and its WCS header, without the
     per-stamp WCS copy: the same rounding (lower edge ``ceil(x - size / 2)``) and the same CRPIX shift."""
     x0, y0 = int(np.ceil(x - size / 2.0)), int(np.ceil(y - size / 2.0))
@@ -43,8 +44,13 @@ def _stamp(data: np.ndarray, template: fits.Header, x: float, y: float,
 
 
 def make_cutouts(
-    new: ImageData, ref: ImageData, diff: np.ndarray, positions: Sequence[tuple[float, float]], *,
-    size: int = 51, diff_wcs: WCS | None = None,
+    new: ImageData,
+    ref: ImageData,
+    diff: np.ndarray,
+    positions: Sequence[tuple[float, float]],
+    *,
+    size: int = 51,
+    diff_wcs: WCS | None = None,
 ) -> list[dict]:
     """Stamps of the new image, the (resampled) reference and the difference around each position.
 
@@ -75,11 +81,13 @@ def make_cutouts(
     t_diff = t_new if dw is new.wcs else _header_template(dw)
     out = []
     for x, y in positions:
-        out.append({
-            "new": _stamp(new.image, t_new, x, y, size),
-            "ref": _stamp(ref.image, t_ref, x, y, size),
-            "diff": _stamp(diff, t_diff, x, y, size),
-        })
+        out.append(
+            {
+                "new": _stamp(new.image, t_new, x, y, size),
+                "ref": _stamp(ref.image, t_ref, x, y, size),
+                "diff": _stamp(diff, t_diff, x, y, size),
+            }
+        )
     return out
 
 
@@ -112,9 +120,15 @@ def stamps_bytes(stamps_by_sighting: Mapping[int, dict]) -> list[bytes]:
     return chunks
 
 
-def cutouts_bytes(new: ImageData, ref: ImageData, diff: np.ndarray,
-                  positions: Sequence[tuple[int, tuple[float, float]]], *, size: int = 51,
-                  diff_wcs: WCS | None = None) -> list[bytes]:
+def cutouts_bytes(
+    new: ImageData,
+    ref: ImageData,
+    diff: np.ndarray,
+    positions: Sequence[tuple[int, tuple[float, float]]],
+    *,
+    size: int = 51,
+    diff_wcs: WCS | None = None,
+) -> list[bytes]:
     """:func:`make_cutouts` and :func:`stamps_bytes` in one pass, without a Header object per stamp.
 
     Parameters
@@ -141,8 +155,11 @@ def cutouts_bytes(new: ImageData, ref: ImageData, diff: np.ndarray,
     t_new = _header_template(new.wcs)
     t_ref = t_new if ref.wcs is new.wcs else _header_template(ref.wcs)
     t_diff = t_new if dw is new.wcs else _header_template(dw)
-    sources = (("NEW", new.image, _CardTemplate(t_new)), ("REF", ref.image, _CardTemplate(t_ref)),
-               ("DIFF", diff, _CardTemplate(t_diff)))
+    sources = (
+        ("NEW", new.image, _CardTemplate(t_new)),
+        ("REF", ref.image, _CardTemplate(t_ref)),
+        ("DIFF", diff, _CardTemplate(t_diff)),
+    )
     chunks = [_PRIMARY]
     for idx, (x, y) in positions:
         x0, y0 = int(np.ceil(x - size / 2.0)), int(np.ceil(y - size / 2.0))
@@ -151,16 +168,30 @@ def cutouts_bytes(new: ImageData, ref: ImageData, diff: np.ndarray,
     return chunks
 
 
-_STRUCTURAL = frozenset({"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
-                         "EXTEND", "EXTNAME", "END"})
+_STRUCTURAL = frozenset(
+    {
+        "SIMPLE",
+        "XTENSION",
+        "BITPIX",
+        "NAXIS",
+        "NAXIS1",
+        "NAXIS2",
+        "PCOUNT",
+        "GCOUNT",
+        "EXTEND",
+        "EXTNAME",
+        "END",
+    }
+)
 
 
 def _pad(b: bytes, fill: bytes) -> bytes:
     return b + fill * (-len(b) % 2880)
 
 
-_PRIMARY = _pad("".join(c.image for c in fits.PrimaryHDU().header.cards).encode("ascii") + b"END".ljust(80),
-                b" ")
+_PRIMARY = _pad(
+    "".join(c.image for c in fits.PrimaryHDU().header.cards).encode("ascii") + b"END".ljust(80), b" "
+)
 
 
 def _hdu_bytes(data: np.ndarray, cards: list[str], extname: str) -> bytes:
@@ -173,10 +204,15 @@ def _hdu_bytes(data: np.ndarray, cards: list[str], extname: str) -> bytes:
 @functools.lru_cache(maxsize=8)
 def _mandatory(ny: int, nx: int) -> str:
     """The leading cards astropy writes for a float32 2-D ImageHDU."""
-    cards = [fits.Card("XTENSION", "IMAGE", "Image extension"), fits.Card("BITPIX", -32, "array data type"),
-             fits.Card("NAXIS", 2, "number of array dimensions"), fits.Card("NAXIS1", nx),
-             fits.Card("NAXIS2", ny), fits.Card("PCOUNT", 0, "number of parameters"),
-             fits.Card("GCOUNT", 1, "number of groups")]
+    cards = [
+        fits.Card("XTENSION", "IMAGE", "Image extension"),
+        fits.Card("BITPIX", -32, "array data type"),
+        fits.Card("NAXIS", 2, "number of array dimensions"),
+        fits.Card("NAXIS1", nx),
+        fits.Card("NAXIS2", ny),
+        fits.Card("PCOUNT", 0, "number of parameters"),
+        fits.Card("GCOUNT", 1, "number of groups"),
+    ]
     return "".join(c.image for c in cards)
 
 

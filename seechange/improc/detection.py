@@ -117,8 +117,9 @@ def detect_transients(
     rows.sort(key=lambda r: (r[3], r[2]))
     cx, cy, x, y, s, a, pos = (np.array(c) for c in zip(*rows, strict=True))
     cols = (np.arange(len(rows)), cx, cy, x, y, s, pos, a, np.asarray(zogy_result.flags)[y, x])
-    return Table([np.asarray(c, dtype=d) for c, d in zip(cols, _DTYPES, strict=True)],
-                 names=DETECTION_COLUMNS)
+    return Table(
+        [np.asarray(c, dtype=d) for c, d in zip(cols, _DTYPES, strict=True)], names=DETECTION_COLUMNS
+    )
 
 
 @dataclass(frozen=True)
@@ -164,14 +165,25 @@ def detect_and_measure(
         ``x_centroid_score``, ``y_centroid_score``, ``npix``, ``diff_flags``), ordered by ``index``
         (y then x of the peak). Quality cuts flag rows (``qflags``, ``is_good``); nothing is removed.
     """
-    det = detect_transients(result, threshold=params.threshold, min_area=params.min_area,
-                            negative=params.negative)
+    det = detect_transients(
+        result, threshold=params.threshold, min_area=params.min_area, negative=params.negative
+    )
     meas = measure_sightings(result, new, ref_resampled, det, params=params.measure)
     if len(det) == 0:
-        for c, dt in (("x_centroid_score", float), ("y_centroid_score", float), ("npix", np.int64),
-                      ("diff_flags", np.uint16)):
+        for c, dt in (
+            ("x_centroid_score", float),
+            ("y_centroid_score", float),
+            ("npix", np.int64),
+            ("diff_flags", np.uint16),
+        ):
             meas[c] = np.zeros(0, dtype=dt)
         return meas
-    extra = Table({"x_centroid_score": det["x"], "y_centroid_score": det["y"], "npix": det["npix"],
-                   "diff_flags": det["flags"]})
+    extra = Table(
+        {
+            "x_centroid_score": det["x"],
+            "y_centroid_score": det["y"],
+            "npix": det["npix"],
+            "diff_flags": det["flags"],
+        }
+    )
     return hstack([meas, extra], join_type="exact")

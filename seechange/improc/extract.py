@@ -15,7 +15,21 @@ __all__ = ["extract_sources", "noise_from_weight"]
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = ("x", "y", "flux", "flux_err", "a", "b", "theta", "fwhm", "flag", "pixflags", "snr", "peak", "npix")
+_COLUMNS = (
+    "x",
+    "y",
+    "flux",
+    "flux_err",
+    "a",
+    "b",
+    "theta",
+    "fwhm",
+    "flag",
+    "pixflags",
+    "snr",
+    "peak",
+    "npix",
+)
 
 
 def noise_from_weight(weight: np.ndarray, *, fill: float) -> np.ndarray:
@@ -102,16 +116,12 @@ def extract_sources(
     sep.set_extract_pixstack(max(300_000, data.size // 10))
     sep.set_sub_object_limit(4096)
     kwargs = {} if filter_kernel is None else {"filter_kernel": np.asarray(filter_kernel, np.float32)}
-    objs = sep.extract(
-        data, thresh, err=err, mask=mask, minarea=minarea, deblend_cont=deblend_cont, **kwargs
-    )
+    objs = sep.extract(data, thresh, err=err, mask=mask, minarea=minarea, deblend_cont=deblend_cont, **kwargs)
     if len(objs) == 0:
         warnings.warn("extract_sources: no sources found", RuntimeWarning, stacklevel=2)
         return _empty_table()
     x0, y0 = objs["x"].astype(np.float64), objs["y"].astype(np.float64)
-    rhalf, rflag = sep.flux_radius(
-        data, x0, y0, 6.0 * objs["a"], 0.5, mask=mask, normflux=None, subpix=5
-    )
+    rhalf, rflag = sep.flux_radius(data, x0, y0, 6.0 * objs["a"], 0.5, mask=mask, normflux=None, subpix=5)
     rhalf = np.where(np.isfinite(rhalf) & (rhalf > 0), rhalf, 1.0)
     sig = np.clip(2.0 * rhalf / FWHM_PER_SIGMA, 0.5, 20.0)
     x, y, wflag = sep.winpos(data, x0, y0, sig, mask=mask)
@@ -126,8 +136,12 @@ def extract_sources(
     t["flux"], t["flux_err"] = flux, ferr
     t["a"], t["b"], t["theta"] = objs["a"], objs["b"], objs["theta"]
     t["fwhm"] = 2.0 * rhalf
-    t["flag"] = (objs["flag"].astype(np.int32) | fflag.astype(np.int32) | rflag.astype(np.int32)
-                 | wflag.astype(np.int32))
+    t["flag"] = (
+        objs["flag"].astype(np.int32)
+        | fflag.astype(np.int32)
+        | rflag.astype(np.int32)
+        | wflag.astype(np.int32)
+    )
     t["pixflags"] = pixflags
     t["snr"] = snr
     t["peak"] = objs["peak"]

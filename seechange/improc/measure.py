@@ -114,7 +114,7 @@ def _windowed_cov(img: np.ndarray, x: float, y: float, sigw: float) -> np.ndarra
     with the window deconvolved (exact for a Gaussian profile); None if unmeasurable."""
     r = int(np.ceil(4 * sigw))
     ny, nx = img.shape
-    ix, iy = int(round(x)), int(round(y))
+    ix, iy = round(x), round(y)
     y0, y1, x0, x1 = max(iy - r, 0), min(iy + r + 1, ny), max(ix - r, 0), min(ix + r + 1, nx)
     gy, gx = np.mgrid[y0:y1, x0:x1]
     dx, dy = gx - x, gy - y
@@ -152,8 +152,18 @@ def _radial_profile(psf: np.ndarray) -> np.ndarray:
 
 
 def _near_bright(
-    images: Sequence[np.ndarray], flags: np.ndarray, xc: np.ndarray, yc: np.ndarray, flux: np.ndarray,
-    psf: np.ndarray, fwhm: float, sigma: float, *, wing_sigma: float, fraction: float, dominated: np.ndarray,
+    images: Sequence[np.ndarray],
+    flags: np.ndarray,
+    xc: np.ndarray,
+    yc: np.ndarray,
+    flux: np.ndarray,
+    psf: np.ndarray,
+    fwhm: float,
+    sigma: float,
+    *,
+    wing_sigma: float,
+    fraction: float,
+    dominated: np.ndarray,
 ) -> np.ndarray:
     """True where a detection lies in the significant wing of a much brighter star or of saturation.
 
@@ -283,13 +293,15 @@ def measure_sightings(
     pos = np.asarray(detections["is_positive"], dtype=bool)
     score_signed = (score, -score if not pos.all() else score)
     diff_signed = (diff, -diff if not pos.all() else diff)
-    flux = np.array([sign[i] * _peak_value(score_signed[0 if pos[i] else 1], yp[i], xp[i])
-                     for i in range(n)]) / zogy_result.f_s
+    flux = (
+        np.array([sign[i] * _peak_value(score_signed[0 if pos[i] else 1], yp[i], xp[i]) for i in range(n)])
+        / zogy_result.f_s
+    )
     err = np.sqrt(svar[yp, xp].astype(float)) * zogy_result.renorm_factor / zogy_result.f_s
 
     xc, yc = np.empty(n), np.empty(n)
     for i in range(n):
-        wx, wy, wf = sep.winpos(diff_signed[0 if pos[i] else 1], x0[i:i + 1], y0[i:i + 1], sigw)
+        wx, wy, wf = sep.winpos(diff_signed[0 if pos[i] else 1], x0[i : i + 1], y0[i : i + 1], sigw)
         ok = wf[0] == 0 and abs(wx[0] - x0[i]) < fwhm_d and abs(wy[0] - y0[i]) < fwhm_d
         xc[i], yc[i] = (wx[0], wy[0]) if ok else (x0[i], y0[i])
 
@@ -299,8 +311,12 @@ def measure_sightings(
         fa[:, j], fe[:, j] = f, e
 
     flags_d = zogy_result.flags
-    pd_cov = _windowed_cov(np.asarray(zogy_result.psf_d, float), zogy_result.psf_d.shape[1] // 2,
-                           zogy_result.psf_d.shape[0] // 2, sigw)
+    pd_cov = _windowed_cov(
+        np.asarray(zogy_result.psf_d, float),
+        zogy_result.psf_d.shape[1] // 2,
+        zogy_result.psf_d.shape[0] // 2,
+        sigw,
+    )
     fwhm_ref, _ = _shape(pd_cov)
     fwhm = np.full(n, np.nan)
     elong = np.full(n, np.nan)
@@ -316,7 +332,7 @@ def measure_sightings(
     for i in range(n):
         r = int(np.ceil(5 * fwhm_d))
         sl = (slice(max(yp[i] - r, 0), yp[i] + r + 1), slice(max(xp[i] - r, 0), xp[i] + r + 1))
-        ys, xs = np.ogrid[sl[0].start:min(yp[i] + r + 1, ny), sl[1].start:min(xp[i] + r + 1, nx)]
+        ys, xs = np.ogrid[sl[0].start : min(yp[i] + r + 1, ny), sl[1].start : min(xp[i] + r + 1, nx)]
         d2 = (xs - xc[i]) ** 2 + (ys - yc[i]) ** 2
         core = d2 <= fwhm_d**2
         ann = (d2 >= (3 * fwhm_d) ** 2) & (d2 <= (5 * fwhm_d) ** 2)
@@ -324,8 +340,10 @@ def measure_sightings(
         negf[i] = float(np.mean(sign[i] * diff[sl][core] < 0)) if core.any() else 1.0
         fl = flags_d[sl][core] | new.flags[sl][core] | ref.flags[sl][core]
         nbad[i] = int(np.count_nonzero(fl & ~np.uint16(FLAG_EDGE)))
-        edge[i] = bool(np.any(fl & FLAG_EDGE)) or not (zogy_result.border_px <= xc[i] < nx - zogy_result.border_px
-                                                        and zogy_result.border_px <= yc[i] < ny - zogy_result.border_px)
+        edge[i] = bool(np.any(fl & FLAG_EDGE)) or not (
+            zogy_result.border_px <= xc[i] < nx - zogy_result.border_px
+            and zogy_result.border_px <= yc[i] < ny - zogy_result.border_px
+        )
         near = d2 <= (2 * fwhm_d) ** 2
         opp = float(np.min(sign[i] * scorr[sl][near]))
         dip[i] = opp < -max(3.5, 0.5 * abs(float(detections["score"][i])))
@@ -350,9 +368,19 @@ def measure_sightings(
         sv_bg = float(np.median(sv[np.isfinite(sv) & (sv > 0)])) if np.any(sv > 0) else 0.0
         # the local noise budget is a star's, not the sky's
         dominated = svar[yp, xp] > params.bright_var_factor * sv_bg
-        near_b = _near_bright((ref_img, new_img), flags_d | new.flags | ref.flags, xc, yc, flux,
-                              np.asarray(zogy_result.psf_d), fwhm_d, sigma, wing_sigma=params.bright_wing_sigma,
-                              fraction=params.bright_flux_fraction, dominated=dominated)
+        near_b = _near_bright(
+            (ref_img, new_img),
+            flags_d | new.flags | ref.flags,
+            xc,
+            yc,
+            flux,
+            np.asarray(zogy_result.psf_d),
+            fwhm_d,
+            sigma,
+            wing_sigma=params.bright_wing_sigma,
+            fraction=params.bright_flux_fraction,
+            dominated=dominated,
+        )
         q[near_b] |= QF_NEAR_BRIGHT
 
     absf = np.abs(flux)

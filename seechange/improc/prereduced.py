@@ -41,8 +41,9 @@ def _gain(header: fits.Header) -> float:
     amps = [float(header[k]) for k in ("GAINA", "GAINB") if k in header]
     if amps:
         return float(np.mean(amps))
-    warnings.warn("load_prereduced: no GAIN/BUNIT in the header, assuming electrons", RuntimeWarning,
-                  stacklevel=3)
+    warnings.warn(
+        "load_prereduced: no GAIN/BUNIT in the header, assuming electrons", RuntimeWarning, stacklevel=3
+    )
     return 1.0
 
 
@@ -94,8 +95,12 @@ def load_prereduced(
         m = read_ccd(Path(mask_path)).data
         flags[m != 0] |= FLAG_BAD
     electrons = np.where(np.isfinite(data), data, 0).astype(np.float32) * np.float32(g)
-    bkg = measure_background(electrons, flags=flags, mesh=min(params.bkg_mesh, max(16, min(data.shape) // 4)),
-                             filter_size=params.bkg_filter)
+    bkg = measure_background(
+        electrons,
+        flags=flags,
+        mesh=min(params.bkg_mesh, max(16, min(data.shape) // 4)),
+        filter_size=params.bkg_filter,
+    )
     image = (electrons - bkg.map).astype(np.float32)
     if weight_path is not None:
         w_in = read_ccd(Path(weight_path)).data
@@ -106,10 +111,12 @@ def load_prereduced(
     weight[flags != 0] = 0
     weight = weight.astype(np.float32)
     noise = noise_from_weight(weight, fill=bkg.rms)
-    sources = extract_sources(image, noise=noise, flags=flags, thresh=params.detect_thresh,
-                              minarea=params.detect_minarea)
-    psf = build_psf(image, sources, size_factor=params.psf_size_factor, min_snr=params.psf_min_snr,
-                    min_stars=3)
+    sources = extract_sources(
+        image, noise=noise, flags=flags, thresh=params.detect_thresh, minarea=params.detect_minarea
+    )
+    psf = build_psf(
+        image, sources, size_factor=params.psf_size_factor, min_snr=params.psf_min_snr, min_stars=3
+    )
     wcs = header_wcs(header)
     wcs.pixel_shape = (data.shape[1], data.shape[0])
     band = str(header.get("FILTER", " ")).strip()[:1]
@@ -118,30 +125,55 @@ def load_prereduced(
     if zp_card is not None:
         zp = float(header[zp_card]) + 2.5 * np.log10(g)  # card is for image units; ours is for electrons
     if refcat is not None and len(refcat) and len(sources):
-        zpm, zp_err, astrom_rms, n_stars = _refcat_calibration(image, sources, refcat, wcs, band, psf.stamp,
-                                                               psf.fwhm_px, noise, flags, params)
+        zpm, zp_err, astrom_rms, n_stars = _refcat_calibration(
+            image, sources, refcat, wcs, band, psf.stamp, psf.fwhm_px, noise, flags, params
+        )
         if zp_card is None:
             zp = zpm
     if not np.isfinite(zp):
         warnings.warn(f"load_prereduced: no zero point for {image_path}", RuntimeWarning, stacklevel=2)
     exptime = float(header.get("EXPTIME", 0.0))
     meta = {
-        "n_sources": len(sources), "n_stars": n_stars, "n_psf_stars": psf.n_stars, "zp_err": zp_err,
+        "n_sources": len(sources),
+        "n_stars": n_stars,
+        "n_psf_stars": psf.n_stars,
+        "zp_err": zp_err,
         "zp_source": zp_card or ("refcat" if np.isfinite(zp) else "none"),
-        "lim_mag": limiting_magnitude(zp, bkg.rms, noise_equivalent_area(psf.stamp)), "exptime": exptime,
-        "gain": g, "airmass": float(header.get("AIRMASS", float("nan"))), "field": str(header.get("OBJECT", "")),
+        "lim_mag": limiting_magnitude(zp, bkg.rms, noise_equivalent_area(psf.stamp)),
+        "exptime": exptime,
+        "gain": g,
+        "airmass": float(header.get("AIRMASS", float("nan"))),
+        "field": str(header.get("OBJECT", "")),
         "header_fwhm": float(header["FWHM"]) if "FWHM" in header else float("nan"),
     }
     return ImageData(
-        image=image, weight=weight, flags=flags, psf=psf.stamp, wcs=wcs, zp=float(zp), fwhm_px=psf.fwhm_px,
-        bkg_level=bkg.level, bkg_rms=bkg.rms, astrom_rms_arcsec=astrom_rms,
-        mjd=float(header.get("MJD-OBS", 0.0)) + exptime / 2.0 / 86400.0, band=band, meta=meta,
+        image=image,
+        weight=weight,
+        flags=flags,
+        psf=psf.stamp,
+        wcs=wcs,
+        zp=float(zp),
+        fwhm_px=psf.fwhm_px,
+        bkg_level=bkg.level,
+        bkg_rms=bkg.rms,
+        astrom_rms_arcsec=astrom_rms,
+        mjd=float(header.get("MJD-OBS", 0.0)) + exptime / 2.0 / 86400.0,
+        band=band,
+        meta=meta,
     )
 
 
 def _refcat_calibration(
-    image: np.ndarray, sources: Table, refcat: Table, wcs, band: str, psf: np.ndarray, fwhm: float,
-    noise: np.ndarray, flags: np.ndarray, params: ReduceParams,
+    image: np.ndarray,
+    sources: Table,
+    refcat: Table,
+    wcs,
+    band: str,
+    psf: np.ndarray,
+    fwhm: float,
+    noise: np.ndarray,
+    flags: np.ndarray,
+    params: ReduceParams,
 ) -> tuple[float, float, float, int]:
     """Match to the refcat through the header WCS; zero point (electrons), its error, WCS rms, n matched."""
     ok = (np.asarray(sources["flag"]) < 4) & (np.asarray(sources["snr"]) >= 10)
@@ -163,6 +195,11 @@ def _refcat_calibration(
     f, fe, fflag = aperture_flux(image, sxy[i, 0], sxy[i, 1], radius, noise=noise, flags=flags)
     apcor = aperture_fraction(psf, radius) if radius < psf.shape[0] // 2 else 1.0
     good = fflag == 0
-    z = fit_zeropoint(f[good], fe[good], np.asarray(refcat[mag_col], float)[j][good],
-                      aperture_correction=apcor, min_snr=params.zp_min_snr)
+    z = fit_zeropoint(
+        f[good],
+        fe[good],
+        np.asarray(refcat[mag_col], float)[j][good],
+        aperture_correction=apcor,
+        min_snr=params.zp_min_snr,
+    )
     return z.zp, z.zp_err, astrom_rms, len(i)

@@ -252,8 +252,13 @@ def fit_moffat(stamp: np.ndarray, variance: np.ndarray, *, fwhm_guess: float) ->
     beta = 1.0 + float(np.exp(lb))
     if not (np.all(np.isfinite(res.x)) and np.isfinite(beta) and beta > 1.2 and c > 0 and a > 0):
         return None
-    return MoffatFit(amplitude=float(np.exp(la)), mxx=float(a * a), mxy=float(a * l2),
-                     myy=float(l2 * l2 + c * c), beta=beta)
+    return MoffatFit(
+        amplitude=float(np.exp(la)),
+        mxx=float(a * a),
+        mxy=float(a * l2),
+        myy=float(l2 * l2 + c * c),
+        beta=beta,
+    )
 
 
 def _stack(data: np.ndarray, stars: Table, size: int, sky_sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -375,15 +380,18 @@ def build_psf(
     stars = sources
     # relax isolation, then SNR, until enough stars qualify (small or crowded images)
     for iso, snr in ((1.5 * size, min_snr), (1.0 * size, min_snr), (0.75 * size, min_snr / 2)):
-        stars = _select_stars(
-            sources, data.shape, half, min_snr=snr, max_stars=max_stars, isolation=iso
-        ) if len(sources) else sources
+        stars = (
+            _select_stars(sources, data.shape, half, min_snr=snr, max_stars=max_stars, isolation=iso)
+            if len(sources)
+            else sources
+        )
         if len(stars) >= min_stars:
             break
     if len(stars) < min_stars:
         warnings.warn(
             f"build_psf: only {len(stars)} PSF stars; using a Gaussian of FWHM {fwhm_guess:.2f} px",
-            RuntimeWarning, stacklevel=2,
+            RuntimeWarning,
+            stacklevel=2,
         )
         g = gaussian_psf(fwhm_guess, size)
         return PSFModel(stamp=g, fwhm_px=measure_fwhm(g), n_stars=0)
@@ -395,7 +403,9 @@ def build_psf(
         log.warning("build_psf: Moffat fit failed; using the stack alone (%d stars)", len(stars))
         model = stack
     else:
-        out = stamp_size_for(fit.fwhm_px, factor=wing_size_factor, min_size=size, max_size=max(size, max_wing_size))
+        out = stamp_size_for(
+            fit.fwhm_px, factor=wing_size_factor, min_size=size, max_size=max(size, max_wing_size)
+        )
         model = _join(stack, var, fit, out)
     # re-centre on the core's centroid (noisy stamps can leave a tiny offset)
     c = model.shape[0] // 2

@@ -127,9 +127,18 @@ def reduce_exposure(
     trimmed, amps = overscan_correct_and_trim(raw_data, header, smooth_rows=params.overscan_smooth_rows)
     lap("overscan")
     electrons, weight, flags = calibrate(
-        trimmed, header, calib.bias, calib.dark, calib.flat, calib.bpm, exptime=exptime,
-        cosmic_rays=params.cosmic_rays, cr_sigclip=params.cr_sigclip, cr_objlim=params.cr_objlim,
-        saturation_grow=params.saturation_grow, bleed_fraction=params.bleed_fraction,
+        trimmed,
+        header,
+        calib.bias,
+        calib.dark,
+        calib.flat,
+        calib.bpm,
+        exptime=exptime,
+        cosmic_rays=params.cosmic_rays,
+        cr_sigclip=params.cr_sigclip,
+        cr_objlim=params.cr_objlim,
+        saturation_grow=params.saturation_grow,
+        bleed_fraction=params.bleed_fraction,
     )
     lap("calibrate")
     bkg = measure_background(electrons, flags=flags, mesh=params.bkg_mesh, filter_size=params.bkg_filter)
@@ -150,15 +159,20 @@ def reduce_exposure(
     src_i = ref_i = np.zeros(0, int)
     try:
         res = solve_astrometry(
-            sources, refcat, wcs, band=band, max_offset_arcsec=params.astrom_max_offset_arcsec,
+            sources,
+            refcat,
+            wcs,
+            band=band,
+            max_offset_arcsec=params.astrom_max_offset_arcsec,
             match_radius_arcsec=params.astrom_match_radius_arcsec,
             sip_degree=params.astrom_sip_degree or None,
         )
         wcs, astrom_rms, n_matched, offset = res.wcs, res.rms_arcsec, res.n_matched, res.offset_px
         src_i, ref_i = res.src_index, res.ref_index
     except RuntimeError as exc:
-        warnings.warn(f"reduce_exposure: astrometry failed, keeping the header WCS: {exc}", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"reduce_exposure: astrometry failed, keeping the header WCS: {exc}", RuntimeWarning, stacklevel=2
+        )
     lap("astrometry")
     zp = zp_err = zp_scatter = float("nan")
     n_zp = 0
@@ -170,25 +184,48 @@ def reduce_exposure(
         half = psf.stamp.shape[0] // 2
         apcor = aperture_fraction(psf.stamp, radius) if radius < half else 1.0
         ok = fflag == 0
-        z = fit_zeropoint(f[ok], fe[ok], np.asarray(refcat[mag_col], float)[ref_i][ok],
-                          aperture_correction=apcor, min_snr=params.zp_min_snr)
+        z = fit_zeropoint(
+            f[ok],
+            fe[ok],
+            np.asarray(refcat[mag_col], float)[ref_i][ok],
+            aperture_correction=apcor,
+            min_snr=params.zp_min_snr,
+        )
         zp, zp_err, zp_scatter, n_zp = z.zp, z.zp_err, z.scatter, z.n_used
     lim_mag = limiting_magnitude(zp, bkg.rms, noise_equivalent_area(psf.stamp))
     lap("zeropoint")
     timings["total"] = round(time.perf_counter() - t_all, 4)
     meta = {
-        "n_sources": len(sources), "n_stars": int(n_matched), "n_zp_stars": int(n_zp),
-        "n_psf_stars": int(psf.n_stars), "zp_err": zp_err, "zp_scatter": zp_scatter, "lim_mag": lim_mag,
-        "exptime": exptime, "gain": float(np.mean([a.gain for a in amps])),
+        "n_sources": len(sources),
+        "n_stars": int(n_matched),
+        "n_zp_stars": int(n_zp),
+        "n_psf_stars": int(psf.n_stars),
+        "zp_err": zp_err,
+        "zp_scatter": zp_scatter,
+        "lim_mag": lim_mag,
+        "exptime": exptime,
+        "gain": float(np.mean([a.gain for a in amps])),
         "read_noise": float(np.mean([a.read_noise for a in amps])),
-        "airmass": float(header.get("AIRMASS", float("nan"))), "field": str(header.get("OBJECT", "")),
+        "airmass": float(header.get("AIRMASS", float("nan"))),
+        "field": str(header.get("OBJECT", "")),
         "astrom_offset_px": [float(offset[0]), float(offset[1])],
         "overscan_levels": {a.name: a.overscan_level for a in amps},
-        "n_cosmic_ray_px": int(np.count_nonzero(flags & FLAG_COSMIC_RAY)), "timings": timings,
+        "n_cosmic_ray_px": int(np.count_nonzero(flags & FLAG_COSMIC_RAY)),
+        "timings": timings,
     }
     mjd = float(header.get("MJD-OBS", 0.0)) + exptime / 2.0 / 86400.0
     return ImageData(
-        image=image.astype(np.float32, copy=False), weight=weight, flags=flags, psf=psf.stamp, wcs=wcs,
-        zp=zp, fwhm_px=psf.fwhm_px, bkg_level=bkg.level, bkg_rms=bkg.rms, astrom_rms_arcsec=astrom_rms,
-        mjd=mjd, band=band, meta=meta,
+        image=image.astype(np.float32, copy=False),
+        weight=weight,
+        flags=flags,
+        psf=psf.stamp,
+        wcs=wcs,
+        zp=zp,
+        fwhm_px=psf.fwhm_px,
+        bkg_level=bkg.level,
+        bkg_rms=bkg.rms,
+        astrom_rms_arcsec=astrom_rms,
+        mjd=mjd,
+        band=band,
+        meta=meta,
     )

@@ -49,8 +49,9 @@ def pixel_map(
     return _upsample(csx, gy, gx, ny, nx), _upsample(csy, gy, gx, ny, nx)
 
 
-def _coarse_map(source_wcs: WCS, target_wcs: WCS, ny: int, nx: int,
-                grid_step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _coarse_map(
+    source_wcs: WCS, target_wcs: WCS, ny: int, nx: int, grid_step: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Nodes ``gy``, ``gx`` of the coarse grid and the source column / row at each node, pixels."""
     gx = np.unique(np.r_[np.arange(0, nx, grid_step), nx - 1]).astype(float)
     gy = np.unique(np.r_[np.arange(0, ny, grid_step), ny - 1]).astype(float)
@@ -60,9 +61,16 @@ def _coarse_map(source_wcs: WCS, target_wcs: WCS, ny: int, nx: int,
     return gy, gx, np.asarray(csx, dtype=float), np.asarray(csy, dtype=float)
 
 
-def _upsample(coarse: np.ndarray, gy: np.ndarray, gx: np.ndarray, ny: int, nx: int,
-              rows: slice | None = None, out: np.ndarray | None = None,
-              cols: np.ndarray | None = None) -> np.ndarray:
+def _upsample(
+    coarse: np.ndarray,
+    gy: np.ndarray,
+    gx: np.ndarray,
+    ny: int,
+    nx: int,
+    rows: slice | None = None,
+    out: np.ndarray | None = None,
+    cols: np.ndarray | None = None,
+) -> np.ndarray:
     """Separable linear interpolation of a coarse grid (nodes gy, gx) to the full ny x nx grid (or to the
     target rows ``rows`` of it only, into ``out`` if given).
 
@@ -84,7 +92,7 @@ def _upsample(coarse: np.ndarray, gy: np.ndarray, gx: np.ndarray, ny: int, nx: i
     for a, b in itertools.pairwise(starts.tolist()):
         k = j[a]
         np.multiply.outer(1.0 - t[a:b], cols[k], out=out[a:b])  # the same products and sum as
-        if tmp.shape[0] < b - a:                                   # cols[j] * (1 - t) + cols[j + 1] * t
+        if tmp.shape[0] < b - a:  # cols[j] * (1 - t) + cols[j + 1] * t
             tmp = np.empty((b - a, nx))
         np.multiply.outer(t[a:b], cols[k + 1], out=tmp[: b - a])
         out[a:b] += tmp[: b - a]
@@ -118,7 +126,9 @@ def _or_dilate(flags: np.ndarray) -> np.ndarray:
     return out
 
 
-def _coarse_jacobian_det(gy: np.ndarray, gx: np.ndarray, csx: np.ndarray, csy: np.ndarray) -> np.ndarray | None:
+def _coarse_jacobian_det(
+    gy: np.ndarray, gx: np.ndarray, csx: np.ndarray, csy: np.ndarray
+) -> np.ndarray | None:
     """|d(sx, sy)/d(x, y)| (source pixels per target pixel) on the coarse grid, or None if it is 1 everywhere
     to 1e-4 (same pixel scale); interpolated linearly to the pixels by the caller."""
     if gy.size < 2 or gx.size < 2:
@@ -199,9 +209,16 @@ def resample_image(
                 image=data.image.astype(np.float32, copy=True),
                 weight=data.weight.astype(np.float32, copy=True),
                 flags=data.flags.astype(np.uint16, copy=True),
-                psf=data.psf.copy(), wcs=target_wcs.deepcopy(), zp=data.zp, fwhm_px=data.fwhm_px,
-                bkg_level=data.bkg_level, bkg_rms=data.bkg_rms, astrom_rms_arcsec=data.astrom_rms_arcsec,
-                mjd=data.mjd, band=data.band, meta=meta,
+                psf=data.psf.copy(),
+                wcs=target_wcs.deepcopy(),
+                zp=data.zp,
+                fwhm_px=data.fwhm_px,
+                bkg_level=data.bkg_level,
+                bkg_rms=data.bkg_rms,
+                astrom_rms_arcsec=data.astrom_rms_arcsec,
+                mjd=data.mjd,
+                band=data.band,
+                meta=meta,
             )
 
     sny, snx = data.shape
@@ -266,8 +283,17 @@ def resample_image(
 
     meta["resample_order"] = order
     return ImageData(
-        image=out_img, weight=out_weight, flags=out_flags, psf=data.psf.copy(),
-        wcs=target_wcs.deepcopy(), zp=data.zp, fwhm_px=data.fwhm_px, bkg_level=data.bkg_level,
-        bkg_rms=data.bkg_rms, astrom_rms_arcsec=data.astrom_rms_arcsec, mjd=data.mjd, band=data.band,
+        image=out_img,
+        weight=out_weight,
+        flags=out_flags,
+        psf=data.psf.copy(),
+        wcs=target_wcs.deepcopy(),
+        zp=data.zp,
+        fwhm_px=data.fwhm_px,
+        bkg_level=data.bkg_level,
+        bkg_rms=data.bkg_rms,
+        astrom_rms_arcsec=data.astrom_rms_arcsec,
+        mjd=data.mjd,
+        band=data.band,
         meta=meta,
     )

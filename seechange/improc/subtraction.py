@@ -48,8 +48,9 @@ class SubtractParams(StepParameters):
 
     def __post_init__(self) -> None:
         if self.zogy.astrometric_sigma_x != 0.0 or self.zogy.astrometric_sigma_y != 0.0:
-            raise ValueError("zogy.astrometric_sigma_x/y are derived per image pair: "
-                             "set astrometric_floor_arcsec instead")
+            raise ValueError(
+                "zogy.astrometric_sigma_x/y are derived per image pair: set astrometric_floor_arcsec instead"
+            )
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 

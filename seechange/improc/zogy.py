@@ -222,8 +222,14 @@ def _stat_step(shape: tuple[int, ...], min_pixels: int = 400_000) -> int:
     return 1
 
 
-def _robust_spread(score_corr: np.ndarray, valid: np.ndarray, fwhm: float,
-                   score_var: np.ndarray | None = None, *, step: int | None = None) -> float:
+def _robust_spread(
+    score_corr: np.ndarray,
+    valid: np.ndarray,
+    fwhm: float,
+    score_var: np.ndarray | None = None,
+    *,
+    step: int | None = None,
+) -> float:
     """mad_std of S_corr over background-limited valid pixels away from significant peaks.
 
     Pixels whose score variance exceeds the median by more than 10% (source noise, flux-error and
@@ -248,7 +254,7 @@ def _robust_spread(score_corr: np.ndarray, valid: np.ndarray, fwhm: float,
         return 1.0
     sc = score_corr[sub]
     s0 = float(mad_std(sc[v]))
-    half = max(1, int(round(2 * fwhm)))  # box of 2 * half + 1 pixels around each peak pixel
+    half = max(1, round(2 * fwhm))  # box of 2 * half + 1 pixels around each peak pixel
     ys, xs = np.nonzero(np.abs(score_corr) > 4.0 * s0)
     peaks = np.zeros(v.shape, dtype=bool)
     if ys.size:
@@ -303,8 +309,9 @@ def _gradient_sq(a: np.ndarray, axis: int) -> np.ndarray:
     return g
 
 
-def zogy(new: ImageData, ref: ImageData, *, params: ZogyParams = ZogyParams(),
-         threads: int | None = None) -> ZogyResult:
+def zogy(
+    new: ImageData, ref: ImageData, *, params: ZogyParams = ZogyParams(), threads: int | None = None
+) -> ZogyResult:
     """Proper image subtraction of ``ref`` from ``new`` (ZOGY) with a corrected score image.
 
     Parameters
@@ -327,8 +334,11 @@ def zogy(new: ImageData, ref: ImageData, *, params: ZogyParams = ZogyParams(),
     ny, nx = new.shape
     dt = np.float32 if params.float32 else np.float64
     w = default_threads() if threads is None else threads
-    bad = ((np.asarray(new.flags) | np.asarray(ref.flags)) != 0) | ~(np.asarray(new.weight) > 0) \
+    bad = (
+        ((np.asarray(new.flags) | np.asarray(ref.flags)) != 0)
+        | ~(np.asarray(new.weight) > 0)
         | ~(np.asarray(ref.weight) > 0)
+    )
     n_img, v_n, sig_n = _prepare(new, bad, dt)
     r_img, v_r, sig_r = _prepare(ref, bad, dt)
     f_n = 1.0
@@ -352,7 +362,9 @@ def zogy(new: ImageData, ref: ImageData, *, params: ZogyParams = ZogyParams(),
     denom = sig_n**2 * f_r**2 * pr2 + sig_r**2 * f_n**2 * pn2
     denom = np.maximum(denom, np.finfo(dt).tiny * 1e6).astype(dt)
     sq = np.sqrt(denom)
-    f_d = float(f_r * f_n / np.sqrt(sig_n**2 * f_r**2 + sig_r**2 * f_n**2))  # python float: keeps FFTs in float32
+    f_d = float(
+        f_r * f_n / np.sqrt(sig_n**2 * f_r**2 + sig_r**2 * f_n**2)
+    )  # python float: keeps FFTs in float32
 
     d_hat = (f_r * pr_hat * n_hat - f_n * pn_hat * r_hat) / sq
     diff = irfft(d_hat) / dt(f_d)
@@ -415,8 +427,15 @@ def zogy(new: ImageData, ref: ImageData, *, params: ZogyParams = ZogyParams(),
     fwhm_d = _fwhm_of_stamp(psf_d)
     border = params.border_px
     if border is None:
-        border = int(np.ceil(max(encircled_radius(new.psf), encircled_radius(ref.psf),
-                                 2 * max(new.fwhm_px, ref.fwhm_px, fwhm_d))))
+        border = int(
+            np.ceil(
+                max(
+                    encircled_radius(new.psf),
+                    encircled_radius(ref.psf),
+                    2 * max(new.fwhm_px, ref.fwhm_px, fwhm_d),
+                )
+            )
+        )
     flags = (np.asarray(new.flags, dtype=np.uint16) | np.asarray(ref.flags, dtype=np.uint16)).copy()
     if border > 0:
         edge = np.ones((ny, nx), dtype=bool)
@@ -436,11 +455,22 @@ def zogy(new: ImageData, ref: ImageData, *, params: ZogyParams = ZogyParams(),
     score_corr[nodata] = 0.0
 
     return ZogyResult(
-        diff=diff.astype(np.float32, copy=False), diff_variance=diff_var.astype(np.float32, copy=False),
-        psf_d=psf_d, f_d=float(f_d), f_s=f_s, score=score.astype(np.float32, copy=False),
+        diff=diff.astype(np.float32, copy=False),
+        diff_variance=diff_var.astype(np.float32, copy=False),
+        psf_d=psf_d,
+        f_d=float(f_d),
+        f_s=f_s,
+        score=score.astype(np.float32, copy=False),
         score_var=score_var.astype(np.float32, copy=False),
-        score_corr=score_corr, score_std=score_std, renorm_factor=float(renorm), flags=flags,
-        noise_corr_new=corr_new, noise_corr_ref=corr_ref, zp=float(new.zp), fwhm_px=fwhm_d,
-        wcs=new.wcs.deepcopy(), border_px=int(border),
+        score_corr=score_corr,
+        score_std=score_std,
+        renorm_factor=float(renorm),
+        flags=flags,
+        noise_corr_new=corr_new,
+        noise_corr_ref=corr_ref,
+        zp=float(new.zp),
+        fwhm_px=fwhm_d,
+        wcs=new.wcs.deepcopy(),
+        border_px=int(border),
         meta={"sigma_n": sig_n, "sigma_r": sig_r, "f_r": f_r, "n_bad": int(bad.sum())},
     )

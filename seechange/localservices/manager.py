@@ -121,7 +121,9 @@ def up(settings: Settings, *, create_topics: bool = True) -> Endpoints:
         else:
             if kafka.kafka_pid(settings) is None and _foreign_broker(settings):
                 # a broker another checkout (or a person) started on our port: reuse it, never stop it
-                logger.info("reusing the Kafka broker already answering on %s", kafka.bootstrap_address(settings))
+                logger.info(
+                    "reusing the Kafka broker already answering on %s", kafka.bootstrap_address(settings)
+                )
             elif kafka.kafka_pid(settings) is None:
                 broker = kafka.launch_kafka(settings)  # the JVM boots while PostgreSQL starts
                 started.append(KAFKA)
@@ -148,7 +150,8 @@ def up(settings: Settings, *, create_topics: bool = True) -> Endpoints:
 def _foreign_broker(settings: Settings) -> bool:
     """True when a Kafka broker we did not start answers on the configured local port."""
     return kafka.port_open(kafka.HOST, settings.kafka_port) and kafka.kafka_answers(
-        kafka.bootstrap_address(settings), timeout=3.0)
+        kafka.bootstrap_address(settings), timeout=3.0
+    )
 
 
 def down(settings: Settings) -> list[str]:
@@ -181,7 +184,9 @@ def status(settings: Settings) -> list[ServiceStatus]:
         if pid is None and _foreign_broker(settings):
             rows.append(ServiceStatus(KAFKA, kafka.bootstrap_address(settings), True, None, "reused"))
         else:
-            rows.append(ServiceStatus(KAFKA, kafka.bootstrap_address(settings), pid is not None, pid, "local"))
+            rows.append(
+                ServiceStatus(KAFKA, kafka.bootstrap_address(settings), pid is not None, pid, "local")
+            )
     if settings.database_url:
         ok = postgres.database_answers(settings.database_url)
         rows.append(ServiceStatus(POSTGRES, settings.database_url.split("@")[-1], ok, None, "external"))

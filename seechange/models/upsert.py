@@ -16,8 +16,9 @@ __all__ = ["insert_or_get"]
 M = TypeVar("M", bound=Base)
 
 
-def insert_or_get(session: Session, model: type[M], values: Mapping[str, Any], *,
-                  conflict: Sequence[str]) -> tuple[M, bool]:
+def insert_or_get(
+    session: Session, model: type[M], values: Mapping[str, Any], *, conflict: Sequence[str]
+) -> tuple[M, bool]:
     """Insert a row unless one with the same unique key exists; return the row and whether it is new.
 
     ``INSERT ... ON CONFLICT (conflict) DO NOTHING RETURNING *``, then, when nothing was returned (another
@@ -40,9 +41,9 @@ def insert_or_get(session: Session, model: type[M], values: Mapping[str, Any], *
     (row, bool)
         The row (attached to ``session``) and True if this call inserted it.
     """
-    stmt = (insert(model).values(**values)
-            .on_conflict_do_nothing(index_elements=list(conflict))
-            .returning(model))
+    stmt = (
+        insert(model).values(**values).on_conflict_do_nothing(index_elements=list(conflict)).returning(model)
+    )
     row = session.scalars(stmt).one_or_none()
     if row is not None:
         return row, True

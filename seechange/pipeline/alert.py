@@ -78,8 +78,11 @@ def _cutouts(data_root: Path, sighting: Sighting) -> dict[str, bytes | None]:
     if c is None:
         return out
     stamps = _CUTOUTS.get(resolve(data_root, c.filepath))
-    for field, hdu in (("cutoutScience", c.hdu_new), ("cutoutTemplate", c.hdu_ref),
-                       ("cutoutDifference", c.hdu_diff)):
+    for field, hdu in (
+        ("cutoutScience", c.hdu_new),
+        ("cutoutTemplate", c.hdu_ref),
+        ("cutoutDifference", c.hdu_diff),
+    ):
         if hdu not in stamps:
             raise KeyError(f"cutouts file {c.filepath} has no HDU {hdu}")
         data, header = stamps[hdu]
@@ -117,38 +120,77 @@ def build_alert(session: Session, data_root: Path, sighting: Sighting) -> dict[s
     assert obj is not None
     zp = float(phot.zero_point) if phot.zero_point is not None else float("nan")
     earlier = session.execute(
-        select(Sighting, Photometry).join(Photometry, Photometry.sighting_id == Sighting.id)
-        .where(Sighting.object_id == obj.id, Sighting.mjd < sighting.mjd,
-               Photometry.provenance_id == phot.provenance_id)
-        .order_by(Sighting.mjd, Sighting.id)).all()
-    prv = [{"sightingId": s.id, "mjd": s.mjd, "band": s.band,
+        select(Sighting, Photometry)
+        .join(Photometry, Photometry.sighting_id == Sighting.id)
+        .where(
+            Sighting.object_id == obj.id,
+            Sighting.mjd < sighting.mjd,
+            Photometry.provenance_id == phot.provenance_id,
+        )
+        .order_by(Sighting.mjd, Sighting.id)
+    ).all()
+    prv = [
+        {
+            "sightingId": s.id,
+            "mjd": s.mjd,
+            "band": s.band,
             "psfFlux": _njy(p.flux_njy, p.psf_flux, p.zero_point or zp),
             "psfFluxErr": _njy(p.flux_njy_err, p.psf_flux_err, p.zero_point or zp),
-            "mag": _f(p.mag), "magErr": _f(p.mag_err), "isPositive": s.is_positive} for s, p in earlier]
+            "mag": _f(p.mag),
+            "magErr": _f(p.mag_err),
+            "isPositive": s.is_positive,
+        }
+        for s, p in earlier
+    ]
     ap_scale = [electrons_to_njy(1.0, zp)] if math.isfinite(zp) else [float("nan")]
     record: dict[str, Any] = {
         "alertId": sighting.id,
         "schemaVersion": "",  # the version actually written: set by streaming.framing.encode
         "sighting": {
-            "sightingId": sighting.id, "subtractionId": sighting.subtraction_id, "objectId": obj.id,
-            "mjd": sighting.mjd, "band": sighting.band, "ra": sighting.ra, "dec": sighting.dec,
-            "raErr": _f(sighting.ra_err), "decErr": _f(sighting.dec_err), "x": sighting.x, "y": sighting.y,
+            "sightingId": sighting.id,
+            "subtractionId": sighting.subtraction_id,
+            "objectId": obj.id,
+            "mjd": sighting.mjd,
+            "band": sighting.band,
+            "ra": sighting.ra,
+            "dec": sighting.dec,
+            "raErr": _f(sighting.ra_err),
+            "decErr": _f(sighting.dec_err),
+            "x": sighting.x,
+            "y": sighting.y,
             "psfFlux": _njy(phot.flux_njy, phot.psf_flux, zp),
             "psfFluxErr": _njy(phot.flux_njy_err, phot.psf_flux_err, zp),
             "apFlux": [float(f * ap_scale[0]) for f in phot.aper_fluxes] if phot.aper_fluxes else None,
-            "apFluxErr": [float(f * ap_scale[0]) for f in phot.aper_flux_errs] if phot.aper_flux_errs else None,
-            "apRadii": ([float(r * scale) for r in phot.aper_radii_px]
-                        if phot.aper_radii_px and math.isfinite(scale) else None),
-            "mag": _f(phot.mag), "magErr": _f(phot.mag_err),
+            "apFluxErr": [float(f * ap_scale[0]) for f in phot.aper_flux_errs]
+            if phot.aper_flux_errs
+            else None,
+            "apRadii": (
+                [float(r * scale) for r in phot.aper_radii_px]
+                if phot.aper_radii_px and math.isfinite(scale)
+                else None
+            ),
+            "mag": _f(phot.mag),
+            "magErr": _f(phot.mag_err),
             "snr": float(phot.snr) if phot.snr is not None else float("nan"),
             "fwhm": _f(phot.fwhm_px * scale) if phot.fwhm_px is not None else None,
-            "elongation": _f(phot.elongation), "flags": int(sighting.flags | phot.flags),
-            "zeroPoint": zp, "limMag": _f(phot.lim_mag), "score": float(sighting.score),
-            "isPositive": sighting.is_positive, "isGood": sighting.is_good,
+            "elongation": _f(phot.elongation),
+            "flags": int(sighting.flags | phot.flags),
+            "zeroPoint": zp,
+            "limMag": _f(phot.lim_mag),
+            "score": float(sighting.score),
+            "isPositive": sighting.is_positive,
+            "isGood": sighting.is_good,
             "provenanceId": phot.provenance_id,
         },
-        "object": {"objectId": obj.id, "name": obj.name, "ra": obj.ra, "dec": obj.dec,
-                   "nSightings": int(obj.n_sightings), "firstMjd": obj.first_mjd, "lastMjd": obj.last_mjd},
+        "object": {
+            "objectId": obj.id,
+            "name": obj.name,
+            "ra": obj.ra,
+            "dec": obj.dec,
+            "nSightings": int(obj.n_sightings),
+            "firstMjd": obj.first_mjd,
+            "lastMjd": obj.last_mjd,
+        },
         "prvSightings": prv or None,
     }
     record.update(_cutouts(data_root, sighting))
@@ -158,9 +200,12 @@ def build_alert(session: Session, data_root: Path, sighting: Sighting) -> dict[s
 def log_alert(session: Session, sighting: Sighting, topic: str) -> bool:
     """Record that the alert of ``sighting`` is being sent; False if it already was (send nothing)."""
     assert sighting.object_id is not None
-    stmt = (insert(AlertLog).values(alert_id=sighting.id, sighting_id=sighting.id, object_id=sighting.object_id,
-                                    topic=topic)
-            .on_conflict_do_nothing(index_elements=["alert_id"]).returning(AlertLog.id))
+    stmt = (
+        insert(AlertLog)
+        .values(alert_id=sighting.id, sighting_id=sighting.id, object_id=sighting.object_id, topic=topic)
+        .on_conflict_do_nothing(index_elements=["alert_id"])
+        .returning(AlertLog.id)
+    )
     return session.execute(stmt).scalar_one_or_none() is not None
 
 

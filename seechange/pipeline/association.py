@@ -48,8 +48,13 @@ def lock_region(session: Session, positions: Sequence[tuple[float, float]], radi
         session.execute(text("SELECT pg_advisory_xact_lock(:ns, :k)"), {"ns": LOCK_NAMESPACE, "k": key})
 
 
-def associate(session: Session, sightings: Sequence[Sighting], *, radius_arcsec: float,
-              mags: Sequence[float | None] | None = None) -> list[Object]:
+def associate(
+    session: Session,
+    sightings: Sequence[Sighting],
+    *,
+    radius_arcsec: float,
+    mags: Sequence[float | None] | None = None,
+) -> list[Object]:
     """Attach each sighting to the nearest Object within ``radius_arcsec`` or to a new Object.
 
     Objects' positions become the mean of their sightings; counts, first/last MJD and latest magnitude are
@@ -72,8 +77,17 @@ def associate(session: Session, sightings: Sequence[Sighting], *, radius_arcsec:
         mag = mags[i] if mags is not None else None
         obj = _nearest(candidates, s.ra, s.dec, radius_arcsec)
         if obj is None:
-            obj = Object(name=f"pending-{s.id}", ra=s.ra, dec=s.dec, healpix=healpix_index(s.ra, s.dec),
-                         band_latest=s.band, mag_latest=mag, first_mjd=s.mjd, last_mjd=s.mjd, n_sightings=1)
+            obj = Object(
+                name=f"pending-{s.id}",
+                ra=s.ra,
+                dec=s.dec,
+                healpix=healpix_index(s.ra, s.dec),
+                band_latest=s.band,
+                mag_latest=mag,
+                first_mjd=s.mjd,
+                last_mjd=s.mjd,
+                n_sightings=1,
+            )
             session.add(obj)
             candidates.append(obj)
             created.append((obj, s.mjd))

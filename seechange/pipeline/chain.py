@@ -54,8 +54,16 @@ class InProcessChain:
         ``subtract``, ``detect``, ``alerts``).
     """
 
-    def __init__(self, sessions: sessionmaker[Session], data_root: Path, params: PipelineParameters, *,
-                 radius_arcsec: float, threads: int | None = None, alerts_topic: str = "alerts") -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        data_root: Path,
+        params: PipelineParameters,
+        *,
+        radius_arcsec: float,
+        threads: int | None = None,
+        alerts_topic: str = "alerts",
+    ) -> None:
         self.sessions = sessions
         self.data_root = Path(data_root)
         self.params = params
@@ -79,30 +87,47 @@ class InProcessChain:
 
     def reduce(self, exposure_id: int) -> Image:
         """Reduce one Exposure (find before make)."""
-        return self._step("reduce", lambda s: reduce_exposure_row(
-            s, self.resources, exposure_id, params=self.params.reduce)[0])
+        return self._step(
+            "reduce",
+            lambda s: reduce_exposure_row(s, self.resources, exposure_id, params=self.params.reduce)[0],
+        )
 
     def reference(self, image_id: int) -> CoaddImage | None:
         """The reference of an Image, built now when its members are all reduced (None while it cannot be)."""
+
         def find(s: Session) -> CoaddImage | None:
             image = s.get(Image, image_id)
             assert image is not None, f"image {image_id} vanished"
             return find_or_build_reference(s, self.data_root, image, params=self.params.reference)
+
         return self._step("reference", find)
 
     def subtract(self, image_id: int) -> SubtractionImage | None:
         """Subtract an Image's reference (None for a member of its reference)."""
-        return self._step("subtract", lambda s: subtract_image_row(
-            s, self.data_root, image_id, ref_params=self.params.reference, params=self.params.subtract))
+        return self._step(
+            "subtract",
+            lambda s: subtract_image_row(
+                s, self.data_root, image_id, ref_params=self.params.reference, params=self.params.subtract
+            ),
+        )
 
     def detect(self, subtraction_id: int) -> list[Sighting]:
         """Detect, measure, cut out and associate on one subtraction."""
-        return self._step("detect", lambda s: detect_on_subtraction(
-            s, self.data_root, subtraction_id, params=self.params.detect, radius_arcsec=self.radius_arcsec,
-            threads=self.threads))
+        return self._step(
+            "detect",
+            lambda s: detect_on_subtraction(
+                s,
+                self.data_root,
+                subtraction_id,
+                params=self.params.detect,
+                radius_arcsec=self.radius_arcsec,
+                threads=self.threads,
+            ),
+        )
 
     def alerts(self, sighting_ids: Iterable[int]) -> int:
         """Log and build the alert packet of each good, not yet alerted sighting; how many were built."""
+
         def build(s: Session) -> int:
             n = 0
             for sighting_id in sighting_ids:
@@ -112,6 +137,7 @@ class InProcessChain:
                     build_alert(s, self.data_root, sighting)
                     n += 1
             return n
+
         return self._step("alerts", build)
 
     def timings(self) -> dict[str, Any]:

@@ -36,8 +36,15 @@ def _opt(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def detect_on_subtraction(session: Session, data_root: Path, subtraction_id: int, *, params: DetectParams,
-                          radius_arcsec: float, threads: int | None = None) -> list[Sighting]:
+def detect_on_subtraction(
+    session: Session,
+    data_root: Path,
+    subtraction_id: int,
+    *,
+    params: DetectParams,
+    radius_arcsec: float,
+    threads: int | None = None,
+) -> list[Sighting]:
     """Detect, measure, cut out and associate on one subtraction; the sightings (existing ones if done).
 
     ``threads`` read the subtraction's files in parallel (default every core).
@@ -58,8 +65,17 @@ def detect_on_subtraction(session: Session, data_root: Path, subtraction_id: int
     # only the new image's pixels are needed: its flags are already in result.flags (their OR with the
     # reference's), which is what measurement and cutouts use; its weight and PSF are not used here
     new = read_image_pixels(resolve(data_root, new_row.filepath), flags=result.flags)
-    ref = ImageData(image=ref_pixels, weight=new.weight, flags=result.flags, psf=result.psf_d,
-                    wcs=new.wcs, zp=new.zp, fwhm_px=new.fwhm_px, bkg_level=0.0, bkg_rms=0.0)
+    ref = ImageData(
+        image=ref_pixels,
+        weight=new.weight,
+        flags=result.flags,
+        psf=result.psf_d,
+        wcs=new.wcs,
+        zp=new.zp,
+        fwhm_px=new.fwhm_px,
+        bkg_level=0.0,
+        bkg_rms=0.0,
+    )
     table = detect_and_measure(result, new, ref, params=params)
     sightings = _write_sightings(session, sub, prov.id, table, result.wcs)
     mags = [_opt(v) for v in table["mag"]] if len(table) else []
@@ -69,13 +85,19 @@ def detect_on_subtraction(session: Session, data_root: Path, subtraction_id: int
     sub.n_sightings = len(sightings)
     sub.extra = {**(sub.extra or {}), "detect_provenance": prov.id}
     session.flush()
-    log.info("subtraction %d: %d sightings (%d good) in %.2f s", sub.id, len(sightings),
-             sum(s.is_good for s in sightings), time.perf_counter() - t0)
+    log.info(
+        "subtraction %d: %d sightings (%d good) in %.2f s",
+        sub.id,
+        len(sightings),
+        sum(s.is_good for s in sightings),
+        time.perf_counter() - t0,
+    )
     return sightings
 
 
-def _write_sightings(session: Session, sub: SubtractionImage, prov_id: str, table: Table,
-                     wcs: Any) -> list[Sighting]:
+def _write_sightings(
+    session: Session, sub: SubtractionImage, prov_id: str, table: Table, wcs: Any
+) -> list[Sighting]:
     """Insert the sightings and their photometry in two statements (not 3 round trips per sighting)."""
     if len(table) == 0:
         return []
@@ -85,52 +107,119 @@ def _write_sightings(session: Session, sub: SubtractionImage, prov_id: str, tabl
     phots: dict[int, dict[str, Any]] = {}
     for row, (ra, dec) in zip(table, world, strict=True):
         snr = abs(float(row["snr"])) if math.isfinite(float(row["snr"])) else 0.0
-        pos_err = float(row["fwhm_px"]) * scale / max(snr, 1.0) if math.isfinite(float(row["fwhm_px"])) else None
+        pos_err = (
+            float(row["fwhm_px"]) * scale / max(snr, 1.0) if math.isfinite(float(row["fwhm_px"])) else None
+        )
         index = int(row["index"])
-        rows.append({"subtraction_id": sub.id, "provenance_id": prov_id, "index_in_image": index,
-                         "x": float(row["x"]), "y": float(row["y"]), "ra": float(ra), "dec": float(dec), "ra_err": pos_err,
-                         "dec_err": pos_err, "score": float(row["score"]), "is_positive": bool(row["is_positive"]),
-                         "flags": int(row["qflags"]), "is_good": bool(row["is_good"]), "mjd": sub.mjd, "band": sub.band,
-                         "healpix": healpix_index(float(ra), float(dec))})
+        rows.append(
+            {
+                "subtraction_id": sub.id,
+                "provenance_id": prov_id,
+                "index_in_image": index,
+                "x": float(row["x"]),
+                "y": float(row["y"]),
+                "ra": float(ra),
+                "dec": float(dec),
+                "ra_err": pos_err,
+                "dec_err": pos_err,
+                "score": float(row["score"]),
+                "is_positive": bool(row["is_positive"]),
+                "flags": int(row["qflags"]),
+                "is_good": bool(row["is_good"]),
+                "mjd": sub.mjd,
+                "band": sub.band,
+                "healpix": healpix_index(float(ra), float(dec)),
+            }
+        )
         radii = [float(r) for r in np.atleast_1d(row["aper_radii_px"])]
         n_ap = len(radii)
         phots[index] = {
-            "provenance_id": prov_id, "psf_flux": float(row["flux_psf"]), "psf_flux_err": float(row["flux_psf_err"]),
-            "flux_njy": _opt(row["flux_njy"]), "flux_njy_err": _opt(row["flux_njy_err"]),
+            "provenance_id": prov_id,
+            "psf_flux": float(row["flux_psf"]),
+            "psf_flux_err": float(row["flux_psf_err"]),
+            "flux_njy": _opt(row["flux_njy"]),
+            "flux_njy_err": _opt(row["flux_njy_err"]),
             "aper_fluxes": [float(v) for v in np.atleast_1d(row["flux_aper"])] if n_ap else None,
             "aper_flux_errs": [float(v) for v in np.atleast_1d(row["flux_aper_err"])] if n_ap else None,
-            "aper_radii_px": radii or None, "mag": _opt(row["mag"]), "mag_err": _opt(row["mag_err"]),
-            "zero_point": _opt(row["zp"]), "lim_mag": None, "x_centroid": float(row["x"]), "y_centroid": float(row["y"]),
-            "fwhm_px": _opt(row["fwhm_px"]), "elongation": _opt(row["elongation"]), "snr": _opt(row["snr"]),
-            "background": _opt(row["background"]), "negative_fraction": _opt(row["neg_fraction"]),
-            "n_bad_pixels": int(row["n_bad_pix"]), "flags": int(row["qflags"])}
-    session.execute(insert(Sighting).values(rows).on_conflict_do_nothing(
-        index_elements=["subtraction_id", "provenance_id", "index_in_image"]))
-    by_index = {s.index_in_image: s for s in session.scalars(
-        select(Sighting).where(Sighting.subtraction_id == sub.id, Sighting.provenance_id == prov_id))}
+            "aper_radii_px": radii or None,
+            "mag": _opt(row["mag"]),
+            "mag_err": _opt(row["mag_err"]),
+            "zero_point": _opt(row["zp"]),
+            "lim_mag": None,
+            "x_centroid": float(row["x"]),
+            "y_centroid": float(row["y"]),
+            "fwhm_px": _opt(row["fwhm_px"]),
+            "elongation": _opt(row["elongation"]),
+            "snr": _opt(row["snr"]),
+            "background": _opt(row["background"]),
+            "negative_fraction": _opt(row["neg_fraction"]),
+            "n_bad_pixels": int(row["n_bad_pix"]),
+            "flags": int(row["qflags"]),
+        }
+    session.execute(
+        insert(Sighting)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["subtraction_id", "provenance_id", "index_in_image"])
+    )
+    by_index = {
+        s.index_in_image: s
+        for s in session.scalars(
+            select(Sighting).where(Sighting.subtraction_id == sub.id, Sighting.provenance_id == prov_id)
+        )
+    }
     sightings = [by_index[int(r["index_in_image"])] for r in rows]
-    session.execute(insert(Photometry).values([{**phots[s.index_in_image], "sighting_id": s.id}
-                                               for s in sightings])
-                    .on_conflict_do_nothing(index_elements=["sighting_id", "provenance_id"]))
+    session.execute(
+        insert(Photometry)
+        .values([{**phots[s.index_in_image], "sighting_id": s.id} for s in sightings])
+        .on_conflict_do_nothing(index_elements=["sighting_id", "provenance_id"])
+    )
     session.flush()
     return sightings
 
 
-def _write_cutouts(session: Session, data_root: Path, prov_id: str, sub: SubtractionImage,
-                   sightings: list[Sighting], new: ImageData, ref: ImageData, diff: np.ndarray) -> None:
+def _write_cutouts(
+    session: Session,
+    data_root: Path,
+    prov_id: str,
+    sub: SubtractionImage,
+    sightings: list[Sighting],
+    new: ImageData,
+    ref: ImageData,
+    diff: np.ndarray,
+) -> None:
     stem = product_stem("cutouts", prov_id, Path(sub.filepath).name)
     rel = f"{stem}.cutouts.fits"
     path = resolve(data_root, rel)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_cutouts(path, new, ref, diff, [(s.id, (s.x, s.y)) for s in sightings], size=CUTOUT_SIZE)
-    session.execute(insert(Cutouts).values([
-        {"sighting_id": s.id, "filepath": rel, "hdu_new": f"SIG{s.id}_NEW", "hdu_ref": f"SIG{s.id}_REF",
-             "hdu_diff": f"SIG{s.id}_DIFF", "size": CUTOUT_SIZE} for s in sightings])
-        .on_conflict_do_nothing(index_elements=["sighting_id"]))
+    session.execute(
+        insert(Cutouts)
+        .values(
+            [
+                {
+                    "sighting_id": s.id,
+                    "filepath": rel,
+                    "hdu_new": f"SIG{s.id}_NEW",
+                    "hdu_ref": f"SIG{s.id}_REF",
+                    "hdu_diff": f"SIG{s.id}_DIFF",
+                    "size": CUTOUT_SIZE,
+                }
+                for s in sightings
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["sighting_id"])
+    )
 
 
 def sighting_event(s: Sighting, *, produced_at_ms: int, ingested_at_ms: int) -> dict[str, Any]:
     """The sighting-found record of one Sighting."""
-    return {"sighting_id": s.id, "object_id": s.object_id, "subtraction_id": s.subtraction_id, "mjd": s.mjd,
-            "is_good": s.is_good, "provenance_id": s.provenance_id, "produced_at": produced_at_ms,
-            "ingested_at": ingested_at_ms}
+    return {
+        "sighting_id": s.id,
+        "object_id": s.object_id,
+        "subtraction_id": s.subtraction_id,
+        "mjd": s.mjd,
+        "is_good": s.is_good,
+        "provenance_id": s.provenance_id,
+        "produced_at": produced_at_ms,
+        "ingested_at": ingested_at_ms,
+    }

@@ -147,8 +147,9 @@ def input_file(data_root: Path, path: str | Path) -> Path:
     return full
 
 
-def register_exposure(session: Session, data_root: Path, path: str | Path, *,
-                      info: RawInfo | None = None) -> tuple[Exposure, bool]:
+def register_exposure(
+    session: Session, data_root: Path, path: str | Path, *, info: RawInfo | None = None
+) -> tuple[Exposure, bool]:
     """Register one CCD file as an :class:`Exposure` row (idempotent).
 
     Parameters
@@ -179,26 +180,48 @@ def register_exposure(session: Session, data_root: Path, path: str | Path, *,
         info = read_raw_info(full)
     prov = ingest_provenance(session)
     values: dict[str, Any] = {
-        "instrument": info.instrument, "origin_id": info.origin_id, "section_id": info.section_id,
-        "filepath": relative(data_root, full), "md5": md5sum(full), "mjd": info.mjd,
-        "exp_time": info.exp_time, "filter": info.filter, "band": info.band, "ra": info.ra, "dec": info.dec,
-        "field": info.field, "airmass": info.airmass, "gain": info.gain, "read_noise": info.read_noise,
-        "ingested_at": datetime.now(UTC), "healpix": healpix_index(info.ra, info.dec),
+        "instrument": info.instrument,
+        "origin_id": info.origin_id,
+        "section_id": info.section_id,
+        "filepath": relative(data_root, full),
+        "md5": md5sum(full),
+        "mjd": info.mjd,
+        "exp_time": info.exp_time,
+        "filter": info.filter,
+        "band": info.band,
+        "ra": info.ra,
+        "dec": info.dec,
+        "field": info.field,
+        "airmass": info.airmass,
+        "gain": info.gain,
+        "read_noise": info.read_noise,
+        "ingested_at": datetime.now(UTC),
+        "healpix": healpix_index(info.ra, info.dec),
         "provenance_id": prov.id,
     }
-    exposure, created = insert_or_get(session, Exposure, values,
-                                      conflict=("instrument", "origin_id", "section_id"))
+    exposure, created = insert_or_get(
+        session, Exposure, values, conflict=("instrument", "origin_id", "section_id")
+    )
     if not created and exposure.md5 != values["md5"]:
-        raise IngestError(f"{path}: exposure {info.instrument}/{info.origin_id}/{info.section_id} is already "
-                          f"registered from a different file ({exposure.filepath})")
+        raise IngestError(
+            f"{path}: exposure {info.instrument}/{info.origin_id}/{info.section_id} is already "
+            f"registered from a different file ({exposure.filepath})"
+        )
     return exposure, created
 
 
 def exposure_event(exposure: Exposure, *, produced_at_ms: int) -> dict[str, Any]:
     """The exposure-ready record for an Exposure row."""
     return {
-        "exposure_id": exposure.id, "instrument": exposure.instrument, "section_id": exposure.section_id,
-        "field": exposure.field or "", "band": exposure.band, "mjd": exposure.mjd,
-        "raw_path": exposure.filepath, "provenance_id": exposure.provenance_id,
-        "produced_at": produced_at_ms, "ingested_at": epoch_ms(exposure.ingested_at), "origin": "ingest",
+        "exposure_id": exposure.id,
+        "instrument": exposure.instrument,
+        "section_id": exposure.section_id,
+        "field": exposure.field or "",
+        "band": exposure.band,
+        "mjd": exposure.mjd,
+        "raw_path": exposure.filepath,
+        "provenance_id": exposure.provenance_id,
+        "produced_at": produced_at_ms,
+        "ingested_at": epoch_ms(exposure.ingested_at),
+        "origin": "ingest",
     }

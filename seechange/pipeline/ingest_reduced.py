@@ -184,11 +184,20 @@ def read_reduced_info(full: Path) -> ReducedHeaderInfo:
         gain = (float(header["GAINA"]) + float(header["GAINB"])) / 2.0
     rdnoise = header.get("RDNOISE", header.get("RDNOISEA"))
     return ReducedHeaderInfo(
-        instrument=_instrument(header, name), origin_id=str(origin).strip(), section_id=str(section).strip(),
-        filter=str(header["FILTER"]), band=band_of(str(header["FILTER"])), mjd=mjd, exp_time=exp_time,
-        ra=ra, dec=dec, field=(str(header["OBJECT"]).strip() or None) if "OBJECT" in header else None,
-        airmass=_float_or_none(header.get("AIRMASS")), gain=_float_or_none(gain),
-        read_noise=_float_or_none(rdnoise), shape=shape,
+        instrument=_instrument(header, name),
+        origin_id=str(origin).strip(),
+        section_id=str(section).strip(),
+        filter=str(header["FILTER"]),
+        band=band_of(str(header["FILTER"])),
+        mjd=mjd,
+        exp_time=exp_time,
+        ra=ra,
+        dec=dec,
+        field=(str(header["OBJECT"]).strip() or None) if "OBJECT" in header else None,
+        airmass=_float_or_none(header.get("AIRMASS")),
+        gain=_float_or_none(gain),
+        read_noise=_float_or_none(rdnoise),
+        shape=shape,
     )
 
 
@@ -271,8 +280,9 @@ def register_reduced_image(
     mask = _companion(data_root, mask_path, "mask", info.shape)
     exposure, _ = register_exposure(session, data_root, image_path, info=info)
     prov = reduced_provenance(session, params)
-    existing = session.scalars(select(Image).where(Image.exposure_id == exposure.id,
-                                                   Image.provenance_id == prov.id)).one_or_none()
+    existing = session.scalars(
+        select(Image).where(Image.exposure_id == exposure.id, Image.provenance_id == prov.id)
+    ).one_or_none()
     if existing is not None:
         return exposure, existing, False
     refcat = _refcat(data_root, info.ra, info.dec, info.shape)
@@ -284,16 +294,28 @@ def register_reduced_image(
         raise IngestError(f"{full.name}: cannot load the image: {' '.join(str(exc).split())}") from exc
     stem = product_stem("reduced", prov.id, file_stem(full))
     write_image_data(resolve(data_root, stem), data, {"EXPID": exposure.id, "PROVID": prov.id})
-    values = image_columns(data, filepath=stem, provenance_id=prov.id, field=exposure.field,
-                           section_id=exposure.section_id)
-    extra: dict[str, Any] = {k: v for k, v in (data.meta or {}).items()
-                             if isinstance(v, (int, str)) or (isinstance(v, float) and np.isfinite(v))}
-    extra.update(source_image=exposure.filepath,
-                 source_weight=relative(data_root, weight) if weight else None,
-                 source_mask=relative(data_root, mask) if mask else None)
+    values = image_columns(
+        data, filepath=stem, provenance_id=prov.id, field=exposure.field, section_id=exposure.section_id
+    )
+    extra: dict[str, Any] = {
+        k: v
+        for k, v in (data.meta or {}).items()
+        if isinstance(v, (int, str)) or (isinstance(v, float) and np.isfinite(v))
+    }
+    extra.update(
+        source_image=exposure.filepath,
+        source_weight=relative(data_root, weight) if weight else None,
+        source_mask=relative(data_root, mask) if mask else None,
+    )
     values.update(exposure_id=exposure.id, extra=extra, is_good=bool(np.isfinite(data.fwhm_px)))
     image, created = insert_or_get(session, Image, values, conflict=("exposure_id", "provenance_id"))
-    log.info("ingest-reduced: %s -> exposure %d, image %d (fwhm %.2f\", zp %s from %s)", exposure.filepath,
-             exposure.id, image.id, image.fwhm_arcsec or float("nan"),
-             f"{image.zero_point:.3f}" if image.zero_point is not None else "none", extra.get("zp_source"))
+    log.info(
+        'ingest-reduced: %s -> exposure %d, image %d (fwhm %.2f", zp %s from %s)',
+        exposure.filepath,
+        exposure.id,
+        image.id,
+        image.fwhm_arcsec or float("nan"),
+        f"{image.zero_point:.3f}" if image.zero_point is not None else "none",
+        extra.get("zp_source"),
+    )
     return exposure, image, created

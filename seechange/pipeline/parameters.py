@@ -47,14 +47,17 @@ def _override(base: StepParameters, table: dict[str, Any], where: str) -> StepPa
     names = {f.name for f in dataclasses.fields(base)}
     unknown = sorted(set(table) - names)
     if unknown:
-        raise ValueError(f"unknown {where} parameter(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        raise ValueError(
+            f"unknown {where} parameter(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})"
+        )
     values: dict[str, Any] = {}
     for key, value in table.items():
         current = getattr(base, key)
         if isinstance(current, StepParameters):
             if not isinstance(value, dict):
                 raise ValueError(  # noqa: TRY004 - a mistake in the file: one ValueError like the others
-                    f"{where}.{key} is a table of parameters ([{where}.{key}]), not a value")
+                    f"{where}.{key} is a table of parameters ([{where}.{key}]), not a value"
+                )
             values[key] = _override(current, value, f"{where}.{key}")
         elif isinstance(value, dict):
             raise ValueError(f"{where}.{key} is a value, not a table")  # noqa: TRY004 - as above
@@ -94,7 +97,10 @@ def load_parameters(path: Path | None, *, threads: int | None = None) -> Pipelin
             raise ValueError(f"{path}: unknown step table(s): {', '.join(unknown)}")
         steps = {name: _override(step, data.get(name, {}), name) for name, step in steps.items()}
     if threads is not None:
-        steps = {name: dataclasses.replace(step, threads=threads)
-                 if any(f.name == "threads" for f in dataclasses.fields(step)) else step
-                 for name, step in steps.items()}
+        steps = {
+            name: dataclasses.replace(step, threads=threads)
+            if any(f.name == "threads" for f in dataclasses.fields(step))
+            else step
+            for name, step in steps.items()
+        }
     return PipelineParameters(**steps)

@@ -18,8 +18,9 @@ def pixel_scale_arcsec(wcs: WCS) -> float:
     return float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
 
 
-def image_columns(data: ImageData, *, filepath: str, provenance_id: str, field: str | None,
-                  section_id: str | None) -> dict[str, Any]:
+def image_columns(
+    data: ImageData, *, filepath: str, provenance_id: str, field: str | None, section_id: str | None
+) -> dict[str, Any]:
     """Column values shared by the three image tables (``ImageMixin``) for one product.
 
     Parameters
@@ -38,20 +39,36 @@ def image_columns(data: ImageData, *, filepath: str, provenance_id: str, field: 
     scale = pixel_scale_arcsec(data.wcs)
     meta = data.meta or {}
     header = data.wcs.to_header(relax=True)
-    return dict(
-        filepath=filepath, provenance_id=provenance_id, mjd=float(data.mjd), band=data.band, field=field,
-        section_id=section_id, ra=ra_c, dec=dec_c,
-        ra_corner_00=float(world[0, 0]), dec_corner_00=float(world[0, 1]),
-        ra_corner_01=float(world[1, 0]), dec_corner_01=float(world[1, 1]),
-        ra_corner_10=float(world[2, 0]), dec_corner_10=float(world[2, 1]),
-        ra_corner_11=float(world[3, 0]), dec_corner_11=float(world[3, 1]),
-        healpix=healpix_index(ra_c, dec_c), wcs_header=header.tostring(),
-        fwhm_arcsec=_finite(data.fwhm_px * scale), bkg_level=_finite(data.bkg_level),
-        bkg_rms=_finite(data.bkg_rms), zero_point=_finite(data.zp), zero_point_err=_finite(meta.get("zp_err")),
-        lim_mag=_finite(meta.get("lim_mag")), astrom_rms_arcsec=_finite(data.astrom_rms_arcsec),
-        n_stars=int(meta["n_stars"]) if meta.get("n_stars") is not None else None,
-        width=int(nx), height=int(ny),
-    )
+    return {
+        "filepath": filepath,
+        "provenance_id": provenance_id,
+        "mjd": float(data.mjd),
+        "band": data.band,
+        "field": field,
+        "section_id": section_id,
+        "ra": ra_c,
+        "dec": dec_c,
+        "ra_corner_00": float(world[0, 0]),
+        "dec_corner_00": float(world[0, 1]),
+        "ra_corner_01": float(world[1, 0]),
+        "dec_corner_01": float(world[1, 1]),
+        "ra_corner_10": float(world[2, 0]),
+        "dec_corner_10": float(world[2, 1]),
+        "ra_corner_11": float(world[3, 0]),
+        "dec_corner_11": float(world[3, 1]),
+        "healpix": healpix_index(ra_c, dec_c),
+        "wcs_header": header.tostring(),
+        "fwhm_arcsec": _finite(data.fwhm_px * scale),
+        "bkg_level": _finite(data.bkg_level),
+        "bkg_rms": _finite(data.bkg_rms),
+        "zero_point": _finite(data.zp),
+        "zero_point_err": _finite(meta.get("zp_err")),
+        "lim_mag": _finite(meta.get("lim_mag")),
+        "astrom_rms_arcsec": _finite(data.astrom_rms_arcsec),
+        "n_stars": int(meta["n_stars"]) if meta.get("n_stars") is not None else None,
+        "width": int(nx),
+        "height": int(ny),
+    }
 
 
 def _finite(value: Any) -> float | None:

@@ -67,8 +67,9 @@ def reduce_provenance(session: Session, exposure: Exposure, params: ReduceParams
     return get_or_create_provenance(session, PROCESS, params.critical(), [upstream])
 
 
-def reduce_exposure_row(session: Session, resources: ReduceResources, exposure_id: int, *,
-                        params: ReduceParams) -> tuple[Image, bool]:
+def reduce_exposure_row(
+    session: Session, resources: ReduceResources, exposure_id: int, *, params: ReduceParams
+) -> tuple[Image, bool]:
     """Reduce one exposure unless its Image (same provenance) exists; return it and whether it is new.
 
     Raises
@@ -80,8 +81,9 @@ def reduce_exposure_row(session: Session, resources: ReduceResources, exposure_i
     if exposure is None:
         raise ReduceInputError(f"exposure {exposure_id} is not in the database")
     prov = reduce_provenance(session, exposure, params)
-    existing = session.scalars(select(Image).where(Image.exposure_id == exposure.id,
-                                                   Image.provenance_id == prov.id)).one_or_none()
+    existing = session.scalars(
+        select(Image).where(Image.exposure_id == exposure.id, Image.provenance_id == prov.id)
+    ).one_or_none()
     if existing is not None:
         return existing, False
     raw_path = resolve(resources.data_root, exposure.filepath)
@@ -96,23 +98,36 @@ def reduce_exposure_row(session: Session, resources: ReduceResources, exposure_i
     data = reduce_exposure(raw, header, calib, refcat, params=params)  # type: ignore[arg-type]
     stem = product_stem("reduced", prov.id, Path(exposure.filepath).stem)
     write_image_data(resolve(resources.data_root, stem), data, {"EXPID": exposure.id, "PROVID": prov.id})
-    values = image_columns(data, filepath=stem, provenance_id=prov.id, field=exposure.field,
-                           section_id=exposure.section_id)
+    values = image_columns(
+        data, filepath=stem, provenance_id=prov.id, field=exposure.field, section_id=exposure.section_id
+    )
     values["exposure_id"] = exposure.id
     values["extra"] = {k: v for k, v in (data.meta or {}).items() if isinstance(v, (int, float, str, dict))}
     values["is_good"] = bool(data.meta.get("is_good", True)) if data.meta else True
     image, created = insert_or_get(session, Image, values, conflict=("exposure_id", "provenance_id"))
-    log.info("reduced exposure %d -> image %d in %.2f s (fwhm %.2f\", zp %.3f, astrom rms %.3f\")",
-             exposure.id, image.id, time.perf_counter() - t0, image.fwhm_arcsec or float("nan"),
-             image.zero_point or float("nan"), image.astrom_rms_arcsec or float("nan"))
+    log.info(
+        'reduced exposure %d -> image %d in %.2f s (fwhm %.2f", zp %.3f, astrom rms %.3f")',
+        exposure.id,
+        image.id,
+        time.perf_counter() - t0,
+        image.fwhm_arcsec or float("nan"),
+        image.zero_point or float("nan"),
+        image.astrom_rms_arcsec or float("nan"),
+    )
     return image, created
 
 
 def image_event(image: Image, *, produced_at_ms: int, ingested_at_ms: int) -> dict[str, object]:
     """The image-reduced record for an Image row."""
     return {
-        "image_id": image.id, "exposure_id": image.exposure_id, "field": image.field or "",
-        "band": image.band, "section_id": image.section_id or "", "mjd": image.mjd,
-        "image_path": image.filepath, "provenance_id": image.provenance_id,
-        "produced_at": produced_at_ms, "ingested_at": ingested_at_ms,
+        "image_id": image.id,
+        "exposure_id": image.exposure_id,
+        "field": image.field or "",
+        "band": image.band,
+        "section_id": image.section_id or "",
+        "mjd": image.mjd,
+        "image_path": image.filepath,
+        "provenance_id": image.provenance_id,
+        "produced_at": produced_at_ms,
+        "ingested_at": ingested_at_ms,
     }

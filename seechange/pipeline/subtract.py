@@ -83,11 +83,15 @@ def _reference_members(session: Session, image: Image, n_ref: int, min_zp: float
     from seechange.models import Exposure
 
     rows = session.execute(
-        select(Exposure, Image).outerjoin(Image, (Image.exposure_id == Exposure.id)
-                                          & (Image.provenance_id == image.provenance_id))
-        .where(Exposure.field == image.field, Exposure.band == image.band,
-               Exposure.section_id == image.section_id)
-        .order_by(Exposure.mjd, Exposure.id)).all()
+        select(Exposure, Image)
+        .outerjoin(Image, (Image.exposure_id == Exposure.id) & (Image.provenance_id == image.provenance_id))
+        .where(
+            Exposure.field == image.field,
+            Exposure.band == image.band,
+            Exposure.section_id == image.section_id,
+        )
+        .order_by(Exposure.mjd, Exposure.id)
+    ).all()
     members: list[Image] = []
     now = datetime.now(UTC)
     for exposure, img in rows:
@@ -102,8 +106,9 @@ def _reference_members(session: Session, image: Image, n_ref: int, min_zp: float
     return members
 
 
-def find_or_build_reference(session: Session, data_root: Path, image: Image, *,
-                            params: ReferenceParams) -> CoaddImage | None:
+def find_or_build_reference(
+    session: Session, data_root: Path, image: Image, *, params: ReferenceParams
+) -> CoaddImage | None:
     """The reference CoaddImage for ``image``, built now if possible.
 
     Returns None (and records why on the image row) when ``image`` is itself one of the reference's
@@ -115,8 +120,9 @@ def find_or_build_reference(session: Session, data_root: Path, image: Image, *,
     assert image_prov is not None
     prov = get_or_create_provenance(session, "coadd", params.critical(), [image_prov])
     _lock(session, key)
-    existing = session.scalars(select(CoaddImage).where(CoaddImage.reference_key == key,
-                                                        CoaddImage.provenance_id == prov.id)).one_or_none()
+    existing = session.scalars(
+        select(CoaddImage).where(CoaddImage.reference_key == key, CoaddImage.provenance_id == prov.id)
+    ).one_or_none()
     if existing is not None:
         if any(m.id == image.id for m in existing.images):
             _note(image, REFERENCE_MEMBER)
@@ -136,22 +142,30 @@ def find_or_build_reference(session: Session, data_root: Path, image: Image, *,
     return _build_reference(session, data_root, image, key, prov, members)
 
 
-def _build_reference(session: Session, data_root: Path, image: Image, key: str, prov: Provenance,
-                     members: list[Image]) -> CoaddImage:
+def _build_reference(
+    session: Session, data_root: Path, image: Image, key: str, prov: Provenance, members: list[Image]
+) -> CoaddImage:
     """Coadd ``members`` into the reference of ``key`` (the caller holds the key's lock); its row."""
     t0 = time.perf_counter()
     inputs = [read_image_data(resolve(data_root, m.filepath)) for m in members]
     ref = coadd(inputs)
     stem = product_stem("coadds", prov.id, key.replace("/", "_"))
     write_image_data_any(data_root, stem, ref)
-    values = image_columns(ref, filepath=stem, provenance_id=prov.id, field=image.field,
-                           section_id=image.section_id)
+    values = image_columns(
+        ref, filepath=stem, provenance_id=prov.id, field=image.field, section_id=image.section_id
+    )
     values.update(reference_key=key, extra={"members": [m.id for m in members]})
     coadd_id = session.execute(insert(CoaddImage).values(**values).returning(CoaddImage.id)).scalar_one()
-    session.execute(insert(coadd_members), [{"coadd_id": coadd_id, "image_id": m.id, "weight": None}
-                                            for m in members])
-    log.info("built reference %s (coadd %d of images %s) in %.2f s", key, coadd_id, [m.id for m in members],
-             time.perf_counter() - t0)
+    session.execute(
+        insert(coadd_members), [{"coadd_id": coadd_id, "image_id": m.id, "weight": None} for m in members]
+    )
+    log.info(
+        "built reference %s (coadd %d of images %s) in %.2f s",
+        key,
+        coadd_id,
+        [m.id for m in members],
+        time.perf_counter() - t0,
+    )
     built = session.get(CoaddImage, coadd_id)
     assert built is not None
     return built
@@ -168,12 +182,22 @@ def write_image_data_any(data_root: Path, stem: str, data: ImageData) -> None:
 
 
 # --------------------------------------------------------------------------------------- ZOGY products on disk
-_SCALARS = ("f_d", "f_s", "score_std", "renorm_factor", "noise_corr_new", "noise_corr_ref", "zp", "fwhm_px",
-            "border_px")
+_SCALARS = (
+    "f_d",
+    "f_s",
+    "score_std",
+    "renorm_factor",
+    "noise_corr_new",
+    "noise_corr_ref",
+    "zp",
+    "fwhm_px",
+    "border_px",
+)
 
 
-def write_zogy(data_root: Path, stem: str, result: ZogyResult, ref_on_new: ImageData, *,
-               threads: int | None = None) -> None:
+def write_zogy(
+    data_root: Path, stem: str, result: ZogyResult, ref_on_new: ImageData, *, threads: int | None = None
+) -> None:
     """Write D (``diff``), its weight, P_D (``psf``), S_corr and V_S (``score``), flags and the resampled ref.
 
     S itself is not stored: it is ``S_corr * renorm_factor * sqrt(V_S)`` (:func:`read_zogy` rebuilds it; to
@@ -187,8 +211,12 @@ def write_zogy(data_root: Path, stem: str, result: ZogyResult, ref_on_new: Image
         header[f"HIERARCH {name.upper()}"] = float(getattr(result, name))
     with np.errstate(divide="ignore"):
         weight = np.where(result.diff_variance > 0, 1.0 / result.diff_variance, 0.0).astype(np.float32)
-    score = fits.HDUList([fits.PrimaryHDU(result.score_corr.astype(np.float32, copy=False), header.copy()),
-                          fits.ImageHDU(result.score_var.astype(np.float32, copy=False), name="VAR")])
+    score = fits.HDUList(
+        [
+            fits.PrimaryHDU(result.score_corr.astype(np.float32, copy=False), header.copy()),
+            fits.ImageHDU(result.score_var.astype(np.float32, copy=False), name="VAR"),
+        ]
+    )
     jobs: list[tuple[str, Any, fits.Header | None]] = [
         ("score", score, None),
         ("diff", result.diff.astype(np.float32, copy=False), header.copy()),
@@ -198,8 +226,10 @@ def write_zogy(data_root: Path, stem: str, result: ZogyResult, ref_on_new: Image
         ("psf", result.psf_d.astype(np.float32, copy=False), None),
     ]
     with ThreadPoolExecutor(max_workers=threads or default_threads()) as pool:
-        done = [pool.submit(write_fits_atomic, Path(f"{base}.{suffix}.fits"), what, hdr)
-                for suffix, what, hdr in jobs]
+        done = [
+            pool.submit(write_fits_atomic, Path(f"{base}.{suffix}.fits"), what, hdr)
+            for suffix, what, hdr in jobs
+        ]
         for f in done:
             f.result()
 
@@ -237,13 +267,23 @@ def read_zogy(data_root: Path, stem: str, *, threads: int | None = None) -> tupl
     scalars: dict[str, Any] = {n: float(header[n.upper()]) for n in _SCALARS}
     scalars["border_px"] = int(scalars["border_px"])
     score = score_corr * np.float32(scalars["renorm_factor"]) * np.sqrt(score_var)
-    result = ZogyResult(diff=diff, diff_variance=variance, psf_d=psf, score=score, score_var=score_var,
-                        score_corr=score_corr, flags=flags, wcs=WCS(header, naxis=2), **scalars)
+    result = ZogyResult(
+        diff=diff,
+        diff_variance=variance,
+        psf_d=psf,
+        score=score,
+        score_var=score_var,
+        score_corr=score_corr,
+        flags=flags,
+        wcs=WCS(header, naxis=2),
+        **scalars,
+    )
     return result, ref
 
 
-def subtract_image_row(session: Session, data_root: Path, image_id: int, *, ref_params: ReferenceParams,
-                       params: SubtractParams) -> SubtractionImage | None:
+def subtract_image_row(
+    session: Session, data_root: Path, image_id: int, *, ref_params: ReferenceParams, params: SubtractParams
+) -> SubtractionImage | None:
     """Subtract the reference from one Image (find before make); None when no reference can exist yet."""
     image = session.get(Image, image_id)
     if image is None:
@@ -253,9 +293,11 @@ def subtract_image_row(session: Session, data_root: Path, image_id: int, *, ref_
         return None
     provs = [session.get(Provenance, image.provenance_id), session.get(Provenance, reference.provenance_id)]
     prov = get_or_create_provenance(session, "subtract", params.critical(), [p for p in provs if p])
-    found = select(SubtractionImage).where(SubtractionImage.new_image_id == image.id,
-                                           SubtractionImage.reference_id == reference.id,
-                                           SubtractionImage.provenance_id == prov.id)
+    found = select(SubtractionImage).where(
+        SubtractionImage.new_image_id == image.id,
+        SubtractionImage.reference_id == reference.id,
+        SubtractionImage.provenance_id == prov.id,
+    )
     existing = session.scalars(found).one_or_none()
     if existing is not None:
         return existing
@@ -267,27 +309,60 @@ def subtract_image_row(session: Session, data_root: Path, image_id: int, *, ref_
     ref_on_new = result.meta["ref_resampled"]
     stem = product_stem("subtractions", prov.id, Path(image.filepath).name)
     write_zogy(data_root, stem, result, ref_on_new, threads=params.threads)
-    diff_data = ImageData(image=result.diff, weight=np.zeros((1, 1), np.float32), flags=result.flags,
-                          psf=result.psf_d, wcs=result.wcs, zp=result.zp, fwhm_px=result.fwhm_px,
-                          bkg_level=0.0, bkg_rms=float(np.sqrt(np.nanmedian(result.diff_variance[::4, ::4]))),
-                          astrom_rms_arcsec=float(np.hypot(image.astrom_rms_arcsec or 0,
-                                                           reference.astrom_rms_arcsec or 0)),
-                          mjd=image.mjd, band=image.band)
-    values = image_columns(diff_data, filepath=stem, provenance_id=prov.id, field=image.field,
-                           section_id=image.section_id)
-    values.update(new_image_id=image.id, reference_id=reference.id, score_std=float(result.score_std),
-                  extra={"renorm_factor": float(result.renorm_factor), "f_d": float(result.f_d),
-                         "noise_corr_new": float(result.noise_corr_new),
-                         "noise_corr_ref": float(result.noise_corr_ref)})
-    sub, _ = insert_or_get(session, SubtractionImage, values,
-                           conflict=("new_image_id", "reference_id", "provenance_id"))
-    log.info("subtracted image %d - coadd %d -> subtraction %d in %.2f s (S_corr std %.3f, renorm %.3f)",
-             image.id, reference.id, sub.id, time.perf_counter() - t0, result.score_std, result.renorm_factor)
+    diff_data = ImageData(
+        image=result.diff,
+        weight=np.zeros((1, 1), np.float32),
+        flags=result.flags,
+        psf=result.psf_d,
+        wcs=result.wcs,
+        zp=result.zp,
+        fwhm_px=result.fwhm_px,
+        bkg_level=0.0,
+        bkg_rms=float(np.sqrt(np.nanmedian(result.diff_variance[::4, ::4]))),
+        astrom_rms_arcsec=float(np.hypot(image.astrom_rms_arcsec or 0, reference.astrom_rms_arcsec or 0)),
+        mjd=image.mjd,
+        band=image.band,
+    )
+    values = image_columns(
+        diff_data, filepath=stem, provenance_id=prov.id, field=image.field, section_id=image.section_id
+    )
+    values.update(
+        new_image_id=image.id,
+        reference_id=reference.id,
+        score_std=float(result.score_std),
+        extra={
+            "renorm_factor": float(result.renorm_factor),
+            "f_d": float(result.f_d),
+            "noise_corr_new": float(result.noise_corr_new),
+            "noise_corr_ref": float(result.noise_corr_ref),
+        },
+    )
+    sub, _ = insert_or_get(
+        session, SubtractionImage, values, conflict=("new_image_id", "reference_id", "provenance_id")
+    )
+    log.info(
+        "subtracted image %d - coadd %d -> subtraction %d in %.2f s (S_corr std %.3f, renorm %.3f)",
+        image.id,
+        reference.id,
+        sub.id,
+        time.perf_counter() - t0,
+        result.score_std,
+        result.renorm_factor,
+    )
     return sub
 
 
 def subtraction_event(sub: SubtractionImage, *, produced_at_ms: int, ingested_at_ms: int) -> dict[str, Any]:
     """The subtraction-done record for a SubtractionImage row."""
-    return {"subtraction_id": sub.id, "image_id": sub.new_image_id, "reference_id": sub.reference_id,
-            "field": sub.field or "", "band": sub.band, "mjd": sub.mjd, "path": sub.filepath,
-            "provenance_id": sub.provenance_id, "produced_at": produced_at_ms, "ingested_at": ingested_at_ms}
+    return {
+        "subtraction_id": sub.id,
+        "image_id": sub.new_image_id,
+        "reference_id": sub.reference_id,
+        "field": sub.field or "",
+        "band": sub.band,
+        "mjd": sub.mjd,
+        "path": sub.filepath,
+        "provenance_id": sub.provenance_id,
+        "produced_at": produced_at_ms,
+        "ingested_at": ingested_at_ms,
+    }

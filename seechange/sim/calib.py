@@ -76,8 +76,10 @@ def make_calibration(ccdnum: int, size: tuple[int, int]) -> CalibrationFrames:
     xx = (np.arange(nx, dtype=np.float32) / nx)[None, :]
 
     # Bias residual: fixed column pattern (+-1 ADU) and a decaying start-of-readout ramp (4 ADU).
-    bias = (rng.normal(0.0, 1.0, nx).astype(np.float32)[None, :]
-            + 4.0 * np.exp(-np.arange(ny, dtype=np.float32) / 40.0)[:, None]).astype(np.float32)
+    bias = (
+        rng.normal(0.0, 1.0, nx).astype(np.float32)[None, :]
+        + 4.0 * np.exp(-np.arange(ny, dtype=np.float32) / 40.0)[:, None]
+    ).astype(np.float32)
     bias = np.broadcast_to(bias, (ny, nx)).copy()
 
     # Dark: 0.002 e-/s, amplifier glow in the outer bottom corners, sparse hot pixels.

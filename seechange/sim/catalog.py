@@ -64,8 +64,9 @@ def _power_law_mags(rng: np.random.Generator, n: int, lo: float, hi: float, slop
     return np.log10(a + rng.random(n) * (b - a)) / slope
 
 
-def _footprint(rng: np.random.Generator, n: int, size: tuple[int, int], ra: float,
-               dec: float) -> tuple[np.ndarray, np.ndarray]:
+def _footprint(
+    rng: np.random.Generator, n: int, size: tuple[int, int], ra: float, dec: float
+) -> tuple[np.ndarray, np.ndarray]:
     half_x = size[0] * PIXEL_SCALE / 2.0 + MARGIN_ARCSEC
     half_y = size[1] * PIXEL_SCALE / 2.0 + MARGIN_ARCSEC
     xi = rng.uniform(-half_x, half_x, n) / 3600.0
@@ -75,13 +76,16 @@ def _footprint(rng: np.random.Generator, n: int, size: tuple[int, int], ra: floa
 
 def _area_factor(size: tuple[int, int]) -> float:
     """Area of the drawn region relative to that of a full-size CCD."""
-    full = (DEFAULT_SIZE[0] * PIXEL_SCALE + 2 * MARGIN_ARCSEC) * (DEFAULT_SIZE[1] * PIXEL_SCALE + 2 * MARGIN_ARCSEC)
+    full = (DEFAULT_SIZE[0] * PIXEL_SCALE + 2 * MARGIN_ARCSEC) * (
+        DEFAULT_SIZE[1] * PIXEL_SCALE + 2 * MARGIN_ARCSEC
+    )
     this = (size[0] * PIXEL_SCALE + 2 * MARGIN_ARCSEC) * (size[1] * PIXEL_SCALE + 2 * MARGIN_ARCSEC)
     return this / full
 
 
-def make_field_catalog(seed: int, field_index: int, name: str, ra: float, dec: float,
-                       size: tuple[int, int] = DEFAULT_SIZE) -> FieldCatalog:
+def make_field_catalog(
+    seed: int, field_index: int, name: str, ra: float, dec: float, size: tuple[int, int] = DEFAULT_SIZE
+) -> FieldCatalog:
     """Draw the stars and galaxies of one field.
 
     Parameters
@@ -110,11 +114,17 @@ def make_field_catalog(seed: int, field_index: int, name: str, ra: float, dec: f
     g_r = rng.uniform(0.25, 1.5, n_stars)
     r_i = 0.45 * g_r - 0.05 + rng.normal(0.0, 0.03, n_stars)
     i_z = 0.5 * r_i + rng.normal(0.0, 0.03, n_stars)
-    stars = Table({
-        "id": np.arange(n_stars, dtype=np.int64),
-        "ra": s_ra, "dec": s_dec,
-        "mag_g": mag_r + g_r, "mag_r": mag_r, "mag_i": mag_r - r_i, "mag_z": mag_r - r_i - i_z,
-    })
+    stars = Table(
+        {
+            "id": np.arange(n_stars, dtype=np.int64),
+            "ra": s_ra,
+            "dec": s_dec,
+            "mag_g": mag_r + g_r,
+            "mag_r": mag_r,
+            "mag_i": mag_r - r_i,
+            "mag_z": mag_r - r_i - i_z,
+        }
+    )
 
     n_gal = int(rng.poisson(GALAXIES_PER_FULL_CCD * area))
     g_ra, g_dec = _footprint(rng, n_gal, size, ra, dec)
@@ -124,15 +134,21 @@ def make_field_catalog(seed: int, field_index: int, name: str, ra: float, dec: f
     gi_z = 0.3 * gr_i + rng.normal(0.0, 0.05, n_gal)
     # Brighter galaxies are larger: r_eff ~ 1.6" at r = 17 falling to ~0.4" at r = 24, with scatter.
     r_eff = 10.0 ** (0.2 - 0.085 * (gmag_r - 17.0) + rng.normal(0.0, 0.12, n_gal))
-    galaxies = Table({
-        "id": np.arange(n_gal, dtype=np.int64) + 1_000_000,
-        "ra": g_ra, "dec": g_dec,
-        "mag_g": gmag_r + gg_r, "mag_r": gmag_r, "mag_i": gmag_r - gr_i, "mag_z": gmag_r - gr_i - gi_z,
-        "r_eff": np.clip(r_eff, 0.25, 3.0),
-        "q": rng.uniform(0.35, 1.0, n_gal),
-        "pa": rng.uniform(0.0, np.pi, n_gal),
-        "n": rng.choice(np.array([1.0, 1.0, 1.0, 1.5, 2.5]), n_gal),
-    })
+    galaxies = Table(
+        {
+            "id": np.arange(n_gal, dtype=np.int64) + 1_000_000,
+            "ra": g_ra,
+            "dec": g_dec,
+            "mag_g": gmag_r + gg_r,
+            "mag_r": gmag_r,
+            "mag_i": gmag_r - gr_i,
+            "mag_z": gmag_r - gr_i - gi_z,
+            "r_eff": np.clip(r_eff, 0.25, 3.0),
+            "q": rng.uniform(0.35, 1.0, n_gal),
+            "pa": rng.uniform(0.0, np.pi, n_gal),
+            "n": rng.choice(np.array([1.0, 1.0, 1.0, 1.5, 2.5]), n_gal),
+        }
+    )
     return FieldCatalog(name=name, ra=ra, dec=dec, stars=stars, galaxies=galaxies)
 
 
@@ -161,12 +177,15 @@ def reference_catalog(seed: int, field_index: int, catalog: FieldCatalog) -> Tab
     sigma_deg = REFCAT_POS_SIGMA_MAS / 1000.0 / 3600.0
     dec = np.asarray(stars["dec"]) + rng.normal(0.0, sigma_deg, n)
     ra = (np.asarray(stars["ra"]) + rng.normal(0.0, sigma_deg, n) / np.cos(np.radians(dec))) % 360.0
-    table = Table({"ra": ra, "dec": dec}, meta={
-        "field": catalog.name,
-        "description": "simulated reference catalogue (stars only); position noise "
-                       f"{REFCAT_POS_SIGMA_MAS} mas per axis, magnitude noise {REFCAT_MAG_SIGMA} mag",
-        "mag_limit_r": REFCAT_MAG_LIMIT,
-    })
+    table = Table(
+        {"ra": ra, "dec": dec},
+        meta={
+            "field": catalog.name,
+            "description": "simulated reference catalogue (stars only); position noise "
+            f"{REFCAT_POS_SIGMA_MAS} mas per axis, magnitude noise {REFCAT_MAG_SIGMA} mag",
+            "mag_limit_r": REFCAT_MAG_LIMIT,
+        },
+    )
     table["ra"].unit = "deg"
     table["dec"].unit = "deg"
     for band in BANDS:

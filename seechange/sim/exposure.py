@@ -116,8 +116,12 @@ class ExposureSpec:
     @property
     def zp(self) -> float:
         """AB magnitude of 1 electron in this exposure: ``mag = -2.5 log10(flux_e) + zp``."""
-        return (ZERO_POINT[self.band] - EXTINCTION[self.band] * (self.airmass - 1.0) - self.cloud
-                + 2.5 * math.log10(self.exptime))
+        return (
+            ZERO_POINT[self.band]
+            - EXTINCTION[self.band] * (self.airmass - 1.0)
+            - self.cloud
+            + 2.5 * math.log10(self.exptime)
+        )
 
     @property
     def sky_e(self) -> float:
@@ -138,8 +142,9 @@ class ExposureSpec:
         return MoffatPSF(self.fwhm_arcsec / PIXEL_SCALE, self.beta, self.ellipticity, self.psf_theta, 64)
 
 
-def render_exposure(spec: ExposureSpec, catalog: FieldCatalog, variables: list[TimeVariable],
-                    calib: CalibrationFrames) -> tuple[fits.PrimaryHDU, Table]:
+def render_exposure(
+    spec: ExposureSpec, catalog: FieldCatalog, variables: list[TimeVariable], calib: CalibrationFrames
+) -> tuple[fits.PrimaryHDU, Table]:
     """Render one raw CCD and its truth.
 
     Parameters
@@ -179,10 +184,17 @@ def render_exposure(spec: ExposureSpec, catalog: FieldCatalog, variables: list[T
         gal = catalog.galaxies
         index = np.searchsorted(np.asarray(gal["id"]), np.asarray(truth["id"])[gal_rows])
         # Position angles are defined on an unrotated CCD: add the true rotation.
-        add_galaxies(signal, psf, x[gal_rows], y[gal_rows], flux[gal_rows],
-                     np.asarray(gal["r_eff"])[index] / PIXEL_SCALE, np.asarray(gal["q"])[index],
-                     np.asarray(gal["pa"])[index] + math.radians(spec.rotation_deg),
-                     np.asarray(gal["n"])[index])
+        add_galaxies(
+            signal,
+            psf,
+            x[gal_rows],
+            y[gal_rows],
+            flux[gal_rows],
+            np.asarray(gal["r_eff"])[index] / PIXEL_SCALE,
+            np.asarray(gal["q"])[index],
+            np.asarray(gal["pa"])[index] + math.radians(spec.rotation_deg),
+            np.asarray(gal["n"])[index],
+        )
 
     response = calib.flat.copy()
     for col, y0, y1 in calib.dead_columns:
@@ -226,8 +238,9 @@ def render_exposure(spec: ExposureSpec, catalog: FieldCatalog, variables: list[T
     return fits.PrimaryHDU(data=image, header=header), truth
 
 
-def _source_table(spec: ExposureSpec, catalog: FieldCatalog, variables: list[TimeVariable], wcs: WCS,
-                  zp: float) -> Table:
+def _source_table(
+    spec: ExposureSpec, catalog: FieldCatalog, variables: list[TimeVariable], wcs: WCS, zp: float
+) -> Table:
     """Every source whose centre falls on (or just off) the CCD, with its flux in this exposure."""
     band = f"mag_{spec.band}"
     ids, kinds, ras, decs, mags = [], [], [], [], []
@@ -252,12 +265,26 @@ def _source_table(spec: ExposureSpec, catalog: FieldCatalog, variables: list[Tim
     mag = np.concatenate(mags)[keep]
     with np.errstate(over="ignore"):
         flux = np.where(np.isfinite(mag), 10.0 ** (-0.4 * (mag - zp)), 0.0)
-    table = Table({
-        "id": np.concatenate(ids)[keep], "kind": np.concatenate(kinds).astype("<U9")[keep],
-        "ra": ra[keep], "dec": dec[keep], "x": x[keep], "y": y[keep], "mag": mag, "flux_e": flux,
-    })
-    for col, unit in (("ra", "deg"), ("dec", "deg"), ("x", "pix"), ("y", "pix"), ("mag", "mag"),
-                      ("flux_e", "electron")):
+    table = Table(
+        {
+            "id": np.concatenate(ids)[keep],
+            "kind": np.concatenate(kinds).astype("<U9")[keep],
+            "ra": ra[keep],
+            "dec": dec[keep],
+            "x": x[keep],
+            "y": y[keep],
+            "mag": mag,
+            "flux_e": flux,
+        }
+    )
+    for col, unit in (
+        ("ra", "deg"),
+        ("dec", "deg"),
+        ("x", "pix"),
+        ("y", "pix"),
+        ("mag", "mag"),
+        ("flux_e", "electron"),
+    ):
         table[col].unit = unit
     return table
 
@@ -334,18 +361,33 @@ def _raw_header(spec: ExposureSpec, layout: RawLayout) -> fits.Header:
     return h
 
 
-def _truth_meta(spec: ExposureSpec, wcs: WCS, psf: MoffatPSF, cr_pixels: list[list[int]],
-                n_full: int, n_bled: int) -> dict[str, Any]:
+def _truth_meta(
+    spec: ExposureSpec, wcs: WCS, psf: MoffatPSF, cr_pixels: list[list[int]], n_full: int, n_bled: int
+) -> dict[str, Any]:
     spec_d = asdict(spec)
     spec_d["size"] = list(spec.size)
     wcs_hdr = {k: (v if not isinstance(v, np.generic) else v.item()) for k, v in wcs.to_header().items()}
     return {
-        "expname": spec.expname, "ccdnum": spec.ccdnum, "field": spec.field, "band": spec.band,
-        "mjd": spec.mjd, "mjd_mid": spec.mjd_mid, "exptime": spec.exptime, "airmass": spec.airmass,
-        "fwhm_arcsec": spec.fwhm_arcsec, "fwhm_px": psf.fwhm_px, "psf_beta": spec.beta,
-        "psf_ellipticity": spec.ellipticity, "psf_theta_rad": spec.psf_theta,
-        "zp": spec.zp, "sky_e": spec.sky_e, "sky_mag": spec.sky_mag,
-        "true_wcs": wcs_hdr, "header_pointing_error_arcsec": [spec.pointing_east, spec.pointing_north],
-        "cosmic_ray_pixels": cr_pixels, "n_full_well_pixels": n_full, "n_bleed_pixels": n_bled,
+        "expname": spec.expname,
+        "ccdnum": spec.ccdnum,
+        "field": spec.field,
+        "band": spec.band,
+        "mjd": spec.mjd,
+        "mjd_mid": spec.mjd_mid,
+        "exptime": spec.exptime,
+        "airmass": spec.airmass,
+        "fwhm_arcsec": spec.fwhm_arcsec,
+        "fwhm_px": psf.fwhm_px,
+        "psf_beta": spec.beta,
+        "psf_ellipticity": spec.ellipticity,
+        "psf_theta_rad": spec.psf_theta,
+        "zp": spec.zp,
+        "sky_e": spec.sky_e,
+        "sky_mag": spec.sky_mag,
+        "true_wcs": wcs_hdr,
+        "header_pointing_error_arcsec": [spec.pointing_east, spec.pointing_north],
+        "cosmic_ray_pixels": cr_pixels,
+        "n_full_well_pixels": n_full,
+        "n_bleed_pixels": n_bled,
         "spec": spec_d,
     }

@@ -96,9 +96,18 @@ def _expname(mjd: float) -> str:
     return f"c4d_{dt:%y%m%d_%H%M%S}"
 
 
-def plan_night(*, seed: int = 42, n_fields: int = 2, n_epochs: int = 6, band: str = "r",
-               size: tuple[int, int] = DEFAULT_SIZE, ccdnum: int = 37, n_ref_epochs: int = 3,
-               exptime: float = 60.0, start_mjd: float = 60000.0) -> NightPlan:
+def plan_night(
+    *,
+    seed: int = 42,
+    n_fields: int = 2,
+    n_epochs: int = 6,
+    band: str = "r",
+    size: tuple[int, int] = DEFAULT_SIZE,
+    ccdnum: int = 37,
+    n_ref_epochs: int = 3,
+    exptime: float = 60.0,
+    start_mjd: float = 60000.0,
+) -> NightPlan:
     """Decide the whole night without rendering anything (see ``simulate_night`` for the parameters)."""
     if band not in BANDS:
         raise ValueError(f"band must be one of {BANDS}, got {band!r}")
@@ -123,16 +132,33 @@ def plan_night(*, seed: int = 42, n_fields: int = 2, n_epochs: int = 6, band: st
         hours = (mjd - start_mjd) * 24.0
         true_ra, true_dec = offset_sky(*centres[f], *r.normal(0.0, POINTING_JITTER_ARCSEC, 2))
         err, ang = r.uniform(2.0, 4.5), r.uniform(0.0, 2 * math.pi)
-        specs.append(ExposureSpec(
-            expname=_expname(mjd), expnum=round((mjd - 50000.0) * 1440.0), field=names[f],
-            field_index=f, epoch=e, ccdnum=ccdnum, band=band, mjd=mjd, exptime=float(exptime),
-            airmass=float(max(1.0, airmass0[f] + airmass_rate[f] * hours)),
-            fwhm_arcsec=float(r.uniform(0.8, 1.8)), beta=3.0, ellipticity=float(r.uniform(0.0, 0.08)),
-            psf_theta=float(r.uniform(0.0, math.pi)), sky_mag=float(SKY_MAG[band] + r.normal(0.0, 0.1)),
-            cloud=float(abs(r.normal(0.0, 0.02))), ra=true_ra, dec=true_dec,
-            rotation_deg=float(r.uniform(-0.005, 0.005)),
-            pointing_east=float(err * math.cos(ang)), pointing_north=float(err * math.sin(ang)),
-            size=size, seed=seed))
+        specs.append(
+            ExposureSpec(
+                expname=_expname(mjd),
+                expnum=round((mjd - 50000.0) * 1440.0),
+                field=names[f],
+                field_index=f,
+                epoch=e,
+                ccdnum=ccdnum,
+                band=band,
+                mjd=mjd,
+                exptime=float(exptime),
+                airmass=float(max(1.0, airmass0[f] + airmass_rate[f] * hours)),
+                fwhm_arcsec=float(r.uniform(0.8, 1.8)),
+                beta=3.0,
+                ellipticity=float(r.uniform(0.0, 0.08)),
+                psf_theta=float(r.uniform(0.0, math.pi)),
+                sky_mag=float(SKY_MAG[band] + r.normal(0.0, 0.1)),
+                cloud=float(abs(r.normal(0.0, 0.02))),
+                ra=true_ra,
+                dec=true_dec,
+                rotation_deg=float(r.uniform(-0.005, 0.005)),
+                pointing_east=float(err * math.cos(ang)),
+                pointing_north=float(err * math.sin(ang)),
+                size=size,
+                seed=seed,
+            )
+        )
 
     catalogs, variables, field_records = [], [], []
     night_span = (mjds[0], mjds[-1])
@@ -142,31 +168,73 @@ def plan_night(*, seed: int = 42, n_fields: int = 2, n_epochs: int = 6, band: st
         tv = make_time_variables(seed, f, cat, epoch_mjds, night_span, exptime, n_ref_epochs, size)
         catalogs.append(cat)
         variables.append(tv)
-        field_records.append(FieldRecord(name=name, ra=centres[f][0], dec=centres[f][1],
-                                         n_stars=len(cat.stars), n_galaxies=len(cat.galaxies),
-                                         refcat_path=f"refcat/{name}.ecsv"))
-    exposures = [ExposureRecord(
-        expname=s.expname, expnum=s.expnum, field=s.field, epoch=s.epoch, band=band, mjd=s.mjd,
-        exptime=s.exptime, airmass=s.airmass, ccdnum=ccdnum, raw_path=raw_relpath(s.field, s.expname, ccdnum),
-        truth_path=truth_relpath(s.expname, ccdnum)) for s in specs]
-    summary = NightSummary(seed=seed, band=band, ccdnum=ccdnum, size=size, n_ref_epochs=n_ref_epochs,
-                           exposures=exposures, fields=field_records,
-                           transients=[v.to_dict() for tv in variables for v in tv])
-    return NightPlan(summary=summary, specs=specs, catalogs=catalogs, variables=variables,
-                     calib=make_calibration(ccdnum, size))
+        field_records.append(
+            FieldRecord(
+                name=name,
+                ra=centres[f][0],
+                dec=centres[f][1],
+                n_stars=len(cat.stars),
+                n_galaxies=len(cat.galaxies),
+                refcat_path=f"refcat/{name}.ecsv",
+            )
+        )
+    exposures = [
+        ExposureRecord(
+            expname=s.expname,
+            expnum=s.expnum,
+            field=s.field,
+            epoch=s.epoch,
+            band=band,
+            mjd=s.mjd,
+            exptime=s.exptime,
+            airmass=s.airmass,
+            ccdnum=ccdnum,
+            raw_path=raw_relpath(s.field, s.expname, ccdnum),
+            truth_path=truth_relpath(s.expname, ccdnum),
+        )
+        for s in specs
+    ]
+    summary = NightSummary(
+        seed=seed,
+        band=band,
+        ccdnum=ccdnum,
+        size=size,
+        n_ref_epochs=n_ref_epochs,
+        exposures=exposures,
+        fields=field_records,
+        transients=[v.to_dict() for tv in variables for v in tv],
+    )
+    return NightPlan(
+        summary=summary,
+        specs=specs,
+        catalogs=catalogs,
+        variables=variables,
+        calib=make_calibration(ccdnum, size),
+    )
 
 
 def render_planned(plan: NightPlan, index: int) -> tuple[fits.PrimaryHDU, Any]:
     """Render exposure ``index`` of a plan: (raw HDU, truth table). Identical on every call."""
     spec = plan.specs[index]
-    return render_exposure(spec, plan.catalogs[spec.field_index], plan.variables[spec.field_index],
-                           plan.calib)
+    return render_exposure(
+        spec, plan.catalogs[spec.field_index], plan.variables[spec.field_index], plan.calib
+    )
 
 
-def simulate_night(data_dir: Path, *, seed: int = 42, n_fields: int = 2, n_epochs: int = 6,
-                   band: str = "r", size: tuple[int, int] = DEFAULT_SIZE, ccdnum: int = 37,
-                   n_ref_epochs: int = 3, exptime: float = 60.0, start_mjd: float = 60000.0,
-                   progress: Callable[[int, int], None] | None = None) -> NightSummary:
+def simulate_night(
+    data_dir: Path,
+    *,
+    seed: int = 42,
+    n_fields: int = 2,
+    n_epochs: int = 6,
+    band: str = "r",
+    size: tuple[int, int] = DEFAULT_SIZE,
+    ccdnum: int = 37,
+    n_ref_epochs: int = 3,
+    exptime: float = 60.0,
+    start_mjd: float = 60000.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> NightSummary:
     """Write a simulated night under ``data_dir``.
 
     Writes ``calib/DECam/<ccdnum>/*.fits`` (when missing), ``refcat/<field>.ecsv``,
@@ -202,11 +270,22 @@ def simulate_night(data_dir: Path, *, seed: int = 42, n_fields: int = 2, n_epoch
     NightSummary
     """
     data_dir = Path(data_dir)
-    plan = plan_night(seed=seed, n_fields=n_fields, n_epochs=n_epochs, band=band, size=size, ccdnum=ccdnum,
-                      n_ref_epochs=n_ref_epochs, exptime=exptime, start_mjd=start_mjd)
+    plan = plan_night(
+        seed=seed,
+        n_fields=n_fields,
+        n_epochs=n_epochs,
+        band=band,
+        size=size,
+        ccdnum=ccdnum,
+        n_ref_epochs=n_ref_epochs,
+        exptime=exptime,
+        start_mjd=start_mjd,
+    )
     write_calibration(data_dir, ccdnum, plan.calib)
     for f, cat in enumerate(plan.catalogs):
-        write_reference_catalog(data_dir / plan.summary.fields[f].refcat_path, reference_catalog(seed, f, cat))
+        write_reference_catalog(
+            data_dir / plan.summary.fields[f].refcat_path, reference_catalog(seed, f, cat)
+        )
     total = len(plan.specs)
     for i, rec in enumerate(plan.summary.exposures):
         hdu, truth = render_planned(plan, i)

@@ -14,8 +14,9 @@ GALAXY_OVERSAMPLE = 3
 """Sub-samples per pixel per axis used to integrate a galaxy's intrinsic profile over pixels."""
 
 
-def add_stamps(image: np.ndarray, ix0: np.ndarray, iy0: np.ndarray, stamps: np.ndarray,
-               flux: np.ndarray) -> None:
+def add_stamps(
+    image: np.ndarray, ix0: np.ndarray, iy0: np.ndarray, stamps: np.ndarray, flux: np.ndarray
+) -> None:
     """Add ``flux[k] * stamps[k]`` to ``image`` in place, clipping stamps at the image edges.
 
     Parameters
@@ -37,11 +38,12 @@ def add_stamps(image: np.ndarray, ix0: np.ndarray, iy0: np.ndarray, stamps: np.n
         xb, yb = min(x0 + s, nx), min(y0 + s, ny)
         if xa >= xb or ya >= yb or flux[k] == 0:
             continue
-        image[ya:yb, xa:xb] += np.float32(flux[k]) * stamps[k, ya - y0:yb - y0, xa - x0:xb - x0]
+        image[ya:yb, xa:xb] += np.float32(flux[k]) * stamps[k, ya - y0 : yb - y0, xa - x0 : xb - x0]
 
 
-def add_point_sources(image: np.ndarray, psf: MoffatPSF, x: np.ndarray, y: np.ndarray,
-                      flux: np.ndarray, sky_sigma_e: float) -> None:
+def add_point_sources(
+    image: np.ndarray, psf: MoffatPSF, x: np.ndarray, y: np.ndarray, flux: np.ndarray, sky_sigma_e: float
+) -> None:
     """Render point sources with the PSF, in place.
 
     Parameters
@@ -67,9 +69,19 @@ def add_point_sources(image: np.ndarray, psf: MoffatPSF, x: np.ndarray, y: np.nd
         add_stamps(image, ix0, iy0, st, flux[sel])
 
 
-def add_galaxies(image: np.ndarray, psf: MoffatPSF, x: np.ndarray, y: np.ndarray, flux: np.ndarray,
-                 r_eff_px: np.ndarray, axis_ratio: np.ndarray, pa: np.ndarray,
-                 sersic_n: np.ndarray, *, threads: int | None = None) -> None:
+def add_galaxies(
+    image: np.ndarray,
+    psf: MoffatPSF,
+    x: np.ndarray,
+    y: np.ndarray,
+    flux: np.ndarray,
+    r_eff_px: np.ndarray,
+    axis_ratio: np.ndarray,
+    pa: np.ndarray,
+    sersic_n: np.ndarray,
+    *,
+    threads: int | None = None,
+) -> None:
     """Render small Sersic galaxies convolved with the PSF, in place.
 
     The intrinsic profile ``exp(-b_n ((r/r_eff)^(1/n) - 1))`` is integrated over pixels at the galaxy's
@@ -101,7 +113,7 @@ def add_galaxies(image: np.ndarray, psf: MoffatPSF, x: np.ndarray, y: np.ndarray
         return
     workers = default_threads() if threads is None else threads
     psf_half = int(min(psf.max_half, math.ceil(4.0 * psf.fwhm_px / math.sqrt(1 - psf.ellipticity))))
-    gy, gx = np.mgrid[-psf_half:psf_half + 1, -psf_half:psf_half + 1].astype(np.float64)
+    gy, gx = np.mgrid[-psf_half : psf_half + 1, -psf_half : psf_half + 1].astype(np.float64)
     kernel = psf.profile(gx, gy)
     kernel /= kernel.sum()
     # Intrinsic extent 4 r_eff, quantised so that galaxies are rendered in a few batches.
@@ -115,21 +127,22 @@ def add_galaxies(image: np.ndarray, psf: MoffatPSF, x: np.ndarray, y: np.ndarray
         sub = (np.arange(size * GALAXY_OVERSAMPLE) + 0.5) / GALAXY_OVERSAMPLE - 0.5 - gh
         dx = cx[:, None] + sub[None, :] - x[sel, None]
         dy = cy[:, None] + sub[None, :] - y[sel, None]
-        prof = _sersic(dx[:, None, :], dy[:, :, None], r_eff_px[sel], axis_ratio[sel], pa[sel],
-                       sersic_n[sel])
+        prof = _sersic(dx[:, None, :], dy[:, :, None], r_eff_px[sel], axis_ratio[sel], pa[sel], sersic_n[sel])
         pix = prof.reshape(len(sel), size, GALAXY_OVERSAMPLE, size, GALAXY_OVERSAMPLE).sum(axis=(2, 4))
         pix /= pix.sum(axis=(1, 2), keepdims=True)
         full = size + 2 * psf_half  # linear convolution: the galaxy's light spreads by the PSF
         shape = (fft.next_fast_len(full, real=True),) * 2
-        conv = fft.irfft2(fft.rfft2(pix, shape, workers=workers) * fft.rfft2(kernel, shape)[None], shape,
-                          workers=workers)[:, :full, :full]
+        conv = fft.irfft2(
+            fft.rfft2(pix, shape, workers=workers) * fft.rfft2(kernel, shape)[None], shape, workers=workers
+        )[:, :full, :full]
         conv /= conv.sum(axis=(1, 2), keepdims=True)
         half = int(gh) + psf_half
         add_stamps(image, cx - half, cy - half, conv.astype(np.float32), flux[sel])
 
 
-def _sersic(dx: np.ndarray, dy: np.ndarray, r_eff: np.ndarray, q: np.ndarray, pa: np.ndarray,
-            n: np.ndarray) -> np.ndarray:
+def _sersic(
+    dx: np.ndarray, dy: np.ndarray, r_eff: np.ndarray, q: np.ndarray, pa: np.ndarray, n: np.ndarray
+) -> np.ndarray:
     """Sersic surface brightness on broadcast offset grids, (k, m, m), unnormalised."""
     shape = (-1, 1, 1)
     c, s = np.cos(pa).reshape(shape), np.sin(pa).reshape(shape)

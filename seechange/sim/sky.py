@@ -39,8 +39,9 @@ def offset_sky(ra: float, dec: float, east_arcsec: float, north_arcsec: float) -
     return float(r[0]), float(d[0])
 
 
-def make_tan_wcs(ra: float, dec: float, nx: int, ny: int, rotation_deg: float = 0.0,
-                 scale_arcsec: float = PIXEL_SCALE) -> WCS:
+def make_tan_wcs(
+    ra: float, dec: float, nx: int, ny: int, rotation_deg: float = 0.0, scale_arcsec: float = PIXEL_SCALE
+) -> WCS:
     """A TAN WCS with (ra, dec) at the centre of an nx x ny grid, north up and east left.
 
     Parameters

@@ -163,17 +163,25 @@ class MovingObject:
 TimeVariable = SupernovaLike | VariableStar | MovingObject
 
 
-def _inside_offsets(rng: np.random.Generator, n: int, size: tuple[int, int],
-                    margin_px: float) -> tuple[np.ndarray, np.ndarray]:
+def _inside_offsets(
+    rng: np.random.Generator, n: int, size: tuple[int, int], margin_px: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Uniform tangent-plane offsets (east, north) inside the CCD shrunk by a margin, arcsec."""
     hx = (size[0] / 2.0 - margin_px) * PIXEL_SCALE
     hy = (size[1] / 2.0 - margin_px) * PIXEL_SCALE
     return rng.uniform(-hx, hx, n), rng.uniform(-hy, hy, n)
 
 
-def make_time_variables(seed: int, field_index: int, catalog: FieldCatalog, epoch_mjds: list[float],
-                        night_mjds: tuple[float, float], exptime: float, n_ref_epochs: int,
-                        size: tuple[int, int] = DEFAULT_SIZE) -> list[TimeVariable]:
+def make_time_variables(
+    seed: int,
+    field_index: int,
+    catalog: FieldCatalog,
+    epoch_mjds: list[float],
+    night_mjds: tuple[float, float],
+    exptime: float,
+    n_ref_epochs: int,
+    size: tuple[int, int] = DEFAULT_SIZE,
+) -> list[TimeVariable]:
     """Draw the transients, variable stars and the moving object of one field.
 
     Parameters
@@ -227,24 +235,43 @@ def make_time_variables(seed: int, field_index: int, catalog: FieldCatalog, epoc
             h = int(rng.choice(hosts))
             offset = float(gal["r_eff"][h] * rng.uniform(0.3, 1.5))
             ang = rng.uniform(0.0, 2 * np.pi)
-            ra, dec = offset_sky(float(gal["ra"][h]), float(gal["dec"][h]),
-                                 offset * math.cos(ang), offset * math.sin(ang))
+            ra, dec = offset_sky(
+                float(gal["ra"][h]), float(gal["dec"][h]), offset * math.cos(ang), offset * math.sin(ang)
+            )
             host_id = int(gal["id"][h])
         else:
             ra, dec = offset_sky(catalog.ra, catalog.dec, float(fe[k]), float(fn[k]))
-        out.append(SupernovaLike(
-            id=2_000_000 + k, field=catalog.name, ra=ra, dec=dec,
-            peak_mag=float(rng.uniform(19.0, 23.0)), t_start=t_start, t_peak=t_start + rise,
-            decline=float(rng.uniform(0.3, 3.0)), host_id=host_id, host_offset_arcsec=offset))
+        out.append(
+            SupernovaLike(
+                id=2_000_000 + k,
+                field=catalog.name,
+                ra=ra,
+                dec=dec,
+                peak_mag=float(rng.uniform(19.0, 23.0)),
+                t_start=t_start,
+                t_peak=t_start + rise,
+                decline=float(rng.uniform(0.3, 3.0)),
+                host_id=host_id,
+                host_offset_arcsec=offset,
+            )
+        )
 
     ve, vn = _inside_offsets(rng, n_var, size, margin)
     for k in range(n_var):
         ra, dec = offset_sky(catalog.ra, catalog.dec, float(ve[k]), float(vn[k]))
-        out.append(VariableStar(
-            id=3_000_000 + k, field=catalog.name, ra=ra, dec=dec,
-            mean_mag=float(rng.uniform(17.0, 21.0)), amplitude=float(rng.uniform(0.1, 0.5)),
-            period=float(rng.uniform(0.04, 0.5)), phase=float(rng.uniform(0.0, 2 * np.pi)),
-            t_ref=float(epoch_mjds[0])))
+        out.append(
+            VariableStar(
+                id=3_000_000 + k,
+                field=catalog.name,
+                ra=ra,
+                dec=dec,
+                mean_mag=float(rng.uniform(17.0, 21.0)),
+                amplitude=float(rng.uniform(0.1, 0.5)),
+                period=float(rng.uniform(0.04, 0.5)),
+                phase=float(rng.uniform(0.0, 2 * np.pi)),
+                t_ref=float(epoch_mjds[0]),
+            )
+        )
 
     span_h = (night_mjds[1] + day - night_mjds[0]) * 24.0
     speed = float(rng.uniform(2.0, 6.0))
@@ -257,13 +284,25 @@ def make_time_variables(seed: int, field_index: int, catalog: FieldCatalog, epoc
     ce, cn = float(rng.uniform(-hx, hx)), float(rng.uniform(-hy, hy))
     t_mid = (night_mjds[0] + night_mjds[1] + day) / 2.0
     ra, dec = offset_sky(catalog.ra, catalog.dec, ce, cn)
-    out.append(MovingObject(
-        id=4_000_000, field=catalog.name, ra=ra, dec=dec, t_ref=t_mid, rate_east=ve_, rate_north=vn_,
-        mag=float(rng.uniform(18.5, 21.0)), t_start=t_clean))
+    out.append(
+        MovingObject(
+            id=4_000_000,
+            field=catalog.name,
+            ra=ra,
+            dec=dec,
+            t_ref=t_mid,
+            rate_east=ve_,
+            rate_north=vn_,
+            mag=float(rng.uniform(18.5, 21.0)),
+            t_start=t_clean,
+        )
+    )
     return out
 
 
-def _galaxy_offsets(ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
+def _galaxy_offsets(
+    ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Gnomonic projection about (ra0, dec0): (east, north) offsets in arcsec."""
     a, d = np.radians(np.asarray(ra) - ra0), np.radians(np.asarray(dec))
     d0 = math.radians(dec0)
@@ -271,4 +310,3 @@ def _galaxy_offsets(ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float) ->
     xi = np.cos(d) * np.sin(a) / cosc
     eta = (math.cos(d0) * np.sin(d) - math.sin(d0) * np.cos(d) * np.cos(a)) / cosc
     return np.degrees(xi) * 3600.0, np.degrees(eta) * 3600.0
-

@@ -22,8 +22,15 @@ log = logging.getLogger(__name__)
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
 #: headers of every dead letter; a file (ingest) adds ``origin_path`` and has no partition or offset ("")
-DLQ_HEADERS = ("error_class", "error_message", "origin_topic", "origin_partition", "origin_offset",
-               "service", "failed_at")
+DLQ_HEADERS = (
+    "error_class",
+    "error_message",
+    "origin_topic",
+    "origin_partition",
+    "origin_offset",
+    "service",
+    "failed_at",
+)
 ERROR_MESSAGE_LIMIT = 1000  #: characters of ``error_message``
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -44,9 +51,18 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def dead_letter(dlq_topic: str, exc: BaseException, *, service: str, key: str | bytes | None, value: bytes,
-                origin_topic: str, origin_partition: int | None = None, origin_offset: int | None = None,
-                origin_path: str | None = None) -> Item:
+def dead_letter(
+    dlq_topic: str,
+    exc: BaseException,
+    *,
+    service: str,
+    key: str | bytes | None,
+    value: bytes,
+    origin_topic: str,
+    origin_partition: int | None = None,
+    origin_offset: int | None = None,
+    origin_path: str | None = None,
+) -> Item:
     """The dead-letter copy of a failed input: its key and bytes unchanged, error and origin in headers.
 
     Parameters
@@ -66,9 +82,15 @@ def dead_letter(dlq_topic: str, exc: BaseException, *, service: str, key: str | 
     origin_path : str, optional
         The file that failed; adds an ``origin_path`` header.
     """
-    values = (type(exc).__name__, one_line(exc, ERROR_MESSAGE_LIMIT), origin_topic,
-              "" if origin_partition is None else str(origin_partition),
-              "" if origin_offset is None else str(origin_offset), service, utc_now_iso())
+    values = (
+        type(exc).__name__,
+        one_line(exc, ERROR_MESSAGE_LIMIT),
+        origin_topic,
+        "" if origin_partition is None else str(origin_partition),
+        "" if origin_offset is None else str(origin_offset),
+        service,
+        utc_now_iso(),
+    )
     headers: Headers = [(k, v.encode()) for k, v in zip(DLQ_HEADERS, values, strict=True)]
     if origin_path is not None:
         headers.append(("origin_path", origin_path.encode()))
@@ -93,9 +115,15 @@ class Delivery:
         Called once per re-send round (for counters).
     """
 
-    def __init__(self, producer: Producer, name: str, *, stop: threading.Event,
-                 wait: Callable[[float], bool] | None = None,
-                 on_retry: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        name: str,
+        *,
+        stop: threading.Event,
+        wait: Callable[[float], bool] | None = None,
+        on_retry: Callable[[], None] | None = None,
+    ) -> None:
         self.producer, self.name, self.stop = producer, name, stop
         self.wait = wait if wait is not None else (lambda seconds: not stop.wait(seconds))
         self.on_retry = on_retry
@@ -115,8 +143,14 @@ class Delivery:
                 return True
             if self.on_retry is not None:
                 self.on_retry()
-            log.warning("%s: %s: %d of %d deliveries failed, re-sending in %.1f s", self.name, where,
-                        len(failed), len(todo), delay)
+            log.warning(
+                "%s: %s: %d of %d deliveries failed, re-sending in %.1f s",
+                self.name,
+                where,
+                len(failed),
+                len(todo),
+                delay,
+            )
             if not self.wait(delay):
                 return False
             todo, delay = failed, min(delay * 2, BACKOFF_MAX_S)
@@ -130,8 +164,9 @@ class Delivery:
 
         while True:
             try:
-                self.producer.produce(item.topic, value=item.value, key=item.key, headers=item.headers,
-                                      on_delivery=on_delivery)
+                self.producer.produce(
+                    item.topic, value=item.value, key=item.key, headers=item.headers, on_delivery=on_delivery
+                )
                 return
             except BufferError:  # local queue full: serve delivery reports, then try again
                 self.producer.poll(0.5)

@@ -90,7 +90,9 @@ def peek_schema_id(data: bytes) -> int:
     """
     if data is None or len(data) < HEADER_SIZE:
         size = 0 if data is None else len(data)
-        raise DecodeError(f"message too short for Confluent framing: {size} bytes, need at least {HEADER_SIZE}")
+        raise DecodeError(
+            f"message too short for Confluent framing: {size} bytes, need at least {HEADER_SIZE}"
+        )
     magic, schema_id = HEADER.unpack_from(data)
     if magic != MAGIC_BYTE:
         raise DecodeError(f"wrong magic byte 0x{magic & 0xFF:02x}, expected 0x00 (not Confluent-framed Avro)")
@@ -132,7 +134,9 @@ def decode(registry: SchemaRegistry, data: bytes, expect: str | None = None) -> 
     try:
         record = fastavro.schemaless_reader(buf, entry.parsed, reader.parsed)
     except Exception as exc:  # EOFError, UnicodeDecodeError, ValueError, IndexError, ... from a bad body
-        raise DecodeError(f"cannot decode {entry.name} body (schema id {schema_id}): {one_line(exc)}") from exc
+        raise DecodeError(
+            f"cannot decode {entry.name} body (schema id {schema_id}): {one_line(exc)}"
+        ) from exc
     rest = len(data) - buf.tell()
     if rest:
         raise DecodeError(f"{rest} trailing bytes after the {entry.name} record (schema id {schema_id})")

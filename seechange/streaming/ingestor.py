@@ -53,8 +53,13 @@ class IngestReport:
 class Ingestor:
     """Registers files and emits exposure-ready; one instance per process (owns a Kafka producer)."""
 
-    def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
-                 registry: SchemaRegistry | None = None, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        registry: SchemaRegistry | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.settings, self.session_factory = settings, session_factory
         self.registry = registry or SchemaRegistry.load()
         self.producer = Producer(producer_config(settings))
@@ -68,8 +73,12 @@ class Ingestor:
         if not self.delivery.deliver([Item(topic, key, value)], where):
             raise InfrastructureError(f"stopped before the delivery to {topic} of {where} was confirmed")
 
-    def ingest(self, paths: Iterable[str | Path], *,
-               on_each: Callable[[str, int | None, str | None], None] | None = None) -> IngestReport:
+    def ingest(
+        self,
+        paths: Iterable[str | Path],
+        *,
+        on_each: Callable[[str, int | None, str | None], None] | None = None,
+    ) -> IngestReport:
         """Register each file (idempotent) and emit its exposure-ready event after the row commits."""
         report = IngestReport()
         for path in paths:
@@ -77,8 +86,12 @@ class Ingestor:
                 with self.session_factory() as session, session.begin():
                     exposure, created = register_exposure(session, self.settings.data_dir, path)
                     record = exposure_event(exposure, produced_at_ms=now_ms())
-                self._deliver(self.topic, str(record["exposure_id"]),
-                              encode(self.registry, INGEST.output_schema, record), str(path))
+                self._deliver(
+                    self.topic,
+                    str(record["exposure_id"]),
+                    encode(self.registry, INGEST.output_schema, record),
+                    str(path),
+                )
             except BadInput as exc:
                 message = self._dead_letter(path, exc)
                 report.failed.append((str(path), message))
@@ -91,8 +104,13 @@ class Ingestor:
                 on_each(str(path), int(record["exposure_id"]), None)
         return report
 
-    def ingest_reduced(self, items: Iterable[ReducedFiles], *, params: ReduceParams | None = None,
-                       on_each: Callable[[str, int | None, str | None], None] | None = None) -> IngestReport:
+    def ingest_reduced(
+        self,
+        items: Iterable[ReducedFiles],
+        *,
+        params: ReduceParams | None = None,
+        on_each: Callable[[str, int | None, str | None], None] | None = None,
+    ) -> IngestReport:
         """Register already-reduced images (idempotent) and emit image-reduced for each after the commit."""
         params = params or ReduceParams()
         report = IngestReport()
@@ -100,13 +118,23 @@ class Ingestor:
             try:
                 with self.session_factory() as session, session.begin():
                     exposure, image, created = register_reduced_image(
-                        session, self.settings.data_dir, item.image, weight_path=item.weight,
-                        mask_path=item.mask, params=params)
-                    record = image_event(image, produced_at_ms=now_ms(),
-                                         ingested_at_ms=epoch_ms(exposure.ingested_at))
+                        session,
+                        self.settings.data_dir,
+                        item.image,
+                        weight_path=item.weight,
+                        mask_path=item.mask,
+                        params=params,
+                    )
+                    record = image_event(
+                        image, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(exposure.ingested_at)
+                    )
                     exposure_id, image_id = exposure.id, image.id
-                self._deliver(self.settings.topic(INGEST.reduced_topic), str(image_id),
-                              encode(self.registry, INGEST.reduced_schema, record), str(item.image))
+                self._deliver(
+                    self.settings.topic(INGEST.reduced_topic),
+                    str(image_id),
+                    encode(self.registry, INGEST.reduced_schema, record),
+                    str(item.image),
+                )
             except BadInput as exc:
                 message = self._dead_letter(item.image, exc)
                 report.failed.append((str(item.image), message))
@@ -124,8 +152,15 @@ class Ingestor:
         """Log one line and record the failed path on ``exposure-ready.dlq``; return the one-line message."""
         message = one_line(exc, 1000)
         log.error("ingest: %s: %s -> %s", path, message, self.dlq)
-        item = dead_letter(self.dlq, exc, service=INGEST.name, key=str(path), value=str(path).encode(),
-                           origin_topic=INGEST.name, origin_path=str(path))
+        item = dead_letter(
+            self.dlq,
+            exc,
+            service=INGEST.name,
+            key=str(path),
+            value=str(path).encode(),
+            origin_topic=INGEST.name,
+            origin_path=str(path),
+        )
         if not self.delivery.deliver([item], str(path)):
             raise InfrastructureError(f"stopped before the dead letter of {path} was confirmed")
         return message

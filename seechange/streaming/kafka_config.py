@@ -1,4 +1,5 @@
-"""confluent-kafka (librdkafka) configuration dictionaries built from :class:`~seechange.config.Settings`.
+"""confluent-kafka (librdkafka) configuration dictionaries built from :class:`~seechange.config.Settings`,
+and the one policy for errors a consumer's ``poll`` returns (:func:`is_consumer_error`).
 
 The consumer settings serve at-least-once processing: offsets are committed by hand, only after the
 database commit and the downstream delivery (see :mod:`seechange.streaming.runloop`); the producer is
@@ -7,9 +8,14 @@ idempotent and waits for all in-sync replicas.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from confluent_kafka import KafkaException, Message
+
 from seechange.config import Settings
+
+log = logging.getLogger(__name__)
 
 #: librdkafka's default would be 45 s; a dead instance's partitions move to a live one after this long.
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
@@ -91,3 +97,20 @@ def producer_config(settings: Settings, *, linger_ms: int = 5, **overrides: Any)
     }
     config.update(overrides)
     return config
+
+
+def is_consumer_error(msg: Message, where: str) -> bool:
+    """True when a polled ``msg`` is an error event rather than a message (skip it: it has been logged).
+
+    Raises
+    ------
+    confluent_kafka.KafkaException
+        For a fatal client error (the consumer cannot go on).
+    """
+    err = msg.error()
+    if err is None:
+        return False
+    if err.fatal():
+        raise KafkaException(err)
+    log.warning("%s: consumer error: %s", where, err)
+    return True

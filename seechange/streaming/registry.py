@@ -138,7 +138,9 @@ class SchemaRegistry:
                 raise SchemaError(f"cannot parse {path}: {exc}") from exc
             schema_id = ids.pop(key)
             if name == ALERT_SCHEMA_NAME and schema_id != version[0] * 100 + version[1]:
-                raise SchemaError(f"alert {format_version(version)} must have id MAJOR*100+MINOR, not {schema_id}")
+                raise SchemaError(
+                    f"alert {format_version(version)} must have id MAJOR*100+MINOR, not {schema_id}"
+                )
             entries.append(SchemaEntry(name, version, schema_id, parsed))
         if ids:
             missing = ", ".join(f"{n} {format_version(v)}" for n, v in sorted(ids))

@@ -15,14 +15,21 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from seechange.config import Settings
-from seechange.streaming.kafka_config import consumer_config, producer_config
+from seechange.streaming.kafka_config import consumer_config, is_consumer_error, producer_config
 from seechange.streaming.subscribe import Start, start_offsets
 
 log = logging.getLogger(__name__)
 
 
-def replay(settings: Settings, topic: str, *, start: Start = "beginning", until: float | None = None,
-           dest_topic: str | None = None, timeout: float = 30.0) -> int:
+def replay(
+    settings: Settings,
+    topic: str,
+    *,
+    start: Start = "beginning",
+    until: float | None = None,
+    dest_topic: str | None = None,
+    timeout: float = 30.0,
+) -> int:
     """Re-publish the messages of ``topic`` (unprefixed) from ``start`` up to now (or ``until``, Unix s).
 
     Returns
@@ -32,8 +39,12 @@ def replay(settings: Settings, topic: str, *, start: Start = "beginning", until:
     """
     source = settings.topic(topic)
     dest = settings.topic(dest_topic or topic)
-    consumer = Consumer({**consumer_config(settings, f"{settings.consumer_group_prefix}-replay-{uuid.uuid4().hex[:8]}"),
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            **consumer_config(settings, f"{settings.consumer_group_prefix}-replay-{uuid.uuid4().hex[:8]}"),
+            "enable.auto.commit": False,
+        }
+    )
     producer = Producer(producer_config(settings))
     try:
         meta = consumer.list_topics(source, timeout=timeout).topics[source]
@@ -55,9 +66,11 @@ def replay(settings: Settings, topic: str, *, start: Start = "beginning", until:
             msg = consumer.poll(0.5)
             if msg is None:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"replay of {source}: partitions {sorted(todo)} did not reach their end")
+                    raise TimeoutError(
+                        f"replay of {source}: partitions {sorted(todo)} did not reach their end"
+                    )
                 continue
-            if msg.error():
+            if is_consumer_error(msg, f"replay {source}"):
                 continue
             deadline = time.monotonic() + timeout
             part, offset = msg.partition(), msg.offset()

@@ -52,15 +52,27 @@ from seechange.streaming.delivery import (
     dead_letter,
 )
 from seechange.streaming.framing import DecodeError, decode, encode, one_line
-from seechange.streaming.kafka_config import consumer_config, producer_config
+from seechange.streaming.kafka_config import consumer_config, is_consumer_error, producer_config
 from seechange.streaming.registry import SchemaRegistry
 from seechange.streaming.topics import dlq_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BACKOFF_INITIAL_S", "BACKOFF_MAX_S", "DLQ_HEADERS", "BadMessage", "Handler",
-           "InfrastructureError", "MessageContext", "OutEvent", "RunStats", "TooManyErrors", "dlq_topic",
-           "is_infrastructure_error", "run_service"]
+__all__ = [
+    "BACKOFF_INITIAL_S",
+    "BACKOFF_MAX_S",
+    "DLQ_HEADERS",
+    "BadMessage",
+    "Handler",
+    "InfrastructureError",
+    "MessageContext",
+    "OutEvent",
+    "RunStats",
+    "TooManyErrors",
+    "dlq_topic",
+    "is_infrastructure_error",
+    "run_service",
+]
 
 STATS_INTERVAL_S = 30.0
 COMMIT_ATTEMPTS = 3  #: synchronous offset commits tried per message before leaving it to redelivery
@@ -122,8 +134,15 @@ def dlq_topic(settings: Settings, input_topic: str) -> str:
 
 def is_infrastructure_error(exc: BaseException) -> bool:
     """True for errors worth retrying: a dependency failed, not the message."""
-    if isinstance(exc, InfrastructureError | KafkaException | ConnectionError | sa_exc.TimeoutError
-                  | sa_exc.OperationalError | sa_exc.InterfaceError):
+    if isinstance(
+        exc,
+        InfrastructureError
+        | KafkaException
+        | ConnectionError
+        | sa_exc.TimeoutError
+        | sa_exc.OperationalError
+        | sa_exc.InterfaceError,
+    ):
         return True
     return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
@@ -131,10 +150,20 @@ def is_infrastructure_error(exc: BaseException) -> bool:
 class _Loop:
     """State of one run; :func:`run_service` is its public face."""
 
-    def __init__(self, settings: Settings, name: str, input_topic: str, input_schema: str, handler: Handler,
-                 session_factory: sessionmaker[Session], registry: SchemaRegistry, stop: threading.Event,
-                 after_db_commit: Callable[[], None] | None, poll_timeout: float,
-                 consumer_overrides: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        input_topic: str,
+        input_schema: str,
+        handler: Handler,
+        session_factory: sessionmaker[Session],
+        registry: SchemaRegistry,
+        stop: threading.Event,
+        after_db_commit: Callable[[], None] | None,
+        poll_timeout: float,
+        consumer_overrides: Mapping[str, Any] | None,
+    ) -> None:
         self.settings, self.name, self.handler, self.input_schema = settings, name, handler, input_schema
         self.session_factory, self.registry, self.stop = session_factory, registry, stop
         self.after_db_commit, self.poll_timeout = after_db_commit, poll_timeout
@@ -148,11 +177,21 @@ class _Loop:
         self.pending: deque[Message] = deque()
         self.paused = False
         self.last_message = time.monotonic()
-        self.consumer = Consumer({**consumer_config(settings, self.group), "error_cb": self._on_kafka_error,
-                                  **(consumer_overrides or {})})
+        self.consumer = Consumer(
+            {
+                **consumer_config(settings, self.group),
+                "error_cb": self._on_kafka_error,
+                **(consumer_overrides or {}),
+            }
+        )
         self.producer = Producer({**producer_config(settings), "error_cb": self._on_kafka_error})
-        self.delivery = Delivery(self.producer, name, stop=stop,
-                                 wait=lambda seconds: self._wait(seconds, None), on_retry=self._count_retry)
+        self.delivery = Delivery(
+            self.producer,
+            name,
+            stop=stop,
+            wait=lambda seconds: self._wait(seconds, None),
+            on_retry=self._count_retry,
+        )
 
     def _count_retry(self) -> None:
         self.stats.retried += 1
@@ -172,13 +211,17 @@ class _Loop:
         log.info("%s: revoked %s", self.name, sorted(f"{t}[{p}]" for t, p in gone))
 
     def run(self, max_messages: int | None, idle_timeout: float | None, stats_interval: float) -> RunStats:
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_revoke)
+        self.consumer.subscribe(
+            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
         log.info("%s: consuming %s as group %s", self.name, self.topic, self.group)
         self.last_message = last_stats = time.monotonic()
         try:
             while not self.stop.is_set():
-                if max_messages is not None and self.stats.processed + self.stats.dead_lettered >= max_messages:
+                if (
+                    max_messages is not None
+                    and self.stats.processed + self.stats.dead_lettered >= max_messages
+                ):
                     log.info("%s: reached max_messages=%d", self.name, max_messages)
                     break
                 msg = self.pending.popleft() if self.pending else self.consumer.poll(self.poll_timeout)
@@ -191,11 +234,7 @@ class _Loop:
                         log.info("%s: no message for %.1f s, stopping", self.name, idle_timeout)
                         break
                     continue
-                err = msg.error()
-                if err is not None:
-                    if err.fatal():
-                        raise KafkaException(err)
-                    log.warning("%s: consumer error: %s", self.name, err)
+                if is_consumer_error(msg, self.name):
                     continue
                 self.last_message = now
                 self._handle(msg)
@@ -207,8 +246,9 @@ class _Loop:
         topic, partition, offset = str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0)
         where = f"{topic}[{partition}]@{offset}"
         key = msg.key()
-        ctx = MessageContext(topic, partition, offset, key.encode() if isinstance(key, str) else key,
-                             self.settings)
+        ctx = MessageContext(
+            topic, partition, offset, key.encode() if isinstance(key, str) else key, self.settings
+        )
         try:
             _, record = decode(self.registry, msg.value() or b"", expect=self.input_schema)
         except DecodeError as exc:
@@ -227,8 +267,14 @@ class _Loop:
                         self._dead_letter(msg, where, exc)
                         return
                     if is_infrastructure_error(exc):
-                        log.warning("%s: %s: infrastructure error, retry in %.1f s: %s: %s", self.name, where,
-                                    delay, type(exc).__name__, one_line(exc))
+                        log.warning(
+                            "%s: %s: infrastructure error, retry in %.1f s: %s: %s",
+                            self.name,
+                            where,
+                            delay,
+                            type(exc).__name__,
+                            one_line(exc),
+                        )
                     else:
                         self._unexpected(where, exc, delay)
                     self.stats.retried += 1
@@ -253,12 +299,31 @@ class _Loop:
         self.consecutive_errors += 1
         n, cap = self.consecutive_errors, self.max_consecutive_errors
         if n >= cap:
-            log.error("%s: %s: unexpected %s (%d of %d in a row), stopping; offset not committed: %s",
-                      self.name, where, type(exc).__name__, n, cap, one_line(exc), exc_info=exc)
-            raise TooManyErrors(f"{self.name}: {where}: {n} consecutive unexpected errors, last "
-                                f"{type(exc).__name__}: {one_line(exc)}") from exc
-        log.error("%s: %s: unexpected %s (%d of %d in a row), not committed, retry in %.1f s: %s", self.name,
-                  where, type(exc).__name__, n, cap, delay, one_line(exc), exc_info=exc)
+            log.error(
+                "%s: %s: unexpected %s (%d of %d in a row), stopping; offset not committed: %s",
+                self.name,
+                where,
+                type(exc).__name__,
+                n,
+                cap,
+                one_line(exc),
+                exc_info=exc,
+            )
+            raise TooManyErrors(
+                f"{self.name}: {where}: {n} consecutive unexpected errors, last "
+                f"{type(exc).__name__}: {one_line(exc)}"
+            ) from exc
+        log.error(
+            "%s: %s: unexpected %s (%d of %d in a row), not committed, retry in %.1f s: %s",
+            self.name,
+            where,
+            type(exc).__name__,
+            n,
+            cap,
+            delay,
+            one_line(exc),
+            exc_info=exc,
+        )
 
     def _transact(self, record: dict[str, Any], ctx: MessageContext, where: str) -> list[Item]:
         """One transaction: the handler, then encoding its events (a bad event rolls the writes back).
@@ -267,17 +332,26 @@ class _Loop:
         """
         with self.session_factory() as session, session.begin():
             events = self.handler(session, record, ctx)
-            items = [Item(self.settings.topic(e.topic), e.key, encode(self.registry, e.schema, e.record))
-                     for e in events]
+            items = [
+                Item(self.settings.topic(e.topic), e.key, encode(self.registry, e.schema, e.record))
+                for e in events
+            ]
             if self.deliver_before_commit and items and not self.delivery.deliver(items, where):
                 raise _Abandoned(where)  # stopped while delivering: roll back, commit nothing
             return items
 
     def _dead_letter(self, msg: Message, where: str, exc: BaseException) -> None:
         log.error("%s: %s: %s: %s -> %s", self.name, where, type(exc).__name__, one_line(exc, 1000), self.dlq)
-        item = dead_letter(self.dlq, exc, service=self.name, key=msg.key(), value=msg.value() or b"",
-                           origin_topic=str(msg.topic()), origin_partition=msg.partition(),
-                           origin_offset=msg.offset())
+        item = dead_letter(
+            self.dlq,
+            exc,
+            service=self.name,
+            key=msg.key(),
+            value=msg.value() or b"",
+            origin_topic=str(msg.topic()),
+            origin_partition=msg.partition(),
+            origin_offset=msg.offset(),
+        )
         if self.delivery.deliver([item], where) and self._commit(msg, where):
             self.stats.dead_lettered += 1
 
@@ -297,18 +371,33 @@ class _Loop:
             except KafkaException as exc:
                 error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
                 if error is None:
-                    log.warning("%s: %s: offset commit failed (%s); message will be redelivered", self.name,
-                                where, exc)
+                    log.warning(
+                        "%s: %s: offset commit failed (%s); message will be redelivered",
+                        self.name,
+                        where,
+                        exc,
+                    )
                     return False
             if error is None:
                 return True
             lost = (msg.topic(), msg.partition()) not in self.assigned
             if lost or not error.retriable() or attempt == COMMIT_ATTEMPTS:
-                log.warning("%s: %s: offset commit failed (%s%s); message will be redelivered", self.name,
-                            where, error, ", partition lost" if lost else "")
+                log.warning(
+                    "%s: %s: offset commit failed (%s%s); message will be redelivered",
+                    self.name,
+                    where,
+                    error,
+                    ", partition lost" if lost else "",
+                )
                 return False
-            log.warning("%s: %s: offset commit failed (%s), retry %d in %.1f s", self.name, where, error,
-                        attempt, delay)
+            log.warning(
+                "%s: %s: offset commit failed (%s), retry %d in %.1f s",
+                self.name,
+                where,
+                error,
+                attempt,
+                delay,
+            )
             if not self._wait(delay, msg):
                 return False
             delay = min(delay * 2, BACKOFF_MAX_S)
@@ -329,8 +418,13 @@ class _Loop:
                 self.pending.append(got)  # should not happen while paused; keep it rather than lose it
             self.producer.poll(0)
         if msg is not None and (msg.topic(), msg.partition()) not in self.assigned:
-            log.warning("%s: %s[%d] was revoked during back-off; leaving offset %d to its new owner",
-                        self.name, msg.topic(), msg.partition(), msg.offset())
+            log.warning(
+                "%s: %s[%d] was revoked during back-off; leaving offset %d to its new owner",
+                self.name,
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+            )
             return False
         return True
 
@@ -343,8 +437,15 @@ class _Loop:
         except KafkaException as exc:
             lag = f"unknown ({exc})"
         s = self.stats
-        log.info("%s: alive: processed=%d dead_lettered=%d retried=%d produced=%d lag=%s", self.name,
-                 s.processed, s.dead_lettered, s.retried, s.produced, lag)
+        log.info(
+            "%s: alive: processed=%d dead_lettered=%d retried=%d produced=%d lag=%s",
+            self.name,
+            s.processed,
+            s.dead_lettered,
+            s.retried,
+            s.produced,
+            lag,
+        )
 
     def _close(self) -> None:
         try:
@@ -353,8 +454,14 @@ class _Loop:
                 log.warning("%s: %d produced messages still undelivered at close", self.name, left)
         finally:
             self.consumer.close()  # leaves the group; nothing is auto-committed
-            log.info("%s: closed: processed=%d dead_lettered=%d retried=%d produced=%d", self.name,
-                     self.stats.processed, self.stats.dead_lettered, self.stats.retried, self.stats.produced)
+            log.info(
+                "%s: closed: processed=%d dead_lettered=%d retried=%d produced=%d",
+                self.name,
+                self.stats.processed,
+                self.stats.dead_lettered,
+                self.stats.retried,
+                self.stats.produced,
+            )
 
 
 def run_service(
@@ -431,12 +538,23 @@ def run_service(
         message's offset is not committed (the consumer has left its group and the producer is flushed).
     """
     stop = stop_event if stop_event is not None else threading.Event()
-    loop = _Loop(settings, name, input_topic, input_schema, handler, session_factory,
-                 registry if registry is not None else SchemaRegistry.load(), stop, after_db_commit,
-                 poll_timeout, consumer_overrides)
+    loop = _Loop(
+        settings,
+        name,
+        input_topic,
+        input_schema,
+        handler,
+        session_factory,
+        registry if registry is not None else SchemaRegistry.load(),
+        stop,
+        after_db_commit,
+        poll_timeout,
+        consumer_overrides,
+    )
     loop.deliver_before_commit = deliver_before_commit
     previous: dict[signal.Signals, Any] = {}
     if install_signal_handlers and threading.current_thread() is threading.main_thread():
+
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("%s: received %s, stopping after the current message", name, signal.Signals(signum).name)
             stop.set()

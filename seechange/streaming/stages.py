@@ -22,8 +22,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INGEST", "INPUT_TOPICS", "STAGES", "TOPICS", "Source", "Stage", "get_stage", "serve_stage",
-           "stage_names"]
+__all__ = [
+    "INGEST",
+    "INPUT_TOPICS",
+    "STAGES",
+    "TOPICS",
+    "Source",
+    "Stage",
+    "get_stage",
+    "serve_stage",
+    "stage_names",
+]
 
 
 @dataclass(frozen=True)
@@ -58,19 +67,50 @@ class Stage:
         return factory
 
 
-INGEST = Source(name="ingest", output_topic="exposure-ready", output_schema="exposure_ready",
-                dlq_topic="exposure-ready", reduced_topic="image-reduced", reduced_schema="image_reduced")
+INGEST = Source(
+    name="ingest",
+    output_topic="exposure-ready",
+    output_schema="exposure_ready",
+    dlq_topic="exposure-ready",
+    reduced_topic="image-reduced",
+    reduced_schema="image_reduced",
+)
 
 #: the stage services in pipeline order
 STAGES: tuple[Stage, ...] = (
-    Stage("reduce", "exposure-ready", "exposure_ready", "image-reduced", "image_reduced",
-          "consumers.reduce:make_handler"),
-    Stage("subtract", "image-reduced", "image_reduced", "subtraction-done", "subtraction_done",
-          "consumers.subtract:make_handler"),
-    Stage("detect", "subtraction-done", "subtraction_done", "sighting-found", "sighting_found",
-          "consumers.detect:make_handler"),
-    Stage("alert", "sighting-found", "sighting_found", "alerts", "alert",
-          "producers.alert:make_handler", deliver_before_commit=True),
+    Stage(
+        "reduce",
+        "exposure-ready",
+        "exposure_ready",
+        "image-reduced",
+        "image_reduced",
+        "consumers.reduce:make_handler",
+    ),
+    Stage(
+        "subtract",
+        "image-reduced",
+        "image_reduced",
+        "subtraction-done",
+        "subtraction_done",
+        "consumers.subtract:make_handler",
+    ),
+    Stage(
+        "detect",
+        "subtraction-done",
+        "subtraction_done",
+        "sighting-found",
+        "sighting_found",
+        "consumers.detect:make_handler",
+    ),
+    Stage(
+        "alert",
+        "sighting-found",
+        "sighting_found",
+        "alerts",
+        "alert",
+        "producers.alert:make_handler",
+        deliver_before_commit=True,
+    ),
 )
 
 #: every pipeline topic (unprefixed), in pipeline order
@@ -105,8 +145,9 @@ def describe_settings(settings: Settings) -> str:
     return " ".join(parts)
 
 
-def serve_stage(settings: Settings, stage: Stage, *, max_messages: int | None = None,
-                idle_timeout: float | None = None) -> RunStats:
+def serve_stage(
+    settings: Settings, stage: Stage, *, max_messages: int | None = None, idle_timeout: float | None = None
+) -> RunStats:
     """Run one stage service in this process until SIGTERM, ``max_messages`` or ``idle_timeout``.
 
     ``settings`` must already name the broker and database (see ``seechange.localservices.endpoints``).
@@ -120,10 +161,17 @@ def serve_stage(settings: Settings, stage: Stage, *, max_messages: int | None = 
     engine = make_engine(settings.database_url)
     try:
         handler = stage.load_handler_factory()(settings)
-        return run_service(settings, name=stage.name, input_topic=stage.input_topic,
-                           input_schema=stage.input_schema, handler=handler,
-                           session_factory=make_session_factory(engine), registry=SchemaRegistry.load(),
-                           max_messages=max_messages, idle_timeout=idle_timeout,
-                           deliver_before_commit=stage.deliver_before_commit)
+        return run_service(
+            settings,
+            name=stage.name,
+            input_topic=stage.input_topic,
+            input_schema=stage.input_schema,
+            handler=handler,
+            session_factory=make_session_factory(engine),
+            registry=SchemaRegistry.load(),
+            max_messages=max_messages,
+            idle_timeout=idle_timeout,
+            deliver_before_commit=stage.deliver_before_commit,
+        )
     finally:
         engine.dispose()

@@ -12,11 +12,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
 from seechange.config import Settings
 from seechange.streaming.framing import DecodeError, decode
-from seechange.streaming.kafka_config import consumer_config
+from seechange.streaming.kafka_config import consumer_config, is_consumer_error
 from seechange.streaming.registry import SchemaRegistry
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 Start = Literal["now", "beginning"] | float
 
 
-def start_offsets(consumer: Consumer, partitions: list[TopicPartition], start: Start,
-                  *, timeout: float = 10.0) -> list[TopicPartition]:
+def start_offsets(
+    consumer: Consumer, partitions: list[TopicPartition], start: Start, *, timeout: float = 10.0
+) -> list[TopicPartition]:
     """Where to start reading each partition.
 
     Parameters
@@ -52,8 +53,9 @@ def start_offsets(consumer: Consumer, partitions: list[TopicPartition], start: S
     if not isinstance(start, int | float):
         raise TypeError(f"start must be 'now', 'beginning' or Unix seconds, not {start!r}")
     millis = int(float(start) * 1000)
-    found = consumer.offsets_for_times([TopicPartition(p.topic, p.partition, millis) for p in partitions],
-                                       timeout=timeout)
+    found = consumer.offsets_for_times(
+        [TopicPartition(p.topic, p.partition, millis) for p in partitions], timeout=timeout
+    )
     # -1 means "no message at or after that time": start at the end.
     return [TopicPartition(p.topic, p.partition, p.offset if p.offset >= 0 else OFFSET_END) for p in found]
 
@@ -104,7 +106,9 @@ def subscribe(
     """
     registry = registry if registry is not None else SchemaRegistry.load()
     full = settings.topic(topic)
-    group_id = group if group is not None else f"{settings.consumer_group_prefix}-subscribe-{uuid.uuid4().hex[:12]}"
+    group_id = (
+        group if group is not None else f"{settings.consumer_group_prefix}-subscribe-{uuid.uuid4().hex[:12]}"
+    )
     config = consumer_config(settings, group_id)
     config["partition.assignment.strategy"] = "range"  # eager: the whole assignment is positioned at once
     if group is not None:
@@ -120,7 +124,9 @@ def subscribe(
                     chosen[(p.topic, p.partition)] = p
         c.assign(list(chosen.values()))
         last[0] = time.monotonic()
-        log.info("subscribed to %s: %s", full, ", ".join(f"[{p.partition}]@{p.offset}" for p in chosen.values()))
+        log.info(
+            "subscribed to %s: %s", full, ", ".join(f"[{p.partition}]@{p.offset}" for p in chosen.values())
+        )
 
     consumer.subscribe([full], on_assign=on_assign)
     yielded = 0
@@ -131,11 +137,7 @@ def subscribe(
                 if timeout is not None and time.monotonic() - last[0] >= timeout:
                     break
                 continue
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise KafkaException(err)
-                log.warning("subscribe %s: %s", full, err)
+            if is_consumer_error(msg, f"subscribe {full}"):
                 continue
             last[0] = time.monotonic()
             value = msg.value() or b""

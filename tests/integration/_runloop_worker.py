@@ -39,19 +39,41 @@ SESSION_TIMEOUT_MS = 6000  # the broker's minimum: a SIGKILLed member leaves the
 
 def exposure_record(exposure_id: int, field: str = "COSMOS", origin: str | None = "sim") -> dict[str, Any]:
     """A valid ``exposure_ready`` 1.1 record."""
-    return {"exposure_id": exposure_id, "instrument": "DECam", "section_id": "N6", "field": field,
-            "band": "r", "mjd": 60400.0 + exposure_id / 100, "raw_path": f"raw/{field}/c4d_{exposure_id:04d}_N6.fits",
-            "provenance_id": "0123456789abcdef", "produced_at": now_ms(), "ingested_at": now_ms() - 500,
-            "origin": origin}
+    return {
+        "exposure_id": exposure_id,
+        "instrument": "DECam",
+        "section_id": "N6",
+        "field": field,
+        "band": "r",
+        "mjd": 60400.0 + exposure_id / 100,
+        "raw_path": f"raw/{field}/c4d_{exposure_id:04d}_N6.fits",
+        "provenance_id": "0123456789abcdef",
+        "produced_at": now_ms(),
+        "ingested_at": now_ms() - 500,
+        "origin": origin,
+    }
 
 
 def image_event(record: dict[str, Any], image_id: int) -> OutEvent:
     """The ``image-reduced`` event the test handlers emit for an exposure record."""
     exp_id = record["exposure_id"]
-    return OutEvent(topic="image-reduced", key=str(image_id), schema="image_reduced", record={
-        "image_id": image_id, "exposure_id": exp_id, "field": record["field"], "band": record["band"],
-        "section_id": record["section_id"], "mjd": record["mjd"], "image_path": f"reduced/abcd1234/c4d_{exp_id:04d}_N6",
-        "provenance_id": "fedcba9876543210", "produced_at": now_ms(), "ingested_at": record["ingested_at"]})
+    return OutEvent(
+        topic="image-reduced",
+        key=str(image_id),
+        schema="image_reduced",
+        record={
+            "image_id": image_id,
+            "exposure_id": exp_id,
+            "field": record["field"],
+            "band": record["band"],
+            "section_id": record["section_id"],
+            "mjd": record["mjd"],
+            "image_path": f"reduced/abcd1234/c4d_{exp_id:04d}_N6",
+            "provenance_id": "fedcba9876543210",
+            "produced_at": now_ms(),
+            "ingested_at": record["ingested_at"],
+        },
+    )
 
 
 @contextmanager
@@ -59,8 +81,12 @@ def isolated_topics(base: Settings, tag: str, extra: tuple[str, ...] = ()) -> It
     """``base`` with its own topic and consumer-group prefixes; the run-loop topics (+ ``extra``) created and
     deleted afterwards."""
     suffix = uuid.uuid4().hex[:6]
-    settings = base.model_copy(update={"topic_prefix": f"{base.topic_prefix}{tag}{suffix}-",
-                                       "consumer_group_prefix": f"{tag}{suffix}"})
+    settings = base.model_copy(
+        update={
+            "topic_prefix": f"{base.topic_prefix}{tag}{suffix}-",
+            "consumer_group_prefix": f"{tag}{suffix}",
+        }
+    )
     names = [settings.topic(t) for t in ("exposure-ready", "image-reduced", *extra)]
     names.append(dlq_name(settings.topic("exposure-ready")))
     ensure_topics(settings.kafka_bootstrap, names, 2)
@@ -75,20 +101,31 @@ def produce_values(settings: Settings, topic: str, items: list[tuple[str, bytes]
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
     where: list[tuple[int, int]] = []
     for key, value in items:
-        producer.produce(settings.topic(topic), key=key, value=value,
-                         on_delivery=lambda err, m: where.append((int(m.partition() or 0), int(m.offset() or 0)))
-                         if err is None else None)
+        producer.produce(
+            settings.topic(topic),
+            key=key,
+            value=value,
+            on_delivery=lambda err, m: (
+                where.append((int(m.partition() or 0), int(m.offset() or 0))) if err is None else None
+            ),
+        )
         producer.flush(10)  # one at a time, so the offsets come back in order
     assert len(where) == len(items), "test messages were not delivered"
     return where
 
 
-def consume_all(settings: Settings, topic: str, *, expect: int, timeout: float = 20.0,
-                settle: float = 0.5) -> list[Message]:
+def consume_all(
+    settings: Settings, topic: str, *, expect: int, timeout: float = 20.0, settle: float = 0.5
+) -> list[Message]:
     """Every message of the prefixed ``topic`` from the beginning: waits for ``expect``, then ``settle`` s more."""
     name = settings.topic(topic)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
     partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
     consumer.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in partitions])  # no group join
     got: list[Message] = []
@@ -108,7 +145,9 @@ def consume_all(settings: Settings, topic: str, *, expect: int, timeout: float =
 def topic_size(settings: Settings, topic: str) -> int:
     """Number of messages in the prefixed ``topic`` (sum over partitions of high minus low watermark)."""
     name = settings.topic(topic)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"size-{uuid.uuid4().hex}"})
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"size-{uuid.uuid4().hex}"}
+    )
     try:
         partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
         total = 0
@@ -123,10 +162,18 @@ def topic_size(settings: Settings, topic: str) -> int:
 def create_tables(engine: Engine, table: str) -> None:
     """``<table>_rows`` (unique on exposure_id) and ``<table>_attempts`` (one row per delivery)."""
     with engine.begin() as conn:
-        conn.execute(text(f"CREATE TABLE {table}_rows (exposure_id BIGINT UNIQUE NOT NULL, image_id BIGINT NOT NULL,"
-                          " field TEXT NOT NULL)"))
-        conn.execute(text(f"CREATE TABLE {table}_attempts (id SERIAL PRIMARY KEY, exposure_id BIGINT NOT NULL,"
-                          " pid INTEGER NOT NULL, topic_offset BIGINT NOT NULL)"))
+        conn.execute(
+            text(
+                f"CREATE TABLE {table}_rows (exposure_id BIGINT UNIQUE NOT NULL, image_id BIGINT NOT NULL,"
+                " field TEXT NOT NULL)"
+            )
+        )
+        conn.execute(
+            text(
+                f"CREATE TABLE {table}_attempts (id SERIAL PRIMARY KEY, exposure_id BIGINT NOT NULL,"
+                " pid INTEGER NOT NULL, topic_offset BIGINT NOT NULL)"
+            )
+        )
 
 
 def drop_tables(engine: Engine, table: str) -> None:
@@ -150,11 +197,17 @@ def main() -> int:
         exp_id = record["exposure_id"]
         if record["field"] == bug_field:
             raise TypeError(f"exposure {exp_id}: unsupported operand type(s) for +: 'int' and 'NoneType'")
-        session.execute(text(f"INSERT INTO {table}_attempts (exposure_id, pid, topic_offset) VALUES (:e, :p, :o)"),
-                        {"e": exp_id, "p": os.getpid(), "o": ctx.offset})
-        session.execute(text(f"INSERT INTO {table}_rows (exposure_id, image_id, field) VALUES (:e, :i, :f)"
-                             " ON CONFLICT (exposure_id) DO NOTHING"), {"e": exp_id, "i": exp_id + 1000,
-                                                                       "f": record["field"]})
+        session.execute(
+            text(f"INSERT INTO {table}_attempts (exposure_id, pid, topic_offset) VALUES (:e, :p, :o)"),
+            {"e": exp_id, "p": os.getpid(), "o": ctx.offset},
+        )
+        session.execute(
+            text(
+                f"INSERT INTO {table}_rows (exposure_id, image_id, field) VALUES (:e, :i, :f)"
+                " ON CONFLICT (exposure_id) DO NOTHING"
+            ),
+            {"e": exp_id, "i": exp_id + 1000, "f": record["field"]},
+        )
         return [image_event(record, exp_id + 1000)]
 
     def after_db_commit() -> None:
@@ -162,10 +215,18 @@ def main() -> int:
             log.info("worker: SIGKILL after the DB commit")
             os.kill(os.getpid(), signal.SIGKILL)
 
-    stats = run_service(settings, name="worker", input_topic="exposure-ready", input_schema="exposure_ready",
-                        handler=handler, session_factory=sessionmaker(engine), max_messages=max_messages,
-                        idle_timeout=idle, after_db_commit=after_db_commit,
-                        consumer_overrides={"session.timeout.ms": SESSION_TIMEOUT_MS})
+    stats = run_service(
+        settings,
+        name="worker",
+        input_topic="exposure-ready",
+        input_schema="exposure_ready",
+        handler=handler,
+        session_factory=sessionmaker(engine),
+        max_messages=max_messages,
+        idle_timeout=idle,
+        after_db_commit=after_db_commit,
+        consumer_overrides={"session.timeout.ms": SESSION_TIMEOUT_MS},
+    )
     log.info("worker: done %s", stats)
     engine.dispose()
     return 0

@@ -52,12 +52,26 @@ def _sighting(session: Session, sub_id: int, index: int, ra: float, dec: float, 
     from seechange.models import Provenance
 
     if prov_id is None:
-        prov = Provenance(id="detect" + uuid.uuid4().hex[:14], process="detect", code_version="0.1", parameters={})
+        prov = Provenance(
+            id="detect" + uuid.uuid4().hex[:14], process="detect", code_version="0.1", parameters={}
+        )
         session.add(prov)
         session.flush()
         prov_id = prov.id
-    s = Sighting(subtraction_id=sub_id, provenance_id=prov_id, index_in_image=index, x=1.0, y=1.0, ra=ra,
-                 dec=dec, score=7.0, is_positive=True, mjd=mjd, band="r", healpix=healpix_index(ra, dec))
+    s = Sighting(
+        subtraction_id=sub_id,
+        provenance_id=prov_id,
+        index_in_image=index,
+        x=1.0,
+        y=1.0,
+        ra=ra,
+        dec=dec,
+        score=7.0,
+        is_positive=True,
+        mjd=mjd,
+        band="r",
+        healpix=healpix_index(ra, dec),
+    )
     session.add(s)
     session.flush()
     return s

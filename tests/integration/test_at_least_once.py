@@ -45,16 +45,24 @@ def table(db_engine: Engine) -> Iterator[str]:
 
 def _start_worker(settings: Settings, database_url: str, table: str, **extra: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEECHANGE_", "WORKER_"))}
-    env.update({
-        "SEECHANGE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "SEECHANGE_DATABASE_URL": database_url,
-        "SEECHANGE_TOPIC_PREFIX": settings.topic_prefix,
-        "SEECHANGE_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
-        "WORKER_TABLE": table,
-        **extra,
-    })
-    return subprocess.Popen([sys.executable, "-m", "tests.integration._runloop_worker"], cwd=PROJECT_ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env.update(
+        {
+            "SEECHANGE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "SEECHANGE_DATABASE_URL": database_url,
+            "SEECHANGE_TOPIC_PREFIX": settings.topic_prefix,
+            "SEECHANGE_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
+            "WORKER_TABLE": table,
+            **extra,
+        }
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration._runloop_worker"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 class _StderrWatcher:
@@ -87,13 +95,17 @@ def _rows(engine: Engine, sql: str) -> list[tuple[object, ...]]:
         return [tuple(r) for r in conn.execute(text(sql)).all()]
 
 
-def test_sigkill_after_db_commit_redelivers_and_writes_once(settings: Settings, database_url: str,
-                                                            db_engine: Engine, table: str) -> None:
+def test_sigkill_after_db_commit_redelivers_and_writes_once(
+    settings: Settings, database_url: str, db_engine: Engine, table: str
+) -> None:
     registry = SchemaRegistry.load()
-    [(partition, offset)] = produce_values(settings, "exposure-ready",
-                                           [("exp-7", encode(registry, "exposure_ready", exposure_record(7)))])
+    [(partition, offset)] = produce_values(
+        settings, "exposure-ready", [("exp-7", encode(registry, "exposure_ready", exposure_record(7)))]
+    )
 
-    first = _start_worker(settings, database_url, table, WORKER_KILL_AFTER_DB_COMMIT="1", WORKER_IDLE_TIMEOUT="30")
+    first = _start_worker(
+        settings, database_url, table, WORKER_KILL_AFTER_DB_COMMIT="1", WORKER_IDLE_TIMEOUT="30"
+    )
     log1 = _StderrWatcher(first)
     assert first.wait(timeout=30) == -signal.SIGKILL, log1.text()
     assert _rows(db_engine, f"SELECT exposure_id, topic_offset FROM {table}_attempts") == [(7, offset)]

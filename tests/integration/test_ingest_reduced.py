@@ -52,8 +52,10 @@ def _wcs(header: fits.Header | str) -> WCS:
 
 
 def _count(session: Session) -> tuple[int, int]:
-    return (session.scalar(select(func.count()).select_from(Exposure)) or 0,
-            session.scalar(select(func.count()).select_from(Image)) or 0)
+    return (
+        session.scalar(select(func.count()).select_from(Exposure)) or 0,
+        session.scalar(select(func.count()).select_from(Image)) or 0,
+    )
 
 
 @pytest.fixture
@@ -67,7 +69,9 @@ def decam(shared_data: Path, test_settings: Settings, request: pytest.FixtureReq
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_one_frame_becomes_exposure_and_image(db_session: Session, test_settings: Settings, decam: Path) -> None:
+def test_one_frame_becomes_exposure_and_image(
+    db_session: Session, test_settings: Settings, decam: Path
+) -> None:
     root = Path(test_settings.data_dir)
     path = decam / "DEC-OBS04a.mini.fits"
     header = fits.getheader(path)
@@ -78,12 +82,18 @@ def test_one_frame_becomes_exposure_and_image(db_session: Session, test_settings
 
     assert created
     assert _count(db_session) == (before[0] + 1, before[1] + 1)
-    assert (exposure.instrument, exposure.origin_id, exposure.section_id) == ("DECam", "DEC-OBS04a.mini", "37")
+    assert (exposure.instrument, exposure.origin_id, exposure.section_id) == (
+        "DECam",
+        "DEC-OBS04a.mini",
+        "37",
+    )
     assert exposure.filepath == f"incoming/{decam.name}/DEC-OBS04a.mini.fits"
     assert exposure.band == "i" and exposure.filter.startswith("i DECam")
     assert exposure.mjd == pytest.approx(58334.39133794, abs=1e-9)
     assert exposure.exp_time == 330.0
-    assert exposure.gain == pytest.approx(3.984046692260535) and exposure.read_noise == pytest.approx(11.83702)
+    assert exposure.gain == pytest.approx(3.984046692260535) and exposure.read_noise == pytest.approx(
+        11.83702
+    )
     assert image.exposure_id == exposure.id and image.band == "i" and image.section_id == "37"
     assert image.provenance.process == PROCESS
     assert [p.id for p in image.provenance.upstreams] == [exposure.provenance_id]
@@ -116,7 +126,9 @@ def test_one_frame_becomes_exposure_and_image(db_session: Session, test_settings
     assert image_file.stat().st_mtime_ns == mtime
 
 
-def test_header_zero_point_and_mask_are_kept(db_session: Session, test_settings: Settings, decam: Path) -> None:
+def test_header_zero_point_and_mask_are_kept(
+    db_session: Session, test_settings: Settings, decam: Path
+) -> None:
     root = Path(test_settings.data_dir)
     with fits.open(decam / "DEC-OBS18a.mini.fits") as hdul:
         hdu = hdul[0].copy()
@@ -131,11 +143,15 @@ def test_header_zero_point_and_mask_are_kept(db_session: Session, test_settings:
     fits.PrimaryHDU(weight).writeto(decam / "c4d_160818_000001_oow_i_v1.fits")
 
     triplets = pair_cp_triplets(sorted(decam.glob("c4d_*.fits")))
-    assert triplets == [ReducedFiles(image_path, decam / "c4d_160818_000001_oow_i_v1.fits",
-                                     decam / "c4d_160818_000001_ood_i_v1.fits")]
+    assert triplets == [
+        ReducedFiles(
+            image_path, decam / "c4d_160818_000001_oow_i_v1.fits", decam / "c4d_160818_000001_ood_i_v1.fits"
+        )
+    ]
     t = triplets[0]
-    exposure, image, created = register_reduced_image(db_session, root, t.image, weight_path=t.weight,
-                                                      mask_path=t.mask, params=ReduceParams())
+    exposure, image, created = register_reduced_image(
+        db_session, root, t.image, weight_path=t.weight, mask_path=t.mask, params=ReduceParams()
+    )
     assert created and exposure.origin_id == "555123"
     gain = hdu.header["GAIN"]
     assert image.zero_point == pytest.approx(30.25 + 2.5 * np.log10(gain), abs=1e-9)
@@ -147,12 +163,16 @@ def test_header_zero_point_and_mask_are_kept(db_session: Session, test_settings:
     assert np.allclose(data.weight[good], 1.0 / (hdu.header["AVSIG"] * gain) ** 2, rtol=1e-5)
 
 
-@pytest.mark.parametrize("content, expect", [
-    (b"SIMPLE = not really a FITS file\n", "not a readable FITS file"),
-    (None, "no celestial WCS"),
-])
-def test_bad_files_are_one_line_errors(db_session: Session, test_settings: Settings, decam: Path,
-                                       content: bytes | None, expect: str) -> None:
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        (b"SIMPLE = not really a FITS file\n", "not a readable FITS file"),
+        (None, "no celestial WCS"),
+    ],
+)
+def test_bad_files_are_one_line_errors(
+    db_session: Session, test_settings: Settings, decam: Path, content: bytes | None, expect: str
+) -> None:
     path = decam / "bad.fits"
     if content is None:
         header = fits.getheader(decam / "DEC-OBS04c.mini.fits")
@@ -167,13 +187,15 @@ def test_bad_files_are_one_line_errors(db_session: Session, test_settings: Setti
     assert "\n" not in str(info.value)
     assert _count(db_session) == before
     with pytest.raises(IngestError, match="outside the data root"):
-        register_reduced_image(db_session, Path(test_settings.data_dir), Path("/etc/hostname"),
-                               params=ReduceParams())
+        register_reduced_image(
+            db_session, Path(test_settings.data_dir), Path("/etc/hostname"), params=ReduceParams()
+        )
 
 
 @pytest.mark.filterwarnings("ignore:load_prereduced. no zero point:RuntimeWarning")
-def test_ingestor_emits_image_reduced_and_dead_letters(test_settings: Settings, db_engine: Engine,
-                                                       decam: Path) -> None:
+def test_ingestor_emits_image_reduced_and_dead_letters(
+    test_settings: Settings, db_engine: Engine, decam: Path
+) -> None:
     registry = SchemaRegistry.load()
     factory = make_session_factory(db_engine)
     ingestor = Ingestor(test_settings, factory)
@@ -195,24 +217,32 @@ def test_ingestor_emits_image_reduced_and_dead_letters(test_settings: Settings, 
     with factory() as session:
         image = session.get(Image, image_id)
         assert image is not None
-        n_images = session.scalar(select(func.count()).select_from(Image).where(
-            Image.exposure_id == report.registered[0]))
+        n_images = session.scalar(
+            select(func.count()).select_from(Image).where(Image.exposure_id == report.registered[0])
+        )
         ingested_at = image.exposure.ingested_at
         expected_path = image.filepath
     assert n_images == 1
     assert expected_path.startswith("reduced/") and expected_path.endswith("/DEC-OBS04b.mini")
 
-    events = [m for m in consume_all(test_settings, "image-reduced", expect=2)
-              if m.key() == str(image_id).encode()]
+    events = [
+        m for m in consume_all(test_settings, "image-reduced", expect=2) if m.key() == str(image_id).encode()
+    ]
     assert len(events) == 2  # one per call: the second call writes nothing but announces again
     for message in events:
         name, record = decode(registry, message.value() or b"", expect="image_reduced")
         assert name == "image_reduced"
         assert record["image_id"] == image_id and record["exposure_id"] == report.registered[0]
-        assert record["image_path"] == expected_path and record["band"] == "i" and record["section_id"] == "37"
+        assert (
+            record["image_path"] == expected_path and record["band"] == "i" and record["section_id"] == "37"
+        )
         assert epoch_ms(record["ingested_at"]) == epoch_ms(ingested_at)
 
-    dead = [m for m in consume_all(test_settings, "exposure-ready.dlq", expect=1) if m.value() == str(bad).encode()]
+    dead = [
+        m
+        for m in consume_all(test_settings, "exposure-ready.dlq", expect=1)
+        if m.value() == str(bad).encode()
+    ]
     assert len(dead) == 1
     headers = dict(dead[0].headers() or [])
     assert headers["error_class"] == b"IngestError"
@@ -220,27 +250,37 @@ def test_ingestor_emits_image_reduced_and_dead_letters(test_settings: Settings, 
 
 
 @pytest.mark.filterwarnings("ignore:load_prereduced. no zero point:RuntimeWarning")
-def test_cli_pairs_community_pipeline_triplets(test_settings: Settings, database_url: str, db_engine: Engine,
-                                               decam: Path) -> None:
+def test_cli_pairs_community_pipeline_triplets(
+    test_settings: Settings, database_url: str, db_engine: Engine, decam: Path
+) -> None:
     names = {code: decam / f"c4d_180804_000002_{code}_i_v1.fits" for code in ("ooi", "oow", "ood")}
     with fits.open(decam / "DEC-OBS04d.mini.fits") as hdul:
         hdu = hdul[0].copy()
     hdu.writeto(names["ooi"])
     fits.PrimaryHDU(np.full(hdu.data.shape, 1e-3, np.float32)).writeto(names["oow"])
     fits.PrimaryHDU(np.zeros(hdu.data.shape, np.uint8)).writeto(names["ood"])
-    env = {"SEECHANGE_KAFKA_BOOTSTRAP": test_settings.kafka_bootstrap, "SEECHANGE_DATABASE_URL": database_url,
-           "SEECHANGE_DATA_DIR": str(test_settings.data_dir), "SEECHANGE_TOPIC_PREFIX": test_settings.topic_prefix}
+    env = {
+        "SEECHANGE_KAFKA_BOOTSTRAP": test_settings.kafka_bootstrap,
+        "SEECHANGE_DATABASE_URL": database_url,
+        "SEECHANGE_DATA_DIR": str(test_settings.data_dir),
+        "SEECHANGE_TOPIC_PREFIX": test_settings.topic_prefix,
+    }
     runner = CliRunner()
 
     misuse = runner.invoke(main, ["ingest", "--weight", str(names["oow"]), str(names["ooi"])], env=env)
     assert misuse.exit_code == 2 and "--weight/--mask need --reduced" in misuse.output
 
-    result = runner.invoke(main, ["ingest", *(str(p) for p in names.values())], env=env)  # no --reduced needed
+    result = runner.invoke(
+        main, ["ingest", *(str(p) for p in names.values())], env=env
+    )  # no --reduced needed
     assert result.exit_code == 0, result.output
     assert "ingested 1 reduced image(s) (1 new), 0 failed" in result.output
     with make_session_factory(db_engine)() as session:
-        image = session.scalars(select(Image).join(Exposure).where(
-            Exposure.filepath == f"incoming/{decam.name}/{names['ooi'].name}")).one()
+        image = session.scalars(
+            select(Image)
+            .join(Exposure)
+            .where(Exposure.filepath == f"incoming/{decam.name}/{names['ooi'].name}")
+        ).one()
         assert image.extra is not None
         assert image.extra["source_weight"] == f"incoming/{decam.name}/{names['oow'].name}"
         assert image.extra["source_mask"] == f"incoming/{decam.name}/{names['ood'].name}"

@@ -13,8 +13,9 @@ from seechange.evaluation.simulated import evaluate_night_inprocess
 @pytest.fixture(scope="module")
 def figures(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data: Path = tmp_path_factory.mktemp("simnight")
-    return evaluate_night_inprocess(data, database_url, seed=42, n_fields=1, n_epochs=5, size=(512, 1024),
-                                    create_db=False)
+    return evaluate_night_inprocess(
+        data, database_url, seed=42, n_fields=1, n_epochs=5, size=(512, 1024), create_db=False
+    )
 
 
 def test_night_was_processed(figures: dict[str, Any]) -> None:

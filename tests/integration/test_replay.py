@@ -14,8 +14,13 @@ from seechange.timestamps import now_ms
 
 
 def _read_all(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes]]:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"read-{time.time()}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"read-{time.time()}",
+            "enable.auto.commit": False,
+        }
+    )
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     out = []
     for p in meta.partitions:
@@ -41,8 +46,16 @@ def test_replay_republishes_each_event_once(test_settings: Settings) -> None:
     producer = Producer({"bootstrap.servers": test_settings.kafka_bootstrap})
     sent = []
     for i in range(5):
-        record = {"sighting_id": i, "object_id": 100 + i, "subtraction_id": 7, "mjd": 60000.0 + i,
-                  "is_good": True, "provenance_id": "p", "produced_at": now_ms(), "ingested_at": now_ms()}
+        record = {
+            "sighting_id": i,
+            "object_id": 100 + i,
+            "subtraction_id": 7,
+            "mjd": 60000.0 + i,
+            "is_good": True,
+            "provenance_id": "p",
+            "produced_at": now_ms(),
+            "ingested_at": now_ms(),
+        }
         value = encode(registry, "sighting_found", record)
         producer.produce(topic, key=str(100 + i), value=value)
         sent.append((str(100 + i).encode(), value))

@@ -81,8 +81,9 @@ def _committed(settings: Settings, group: str, partition: int) -> int:
         consumer.close()
 
 
-def test_good_events_flow_and_bad_input_goes_to_the_dlq(settings: Settings, registry: SchemaRegistry,
-                                                         db_engine: Engine, table: str) -> None:
+def test_good_events_flow_and_bad_input_goes_to_the_dlq(
+    settings: Settings, registry: SchemaRegistry, db_engine: Engine, table: str
+) -> None:
     records = [exposure_record(1), exposure_record(2, field="BAD"), exposure_record(3)]
     values = [encode(registry, "exposure_ready", r) for r in records] + [b"garbage"]
     # One key: one partition, so the order is kept and the handler must go on past the failures.
@@ -97,13 +98,24 @@ def test_good_events_flow_and_bad_input_goes_to_the_dlq(settings: Settings, regi
         if record["field"] == "BAD":
             raise ImpossibleValue(f"exposure {record['exposure_id']} has an impossible field")
         image_id = 100 + record["exposure_id"]
-        session.execute(text(f"INSERT INTO {table}_rows (exposure_id, image_id, field) VALUES (:e, :i, :f)"),
-                        {"e": record["exposure_id"], "i": image_id, "f": record["field"]})
+        session.execute(
+            text(f"INSERT INTO {table}_rows (exposure_id, image_id, field) VALUES (:e, :i, :f)"),
+            {"e": record["exposure_id"], "i": image_id, "f": record["field"]},
+        )
         return [image_event(record, image_id)]
 
-    stats = run_service(settings, name="reduce", input_topic="exposure-ready", input_schema="exposure_ready",
-                        handler=handler, session_factory=sessionmaker(db_engine), registry=registry,
-                        max_messages=4, idle_timeout=20, install_signal_handlers=False)
+    stats = run_service(
+        settings,
+        name="reduce",
+        input_topic="exposure-ready",
+        input_schema="exposure_ready",
+        handler=handler,
+        session_factory=sessionmaker(db_engine),
+        registry=registry,
+        max_messages=4,
+        idle_timeout=20,
+        install_signal_handlers=False,
+    )
 
     assert (stats.processed, stats.dead_lettered, stats.produced, stats.retried) == (2, 2, 2, 0)
     assert seen == [1, 2, 3]  # the message after the failing one was handled
@@ -113,10 +125,13 @@ def test_good_events_flow_and_bad_input_goes_to_the_dlq(settings: Settings, regi
 
     out = consume_all(settings, "image-reduced", expect=2)
     assert topic_size(settings, "image-reduced") == 2
-    decoded = sorted((decode(registry, _value(m), expect="image_reduced")[1] for m in out),
-                     key=lambda r: r["image_id"])
+    decoded = sorted(
+        (decode(registry, _value(m), expect="image_reduced")[1] for m in out), key=lambda r: r["image_id"]
+    )
     assert [(r["image_id"], r["exposure_id"], r["field"], r["band"], r["section_id"]) for r in decoded] == [
-        (101, 1, "COSMOS", "r", "N6"), (103, 3, "COSMOS", "r", "N6")]
+        (101, 1, "COSMOS", "r", "N6"),
+        (103, 3, "COSMOS", "r", "N6"),
+    ]
     assert decoded[0]["image_path"] == "reduced/abcd1234/c4d_0001_N6"
     assert decoded[1]["mjd"] == pytest.approx(60400.03)
     assert epoch_ms(decoded[0]["ingested_at"]) == records[0]["ingested_at"]
@@ -126,14 +141,23 @@ def test_good_events_flow_and_bad_input_goes_to_the_dlq(settings: Settings, regi
     assert len(dlq) == 2 and topic_size(settings, "exposure-ready.dlq") == 2
     by_offset = {int(_headers(m)["origin_offset"]): m for m in dlq}
     assert sorted(by_offset) == [where[1][1], where[3][1]]
-    for index, error_class, text_part in [(1, "ImpossibleValue", "exposure 2 has an impossible field"),
-                                          (3, "DecodeError", "wrong magic byte 0x67")]:
+    for index, error_class, text_part in [
+        (1, "ImpossibleValue", "exposure 2 has an impossible field"),
+        (3, "DecodeError", "wrong magic byte 0x67"),
+    ]:
         msg = by_offset[where[index][1]]
         headers = _headers(msg)
         assert msg.value() == values[index]  # byte-exact
         assert msg.key() == b"night-1"
-        assert set(headers) == {"error_class", "error_message", "origin_topic", "origin_partition",
-                                "origin_offset", "service", "failed_at"}
+        assert set(headers) == {
+            "error_class",
+            "error_message",
+            "origin_topic",
+            "origin_partition",
+            "origin_offset",
+            "service",
+            "failed_at",
+        }
         assert headers["error_class"] == error_class
         assert text_part in headers["error_message"]
         assert headers["origin_topic"] == settings.topic("exposure-ready")
@@ -144,22 +168,37 @@ def test_good_events_flow_and_bad_input_goes_to_the_dlq(settings: Settings, regi
 
 
 def test_an_unexpected_error_stops_the_service_after_n_and_commits_nothing(
-        settings: Settings, registry: SchemaRegistry, database_url: str, db_engine: Engine,
-        table: str) -> None:
+    settings: Settings, registry: SchemaRegistry, database_url: str, db_engine: Engine, table: str
+) -> None:
     """A bug (``TypeError``) is not bad input: never dead-lettered; N failures in a row stop the service."""
     records = [exposure_record(11), exposure_record(12, field="BUG"), exposure_record(13)]
-    where = produce_values(settings, "exposure-ready",
-                           [("night-2", encode(registry, "exposure_ready", r)) for r in records])
+    where = produce_values(
+        settings, "exposure-ready", [("night-2", encode(registry, "exposure_ready", r)) for r in records]
+    )
     partition = where[0][0]
     assert {p for p, _ in where} == {partition}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEECHANGE_", "WORKER_"))}
-    env.update({"SEECHANGE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "SEECHANGE_DATABASE_URL": database_url,
-                "SEECHANGE_TOPIC_PREFIX": settings.topic_prefix,
-                "SEECHANGE_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
-                "SEECHANGE_MAX_CONSECUTIVE_ERRORS": "2", "WORKER_TABLE": table, "WORKER_BUG_FIELD": "BUG",
-                "WORKER_IDLE_TIMEOUT": "30"})
-    proc = subprocess.run([sys.executable, "-m", "tests.integration._runloop_worker"], cwd=PROJECT_ROOT,
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    env.update(
+        {
+            "SEECHANGE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "SEECHANGE_DATABASE_URL": database_url,
+            "SEECHANGE_TOPIC_PREFIX": settings.topic_prefix,
+            "SEECHANGE_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
+            "SEECHANGE_MAX_CONSECUTIVE_ERRORS": "2",
+            "WORKER_TABLE": table,
+            "WORKER_BUG_FIELD": "BUG",
+            "WORKER_IDLE_TIMEOUT": "30",
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.integration._runloop_worker"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
     assert proc.returncode != 0, proc.stderr
     assert "TooManyErrors" in proc.stderr and "2 consecutive unexpected errors" in proc.stderr, proc.stderr
@@ -174,9 +213,11 @@ def test_an_unexpected_error_stops_the_service_after_n_and_commits_nothing(
 
 
 def test_infrastructure_errors_are_retried_and_nothing_is_dead_lettered(
-        settings: Settings, registry: SchemaRegistry, db_engine: Engine, table: str) -> None:
-    where = produce_values(settings, "exposure-ready", [("k", encode(registry, "exposure_ready",
-                                                                     exposure_record(5)))])
+    settings: Settings, registry: SchemaRegistry, db_engine: Engine, table: str
+) -> None:
+    where = produce_values(
+        settings, "exposure-ready", [("k", encode(registry, "exposure_ready", exposure_record(5)))]
+    )
     attempts: list[int] = []
 
     def handler(session: Session, record: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
@@ -186,9 +227,18 @@ def test_infrastructure_errors_are_retried_and_nothing_is_dead_lettered(
             raise InfrastructureError("database is restarting")  # rolls the insert back
         return [image_event(record, 105)]
 
-    stats = run_service(settings, name="retry", input_topic="exposure-ready", input_schema="exposure_ready",
-                        handler=handler, session_factory=sessionmaker(db_engine), registry=registry,
-                        max_messages=1, idle_timeout=20, install_signal_handlers=False)
+    stats = run_service(
+        settings,
+        name="retry",
+        input_topic="exposure-ready",
+        input_schema="exposure_ready",
+        handler=handler,
+        session_factory=sessionmaker(db_engine),
+        registry=registry,
+        max_messages=1,
+        idle_timeout=20,
+        install_signal_handlers=False,
+    )
 
     assert (stats.processed, stats.dead_lettered, stats.retried, stats.produced) == (1, 0, 2, 1)
     assert attempts == [where[0][1]] * 3
@@ -201,18 +251,47 @@ def test_infrastructure_errors_are_retried_and_nothing_is_dead_lettered(
 
 
 def _alert(alert_id: int) -> dict[str, Any]:
-    sighting = {"sightingId": alert_id, "subtractionId": 9, "objectId": 77, "mjd": 60400.5, "band": "g",
-                "ra": 150.1, "dec": 2.2, "x": 10.5, "y": 20.25, "psfFlux": 1500.0 * alert_id, "psfFluxErr": 50.0,
-                "snr": 30.0, "flags": 0, "zeroPoint": 31.5, "score": 12.5, "isPositive": True, "isGood": True,
-                "provenanceId": "0123456789abcdef"}
-    obj = {"objectId": 77, "name": "SC26aaa", "ra": 150.1, "dec": 2.2, "nSightings": alert_id,
-           "firstMjd": 60400.0, "lastMjd": 60400.5}
-    return {"alertId": alert_id, "schemaVersion": "1.0", "sighting": sighting, "object": obj,
-            "cutoutDifference": b"\x1f\x8b fake gzip bytes"}
+    sighting = {
+        "sightingId": alert_id,
+        "subtractionId": 9,
+        "objectId": 77,
+        "mjd": 60400.5,
+        "band": "g",
+        "ra": 150.1,
+        "dec": 2.2,
+        "x": 10.5,
+        "y": 20.25,
+        "psfFlux": 1500.0 * alert_id,
+        "psfFluxErr": 50.0,
+        "snr": 30.0,
+        "flags": 0,
+        "zeroPoint": 31.5,
+        "score": 12.5,
+        "isPositive": True,
+        "isGood": True,
+        "provenanceId": "0123456789abcdef",
+    }
+    obj = {
+        "objectId": 77,
+        "name": "SC26aaa",
+        "ra": 150.1,
+        "dec": 2.2,
+        "nSightings": alert_id,
+        "firstMjd": 60400.0,
+        "lastMjd": 60400.5,
+    }
+    return {
+        "alertId": alert_id,
+        "schemaVersion": "1.0",
+        "sighting": sighting,
+        "object": obj,
+        "cutoutDifference": b"\x1f\x8b fake gzip bytes",
+    }
 
 
-def test_subscribe_from_beginning_from_a_time_and_from_now(test_settings: Settings,
-                                                            registry: SchemaRegistry) -> None:
+def test_subscribe_from_beginning_from_a_time_and_from_now(
+    test_settings: Settings, registry: SchemaRegistry
+) -> None:
     with isolated_topics(test_settings, "sub", extra=("alerts",)) as settings:
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
         t0 = 1_700_000_000_000  # Unix ms; explicit message timestamps make the time look-up exact
@@ -224,20 +303,33 @@ def test_subscribe_from_beginning_from_a_time_and_from_now(test_settings: Settin
         got = list(subscribe(settings, start="beginning", max_messages=3, timeout=15, registry=registry))
         assert sorted(r["alertId"] for r, _ in got) == [1, 2, 3]
         assert all(raw == old[r["alertId"]] for r, raw in got)  # raw bytes as produced
-        assert got[0][0]["cutoutDifference"] == b"\x1f\x8b fake gzip bytes" and got[0][0]["prvSightings"] is None
+        assert (
+            got[0][0]["cutoutDifference"] == b"\x1f\x8b fake gzip bytes" and got[0][0]["prvSightings"] is None
+        )
 
-        since = list(subscribe(settings, start=(t0 + 2 * 60_000) / 1000, max_messages=2, timeout=10,
-                               registry=registry))
+        since = list(
+            subscribe(settings, start=(t0 + 2 * 60_000) / 1000, max_messages=2, timeout=10, registry=registry)
+        )
         assert sorted(r["alertId"] for r, _ in since) == [2, 3]
-        bright = list(subscribe(settings, start="beginning", max_messages=2, timeout=10, registry=registry,
-                                expect="alert", filter=lambda r: r["sighting"]["psfFlux"] > 2000.0))
+        bright = list(
+            subscribe(
+                settings,
+                start="beginning",
+                max_messages=2,
+                timeout=10,
+                registry=registry,
+                expect="alert",
+                filter=lambda r: r["sighting"]["psfFlux"] > 2000.0,
+            )
+        )
         assert sorted(r["alertId"] for r, _ in bright) == [2, 3]
         assert list(subscribe(settings, start=(t0 + 10 * 60_000) / 1000, timeout=2, registry=registry)) == []
 
         # A named group commits what it handed out: a second subscriber of the group resumes after it.
         group = f"{settings.consumer_group_prefix}-subscriber"
-        first = list(subscribe(settings, start="beginning", group=group, max_messages=2, timeout=10,
-                               registry=registry))
+        first = list(
+            subscribe(settings, start="beginning", group=group, max_messages=2, timeout=10, registry=registry)
+        )
         rest = list(subscribe(settings, start="beginning", group=group, timeout=2, registry=registry))
         assert len(first) == 2 and len(rest) == 1
         assert sorted(r["alertId"] for r, _ in first + rest) == [1, 2, 3]
@@ -247,7 +339,9 @@ def test_subscribe_from_beginning_from_a_time_and_from_now(test_settings: Settin
         def keep_producing() -> None:  # live alerts until the subscriber got one
             i = 100
             while not stop.is_set():
-                producer.produce(settings.topic("alerts"), key=str(i), value=encode(registry, "alert", _alert(i)))
+                producer.produce(
+                    settings.topic("alerts"), key=str(i), value=encode(registry, "alert", _alert(i))
+                )
                 producer.flush(5)
                 i += 1
                 stop.wait(0.3)
@@ -262,10 +356,12 @@ def test_subscribe_from_beginning_from_a_time_and_from_now(test_settings: Settin
         assert len(live) == 1 and live[0][0]["alertId"] >= 100  # nothing from before "now"
 
 
-def test_database_down_retries_commits_nothing_then_recovers(settings: Settings, registry: SchemaRegistry,
-                                                             db_engine: Engine, table: str) -> None:
-    where = produce_values(settings, "exposure-ready", [("k", encode(registry, "exposure_ready",
-                                                                     exposure_record(8)))])
+def test_database_down_retries_commits_nothing_then_recovers(
+    settings: Settings, registry: SchemaRegistry, db_engine: Engine, table: str
+) -> None:
+    where = produce_values(
+        settings, "exposure-ready", [("k", encode(registry, "exposure_ready", exposure_record(8)))]
+    )
 
     def handler(session: Session, record: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
         session.execute(text(f"INSERT INTO {table}_rows (exposure_id, image_id, field) VALUES (8, 108, 'x')"))
@@ -276,9 +372,18 @@ def test_database_down_retries_commits_nothing_then_recovers(settings: Settings,
     timer = threading.Timer(3.0, stop.set)  # an operator stopping the service while the database is down
     timer.start()
     try:
-        down = run_service(settings, name="dbdown", input_topic="exposure-ready", input_schema="exposure_ready",
-                           handler=handler, session_factory=sessionmaker(dead), registry=registry,
-                           idle_timeout=20, stop_event=stop, install_signal_handlers=False)
+        down = run_service(
+            settings,
+            name="dbdown",
+            input_topic="exposure-ready",
+            input_schema="exposure_ready",
+            handler=handler,
+            session_factory=sessionmaker(dead),
+            registry=registry,
+            idle_timeout=20,
+            stop_event=stop,
+            install_signal_handlers=False,
+        )
     finally:
         timer.cancel()
         dead.dispose()
@@ -288,42 +393,73 @@ def test_database_down_retries_commits_nothing_then_recovers(settings: Settings,
     assert _committed(settings, group, where[0][0]) < 0  # nothing committed: no offset for the group
     assert topic_size(settings, "exposure-ready.dlq") == 0 and topic_size(settings, "image-reduced") == 0
 
-    up = run_service(settings, name="dbdown", input_topic="exposure-ready", input_schema="exposure_ready",
-                     handler=handler, session_factory=sessionmaker(db_engine), registry=registry,
-                     max_messages=1, idle_timeout=20, install_signal_handlers=False)
+    up = run_service(
+        settings,
+        name="dbdown",
+        input_topic="exposure-ready",
+        input_schema="exposure_ready",
+        handler=handler,
+        session_factory=sessionmaker(db_engine),
+        registry=registry,
+        max_messages=1,
+        idle_timeout=20,
+        install_signal_handlers=False,
+    )
     assert (up.processed, up.retried, up.produced) == (1, 0, 1)
     assert _committed(settings, group, where[0][0]) == where[0][1] + 1
     with db_engine.connect() as conn:
         assert conn.execute(text(f"SELECT image_id FROM {table}_rows")).scalars().all() == [108]
 
 
-@pytest.mark.parametrize(("exc", "infra"), [
-    (InfrastructureError("x"), True),
-    (OperationalError("SELECT 1", {}, Exception("server closed the connection")), True),
-    (DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True), True),
-    (DBAPIError("SELECT 1", {}, Exception("bad")), False),
-    (IntegrityError("INSERT", {}, Exception("duplicate key")), False),
-    (ValueError("impossible value"), False),
-    (FileNotFoundError("raw/x.fits"), False),
-    (ConnectionRefusedError("broker"), True),
-])
+@pytest.mark.parametrize(
+    ("exc", "infra"),
+    [
+        (InfrastructureError("x"), True),
+        (OperationalError("SELECT 1", {}, Exception("server closed the connection")), True),
+        (DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True), True),
+        (DBAPIError("SELECT 1", {}, Exception("bad")), False),
+        (IntegrityError("INSERT", {}, Exception("duplicate key")), False),
+        (ValueError("impossible value"), False),
+        (FileNotFoundError("raw/x.fits"), False),
+        (ConnectionRefusedError("broker"), True),
+    ],
+)
 def test_error_classification(exc: Exception, infra: bool) -> None:
     assert is_infrastructure_error(exc) is infra
 
 
-def test_a_refused_offset_commit_is_left_to_redelivery(settings: Settings, registry: SchemaRegistry,
-                                                       db_engine: Engine) -> None:
+def test_a_refused_offset_commit_is_left_to_redelivery(
+    settings: Settings, registry: SchemaRegistry, db_engine: Engine
+) -> None:
     """The broker refuses the commit (another member owns the partition): logged, not fatal, not committed."""
     from seechange.streaming.runloop import _Loop
 
-    where = produce_values(settings, "exposure-ready", [("k", encode(registry, "exposure_ready",
-                                                                     exposure_record(21)))])
+    where = produce_values(
+        settings, "exposure-ready", [("k", encode(registry, "exposure_ready", exposure_record(21)))]
+    )
     group = f"{settings.consumer_group_prefix}-owner"
-    owner = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group,
-                      "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    owner = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     owner.subscribe([settings.topic("exposure-ready")])
-    loop = _Loop(settings, "owner", "exposure-ready", "exposure_ready", lambda *_: [], sessionmaker(db_engine),
-                 registry, threading.Event(), None, 0.5, None)
+    loop = _Loop(
+        settings,
+        "owner",
+        "exposure-ready",
+        "exposure_ready",
+        lambda *_: [],
+        sessionmaker(db_engine),
+        registry,
+        threading.Event(),
+        None,
+        0.5,
+        None,
+    )
     try:
         msg = None
         for _ in range(30):  # the owner joins the group and gets the message

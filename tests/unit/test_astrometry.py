@@ -36,7 +36,9 @@ def _scene(rng, *, nx=1024, ny=2048, n=600, centroid_noise=0.03):
     k = 60
     sx, sy = np.r_[sx, rng.uniform(0, nx, k)], np.r_[sy, rng.uniform(0, ny, k)]
     flux = np.r_[flux, rng.uniform(1e3, 1e5, k)]
-    src = Table({"x": sx, "y": sy, "flux": flux, "snr": np.full(len(sx), 100.0), "flag": np.zeros(len(sx), int)})
+    src = Table(
+        {"x": sx, "y": sy, "flux": flux, "snr": np.full(len(sx), 100.0), "flag": np.zeros(len(sx), int)}
+    )
     return src, ref, header, truth
 
 
@@ -75,7 +77,8 @@ def test_too_few_stars_raises():
 
 def test_load_refcat(tmp_path):
     Table({"ra": [10.0, 10.1, 50.0], "dec": [0.0, 0.0, 0.0], "mag_r": [15, 16, 17]}).write(
-        tmp_path / "f1.ecsv", format="ascii.ecsv")
+        tmp_path / "f1.ecsv", format="ascii.ecsv"
+    )
     Table({"ra": [10.05], "dec": [0.02], "mag_r": [18.0]}).write(tmp_path / "f2.ecsv", format="ascii.ecsv")
     t = load_refcat(tmp_path, 10.0, 0.0, 0.2)
     assert sorted(t["mag_r"]) == [15, 16, 18]

@@ -31,7 +31,14 @@ def test_cutouts_shape_wcs_and_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "x.cutouts.fits"
     write_cutouts_file(path, {7: st[0], 9: st[1]})
     with fits.open(path) as h:
-        assert [x.name for x in h[1:]] == ["SIG7_NEW", "SIG7_REF", "SIG7_DIFF", "SIG9_NEW", "SIG9_REF", "SIG9_DIFF"]
+        assert [x.name for x in h[1:]] == [
+            "SIG7_NEW",
+            "SIG7_REF",
+            "SIG7_DIFF",
+            "SIG9_NEW",
+            "SIG9_REF",
+            "SIG9_DIFF",
+        ]
     d, h2 = read_cutout(path, "SIG7_REF")
     assert d.dtype == np.float32 and np.array_equal(d, st[0]["ref"][0])
     assert np.allclose(WCS(h2).wcs.crpix, sw.wcs.crpix)
@@ -48,7 +55,6 @@ def test_stamps_match_cutout2d_including_sip_and_edges() -> None:
     from astropy.nddata import Cutout2D
     from astropy.utils.exceptions import AstropyWarning
 
-
     rng = np.random.default_rng(3)
     new, ref = make_image(rng), make_image(rng)
     hdr = new.wcs.to_header(relax=True)
@@ -62,8 +68,15 @@ def test_stamps_match_cutout2d_including_sip_and_edges() -> None:
     for (x, y), s in zip(pos, st, strict=True):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
-            c = Cutout2D(new.image.astype(np.float32), (x, y), (51, 51), wcs=wcs, mode="partial",
-                         fill_value=np.nan, copy=True)
+            c = Cutout2D(
+                new.image.astype(np.float32),
+                (x, y),
+                (51, 51),
+                wcs=wcs,
+                mode="partial",
+                fill_value=np.nan,
+                copy=True,
+            )
             want = c.wcs.to_header()
         data, h = s["new"]
         assert np.array_equal(data, c.data.astype(np.float32), equal_nan=True)

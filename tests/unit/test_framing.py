@@ -67,8 +67,13 @@ class RecordMaker:
     @staticmethod
     def _primitive(kind: str, n: int) -> Any:
         values: dict[str, Any] = {
-            "long": 10_000_000_000 + n, "int": -n, "double": 60000.123456789 + n, "float": n + 0.25,
-            "string": f"value-{n}", "boolean": n % 2 == 0, "bytes": bytes(range(n % 200, n % 200 + 40)),
+            "long": 10_000_000_000 + n,
+            "int": -n,
+            "double": 60000.123456789 + n,
+            "float": n + 0.25,
+            "string": f"value-{n}",
+            "boolean": n % 2 == 0,
+            "bytes": bytes(range(n % 200, n % 200 + 40)),
         }
         return values[kind]
 
@@ -136,9 +141,18 @@ def test_exposure_ready_latest_is_1_1(registry: SchemaRegistry) -> None:
 
 
 def _exposure_record() -> dict[str, Any]:
-    return {"exposure_id": 42, "instrument": "DECam", "section_id": "N6", "field": "COSMOS", "band": "r",
-            "mjd": 60400.25, "raw_path": "raw/COSMOS/c4d_0001_N6.fits", "provenance_id": "abcdef0123456789",
-            "produced_at": 1_772_000_000_123, "ingested_at": 1_772_000_000_000}
+    return {
+        "exposure_id": 42,
+        "instrument": "DECam",
+        "section_id": "N6",
+        "field": "COSMOS",
+        "band": "r",
+        "mjd": 60400.25,
+        "raw_path": "raw/COSMOS/c4d_0001_N6.fits",
+        "provenance_id": "abcdef0123456789",
+        "produced_at": 1_772_000_000_123,
+        "ingested_at": 1_772_000_000_000,
+    }
 
 
 def test_old_writer_new_reader(registry: SchemaRegistry) -> None:

@@ -21,8 +21,10 @@ def _mef(path: Path, *, compressed: bool = False) -> list[np.ndarray]:
     primary = fits.PrimaryHDU(header=fits.Header({"INSTRUME": "TEST", "OBJECT": "F1", "GAIN": 1.0}))
     hdu = fits.CompImageHDU if compressed else fits.ImageHDU
     kw = {"compression_type": "GZIP_2", "quantize_level": 0.0} if compressed else {}  # lossless
-    ccds = [hdu(a, header=fits.Header({"CCDNUM": 7, "GAIN": 4.0}), name="N7"),
-            hdu(b, header=fits.Header({"CCDNUM": 9}), name="S9", **kw)]
+    ccds = [
+        hdu(a, header=fits.Header({"CCDNUM": 7, "GAIN": 4.0}), name="N7"),
+        hdu(b, header=fits.Header({"CCDNUM": 9}), name="S9", **kw),
+    ]
     table = fits.BinTableHDU.from_columns([fits.Column("x", "E", array=np.ones(3))])
     fits.HDUList([primary, *ccds, table]).writeto(path)
     return [a, b]
@@ -97,8 +99,9 @@ def test_read_ccd_errors_are_one_line_and_name_the_file(tmp_path: Path) -> None:
         read_ccd(path, 1, ccdnum=7)
 
 
-def test_atomic_writers_fsync_the_file_and_the_folder(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_writers_fsync_the_file_and_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     synced: list[str] = []
     real_fsync = os.fsync
 

@@ -20,6 +20,9 @@ def test_flux_position_noise_and_weight() -> None:
     w = added[40:82, 30:72]
     assert abs((w * x).sum() / w.sum() - 50.3) < 0.02 and abs((w * y).sum() / w.sum() - 60.8) < 0.02
     assert out.weight[61, 50] < img.weight[61, 50]
-    assert np.isclose(1 / out.weight[61, 50] - 1 / img.weight[61, 50],
-                      1e5 * img.psf[img.psf.shape[0] // 2, img.psf.shape[1] // 2], rtol=0.3)
+    assert np.isclose(
+        1 / out.weight[61, 50] - 1 / img.weight[61, 50],
+        1e5 * img.psf[img.psf.shape[0] // 2, img.psf.shape[1] // 2],
+        rtol=0.3,
+    )
     assert out.meta["injected"][0][2] == 1e5

@@ -84,9 +84,14 @@ def test_dipole_is_flagged() -> None:
 
 def _detections(points) -> Table:
     """A detection table at chosen (x, y, is_positive) points, as detect_transients would return."""
-    rows = [(i, x, y, round(x), round(y), 6.0 if pos else -6.0, pos, 5, 0) for i, (x, y, pos) in enumerate(points)]
-    return Table(rows=rows, names=DETECTION_COLUMNS,
-                 dtype=(np.int64, np.float64, np.float64, np.int64, np.int64, np.float64, bool, np.int64, np.uint16))
+    rows = [
+        (i, x, y, round(x), round(y), 6.0 if pos else -6.0, pos, 5, 0) for i, (x, y, pos) in enumerate(points)
+    ]
+    return Table(
+        rows=rows,
+        names=DETECTION_COLUMNS,
+        dtype=(np.int64, np.float64, np.float64, np.int64, np.int64, np.float64, bool, np.int64, np.uint16),
+    )
 
 
 def test_near_bright_star_flag() -> None:
@@ -96,16 +101,23 @@ def test_near_bright_star_flag() -> None:
     rng = np.random.default_rng(7)
     # a bright star that varies by 3%, a faint galaxy-like source with a transient on it, saturation
     ref = make_image(rng, fwhm=3.2, sky_e=600.0, zp=30.0, stars=[(128.0, 128.0, 2e6), (60.0, 200.0, 3e4)])
-    new = make_image(rng, fwhm=4.6, sky_e=1000.0, zp=30.0,
-                     stars=[(128.0, 128.0, 2.06e6), (60.0, 200.0, 3e4), (60.5, 200.5, 5e3)])
+    new = make_image(
+        rng,
+        fwhm=4.6,
+        sky_e=1000.0,
+        zp=30.0,
+        stars=[(128.0, 128.0, 2.06e6), (60.0, 200.0, 3e4), (60.5, 200.5, 5e3)],
+    )
     new.flags[200:203, 40:43] = FLAG_SATURATED
     new.weight[200:203, 40:43] = 0.0
     res = zogy(new, ref, params=ZogyParams())
-    pts = [(134.0, 128.0, False),   # 6 px out in the variable star's wing: |flux| << 1% of the star
-           (128.0, 128.0, True),    # the star's own 3% change: not flagged by this cut
-           (60.5, 200.5, True),     # transient on a faint source: not flagged
-           (49.0, 201.0, True),     # next to saturated pixels
-           (120.0, 60.0, True)]     # empty sky
+    pts = [
+        (134.0, 128.0, False),  # 6 px out in the variable star's wing: |flux| << 1% of the star
+        (128.0, 128.0, True),  # the star's own 3% change: not flagged by this cut
+        (60.5, 200.5, True),  # transient on a faint source: not flagged
+        (49.0, 201.0, True),  # next to saturated pixels
+        (120.0, 60.0, True),
+    ]  # empty sky
     m = measure_sightings(res, new, ref, _detections(pts))
     near = (np.asarray(m["qflags"]) & QF_NEAR_BRIGHT) != 0
     assert near.tolist() == [True, False, False, True, False]

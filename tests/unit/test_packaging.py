@@ -42,7 +42,9 @@ def test_migrations_and_service_configs_are_package_data() -> None:
         p.relative_to(PACKAGE_DIR)
         for sub in ("models/migrations", "localservices")
         for p in (PACKAGE_DIR / sub).rglob("*")
-        if p.is_file() and p.suffix in {".py", ".ini", ".xml", ".properties"} and "__pycache__" not in p.parts
+        if p.is_file()
+        and p.suffix in {".py", ".ini", ".xml", ".properties"}
+        and "__pycache__" not in p.parts
         and not (sub == "localservices" and p.suffix == ".py")
     }
     needed.add(Path("models/alembic.ini"))

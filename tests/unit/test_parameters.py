@@ -18,8 +18,10 @@ def test_defaults_without_a_file() -> None:
 
 def test_overrides_apply_and_change_the_provenance(tmp_path: Path) -> None:
     path = tmp_path / "params.toml"
-    path.write_text('[detect]\nthreshold = 5.5\n[detect.measure]\naper_radii_fwhm = [1.0, 2.5]\n'
-                    '[subtract]\nresample_order = 3\n[subtract.zogy]\nflux_error_fraction = 0.01\n')
+    path.write_text(
+        "[detect]\nthreshold = 5.5\n[detect.measure]\naper_radii_fwhm = [1.0, 2.5]\n"
+        "[subtract]\nresample_order = 3\n[subtract.zogy]\nflux_error_fraction = 0.01\n"
+    )
     params = load_parameters(path)
     assert params.detect.threshold == 5.5
     assert params.detect.measure.aper_radii_fwhm == (1.0, 2.5)
@@ -27,16 +29,20 @@ def test_overrides_apply_and_change_the_provenance(tmp_path: Path) -> None:
     assert params.subtract.zogy.flux_error_fraction == 0.01
     assert params.reduce == PipelineParameters().reduce
     default = PipelineParameters().detect
-    assert provenance_id("detect", "0.1", params.detect.critical(), ["u"]) != \
-        provenance_id("detect", "0.1", default.critical(), ["u"])
+    assert provenance_id("detect", "0.1", params.detect.critical(), ["u"]) != provenance_id(
+        "detect", "0.1", default.critical(), ["u"]
+    )
 
 
-@pytest.mark.parametrize("text, words", [
-    ("[detect]\nthreshhold = 5\n", "unknown detect parameter(s): threshhold"),
-    ("[detekt]\nthreshold = 5\n", "unknown step table(s): detekt"),
-    ("[subtract.zogy]\nflux_err = 0.01\n", "unknown subtract.zogy parameter(s): flux_err"),
-    ("[subtract]\nzogy = 0.01\n", "subtract.zogy is a table of parameters"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[detect]\nthreshhold = 5\n", "unknown detect parameter(s): threshhold"),
+        ("[detekt]\nthreshold = 5\n", "unknown step table(s): detekt"),
+        ("[subtract.zogy]\nflux_err = 0.01\n", "unknown subtract.zogy parameter(s): flux_err"),
+        ("[subtract]\nzogy = 0.01\n", "subtract.zogy is a table of parameters"),
+    ],
+)
 def test_unknown_names_are_one_clear_error(tmp_path: Path, text: str, words: str) -> None:
     path = tmp_path / "params.toml"
     path.write_text(text)

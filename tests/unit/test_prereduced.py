@@ -21,8 +21,19 @@ def _tpv_by_hand(h: fits.Header, xy: np.ndarray) -> np.ndarray:
 
     def poly(ax, a, b):
         p = [h.get(f"PV{ax}_{k}", 0.0) for k in range(11)]
-        return (p[0] + p[1] * a + p[2] * b + p[3] * r + p[4] * a * a + p[5] * a * b + p[6] * b * b
-                + p[7] * a**3 + p[8] * a * a * b + p[9] * a * b * b + p[10] * b**3)
+        return (
+            p[0]
+            + p[1] * a
+            + p[2] * b
+            + p[3] * r
+            + p[4] * a * a
+            + p[5] * a * b
+            + p[6] * b * b
+            + p[7] * a**3
+            + p[8] * a * a * b
+            + p[9] * a * b * b
+            + p[10] * b**3
+        )
 
     xi, eta = np.radians(poly(1, x, y)), np.radians(poly(2, y, x))
     ra0, dec0 = np.radians(h["CRVAL1"]), np.radians(h["CRVAL2"])
@@ -73,8 +84,11 @@ def test_zero_point_from_card_and_refcat(tmp_path):
     xs, ys = rng.uniform(30, 270, 40), rng.uniform(30, 270, 40)
     mags = rng.uniform(17, 20, 40)
     for x0, y0, m in zip(xs, ys, mags):
-        img += 10 ** (-0.4 * (m - zp_adu)) * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * s * s)) / (
-            2 * np.pi * s * s)
+        img += (
+            10 ** (-0.4 * (m - zp_adu))
+            * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * s * s))
+            / (2 * np.pi * s * s)
+        )
     h = fits.Header()
     h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN"
     h["CRVAL1"], h["CRVAL2"], h["CRPIX1"], h["CRPIX2"] = 20.0, 10.0, 150.5, 150.5

@@ -69,7 +69,13 @@ def synthetic_raw(seed: int, nx: int = 512, ny: int = 1024, zp: float = 31.0, fw
     h["BIASSECB"] = f"[{nx + NOV + 1}:{nx + 2 * NOV},1:{ny}]"
     for a in "AB":
         h[f"GAIN{a}"], h[f"RDNOISE{a}"], h[f"SATURAT{a}"] = gain, rn, 60000.0
-    h["EXPTIME"], h["MJD-OBS"], h["FILTER"], h["AIRMASS"], h["OBJECT"] = exptime, 60000.1, "r DECam", 1.2, "F1"
+    h["EXPTIME"], h["MJD-OBS"], h["FILTER"], h["AIRMASS"], h["OBJECT"] = (
+        exptime,
+        60000.1,
+        "r DECam",
+        1.2,
+        "F1",
+    )
     head = _wcs(ra0 + 3.0 / 3600 / np.cos(np.radians(dec0)), dec0 - 2.5 / 3600, nx, ny)
     h.update(head.to_header())
     calib = CalibFrames(bias=bias, dark=dark, flat=flat, bpm=np.zeros((ny, nx), bool))
@@ -94,7 +100,8 @@ def test_reduce_synthetic_exposure(reduced):
     assert d.meta["n_stars"] > 100
     assert d.meta["lim_mag"] > 23
     assert {"overscan", "calibrate", "background", "extract", "psf", "astrometry", "zeropoint"} <= set(
-        d.meta["timings"])
+        d.meta["timings"]
+    )
     # fitted WCS vs truth over the CCD
     gx, gy = np.meshgrid(np.linspace(0, 511, 6), np.linspace(0, 1023, 6))
     a = np.array(d.wcs.all_pix2world(gx.ravel(), gy.ravel(), 0))
@@ -161,8 +168,11 @@ def test_reduce_simulated_ccd_against_truth(tmp_path_factory):
     inside = (stars["x"] > 0) & (stars["x"] < size[0] - 1) & (stars["y"] > 0) & (stars["y"] < size[1] - 1)
     stars = stars[inside]
     r2, d2 = d.wcs.all_pix2world(np.asarray(stars["x"]), np.asarray(stars["y"]), 0)
-    sep = SkyCoord(r2 * u.deg, d2 * u.deg).separation(
-        SkyCoord(np.asarray(stars["ra"]) * u.deg, np.asarray(stars["dec"]) * u.deg)).arcsec
+    sep = (
+        SkyCoord(r2 * u.deg, d2 * u.deg)
+        .separation(SkyCoord(np.asarray(stars["ra"]) * u.deg, np.asarray(stars["dec"]) * u.deg))
+        .arcsec
+    )
     assert np.sqrt(np.mean(sep**2)) <= 0.1  # fitted WCS vs the true WCS at the true star positions
     assert d.fwhm_px == pytest.approx(truth.meta["fwhm_arcsec"] / 0.263, rel=0.05)
     assert d.bkg_level == pytest.approx(truth.meta["sky_e"], rel=0.01)

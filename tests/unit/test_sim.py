@@ -25,11 +25,52 @@ from seechange.sim.instrument import BIAS_LEVEL, GAIN, N_OVERSCAN, READ_NOISE, S
 from seechange.sim.psf import MoffatPSF
 
 SIZE = (512, 1024)
-PARAMS = {"seed": 7, "n_fields": 2, "n_epochs": 4, "band": "r", "size": SIZE, "ccdnum": 37, "n_ref_epochs": 2, "exptime": 60.0}
-HEADER_KEYS = ["INSTRUME", "DETPOS", "CCDNUM", "FILTER", "EXPTIME", "MJD-OBS", "AIRMASS", "TELRA", "TELDEC",
-               "RA", "DEC", "OBJECT", "EXPNUM", "GAINA", "GAINB", "RDNOISEA", "RDNOISEB", "SATURATA",
-               "SATURATB", "DATASECA", "DATASECB", "BIASSECA", "BIASSECB", "DATASEC", "CTYPE1", "CTYPE2",
-               "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2"]
+PARAMS = {
+    "seed": 7,
+    "n_fields": 2,
+    "n_epochs": 4,
+    "band": "r",
+    "size": SIZE,
+    "ccdnum": 37,
+    "n_ref_epochs": 2,
+    "exptime": 60.0,
+}
+HEADER_KEYS = [
+    "INSTRUME",
+    "DETPOS",
+    "CCDNUM",
+    "FILTER",
+    "EXPTIME",
+    "MJD-OBS",
+    "AIRMASS",
+    "TELRA",
+    "TELDEC",
+    "RA",
+    "DEC",
+    "OBJECT",
+    "EXPNUM",
+    "GAINA",
+    "GAINB",
+    "RDNOISEA",
+    "RDNOISEB",
+    "SATURATA",
+    "SATURATB",
+    "DATASECA",
+    "DATASECB",
+    "BIASSECA",
+    "BIASSECB",
+    "DATASEC",
+    "CTYPE1",
+    "CTYPE2",
+    "CRVAL1",
+    "CRVAL2",
+    "CRPIX1",
+    "CRPIX2",
+    "CD1_1",
+    "CD1_2",
+    "CD2_1",
+    "CD2_2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +182,9 @@ def test_calibrated_sky_and_bright_star_flux(night):
         truth = read_truth(data, rec.expname, 37)
         sky = truth.meta["sky_e"]
         assert np.median(img[bpm == 0]) == pytest.approx(sky, rel=0.01)
-        psf = MoffatPSF(truth.meta["fwhm_px"], 3.0, truth.meta["psf_ellipticity"], truth.meta["psf_theta_rad"])
+        psf = MoffatPSF(
+            truth.meta["fwhm_px"], 3.0, truth.meta["psf_ellipticity"], truth.meta["psf_theta_rad"]
+        )
         x, y, f = (np.asarray(truth[c]) for c in ("x", "y", "flux_e"))
         cands = np.flatnonzero((truth["kind"] == "star") & (f > 1e5) & (f < 8e5))
         for k in cands:
@@ -152,7 +195,7 @@ def test_calibrated_sky_and_bright_star_flux(night):
             if not (h <= ix < SIZE[0] - h and h <= iy < SIZE[1] - h):
                 continue
             near = (np.abs(x - x[k]) < h + 15) & (np.abs(y - y[k]) < h + 15) & (f > 0.002 * f[k])
-            if near.sum() > 1 or bpm[iy - h:iy + h + 1, ix - h:ix + h + 1].any():
+            if near.sum() > 1 or bpm[iy - h : iy + h + 1, ix - h : ix + h + 1].any():
                 continue
             box = (slice(iy - h, iy + h + 1), slice(ix - h, ix + h + 1))
             measured = ((img[box] - sky) * flat[box]).sum()
@@ -255,8 +298,9 @@ def test_saturated_star_bleeds_along_its_column(night):
     star = Table({"id": [0], "ra": [spec.ra], "dec": [spec.dec]})
     for band in "griz":
         star[f"mag_{band}"] = [12.5]
-    galaxies = Table(names=["id", "ra", "dec", "mag_r", "r_eff", "q", "pa", "n"],
-                     dtype=[np.int64] + [np.float64] * 7)
+    galaxies = Table(
+        names=["id", "ra", "dec", "mag_r", "r_eff", "q", "pa", "n"], dtype=[np.int64] + [np.float64] * 7
+    )
     catalog = FieldCatalog(name=spec.field, ra=spec.ra, dec=spec.dec, stars=star, galaxies=galaxies)
     hdu, truth = render_exposure(spec, catalog, [], plan.calib)
     raw = hdu.data.astype(np.float64)
@@ -267,7 +311,7 @@ def test_saturated_star_bleeds_along_its_column(night):
     for amp in "AB":
         rows, cols = _section(hdr[f"DATASEC{amp}"])
         adu = raw[rows, cols] - np.median(raw[_section(hdr[f"BIASSEC{amp}"])], axis=1)[:, None]
-        sat[:, cols.start - N_OVERSCAN:cols.stop - N_OVERSCAN] = adu >= hdr[f"SATURAT{amp}"]
+        sat[:, cols.start - N_OVERSCAN : cols.stop - N_OVERSCAN] = adu >= hdr[f"SATURAT{amp}"]
     assert sat[iy, ix]
     assert sat[:, ix].sum() > 2 * sat[iy, :].sum()  # a bleed trail along the column
     assert truth.meta["n_bleed_pixels"] > 0 and truth.meta["n_full_well_pixels"] == sat.sum()

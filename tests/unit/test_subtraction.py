@@ -27,7 +27,9 @@ def test_subtract_with_misaligned_reference_finds_transient() -> None:
     rwcs = simple_wcs((256, 256), rot_deg=0.3, shift=(2.4, -1.7))
     nw = new.wcs
     rstars = [(*rwcs.world_to_pixel_values(*nw.pixel_to_world_values(x, y)), f) for x, y, f in stars]
-    ref = make_image(rng, fwhm=3.3, sky_e=400.0, wcs=rwcs, stars=[(float(x), float(y), f) for x, y, f in rstars])
+    ref = make_image(
+        rng, fwhm=3.3, sky_e=400.0, wcs=rwcs, stars=[(float(x), float(y), f) for x, y, f in rstars]
+    )
     ref.astrom_rms_arcsec = 0.03
     new = inject_point_sources(new, [(128.3, 100.6)], [4000.0], rng=rng)
     res = subtract(new, ref, params=SubtractParams())
@@ -43,7 +45,9 @@ def test_full_size_timing() -> None:
     rng = np.random.default_rng(9)
     shape = (4096, 2048)
     new = make_image(rng, shape=shape, fwhm=4.5, sky_e=900.0)
-    ref = make_image(rng, shape=shape, fwhm=3.5, sky_e=400.0, wcs=simple_wcs(shape, rot_deg=0.01, shift=(0.4, 0.3)))
+    ref = make_image(
+        rng, shape=shape, fwhm=3.5, sky_e=400.0, wcs=simple_wcs(shape, rot_deg=0.01, shift=(0.4, 0.3))
+    )
     xy = np.c_[rng.uniform(50, 2000, 30), rng.uniform(50, 4040, 30)]
     new = inject_point_sources(new, xy, np.full(30, 4000.0), rng=rng)
     t0 = time.perf_counter()

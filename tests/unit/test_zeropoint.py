@@ -21,7 +21,9 @@ def test_zeropoint_on_synthetic_stars():
     for xi, yi, f in zip(x, y, flux):
         ix, iy = int(xi), int(yi)
         dx, dy = xx + ix - xi, yy + iy - yi
-        img[iy - 25 : iy + 26, ix - 25 : ix + 26] += f * np.exp(-(dx**2 + dy**2) / (2 * s * s)) / (2 * np.pi * s * s)
+        img[iy - 25 : iy + 26, ix - 25 : ix + 26] += (
+            f * np.exp(-(dx**2 + dy**2) / (2 * s * s)) / (2 * np.pi * s * s)
+        )
     # 8 outliers (variables / blends) 0.5 mag off in the catalogue
     mag_ref = mag.copy()
     mag_ref[:8] += 0.5

@@ -22,8 +22,14 @@ def gaussian_psf(fwhm: float, half: int | None = None) -> np.ndarray:
     return (p / p.sum()).astype(np.float32)
 
 
-def simple_wcs(shape: tuple[int, int], *, crval=(150.0, 2.0), rot_deg: float = 0.0,
-               shift=(0.0, 0.0), scale_arcsec: float = 0.263) -> WCS:
+def simple_wcs(
+    shape: tuple[int, int],
+    *,
+    crval=(150.0, 2.0),
+    rot_deg: float = 0.0,
+    shift=(0.0, 0.0),
+    scale_arcsec: float = 0.263,
+) -> WCS:
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.crval = list(crval)
@@ -34,14 +40,27 @@ def simple_wcs(shape: tuple[int, int], *, crval=(150.0, 2.0), rot_deg: float = 0
     return w
 
 
-def make_image(rng: np.random.Generator, *, shape=(256, 256), fwhm=4.0, sky_e=1000.0, zp=30.0,
-               stars=(), wcs: WCS | None = None) -> ImageData:
+def make_image(
+    rng: np.random.Generator,
+    *,
+    shape=(256, 256),
+    fwhm=4.0,
+    sky_e=1000.0,
+    zp=30.0,
+    stars=(),
+    wcs: WCS | None = None,
+) -> ImageData:
     """Sky-noise-limited image (sky subtracted) with optional (x, y, flux_e) stars, Poisson noise."""
     psf = gaussian_psf(fwhm)
     base = ImageData(
         image=rng.normal(0.0, np.sqrt(sky_e), shape).astype(np.float32),
-        weight=np.full(shape, 1.0 / sky_e, np.float32), flags=np.zeros(shape, np.uint16), psf=psf,
-        wcs=wcs if wcs is not None else simple_wcs(shape), zp=zp, fwhm_px=fwhm, bkg_level=sky_e,
+        weight=np.full(shape, 1.0 / sky_e, np.float32),
+        flags=np.zeros(shape, np.uint16),
+        psf=psf,
+        wcs=wcs if wcs is not None else simple_wcs(shape),
+        zp=zp,
+        fwhm_px=fwhm,
+        bkg_level=sky_e,
         bkg_rms=float(np.sqrt(sky_e)),
     )
     if stars:
@@ -54,8 +73,9 @@ def make_image(rng: np.random.Generator, *, shape=(256, 256), fwhm=4.0, sky_e=10
 def _pair(seed: int, transient=None, stars=()):
     rng = np.random.default_rng(seed)
     ref = make_image(rng, fwhm=3.2, sky_e=600.0, zp=30.3, stars=stars)
-    new = make_image(rng, fwhm=4.6, sky_e=1000.0, zp=30.0, stars=[(x, y, f * 10 ** (-0.4 * 0.3))
-                                                                   for x, y, f in stars])
+    new = make_image(
+        rng, fwhm=4.6, sky_e=1000.0, zp=30.0, stars=[(x, y, f * 10 ** (-0.4 * 0.3)) for x, y, f in stars]
+    )
     if transient is not None:
         new = inject_point_sources(new, [transient[:2]], [transient[2]], rng=rng)
     return new, ref
@@ -65,7 +85,7 @@ def test_score_is_unit_normal_and_transient_found() -> None:
     stars = [(60.3, 70.7, 3e5), (190.2, 180.5, 1e5), (200.0, 60.0, 5e4)]
     new, ref = _pair(1, transient=(128.4, 127.6, 3000.0), stars=stars)
     res = zogy(new, ref, params=ZogyParams())
-    quiet = (res.flags == 0)
+    quiet = res.flags == 0
     yy, xx = np.mgrid[0:256, 0:256]
     quiet &= np.hypot(xx - 128.4, yy - 127.6) > 15
     assert abs(mad_std(res.score_corr[quiet]) - 1.0) < 0.05
@@ -117,6 +137,7 @@ def test_correlated_noise_is_renormalised() -> None:
     from scipy import ndimage
 
     new, ref = _pair(5)
+
     # smooth the reference noise as a stack/resampling would (neighbour correlation ~0.5)
     def smooth(img: ImageData) -> ImageData:
         sm = ndimage.gaussian_filter(img.image, 0.7).astype(np.float32)
@@ -150,7 +171,9 @@ def test_border_does_not_grow_with_the_psf_stamp() -> None:
     ref.psf = np.pad(ref.psf, pad)
     big = zogy(new, ref, params=ZogyParams())
     assert big.border_px == small.border_px <= int(np.ceil(2.5 * 4.6))
-    assert encircled_radius(gaussian_psf(4.0)) == pytest.approx(4.0 / 2.3548 * np.sqrt(2 * np.log(200)), abs=0.7)
+    assert encircled_radius(gaussian_psf(4.0)) == pytest.approx(
+        4.0 / 2.3548 * np.sqrt(2 * np.log(200)), abs=0.7
+    )
     np.testing.assert_allclose(big.score_corr[40:-40, 40:-40], small.score_corr[40:-40, 40:-40], atol=1e-3)
 
 
