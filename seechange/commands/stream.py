@@ -10,12 +10,15 @@ from typing import Any
 import click
 
 from seechange.config import Settings
+from seechange.streaming.subscribe import Start
 
 
-def parse_start(text: str) -> str | float:
+def parse_start(text: str) -> Start:
     """``now``, ``beginning``, a Unix time in seconds, or an ISO 8601 time (UTC if no zone)."""
-    if text in ("now", "beginning"):
-        return text
+    if text == "now":
+        return "now"
+    if text == "beginning":
+        return "beginning"
     try:
         return float(text)
     except ValueError:

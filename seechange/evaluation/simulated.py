@@ -48,6 +48,7 @@ from astropy.io import fits
 from astropy.stats import mad_std
 from astropy.table import Table
 from astropy.wcs import WCS
+from numpy.typing import ArrayLike
 from scipy import ndimage, optimize
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -88,7 +89,7 @@ def _wcs_of(path: Path) -> WCS:
         return WCS(fits.getheader(path), relax=True).celestial
 
 
-def _sky_sep_arcsec(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray) -> np.ndarray:
+def _sky_sep_arcsec(ra1: ArrayLike, dec1: ArrayLike, ra2: ArrayLike, dec2: ArrayLike) -> np.ndarray:
     """Small-angle separation, arcsec."""
     dra = (np.asarray(ra1) - np.asarray(ra2) + 180.0) % 360.0 - 180.0
     return np.hypot(dra * np.cos(np.radians(dec2)), np.asarray(dec1) - np.asarray(dec2)) * 3600.0
@@ -241,7 +242,7 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
         )
         if sub is None:
             continue
-        truth: Table = info["truth"]
+        truth = info["truth"]
         base = resolve(data_dir, sub.filepath)
         with fits.open(f"{base}.score.fits", memmap=False) as h:
             scorr = np.asarray(h[0].data, np.float32)
@@ -357,9 +358,9 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
             }
         )
 
-    snr = np.array([t["snr_true"] for t in transient_rows], float)
+    snr_true = np.array([t["snr_true"] for t in transient_rows], float)
     found = np.array([t["detected_good"] for t in transient_rows], bool)
-    hi = snr >= 10
+    hi = snr_true >= 10
     pulls = np.array([t["pull"] for t in transient_rows if "pull" in t and t["detected_good"]], float)
     dmag = np.array(
         [
@@ -389,7 +390,7 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
         "n_transient_epochs_snr10": int(hi.sum()),
         "completeness_snr10": float(found[hi].mean()) if hi.any() else float("nan"),
         "completeness_all": float(found.mean()) if found.size else float("nan"),
-        "snr50": _snr50(snr, found),
+        "snr50": _snr50(snr_true, found),
         "false_positives": n_fp_total,
         "false_positives_per_subtraction": n_fp_total / n_sub if n_sub else float("nan"),
         "false_positives_per_ccd": n_fp_total / n_sub * area_scale if n_sub else float("nan"),

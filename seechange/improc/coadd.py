@@ -69,7 +69,9 @@ def coadd(
         raise ValueError("coadd needs at least one image")
     first = images[0]
     wcs = first.wcs if target_wcs is None else target_wcs
-    shape = first.shape if target_shape is None else tuple(target_shape)
+    shape: tuple[int, int] = (
+        first.shape if target_shape is None else (int(target_shape[0]), int(target_shape[1]))
+    )
     zp0 = first.zp if zp is None else float(zp)
     n = len(images)
     stack = np.zeros((n, *shape), dtype=np.float32)
@@ -148,8 +150,10 @@ def coadd(
     psf_w = img_w.copy()
     if psf_w.sum() <= 0:
         psf_w[:] = 1.0
-    psf = sum(w * _centred_psf(np.asarray(im.psf, float), half) for w, im in zip(psf_w, images))
-    psf = (psf / psf.sum()).astype(np.float32)
+    psf_sum = np.sum(
+        [w * _centred_psf(np.asarray(im.psf, float), half) for w, im in zip(psf_w, images)], axis=0
+    )
+    psf = (psf_sum / psf_sum.sum()).astype(np.float32)
     fwhm = float(2.0 * np.sqrt(np.count_nonzero(psf >= 0.5 * psf.max()) / np.pi))
     return ImageData(
         image=img,

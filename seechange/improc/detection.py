@@ -66,7 +66,10 @@ def _peaks(score: np.ndarray, threshold: float, min_area: int, window: int) -> l
         area = int(areas[lab - 1])
         if area < min_area:
             continue
-        cx, cy = float(x) + _parabolic(score, y, x, 1), float(y) + _parabolic(score, y, x, 0)
+        cx, cy = (
+            float(x) + _parabolic(score, int(y), int(x), 1),
+            float(y) + _parabolic(score, int(y), int(x), 0),
+        )
         out.append((cx, cy, int(x), int(y), float(score[y, x]), area))
     return out
 

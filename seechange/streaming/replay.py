@@ -54,8 +54,8 @@ def replay(
         firsts = []
         for tp in start_offsets(consumer, parts, start):  # logical offsets -> numbers, to know what is left
             low, high = marks[tp.partition]
-            offset = low if tp.offset == OFFSET_BEGINNING else high if tp.offset < 0 else tp.offset
-            firsts.append(TopicPartition(source, tp.partition, offset))
+            first = low if tp.offset == OFFSET_BEGINNING else high if tp.offset < 0 else tp.offset
+            firsts.append(TopicPartition(source, tp.partition, first))
         todo = {tp.partition for tp in firsts if tp.offset < ends[tp.partition]}
         if not todo:
             return 0
@@ -74,12 +74,15 @@ def replay(
                 continue
             deadline = time.monotonic() + timeout
             part, offset = msg.partition(), msg.offset()
+            if part is None or offset is None:  # only error events lack them, and those were skipped
+                continue
             if offset >= ends[part]:
                 todo.discard(part)
                 continue
             _ts_type, ts = msg.timestamp()
             if until_ms is None or ts <= until_ms:
-                headers = list(msg.headers() or []) + [("replayed_at", str(time.time()).encode())]
+                headers: list[tuple[str, str | bytes | None]] = [(h[0], h[1]) for h in msg.headers() or []]
+                headers.append(("replayed_at", str(time.time()).encode()))
                 producer.produce(dest, key=msg.key(), value=msg.value(), headers=headers)
                 n += 1
                 producer.poll(0)
