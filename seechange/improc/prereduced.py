@@ -19,10 +19,10 @@ from seechange.imageio import header_wcs, read_ccd
 from seechange.improc.astrometry import find_offset, match_xy
 from seechange.improc.background import measure_background
 from seechange.improc.extract import extract_sources, noise_from_weight
-from seechange.improc.psf import aperture_fraction, build_psf, noise_equivalent_area
+from seechange.improc.psf import build_psf, noise_equivalent_area
 from seechange.improc.reduction import ReduceParams
 from seechange.improc.types import FLAG_BAD, FLAG_EDGE, FLAG_SATURATED, ImageData
-from seechange.improc.zeropoint import aperture_flux, fit_zeropoint, limiting_magnitude
+from seechange.improc.zeropoint import limiting_magnitude, zeropoint_from_stars
 
 __all__ = ["load_prereduced"]
 
@@ -192,14 +192,16 @@ def _refcat_calibration(
     if mag_col not in refcat.colnames:
         return float("nan"), float("nan"), astrom_rms, len(i)
     radius = params.zp_aperture_fwhm * fwhm
-    f, fe, fflag = aperture_flux(image, sxy[i, 0], sxy[i, 1], radius, noise=noise, flags=flags)
-    apcor = aperture_fraction(psf, radius) if radius < psf.shape[0] // 2 else 1.0
-    good = fflag == 0
-    z = fit_zeropoint(
-        f[good],
-        fe[good],
-        np.asarray(refcat[mag_col], float)[j][good],
-        aperture_correction=apcor,
+    mags = np.asarray(refcat[mag_col], float)[j]
+    z = zeropoint_from_stars(
+        image,
+        sxy[i, 0],
+        sxy[i, 1],
+        mags,
+        radius=radius,
+        psf=psf,
+        noise=noise,
+        flags=flags,
         min_snr=params.zp_min_snr,
     )
     return z.zp, z.zp_err, astrom_rms, len(i)

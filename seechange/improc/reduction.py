@@ -16,9 +16,9 @@ from seechange.improc.astrometry import solve_astrometry
 from seechange.improc.background import measure_background
 from seechange.improc.calibrate import CalibFrames, calibrate, overscan_correct_and_trim
 from seechange.improc.extract import extract_sources, noise_from_weight
-from seechange.improc.psf import aperture_fraction, build_psf, noise_equivalent_area
+from seechange.improc.psf import build_psf, noise_equivalent_area
 from seechange.improc.types import FLAG_COSMIC_RAY, ImageData
-from seechange.improc.zeropoint import aperture_flux, fit_zeropoint, limiting_magnitude
+from seechange.improc.zeropoint import limiting_magnitude, zeropoint_from_stars
 from seechange.parameters import StepParameters
 
 __all__ = ["ReduceParams", "reduce_exposure"]
@@ -180,15 +180,16 @@ def reduce_exposure(
     if len(src_i) and mag_col in refcat.colnames:
         radius = params.zp_aperture_fwhm * psf.fwhm_px
         x, y = np.asarray(sources["x"])[src_i], np.asarray(sources["y"])[src_i]
-        f, fe, fflag = aperture_flux(image, x, y, radius, noise=noise, flags=flags)
-        half = psf.stamp.shape[0] // 2
-        apcor = aperture_fraction(psf.stamp, radius) if radius < half else 1.0
-        ok = fflag == 0
-        z = fit_zeropoint(
-            f[ok],
-            fe[ok],
-            np.asarray(refcat[mag_col], float)[ref_i][ok],
-            aperture_correction=apcor,
+        mags = np.asarray(refcat[mag_col], float)[ref_i]
+        z = zeropoint_from_stars(
+            image,
+            x,
+            y,
+            mags,
+            radius=radius,
+            psf=psf.stamp,
+            noise=noise,
+            flags=flags,
             min_snr=params.zp_min_snr,
         )
         zp, zp_err, zp_scatter, n_zp = z.zp, z.zp_err, z.scatter, z.n_used

@@ -9,6 +9,8 @@ import numpy as np
 import sep
 from astropy.stats import sigma_clip
 
+from seechange.improc.psf import aperture_fraction
+
 __all__ = ["ZeroPoint", "aperture_flux", "fit_zeropoint", "limiting_magnitude"]
 
 
@@ -122,6 +124,51 @@ def fit_zeropoint(
     # error of the median: 1.2533 sigma / sqrt(n)
     zp_err = float(1.2533 * scatter / np.sqrt(len(kept)))
     return ZeroPoint(zp=zp, zp_err=zp_err, scatter=scatter, n_used=len(kept))
+
+
+def zeropoint_from_stars(
+    image: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    ref_mag: np.ndarray,
+    *,
+    radius: float,
+    psf: np.ndarray,
+    noise: np.ndarray | float,
+    flags: np.ndarray | None,
+    min_snr: float,
+) -> ZeroPoint:
+    """Zero point from aperture photometry of stars matched to a reference catalogue.
+
+    Parameters
+    ----------
+    image : ndarray
+        Background-subtracted image, electrons.
+    x, y : ndarray
+        0-based pixel positions of the matched stars.
+    ref_mag : ndarray
+        Their catalogue magnitudes (AB) in the image's band.
+    radius : float
+        Aperture radius, pixels; when it is smaller than the PSF stamp the fluxes are corrected by the PSF's
+        enclosed fraction.
+    psf : ndarray
+        Normalised PSF stamp.
+    noise, flags
+        As for :func:`aperture_flux`; stars with flagged apertures are left out.
+    min_snr : float
+        Minimum SNR of the stars used.
+
+    Returns
+    -------
+    ZeroPoint
+        See :func:`fit_zeropoint`.
+    """
+    f, fe, fflag = aperture_flux(image, x, y, radius, noise=noise, flags=flags)
+    apcor = aperture_fraction(psf, radius) if radius < psf.shape[0] // 2 else 1.0
+    ok = fflag == 0
+    return fit_zeropoint(
+        f[ok], fe[ok], np.asarray(ref_mag, float)[ok], aperture_correction=apcor, min_snr=min_snr
+    )
 
 
 def limiting_magnitude(zp: float, bkg_rms: float, nea_px: float, *, nsigma: float = 5.0) -> float:
