@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     threads: int = Field(default_factory=default_threads, ge=1)  # per process; default: the machine's cores
     # error policy of the stage services (see seechange.streaming.runloop)
     max_consecutive_errors: int = 3  #: unexpected handler failures in a row before a service stops
+    # TEST ONLY (seechange.streaming.faults): "<service>:<point>" kills that service there; empty = never
+    fault_point: str = ""
+    fault_after: int = Field(default=1, ge=1)  #: the fault fires on this pass through its point
 
     def topic(self, name: str) -> str:
         """Full topic name with the configured prefix."""

@@ -51,6 +51,7 @@ from seechange.streaming.delivery import (
     Item,
     dead_letter,
 )
+from seechange.streaming.faults import FaultPoint
 from seechange.streaming.framing import DecodeError, decode, encode, one_line
 from seechange.streaming.kafka_config import consumer_config, is_consumer_error, producer_config
 from seechange.streaming.registry import SchemaRegistry
@@ -177,6 +178,7 @@ class _Loop:
         self.pending: deque[Message] = deque()
         self.paused = False
         self.last_message = time.monotonic()
+        self.fault = FaultPoint(settings, name)  # test only; inert unless settings.fault_point names us
         self.consumer = Consumer(
             {
                 **consumer_config(settings, self.group),
@@ -281,6 +283,7 @@ class _Loop:
                     if not self._wait(delay, msg):
                         return
                     delay = min(delay * 2, BACKOFF_MAX_S)
+            self.fault.maybe_crash("after-db-commit", where)
             if self.after_db_commit is not None:
                 self.after_db_commit()
             if not self.deliver_before_commit and not self.delivery.deliver(items, where):
@@ -338,6 +341,8 @@ class _Loop:
             ]
             if self.deliver_before_commit and items and not self.delivery.deliver(items, where):
                 raise _Abandoned(where)  # stopped while delivering: roll back, commit nothing
+            if self.deliver_before_commit and items:
+                self.fault.maybe_crash("after-delivery", where)
             return items
 
     def _dead_letter(self, msg: Message, where: str, exc: BaseException) -> None:

@@ -30,23 +30,14 @@ from seechange.localservices.postgres import create_database, drop_database
 from seechange.models import Object, Sighting
 from seechange.models.migrate import upgrade
 from seechange.models.session import make_engine, make_session_factory
-from seechange.pipeline.alert import build_alert
-from seechange.pipeline.chain import InProcessChain
-from seechange.pipeline.parameters import PipelineParameters
-
-SEED = 77
-N_EPOCHS, N_REF = 6, 3
-SIZE = (512, 1024)
-RADIUS_ARCSEC = 1.5
+from seechange.pipeline.alert import build_alert, log_alert
+from tests.integration._chain_night import run_chain, simulate
 
 
 @pytest.fixture(scope="module")
 def night(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    from seechange.sim.night import simulate_night
-
     root = tmp_path_factory.mktemp("repro-night")
-    summary = simulate_night(root, seed=SEED, n_fields=1, n_epochs=N_EPOCHS, size=SIZE, n_ref_epochs=N_REF)
-    return root, [str(e.raw_path) for e in summary.exposures]
+    return root, simulate(root)
 
 
 @pytest.fixture
@@ -73,28 +64,24 @@ def _copy_root(src: Path, dst: Path) -> Path:
 
 def _run(sessions: sessionmaker[Session], root: Path, raw: list[str], *, alert_late: bool) -> dict[int, Any]:
     """The night through the chain; the packets built (alert id -> record), each when its alert is logged."""
-    chain = InProcessChain(sessions, root, PipelineParameters(), radius_arcsec=RADIUS_ARCSEC, threads=1)
-    image_ids = [chain.reduce(chain.ingest(p)).id for p in raw]
     pending: list[int] = []
     packets: dict[int, Any] = {}
 
-    def alert(ids: list[int]) -> None:
-        with sessions() as s:
+    def alert(ids: list[int]) -> None:  # as the alert service does: log, then build (one transaction)
+        with sessions() as s, s.begin():
             for sid in ids:
                 sighting = s.get(Sighting, sid)
-                assert sighting is not None
+                assert sighting is not None and log_alert(s, sighting, "alerts")  # each logged once
                 packets[sid] = build_alert(s, root, sighting)
-        assert chain.alerts(ids) == len(ids)  # each logged once
 
-    for image_id in image_ids[N_REF:]:
-        assert chain.reference(image_id) is not None
-        sub = chain.subtract(image_id)
-        assert sub is not None
-        good = [x.id for x in chain.detect(sub.id) if x.is_good]
+    def detected(sightings: list[Sighting]) -> None:
+        good = [x.id for x in sightings if x.is_good]
         if alert_late:
             pending.extend(good)
         else:
             alert(good)
+
+    run_chain(sessions, root, raw, on_detected=detected)
     if alert_late:
         alert(pending)
     return packets
