@@ -96,19 +96,28 @@ class ServiceProcesses:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        exe = [sys.executable, "-m", "seechange.cli"]
         for stage in self.stages:
             for i in range(self.instances):
-                logfile = open(self.log_dir / f"{stage}-{i}.log", "ab")  # noqa: SIM115 - owned by the child
-                proc = subprocess.Popen(
-                    [*exe, "serve", stage],
-                    env=service_env(self.settings),
-                    stdout=logfile,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-                logfile.close()
-                self.procs.append((f"{stage}-{i}", proc))
+                self.procs.append((f"{stage}-{i}", self.start_one(stage, i)))
+
+    def start_one(self, stage: str, index: int, settings: Settings | None = None) -> subprocess.Popen[bytes]:
+        """Start one more ``seechange serve <stage>`` process (log ``<stage>-<index>.log``, appended).
+
+        ``settings`` (default: :attr:`settings`) lets one process differ, e.g. with a test fault point.
+        The caller keeps the process (``start`` adds it to :attr:`procs`).
+        """
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        logfile = open(self.log_dir / f"{stage}-{index}.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "seechange.cli", "serve", stage],
+                env=service_env(settings or self.settings),
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            logfile.close()
 
     def alive(self) -> dict[str, bool]:
         return {name: p.poll() is None for name, p in self.procs}

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from seechange.models import Sighting
 from seechange.pipeline.chain import InProcessChain
 from seechange.pipeline.parameters import PipelineParameters
+from seechange.sim.night import NightSummary
 
 SEED = 77
 N_EPOCHS, N_REF = 6, 3
@@ -25,10 +26,41 @@ RADIUS_ARCSEC = 1.5
 
 def simulate(root: Path) -> list[str]:
     """Simulate the night under ``root``; its raw paths (relative to ``root``) in time order."""
+    return [str(e.raw_path) for e in simulate_summary(root).exposures]
+
+
+def simulate_summary(root: Path) -> NightSummary:
+    """Simulate the night under ``root``; what was written (exposures in time order, truth on disk)."""
     from seechange.sim.night import simulate_night
 
-    summary = simulate_night(root, seed=SEED, n_fields=1, n_epochs=N_EPOCHS, size=SIZE, n_ref_epochs=N_REF)
-    return [str(e.raw_path) for e in summary.exposures]
+    return simulate_night(root, seed=SEED, n_fields=1, n_epochs=N_EPOCHS, size=SIZE, n_ref_epochs=N_REF)
+
+
+def bright_transients(
+    root: Path, summary: NightSummary, *, min_snr: float = 15.0, margin_px: float = 10.0
+) -> list[dict[str, float]]:
+    """Injected transients of the subtracted epochs with truth S/N above ``min_snr``, ``margin_px`` inside.
+
+    Each as ``{"mjd", "ra", "dec", "snr"}`` (S/N from the new image's sky noise in a PSF-sized aperture).
+    """
+    import math
+
+    from seechange.sim.truth import read_truth
+
+    nx, ny = SIZE
+    out = []
+    for e in summary.exposures:
+        if e.epoch < N_REF:
+            continue
+        truth = read_truth(root, e.expname, e.ccdnum)
+        sky_e, fwhm_px = float(truth.meta["sky_e"]), float(truth.meta["fwhm_px"])
+        noise_e = math.sqrt(sky_e * 4 * math.pi * (fwhm_px / 2.355) ** 2)
+        for row in truth[(truth["kind"] == "transient") & (truth["flux_e"] > 0)]:
+            x, y, snr = float(row["x"]), float(row["y"]), float(row["flux_e"]) / noise_e
+            inside = margin_px <= x < nx - margin_px and margin_px <= y < ny - margin_px
+            if inside and snr > min_snr:
+                out.append({"mjd": e.mjd, "ra": float(row["ra"]), "dec": float(row["dec"]), "snr": snr})
+    return out
 
 
 def run_chain(
@@ -37,8 +69,12 @@ def run_chain(
     raw: list[str],
     *,
     on_detected: Callable[[list[Sighting]], None] | None = None,
+    alert: bool = False,
 ) -> InProcessChain:
-    """The night through the chain up to detect; ``on_detected(sightings)`` after each subtraction."""
+    """The night through the chain up to detect; ``on_detected(sightings)`` after each subtraction.
+
+    With ``alert``, each subtraction's good sightings are also logged and their packets built right away.
+    """
     chain = InProcessChain(sessions, root, PipelineParameters(), radius_arcsec=RADIUS_ARCSEC, threads=1)
     image_ids = [chain.reduce(chain.ingest(p)).id for p in raw]
     for image_id in image_ids[N_REF:]:
@@ -48,4 +84,6 @@ def run_chain(
         sightings = chain.detect(sub.id)
         if on_detected is not None:
             on_detected(sightings)
+        if alert:
+            chain.alerts([x.id for x in sightings if x.is_good])
     return chain
