@@ -36,7 +36,7 @@ from seechange.streaming.topics import dlq_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChaosPlan", "ChaosReport", "natural_keys", "run_disturbed"]
+__all__ = ["ChaosPlan", "ChaosReport", "compare", "natural_keys", "run_disturbed", "undisturbed"]
 
 
 @dataclass(frozen=True)
@@ -310,3 +310,52 @@ def run_disturbed(
         for t in INPUT_TOPICS
     }
     return report
+
+
+def undisturbed(
+    sessions: sessionmaker[Session], data_root: Path, raw_paths: Sequence[str | Path], settings: Settings
+) -> tuple[dict[str, int], dict[str, list[Any]]]:
+    """Table counts and natural keys of the night through the in-process chain (nothing disturbed).
+
+    ``sessions`` on a fresh migrated database, ``data_root`` a copy of the night's files of its own.
+    """
+    from seechange.pipeline.chain import InProcessChain
+    from seechange.pipeline.parameters import load_parameters
+
+    params = load_parameters(settings.params_file, threads=settings.threads)
+    chain = InProcessChain(sessions, data_root, params, radius_arcsec=settings.association_radius_arcsec)
+    chain.night(raw_paths, alert=True)
+    with sessions() as s:
+        return table_counts(s), natural_keys(s)
+
+
+def compare(report: ChaosReport, counts: dict[str, int], keys: dict[str, list[Any]]) -> list[str]:
+    """What the disturbed run got wrong against the undisturbed ``counts`` and ``keys``; empty if nothing.
+
+    Checks rows per table, every natural key, each alert id received once (or re-sent with identical
+    content), every logged alert received, no dead letter, a clean final stop.
+    """
+    problems = []
+    for table, n in counts.items():
+        if report.counts.get(table) != n:
+            problems.append(f"{table}: {report.counts.get(table)} rows, undisturbed {n}")
+    for table, want in keys.items():
+        got = report.keys.get(table, [])
+        if got != want:
+            missing, extra = len(set(want) - set(got)), len(set(got) - set(want))
+            problems.append(
+                f"{table}: keys differ ({missing} missing, {extra} extra, {len(got)} vs {len(want)})"
+            )
+    by_id: dict[int, list[dict[str, Any]]] = {}
+    for record in report.alerts:
+        by_id.setdefault(int(record["alertId"]), []).append(record)
+    if len(by_id) != len(keys.get("alert_log", [])):
+        problems.append(f"{len(by_id)} distinct alerts received, {len(keys.get('alert_log', []))} logged")
+    for alert_id, copies in by_id.items():
+        if any(c != copies[0] for c in copies[1:]):
+            problems.append(f"alert {alert_id} received {len(copies)} times with different content")
+    problems += [f"{t}: {n} dead letters" for t, n in report.dead_letters.items() if n]
+    problems += [
+        f"{name}: exit code {code} at the final stop" for name, code in report.exit_codes.items() if code
+    ]
+    return problems

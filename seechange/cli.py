@@ -169,6 +169,7 @@ main.add_command(topics)
 
 def _register_pipeline_commands() -> None:
     from seechange.commands.bench import bench
+    from seechange.commands.chaos import chaos
     from seechange.commands.demo import demo
     from seechange.commands.evaluate import evaluate
     from seechange.commands.serve import ingest, serve
@@ -184,6 +185,7 @@ def _register_pipeline_commands() -> None:
     main.add_command(simulate)
     main.add_command(evaluate)
     main.add_command(bench)
+    main.add_command(chaos)
 
 
 _register_pipeline_commands()

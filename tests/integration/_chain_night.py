@@ -76,14 +76,6 @@ def run_chain(
     With ``alert``, each subtraction's good sightings are also logged and their packets built right away.
     """
     chain = InProcessChain(sessions, root, PipelineParameters(), radius_arcsec=RADIUS_ARCSEC, threads=1)
-    image_ids = [chain.reduce(chain.ingest(p)).id for p in raw]
-    for image_id in image_ids[N_REF:]:
-        assert chain.reference(image_id) is not None
-        sub = chain.subtract(image_id)
-        assert sub is not None
-        sightings = chain.detect(sub.id)
-        if on_detected is not None:
-            on_detected(sightings)
-        if alert:
-            chain.alerts([x.id for x in sightings if x.is_good])
+    subs = chain.night(raw, alert=alert, on_detected=on_detected)
+    assert len(subs) == N_EPOCHS - N_REF
     return chain
