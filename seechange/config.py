@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     threads: int = Field(default_factory=default_threads, ge=1)  # per process; default: the machine's cores
     # error policy of the stage services (see seechange.streaming.runloop)
     max_consecutive_errors: int = 3  #: unexpected handler failures in a row before a service stops
+    # operations (seechange.streaming.metrics): /metrics, /healthz, /readyz of a service on this port
+    metrics_port: int | None = None  #: None: no HTTP server; 0: any free port (tests)
+    metrics_host: str = "127.0.0.1"  #: "0.0.0.0" to be scraped from other hosts / containers
+    health_stall_s: float = Field(
+        default=300.0, gt=0
+    )  #: /healthz fails when the loop has not turned for this long
     # TEST ONLY (seechange.streaming.faults): "<service>:<point>" kills that service there; empty = never
     fault_point: str = ""
     fault_after: int = Field(default=1, ge=1)  #: the fault fires on this pass through its point

@@ -4,8 +4,11 @@ Safe with several detect instances at once: before looking, the transaction take
 coarse HEALPix pixels (nside 64) that the search cones touch, in sorted order (so no deadlock); a second
 transaction near the same place waits until the first commits and then sees its Objects.
 
-Names do not depend on which process got there first: a new Object is named from its first sighting, the
-year of its MJD and its fine HEALPix pixel (:func:`object_name`). Two Objects first seen in the same
+Names do not depend on which process got there first: an Object is named from its earliest sighting, the
+year of its MJD and its fine HEALPix pixel (:func:`object_name`). When an earlier epoch is associated after
+a later one (parallel subtract instances may finish out of time order), the Object is renamed after it, so
+the final names are those of an in-order run; alerts sent before carry the earlier name (and the same
+``objectId``). Two Objects first seen in the same
 ~3 arcsec pixel (possible only when the radius is smaller than the pixel) get a numbered suffix; the name
 is chosen under the advisory lock of the pixel's coarse parent, so concurrent creators are serialised and
 the unique constraint on ``objects.name`` is never the tie-breaker.
@@ -13,6 +16,7 @@ the unique constraint on ``objects.name`` is never the tie-breaker.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -22,6 +26,8 @@ from sqlalchemy.orm import Session
 
 from seechange.models import Object, Sighting
 from seechange.spatial import coarse_pixels_in_cone, fine_pixels_in_cone, healpix_index
+
+log = logging.getLogger(__name__)
 
 LOCK_NAMESPACE = 0x5C0B  # keeps these advisory locks apart from others (e.g. reference building)
 NAME_PREFIX = "SC"
@@ -124,13 +130,27 @@ def associate(
             session.add(obj)
             candidates.append(obj)
         else:
+            earliest = s.mjd < obj.first_mjd
             _update(obj, s, mag)
+            if earliest:  # an earlier epoch arrived late: the name follows the earliest sighting
+                _rename(session, obj, s, new_names)
         out.append(obj)
     session.flush()  # ids of the new Objects
     for s, obj in zip(sightings, out, strict=True):
         s.object_id = obj.id
     session.flush()
     return out
+
+
+def _rename(session: Session, obj: Object, s: Sighting, taken: set[str]) -> None:
+    """Name ``obj`` after ``s``, its new earliest sighting (unless its name already has that base)."""
+    base = object_name(s.ra, s.dec, s.mjd)
+    if obj.name == base or obj.name.startswith(f"{base}."):
+        return
+    old = obj.name
+    obj.name = _free_name(session, base, taken)
+    taken.add(obj.name)
+    log.info("object %s renamed %s: sighting %s at MJD %.5f is its earliest", old, obj.name, s.id, s.mjd)
 
 
 def _nearest(candidates: Sequence[Object], ra: float, dec: float, radius_arcsec: float) -> Object | None:

@@ -146,3 +146,18 @@ def test_names_follow_the_first_sighting_and_stay_unique_in_one_pixel(
     assert (obj_a.name, obj_b.name) == (base, f"{base}.2")
     assert healpix_index(RA, DEC + 0.15 / 3600) == healpix_index(RA, DEC)
     assert obj_c.name == f"{base}.3"
+
+
+def test_an_earlier_epoch_arriving_late_renames_the_object_after_it(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s, s.begin():
+        sub = _subtraction(s)
+        late = _sighting(s, sub, 0, RA, DEC, 60001.0)
+        [obj] = associate(s, [late], radius_arcsec=1.5)
+        assert obj.name == object_name(RA, DEC, 60001.0)
+        early = _sighting(s, sub, 1, RA, DEC + 0.5 / 3600, 59940.0)  # a year earlier: SC22...
+        [again] = associate(s, [early], radius_arcsec=1.5)
+        later = _sighting(s, sub, 2, RA, DEC, 60002.0)
+        [third] = associate(s, [later], radius_arcsec=1.5)
+    assert again.id == obj.id == third.id
+    assert obj.name == object_name(RA, DEC + 0.5 / 3600, 59940.0) and obj.name.startswith("SC22")
+    assert obj.first_mjd == 59940.0 and obj.n_sightings == 3
