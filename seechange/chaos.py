@@ -342,9 +342,10 @@ def compare(report: ChaosReport, counts: dict[str, int], keys: dict[str, list[An
     for table, want in keys.items():
         got = report.keys.get(table, [])
         if got != want:
-            missing, extra = len(set(want) - set(got)), len(set(got) - set(want))
+            missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
             problems.append(
-                f"{table}: keys differ ({missing} missing, {extra} extra, {len(got)} vs {len(want)})"
+                f"{table}: keys differ ({len(missing)} missing, e.g. {missing[:2]}; {len(extra)} extra, e.g. "
+                f"{extra[:2]}; {len(got)} vs {len(want)})"
             )
     by_id: dict[int, list[dict[str, Any]]] = {}
     for record in report.alerts:

@@ -174,6 +174,7 @@ def _register_pipeline_commands() -> None:
     from seechange.commands.evaluate import evaluate
     from seechange.commands.serve import ingest, serve
     from seechange.commands.simulate import simulate
+    from seechange.commands.status import status
     from seechange.commands.stream import lightcurve_cmd, replay_cmd, subscribe_cmd
 
     main.add_command(serve)
@@ -186,6 +187,7 @@ def _register_pipeline_commands() -> None:
     main.add_command(evaluate)
     main.add_command(bench)
     main.add_command(chaos)
+    main.add_command(status)
 
 
 _register_pipeline_commands()

@@ -162,3 +162,41 @@ def test_readyz_names_the_database_that_does_not_answer(settings: Settings) -> N
         stop.set()
         thread.join(30)
         broken.dispose()
+
+
+def test_status_shows_lag_dead_letters_and_last_errors(settings: Settings, db_engine: Engine) -> None:
+    from click.testing import CliRunner
+
+    from seechange.commands.status import status
+    from seechange.streaming.status import pipeline_status
+
+    registry = SchemaRegistry.load()
+    records = [exposure_record(i) for i in (1, 2)] + [exposure_record(3, field="BAD")]
+    produce_values(
+        settings,
+        "exposure-ready",
+        [(str(r["exposure_id"]), encode(registry, "exposure_ready", r)) for r in records],
+    )
+    before = {s.stage: s for s in pipeline_status(settings)}
+    assert before["reduce"].total_lag == 3 and before["reduce"].dead_letters == 0
+    stop = threading.Event()
+    thread = _start(settings, "reduce", sessionmaker(db_engine), stop)  # as the reduce service's group
+    try:
+        deadline = time.monotonic() + 60
+        while pipeline_status(settings)[0].total_lag and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(30)
+    after = {s.stage: s for s in pipeline_status(settings)}
+    reduce = after["reduce"]
+    assert reduce.total_lag == 0 and sorted(reduce.lag) == [0, 1]
+    assert reduce.dead_letters == 1
+    [error] = reduce.last_errors
+    assert error.headers["error_class"] == "ImpossibleValue" and "field BAD" in error.headers["error_message"]
+    assert after["subtract"].total_lag == 2  # the two image-reduced events, not consumed by anyone
+    result = CliRunner().invoke(status, ["--last", "1"], obj=settings)
+    assert result.exit_code == 0, result.output
+    assert f"lag on {settings.topic('exposure-ready')} 0 [0]=0 [1]=0" in result.output
+    assert f"dead letters on {settings.topic('exposure-ready')}.dlq: 1" in result.output
+    assert "ImpossibleValue: exposure 3: field BAD" in result.output
