@@ -45,11 +45,13 @@ class SeeChangeGroup(click.Group):
             ctx.exit(1)
 
 
-def _configure_logging(level: str, debug: bool) -> None:
+def _configure_logging(level: str, debug: bool, log_format: str = "text") -> None:
+    from seechange.logformat import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
     logging.basicConfig(
-        level=logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO), handlers=[handler]
     )
     if not debug:
         for name in QUIET_LOGGERS:
@@ -67,7 +69,7 @@ def _configure_logging(level: str, debug: bool) -> None:
 def main(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
     """SeeChange: raw CCD exposures in, Avro alerts on Kafka out."""
     settings = load_settings(config_file)
-    _configure_logging(settings.log_level, debug)
+    _configure_logging(settings.log_level, debug, settings.log_format)
     ctx.obj = settings
 
 

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     association_radius_arcsec: float = 1.5
     params_file: Path | None = None  # TOML with [reduce], [reference], [subtract], [detect] tables
     log_level: str = "INFO"
+    log_format: str = "text"  #: "json": one JSON object per log line (seechange.logformat)
     threads: int = Field(default_factory=default_threads, ge=1)  # per process; default: the machine's cores
     # error policy of the stage services (see seechange.streaming.runloop)
     max_consecutive_errors: int = 3  #: unexpected handler failures in a row before a service stops
