@@ -154,11 +154,13 @@ def topics() -> None:
 def topics_create(settings: Settings, partitions: int | None) -> None:
     """Create the pipeline topics and their dead-letter topics (idempotent)."""
     from seechange.localservices import endpoints
+    from seechange.streaming.kafka_config import client_config
     from seechange.streaming.topics import ensure_topics, topic_names
 
-    bootstrap = endpoints(settings, database_needed=False).kafka_bootstrap
+    run = endpoints(settings, database_needed=False)
+    bootstrap = run.kafka_bootstrap
     names = topic_names(settings)
-    ensure_topics(bootstrap, names, partitions or settings.partitions)
+    ensure_topics(bootstrap, names, partitions or settings.partitions, client=client_config(run))
     click.echo(f"{len(names)} topics ready on {bootstrap}: {', '.join(names)}")
 
 

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from seechange.parameters import default_threads
@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=PROJECT_ROOT / "data")
     cache_dir: Path = Field(default=PROJECT_ROOT / ".cache")
     topic_prefix: str = ""
+    # Kafka security, passed to every client (seechange.streaming.kafka_config.client_config); empty = plain
+    kafka_security_protocol: str = ""  #: e.g. "SASL_SSL", "SSL"
+    kafka_sasl_mechanism: str = ""  #: e.g. "SCRAM-SHA-512", "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")  #: never logged (shown as **********)
+    kafka_ssl_ca_location: str = ""  #: CA certificate file of the brokers
     partitions: int = 4
     kafka_port: int = 39092
     kafka_controller_port: int = 39093

@@ -11,7 +11,7 @@ import uuid
 from confluent_kafka import Consumer, TopicPartition
 
 from seechange.config import Settings
-from seechange.streaming.kafka_config import bootstrap_servers
+from seechange.streaming.kafka_config import client_config
 
 __all__ = ["group_lag", "message_count", "stage_group"]
 
@@ -26,7 +26,7 @@ def stage_group(settings: Settings, stage: str) -> str:
 def _inspector(settings: Settings, group: str | None = None) -> Consumer:
     return Consumer(
         {
-            "bootstrap.servers": bootstrap_servers(settings),
+            **client_config(settings),
             "group.id": group or f"inspect-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
         }

@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from seechange.config import Settings
 from seechange.streaming.groups import group_lag, message_count, stage_group
-from seechange.streaming.kafka_config import bootstrap_servers
+from seechange.streaming.kafka_config import client_config
 from seechange.streaming.stages import STAGES
 from seechange.streaming.topics import dlq_name
 
@@ -53,7 +53,7 @@ def last_dead_letters(settings: Settings, topic: str, n: int, *, timeout: float 
     """The newest ``n`` messages of each partition of ``topic`` (full name), newest last, headers decoded."""
     c = Consumer(
         {
-            "bootstrap.servers": bootstrap_servers(settings),
+            **client_config(settings),
             "group.id": f"status-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
         }
