@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import uuid
+from typing import Any
 
 import click
 
@@ -34,7 +35,7 @@ def chaos(
     gap: tuple[float, float],
 ) -> None:
     """Run a night through the services while killing them; compare it with an undisturbed run."""
-    from seechange.chaos import ChaosPlan, compare, run_disturbed, undisturbed
+    from seechange.chaos import ChaosPlan, compare, resend_differences, run_disturbed, undisturbed
     from seechange.localservices import endpoints
     from seechange.localservices.postgres import create_database, drop_database
     from seechange.models.migrate import upgrade
@@ -92,6 +93,13 @@ def chaos(
             "NOTE: some field's epochs reached detect out of time order (redeliveries across partitions): "
             f"Objects not compared ({report.counts.get('objects')} vs {counts.get('objects')} undisturbed)"
         )
+    copies: dict[int, list[dict[str, Any]]] = {}
+    for r in report.alerts:
+        copies.setdefault(int(r["alertId"]), []).append(r)
+    for alert_id, same in copies.items():
+        for other in same[1:]:
+            diff = resend_differences(same[0], other)
+            click.echo(f"re-send of alert {alert_id}: " + (f"differs in {diff}" if diff else "identical"))
     problems = compare(report, counts, keys)
     for p in problems:
         click.echo(f"PROBLEM: {p}", err=True)
