@@ -195,7 +195,14 @@ class _Fleet:
         self.start(stage, int(index))
         self.report.restarts += 1
 
-    def leave(self, name: str) -> None:
+    def leave(self, name: str, timeout: float = 120.0) -> None:
+        """SIGTERM ``name`` once it is consuming (before that, SIGTERM would kill it, not stop it)."""
+        log_file = self.launcher.log_dir / f"{name}.log"
+        deadline = time.monotonic() + timeout
+        while "consuming" not in (log_file.read_text(errors="replace") if log_file.exists() else ""):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} not consuming after {timeout:.0f} s (see its log)")
+            time.sleep(0.2)
         proc = self.procs.pop(name)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
