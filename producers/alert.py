@@ -15,8 +15,10 @@ from seechange.config import Settings
 from seechange.errors import BadMessage
 from seechange.models import Sighting
 from seechange.pipeline.alert import build_alert, log_alert
+from seechange.streaming.metrics import ALERT_LATENCY
 from seechange.streaming.runloop import Handler, MessageContext, OutEvent
 from seechange.streaming.stages import get_stage
+from seechange.timestamps import epoch_ms, now_ms
 
 STAGE = get_stage("alert")  # delivers before the DB commit: the alert_log row says "sent"
 
@@ -33,6 +35,8 @@ def make_handler(settings: Settings) -> Handler:
         if not log_alert(session, sighting, settings.topic(STAGE.output_topic)):
             return []
         record = build_alert(session, settings.data_dir, sighting)
+        # handed to delivery right after this (deliver before commit): the exposure-to-alert latency
+        ALERT_LATENCY.observe(max(0.0, (now_ms() - epoch_ms(event["ingested_at"])) / 1000.0))
         return [
             OutEvent(
                 STAGE.output_topic, key=str(sighting.object_id), schema=STAGE.output_schema, record=record

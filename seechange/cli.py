@@ -45,11 +45,13 @@ class SeeChangeGroup(click.Group):
             ctx.exit(1)
 
 
-def _configure_logging(level: str, debug: bool) -> None:
+def _configure_logging(level: str, debug: bool, log_format: str = "text") -> None:
+    from seechange.logformat import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
     logging.basicConfig(
-        level=logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO), handlers=[handler]
     )
     if not debug:
         for name in QUIET_LOGGERS:
@@ -67,7 +69,7 @@ def _configure_logging(level: str, debug: bool) -> None:
 def main(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
     """SeeChange: raw CCD exposures in, Avro alerts on Kafka out."""
     settings = load_settings(config_file)
-    _configure_logging(settings.log_level, debug)
+    _configure_logging(settings.log_level, debug, settings.log_format)
     ctx.obj = settings
 
 
@@ -152,11 +154,13 @@ def topics() -> None:
 def topics_create(settings: Settings, partitions: int | None) -> None:
     """Create the pipeline topics and their dead-letter topics (idempotent)."""
     from seechange.localservices import endpoints
+    from seechange.streaming.kafka_config import client_config
     from seechange.streaming.topics import ensure_topics, topic_names
 
-    bootstrap = endpoints(settings, database_needed=False).kafka_bootstrap
+    run = endpoints(settings, database_needed=False)
+    bootstrap = run.kafka_bootstrap
     names = topic_names(settings)
-    ensure_topics(bootstrap, names, partitions or settings.partitions)
+    ensure_topics(bootstrap, names, partitions or settings.partitions, client=client_config(run))
     click.echo(f"{len(names)} topics ready on {bootstrap}: {', '.join(names)}")
 
 
@@ -169,10 +173,12 @@ main.add_command(topics)
 
 def _register_pipeline_commands() -> None:
     from seechange.commands.bench import bench
+    from seechange.commands.chaos import chaos
     from seechange.commands.demo import demo
     from seechange.commands.evaluate import evaluate
     from seechange.commands.serve import ingest, serve
     from seechange.commands.simulate import simulate
+    from seechange.commands.status import status
     from seechange.commands.stream import lightcurve_cmd, replay_cmd, subscribe_cmd
 
     main.add_command(serve)
@@ -184,6 +190,8 @@ def _register_pipeline_commands() -> None:
     main.add_command(simulate)
     main.add_command(evaluate)
     main.add_command(bench)
+    main.add_command(chaos)
+    main.add_command(status)
 
 
 _register_pipeline_commands()

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
+from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,7 +38,7 @@ from seechange.models import (
     SubtractionImage,
 )
 from seechange.streaming.framing import decode
-from seechange.streaming.kafka_config import is_consumer_error
+from seechange.streaming.kafka_config import client_config, is_consumer_error
 from seechange.streaming.registry import SchemaRegistry
 from seechange.streaming.stages import stage_names
 
@@ -67,6 +68,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {}
     for name in Settings.model_fields:
         value = getattr(settings, name)
+        if isinstance(value, SecretStr):  # the child needs the secret itself, not its mask
+            value = value.get_secret_value()
         if value is not None:  # complex values as JSON, which is how pydantic-settings reads them back
             text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
             env[f"{ENV_PREFIX}{name.upper()}"] = text
@@ -96,19 +99,28 @@ class ServiceProcesses:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        exe = [sys.executable, "-m", "seechange.cli"]
         for stage in self.stages:
             for i in range(self.instances):
-                logfile = open(self.log_dir / f"{stage}-{i}.log", "ab")  # noqa: SIM115 - owned by the child
-                proc = subprocess.Popen(
-                    [*exe, "serve", stage],
-                    env=service_env(self.settings),
-                    stdout=logfile,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-                logfile.close()
-                self.procs.append((f"{stage}-{i}", proc))
+                self.procs.append((f"{stage}-{i}", self.start_one(stage, i)))
+
+    def start_one(self, stage: str, index: int, settings: Settings | None = None) -> subprocess.Popen[bytes]:
+        """Start one more ``seechange serve <stage>`` process (log ``<stage>-<index>.log``, appended).
+
+        ``settings`` (default: :attr:`settings`) lets one process differ, e.g. with a test fault point.
+        The caller keeps the process (``start`` adds it to :attr:`procs`).
+        """
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        logfile = open(self.log_dir / f"{stage}-{index}.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "seechange.cli", "serve", stage],
+                env=service_env(settings or self.settings),
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            logfile.close()
 
     def alive(self) -> dict[str, bool]:
         return {name: p.poll() is None for name, p in self.procs}
@@ -148,7 +160,7 @@ class AlertCollector(threading.Thread):
         topic = self.settings.topic("alerts")
         consumer = Consumer(
             {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
+                **client_config(self.settings),
                 "group.id": f"{self.settings.consumer_group_prefix}-collector-{os.getpid()}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

@@ -3,6 +3,10 @@
 The alert id is the sighting id, so handling the same sighting again (a replay, a redelivery) gives the
 same alert id; the ``alert_log`` table records what was sent, and a sighting already logged is not sent
 again.
+
+A packet describes its Object as of the sighting: count, first/last MJD, mean position and history come
+from the Object's sightings up to the sighting's MJD (never a later epoch, whenever the packet is built),
+so the same night gives the same packets however its messages were timed.
 """
 
 from __future__ import annotations
@@ -14,14 +18,14 @@ from typing import Any
 
 import numpy as np
 from astropy.io.fits import Header
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from seechange.errors import MissingRow
 from seechange.imageio import read_cutouts_file
 from seechange.improc.cutouts import cutout_to_gzipped_fits
-from seechange.models import AlertLog, Image, Photometry, Sighting, SubtractionImage
+from seechange.models import AlertLog, Image, Object, Photometry, Sighting, SubtractionImage
 from seechange.pipeline.products import pixel_scale_arcsec
 from seechange.storage import resolve
 from seechange.units import electrons_to_njy
@@ -109,6 +113,36 @@ def _pixel_scale(image: Image | None) -> float:
     return _SCALES[key]
 
 
+def object_as_of(session: Session, obj: Object, sighting: Sighting) -> dict[str, Any]:
+    """The ``object`` record of a packet: ``obj`` as it was once ``sighting`` was added to it.
+
+    Counts the Object's sightings at earlier MJDs plus ``sighting`` itself (later epochs, and other
+    sightings of the same MJD associated afterwards, are left out); the position is the mean of theirs
+    (RA offsets averaged about the first, so 0/360 wraps correctly), in MJD order.
+    """
+    rows: list[tuple[float, float, float]] = [
+        (float(m), float(r), float(d))
+        for m, r, d in session.execute(
+            select(Sighting.mjd, Sighting.ra, Sighting.dec)
+            .where(Sighting.object_id == obj.id, or_(Sighting.mjd < sighting.mjd, Sighting.id == sighting.id))
+            .order_by(Sighting.mjd, Sighting.ra, Sighting.dec)
+        )
+    ]
+    if not rows:  # not flushed yet: the sighting alone
+        rows = [(sighting.mjd, sighting.ra, sighting.dec)]
+    ra0 = float(rows[0][1])
+    dra = np.array([((float(r) - ra0 + 180.0) % 360.0) - 180.0 for _, r, _ in rows])
+    return {
+        "objectId": obj.id,
+        "name": obj.name,
+        "ra": float((ra0 + dra.mean()) % 360.0),
+        "dec": float(np.mean([float(d) for _, _, d in rows])),
+        "nSightings": len(rows),
+        "firstMjd": float(rows[0][0]),
+        "lastMjd": float(rows[-1][0]),
+    }
+
+
 def build_alert(session: Session, data_root: Path, sighting: Sighting) -> dict[str, Any]:
     """The alert record (schema ``alert``) of one sighting; ``schemaVersion`` is filled in when encoded."""
     phot = _photometry(session, sighting)
@@ -182,15 +216,7 @@ def build_alert(session: Session, data_root: Path, sighting: Sighting) -> dict[s
             "isGood": sighting.is_good,
             "provenanceId": phot.provenance_id,
         },
-        "object": {
-            "objectId": obj.id,
-            "name": obj.name,
-            "ra": obj.ra,
-            "dec": obj.dec,
-            "nSightings": int(obj.n_sightings),
-            "firstMjd": obj.first_mjd,
-            "lastMjd": obj.last_mjd,
-        },
+        "object": object_as_of(session, obj, sighting),
         "prvSightings": prv or None,
     }
     record.update(_cutouts(data_root, sighting))
@@ -209,4 +235,4 @@ def log_alert(session: Session, sighting: Sighting, topic: str) -> bool:
     return session.execute(stmt).scalar_one_or_none() is not None
 
 
-__all__ = ["build_alert", "log_alert"]
+__all__ = ["build_alert", "log_alert", "object_as_of"]

@@ -3,10 +3,20 @@
 Safe with several detect instances at once: before looking, the transaction takes advisory locks on the
 coarse HEALPix pixels (nside 64) that the search cones touch, in sorted order (so no deadlock); a second
 transaction near the same place waits until the first commits and then sees its Objects.
+
+Names do not depend on which process got there first: an Object is named from its earliest sighting, the
+year of its MJD and its fine HEALPix pixel (:func:`object_name`). When an earlier epoch is associated after
+a later one (parallel subtract instances may finish out of time order), the Object is renamed after it, so
+the final names are those of an in-order run; alerts sent before carry the earlier name (and the same
+``objectId``). Two Objects first seen in the same
+~3 arcsec pixel (possible only when the radius is smaller than the pixel) get a numbered suffix; the name
+is chosen under the advisory lock of the pixel's coarse parent, so concurrent creators are serialised and
+the unique constraint on ``objects.name`` is never the tie-breaker.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -17,21 +27,48 @@ from sqlalchemy.orm import Session
 from seechange.models import Object, Sighting
 from seechange.spatial import coarse_pixels_in_cone, fine_pixels_in_cone, healpix_index
 
+log = logging.getLogger(__name__)
+
 LOCK_NAMESPACE = 0x5C0B  # keeps these advisory locks apart from others (e.g. reference building)
 NAME_PREFIX = "SC"
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 
 
-def object_name(object_id: int, mjd: float) -> str:
-    """Unique name from the Object's id: ``SC<yy><letters>``, e.g. ``SC23aab``, year from the first MJD."""
-    year = int(1858.877 + mjd / 365.25)  # MJD 0 = 1858-11-17
-    letters, n = "", object_id
+def _letters(n: int, width: int) -> str:
+    """``n`` in base 26 with the letters a..z, left-padded with ``a`` to ``width``."""
+    letters = ""
     while True:
         n, r = divmod(n, 26)
         letters = _ALPHABET[r] + letters
         if n == 0:
             break
-    return f"{NAME_PREFIX}{year % 100:02d}{letters.rjust(3, 'a')}"
+    return letters.rjust(width, "a")
+
+
+#: letters of a fine HEALPix index: 12 * 4**16 pixels < 26**8
+_PIXEL_LETTERS = 8
+
+
+def object_name(ra: float, dec: float, mjd: float) -> str:
+    """Name of an Object first seen at ``(ra, dec)`` (deg) on ``mjd``: ``SC<yy><8 letters>``.
+
+    ``yy`` is the year of the MJD; the letters spell the fine HEALPix pixel (nside 2**16, nested, ~3.2
+    arcsec) of the position in base 26, e.g. ``SC24bdqmxkzp``. The same first sighting always gives the
+    same name, whatever else the database holds.
+    """
+    year = int(1858.877 + mjd / 365.25)  # MJD 0 = 1858-11-17
+    return f"{NAME_PREFIX}{year % 100:02d}{_letters(healpix_index(ra, dec), _PIXEL_LETTERS)}"
+
+
+def _free_name(session: Session, base: str, taken: set[str]) -> str:
+    """``base`` or, when an Object already has it, ``base`` + ``.2``, ``.3``, ... (first free one)."""
+    existing = taken | set(session.scalars(select(Object.name).where(Object.name.like(f"{base}%"))))
+    if base not in existing:
+        return base
+    k = 2
+    while f"{base}.{k}" in existing:
+        k += 1
+    return f"{base}.{k}"
 
 
 def angular_sep_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
@@ -71,14 +108,16 @@ def associate(
     lock_region(session, [(s.ra, s.dec) for s in sightings], radius_arcsec)
     pixels = sorted({p for s in sightings for p in fine_pixels_in_cone(s.ra, s.dec, radius_arcsec)})
     candidates = list(session.scalars(select(Object).where(Object.healpix.in_(pixels))))
-    created: list[tuple[Object, float]] = []
+    new_names: set[str] = set()
     out: list[Object] = []
     for i, s in enumerate(sightings):
         mag = mags[i] if mags is not None else None
         obj = _nearest(candidates, s.ra, s.dec, radius_arcsec)
         if obj is None:
+            name = _free_name(session, object_name(s.ra, s.dec, s.mjd), new_names)
+            new_names.add(name)
             obj = Object(
-                name=f"pending-{s.id}",
+                name=name,
                 ra=s.ra,
                 dec=s.dec,
                 healpix=healpix_index(s.ra, s.dec),
@@ -90,17 +129,28 @@ def associate(
             )
             session.add(obj)
             candidates.append(obj)
-            created.append((obj, s.mjd))
         else:
+            earliest = s.mjd < obj.first_mjd
             _update(obj, s, mag)
+            if earliest:  # an earlier epoch arrived late: the name follows the earliest sighting
+                _rename(session, obj, s, new_names)
         out.append(obj)
     session.flush()  # ids of the new Objects
-    for obj, mjd in created:
-        obj.name = object_name(obj.id, mjd)
     for s, obj in zip(sightings, out, strict=True):
         s.object_id = obj.id
     session.flush()
     return out
+
+
+def _rename(session: Session, obj: Object, s: Sighting, taken: set[str]) -> None:
+    """Name ``obj`` after ``s``, its new earliest sighting (unless its name already has that base)."""
+    base = object_name(s.ra, s.dec, s.mjd)
+    if obj.name == base or obj.name.startswith(f"{base}."):
+        return
+    old = obj.name
+    obj.name = _free_name(session, base, taken)
+    taken.add(obj.name)
+    log.info("object %s renamed %s: sighting %s at MJD %.5f is its earliest", old, obj.name, s.id, s.mjd)
 
 
 def _nearest(candidates: Sequence[Object], ra: float, dec: float, radius_arcsec: float) -> Object | None:

@@ -140,6 +140,35 @@ class InProcessChain:
 
         return self._step("alerts", build)
 
+    def night(
+        self,
+        raw_paths: Iterable[str | Path],
+        *,
+        alert: bool = True,
+        on_detected: Callable[[list[Sighting]], None] | None = None,
+    ) -> list[SubtractionImage]:
+        """A whole night in time order, as the services would do it undisturbed; its subtractions.
+
+        Every file is ingested and reduced first; then each image gets its reference (when it can be built)
+        and is subtracted (members of their reference are not), detected and, with ``alert``, alerted.
+        ``on_detected(sightings)`` is called after each detection.
+        """
+        image_ids = [self.reduce(self.ingest(p)).id for p in raw_paths]
+        subs = []
+        for image_id in image_ids:
+            if self.reference(image_id) is None:
+                continue
+            sub = self.subtract(image_id)
+            if sub is None:
+                continue
+            subs.append(sub)
+            sightings = self.detect(sub.id)
+            if on_detected is not None:
+                on_detected(sightings)
+            if alert:
+                self.alerts([x.id for x in sightings if x.is_good])
+        return subs
+
     def timings(self) -> dict[str, Any]:
         """Total seconds per stage."""
         return {stage: sum(values) for stage, values in self.times.items()}

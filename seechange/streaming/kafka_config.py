@@ -29,6 +29,25 @@ def bootstrap_servers(settings: Settings) -> str:
     return settings.kafka_bootstrap or f"127.0.0.1:{settings.kafka_port}"
 
 
+def client_config(settings: Settings) -> dict[str, Any]:
+    """What every Kafka client of the pipeline needs: the brokers and, when configured, SASL/TLS.
+
+    The password comes from ``settings.kafka_sasl_password`` (a secret: never logged, never forwarded
+    anywhere but here and to child services).
+    """
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers(settings)}
+    if settings.kafka_security_protocol:
+        config["security.protocol"] = settings.kafka_security_protocol
+    if settings.kafka_sasl_mechanism:
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+    if settings.kafka_sasl_username:
+        config["sasl.username"] = settings.kafka_sasl_username
+        config["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_ca_location:
+        config["ssl.ca.location"] = settings.kafka_ssl_ca_location
+    return config
+
+
 def consumer_config(
     settings: Settings,
     group_id: str,
@@ -55,7 +74,7 @@ def consumer_config(
         Ready for ``confluent_kafka.Consumer``.
     """
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers(settings),
+        **client_config(settings),
         "group.id": group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -88,7 +107,7 @@ def producer_config(settings: Settings, *, linger_ms: int = 5, **overrides: Any)
         Ready for ``confluent_kafka.Producer``.
     """
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers(settings),
+        **client_config(settings),
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": linger_ms,

@@ -39,10 +39,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from seechange.config import Settings
 from seechange.errors import BadMessage, is_bad_input
+from seechange.streaming import metrics
 from seechange.streaming.delivery import (
     BACKOFF_INITIAL_S,
     BACKOFF_MAX_S,
@@ -51,6 +53,7 @@ from seechange.streaming.delivery import (
     Item,
     dead_letter,
 )
+from seechange.streaming.faults import FaultPoint
 from seechange.streaming.framing import DecodeError, decode, encode, one_line
 from seechange.streaming.kafka_config import consumer_config, is_consumer_error, producer_config
 from seechange.streaming.registry import SchemaRegistry
@@ -75,6 +78,7 @@ __all__ = [
 ]
 
 STATS_INTERVAL_S = 30.0
+LAG_INTERVAL_S = 5.0  #: seconds between updates of the consumer-lag gauges (when metrics are served)
 COMMIT_ATTEMPTS = 3  #: synchronous offset commits tried per message before leaving it to redelivery
 
 
@@ -177,6 +181,7 @@ class _Loop:
         self.pending: deque[Message] = deque()
         self.paused = False
         self.last_message = time.monotonic()
+        self.fault = FaultPoint(settings, name)  # test only; inert unless settings.fault_point names us
         self.consumer = Consumer(
             {
                 **consumer_config(settings, self.group),
@@ -185,6 +190,9 @@ class _Loop:
             }
         )
         self.producer = Producer({**producer_config(settings), "error_cb": self._on_kafka_error})
+        self.monitor = metrics.ServiceMonitor(
+            settings, name, {"broker": self._broker_answers, "database": self._database_answers}
+        )
         self.delivery = Delivery(
             self.producer,
             name,
@@ -195,6 +203,14 @@ class _Loop:
 
     def _count_retry(self) -> None:
         self.stats.retried += 1
+        metrics.FAILED.labels(self.name).inc()
+
+    def _broker_answers(self) -> None:
+        self.producer.list_topics(timeout=3.0)
+
+    def _database_answers(self) -> None:
+        with self.session_factory() as session:
+            session.execute(text("SELECT 1"))
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         log.warning("%s: kafka client error: %s", self.name, err)
@@ -207,6 +223,11 @@ class _Loop:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
         self.assigned -= gone
+        for t, p in gone:
+            try:
+                metrics.LAG.remove(self.name, t, str(p))
+            except KeyError:
+                pass
         self.pending = deque(m for m in self.pending if (m.topic(), m.partition()) not in gone)
         log.info("%s: revoked %s", self.name, sorted(f"{t}[{p}]" for t, p in gone))
 
@@ -215,9 +236,10 @@ class _Loop:
             [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
         log.info("%s: consuming %s as group %s", self.name, self.topic, self.group)
-        self.last_message = last_stats = time.monotonic()
+        self.last_message = last_stats = last_lag = time.monotonic()
         try:
             while not self.stop.is_set():
+                self.monitor.tick()
                 if (
                     max_messages is not None
                     and self.stats.processed + self.stats.dead_lettered >= max_messages
@@ -229,6 +251,9 @@ class _Loop:
                 if now - last_stats >= stats_interval:
                     self._log_stats()
                     last_stats = now
+                if self.monitor.server is not None and now - last_lag >= LAG_INTERVAL_S:
+                    self._update_lag()
+                    last_lag = now
                 if msg is None:
                     if idle_timeout is not None and now - self.last_message >= idle_timeout:
                         log.info("%s: no message for %.1f s, stopping", self.name, idle_timeout)
@@ -243,6 +268,18 @@ class _Loop:
         return self.stats
 
     def _handle(self, msg: Message) -> None:
+        t0 = time.perf_counter()
+        done = (self.stats.processed, self.stats.dead_lettered)
+        try:
+            self._handle_one(msg)
+        finally:
+            if self.stats.processed > done[0]:
+                metrics.PROCESSED.labels(self.name).inc()
+                metrics.PROCESSING_SECONDS.labels(self.name).observe(time.perf_counter() - t0)
+            if self.stats.dead_lettered > done[1]:
+                metrics.DEAD_LETTERED.labels(self.name).inc()
+
+    def _handle_one(self, msg: Message) -> None:
         topic, partition, offset = str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0)
         where = f"{topic}[{partition}]@{offset}"
         key = msg.key()
@@ -277,10 +314,11 @@ class _Loop:
                         )
                     else:
                         self._unexpected(where, exc, delay)
-                    self.stats.retried += 1
+                    self._count_retry()
                     if not self._wait(delay, msg):
                         return
                     delay = min(delay * 2, BACKOFF_MAX_S)
+            self.fault.maybe_crash("after-db-commit", where)
             if self.after_db_commit is not None:
                 self.after_db_commit()
             if not self.deliver_before_commit and not self.delivery.deliver(items, where):
@@ -338,6 +376,8 @@ class _Loop:
             ]
             if self.deliver_before_commit and items and not self.delivery.deliver(items, where):
                 raise _Abandoned(where)  # stopped while delivering: roll back, commit nothing
+            if self.deliver_before_commit and items:
+                self.fault.maybe_crash("after-delivery", where)
             return items
 
     def _dead_letter(self, msg: Message, where: str, exc: BaseException) -> None:
@@ -410,6 +450,7 @@ class _Loop:
             self.paused = True
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
+            self.monitor.tick()
             if self.stop.is_set():
                 log.info("%s: stop requested during back-off; message left uncommitted", self.name)
                 return False
@@ -428,12 +469,27 @@ class _Loop:
             return False
         return True
 
-    def _log_stats(self) -> None:
-        lag: int | str = 0
+    def _lags(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> messages not yet polled, for every assigned partition (raises KafkaException)."""
+        out = {}
+        for tp in self.consumer.position([TopicPartition(t, p) for t, p in sorted(self.assigned)]):
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+            out[(str(tp.topic), int(tp.partition))] = max(0, high - (tp.offset if tp.offset >= 0 else low))
+        return out
+
+    def _update_lag(self) -> None:
         try:
-            for tp in self.consumer.position([TopicPartition(t, p) for t, p in sorted(self.assigned)]):
-                low, high = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
-                lag = int(lag) + max(0, high - (tp.offset if tp.offset >= 0 else low))
+            lags = self._lags()
+        except KafkaException as exc:
+            log.debug("%s: lag unknown: %s", self.name, exc)
+            return
+        for (t, p), n in lags.items():
+            metrics.LAG.labels(self.name, t, str(p)).set(n)
+
+    def _log_stats(self) -> None:
+        lag: int | str
+        try:
+            lag = sum(self._lags().values())
         except KafkaException as exc:
             lag = f"unknown ({exc})"
         s = self.stats
@@ -453,6 +509,7 @@ class _Loop:
             if left:
                 log.warning("%s: %d produced messages still undelivered at close", self.name, left)
         finally:
+            self.monitor.close()
             self.consumer.close()  # leaves the group; nothing is auto-committed
             log.info(
                 "%s: closed: processed=%d dead_lettered=%d retried=%d produced=%d",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -35,8 +37,8 @@ def topic_names(settings: Settings) -> list[str]:
     ]
 
 
-def _admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap})
+def _admin(bootstrap: str, client: Mapping[str, Any] | None) -> AdminClient:
+    return AdminClient({**(client or {}), "bootstrap.servers": bootstrap})
 
 
 def _visible(admin: AdminClient, names: list[str], timeout: float) -> set[str]:
@@ -52,7 +54,14 @@ def _visible(admin: AdminClient, names: list[str], timeout: float) -> set[str]:
     return ready
 
 
-def ensure_topics(bootstrap: str, names: list[str], partitions: int, *, timeout: float = 30.0) -> None:
+def ensure_topics(
+    bootstrap: str,
+    names: list[str],
+    partitions: int,
+    *,
+    timeout: float = 30.0,
+    client: Mapping[str, Any] | None = None,
+) -> None:
     """Create the missing topics among ``names`` and wait until all of them are usable.
 
     Existing topics are left alone (their partition count is not changed). The replication factor is the
@@ -68,6 +77,8 @@ def ensure_topics(bootstrap: str, names: list[str], partitions: int, *, timeout:
         Partition count for topics that have to be created.
     timeout : float
         Seconds to wait for creation and for the topics to appear in metadata with a leader per partition.
+    client : mapping, optional
+        Further client properties (SASL/TLS: :func:`seechange.streaming.kafka_config.client_config`).
 
     Raises
     ------
@@ -78,7 +89,7 @@ def ensure_topics(bootstrap: str, names: list[str], partitions: int, *, timeout:
     """
     if not names:
         return
-    admin = _admin(bootstrap)
+    admin = _admin(bootstrap, client)
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [name for name in names if name not in existing]
     if missing:
@@ -102,9 +113,11 @@ def ensure_topics(bootstrap: str, names: list[str], partitions: int, *, timeout:
         time.sleep(0.1)
 
 
-def delete_topics(bootstrap: str, names: list[str], *, timeout: float = 30.0) -> None:
+def delete_topics(
+    bootstrap: str, names: list[str], *, timeout: float = 30.0, client: Mapping[str, Any] | None = None
+) -> None:
     """Delete the topics among ``names`` that exist (used to clean up test prefixes)."""
-    admin = _admin(bootstrap)
+    admin = _admin(bootstrap, client)
     existing = set(admin.list_topics(timeout=timeout).topics)
     present = [name for name in names if name in existing]
     if not present:

@@ -90,7 +90,10 @@ def test_nearest_within_radius_else_new(sessions: sessionmaker[Session]) -> None
         assert obj_a.n_sightings == 2 and obj_a.first_mjd == 60000.0 and obj_a.last_mjd == 60001.0
         assert obj_a.mag_latest == 20.5
         assert angular_sep_arcsec(obj_a.ra, obj_a.dec, RA, DEC + 0.5 / 3600) < 0.01  # mean position
-        assert obj_a.name == object_name(obj_a.id, 60000.0) and obj_a.name != obj_c.name
+        # named from the first sighting (year, HEALPix pixel), not from the row id
+        assert obj_a.name == object_name(RA, DEC, 60000.0) and obj_a.name != obj_c.name
+        assert obj_c.name == object_name(RA, DEC + 3.0 / 3600, 60001.0)
+        assert obj_a.name.startswith("SC23") and len(obj_a.name) == 12
         assert a.object_id == b.object_id == obj_a.id
 
 
@@ -121,3 +124,40 @@ def test_concurrent_transactions_make_one_object(sessions: sessionmaker[Session]
         assert len(near) == 1
         assert near[0].n_sightings == 2
         assert s.scalar(select(func.count(Sighting.id)).where(Sighting.object_id == near[0].id)) == 2
+
+
+def test_names_follow_the_first_sighting_and_stay_unique_in_one_pixel(
+    sessions: sessionmaker[Session],
+) -> None:
+    # 0.3 arcsec apart (one ~3.2 arcsec HEALPix pixel) but associated with a 0.1 arcsec radius: two Objects
+    # whose base names are the same; the second gets the suffix .2, the first keeps the bare name
+    ra2, dec2 = RA, DEC + 0.3 / 3600
+    assert healpix_index(RA, DEC) == healpix_index(ra2, dec2)
+    with sessions() as s, s.begin():
+        s.add(Object(name="SC99zzzzzzzz", ra=10.0, dec=-5.0, healpix=1, first_mjd=1.0, last_mjd=1.0))
+        sub = _subtraction(s)
+        a = _sighting(s, sub, 0, RA, DEC, 60000.0)
+        b = _sighting(s, sub, 1, ra2, dec2, 60000.0)
+        obj_a, obj_b = associate(s, [a, b], radius_arcsec=0.1)
+        c = _sighting(s, sub, 2, RA, DEC + 0.15 / 3600, 60001.0)  # a third, a night later, same pixel
+        [obj_c] = associate(s, [c], radius_arcsec=0.1)
+    base = object_name(RA, DEC, 60000.0)
+    assert object_name(ra2, dec2, 60000.0) == base
+    assert (obj_a.name, obj_b.name) == (base, f"{base}.2")
+    assert healpix_index(RA, DEC + 0.15 / 3600) == healpix_index(RA, DEC)
+    assert obj_c.name == f"{base}.3"
+
+
+def test_an_earlier_epoch_arriving_late_renames_the_object_after_it(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s, s.begin():
+        sub = _subtraction(s)
+        late = _sighting(s, sub, 0, RA, DEC, 60001.0)
+        [obj] = associate(s, [late], radius_arcsec=1.5)
+        assert obj.name == object_name(RA, DEC, 60001.0)
+        early = _sighting(s, sub, 1, RA, DEC + 0.5 / 3600, 59940.0)  # a year earlier: SC22...
+        [again] = associate(s, [early], radius_arcsec=1.5)
+        later = _sighting(s, sub, 2, RA, DEC, 60002.0)
+        [third] = associate(s, [later], radius_arcsec=1.5)
+    assert again.id == obj.id == third.id
+    assert obj.name == object_name(RA, DEC + 0.5 / 3600, 59940.0) and obj.name.startswith("SC22")
+    assert obj.first_mjd == 59940.0 and obj.n_sightings == 3

@@ -81,3 +81,21 @@ def test_stage_services_wait_for_infrastructure(compose_binary: Path) -> None:
     assert services["ingest"]["command"] == ["seechange", "ingest", "--watch", "/data/incoming"]
     for stage in stage_names():
         assert services[stage]["command"] == ["seechange", "serve", stage]
+
+
+def test_stage_services_are_health_checked_and_nothing_private_is_published(compose_binary: Path) -> None:
+    import json
+
+    result = _compose(compose_binary, COMPOSE_FILE, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    for stage in stage_names():
+        spec = services[stage]
+        assert "http://127.0.0.1:9100/healthz" in " ".join(spec["healthcheck"]["test"])
+        assert spec["environment"]["SEECHANGE_METRICS_PORT"] == "9100"
+        assert spec["environment"]["SEECHANGE_KAFKA_BOOTSTRAP"] == "kafka:9092"  # the shared settings kept
+    assert "ports" not in services["postgres"]
+    published = [int(p["published"]) for p in services["kafka"].get("ports", [])]
+    targets = [int(p["target"]) for p in services["kafka"].get("ports", [])]
+    assert 9093 not in targets and 9093 not in published  # the controller stays inside
+    assert all(p.get("host_ip") == "127.0.0.1" for p in services["kafka"].get("ports", []))

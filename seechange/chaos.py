@@ -1,0 +1,426 @@
+"""Fault harness: a night through the services as processes while they are killed, restarted and doubled.
+
+:func:`run_disturbed` ingests a night and, while the services work, carries out a shuffled plan:
+``kill -9`` of each stage service at random moments (restarted at once), the alert service started with the
+test-only fault point ``alert:after-delivery`` (it kills itself between a delivery and its ``alert_log``
+commit, once; it is restarted unarmed), and a second instance of one stage joining the group and leaving it
+(SIGTERM) mid-night. It waits until every exposure is through and every consumer group has committed all of
+its input, stops the services cleanly and reports what happened: the faults, table counts, natural keys,
+the alerts received and the dead letters. :func:`natural_keys` gives the same keys for an undisturbed run
+(e.g. the in-process chain into another database) to compare with.
+
+``tests/integration/test_faults.py`` runs the short plan in ``make test``; ``seechange chaos`` the long one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from seechange.config import Settings
+from seechange.models import AlertLog, CoaddImage, Exposure, Image, Object, Sighting, SubtractionImage
+from seechange.orchestrate import AlertCollector, ServiceProcesses, table_counts, wait_for_night
+from seechange.streaming.groups import group_lag, message_count, stage_group
+from seechange.streaming.stages import INPUT_TOPICS, STAGES, stage_names
+from seechange.streaming.topics import dlq_name
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ChaosPlan",
+    "ChaosReport",
+    "compare",
+    "detected_in_time_order",
+    "natural_keys",
+    "resend_differences",
+    "run_disturbed",
+    "undisturbed",
+]
+
+
+@dataclass(frozen=True)
+class ChaosPlan:
+    """What to do to the services during the night.
+
+    Attributes
+    ----------
+    kills_per_service : int
+        ``kill -9`` of each stage service this many times (each restarted at once).
+    resend_fault : bool
+        Start the alert service with the ``alert:after-delivery`` fault point (it dies once mid-alert).
+    extra_instance : str or None
+        Stage of which a second instance joins mid-plan and leaves (SIGTERM) later; None for none.
+    gap_s : tuple of float
+        Range of the random pause between two actions, seconds.
+    cadence_s : float
+        Seconds between ingested exposures (spreads the night over the plan).
+    seed : int
+        Seeds the order and the timing of the actions.
+    timeout_s : float
+        Give up waiting for the night after this long, seconds.
+    """
+
+    kills_per_service: int = 1
+    resend_fault: bool = True
+    extra_instance: str | None = "subtract"
+    gap_s: tuple[float, float] = (1.0, 4.0)
+    cadence_s: float = 1.0
+    seed: int = 0
+    timeout_s: float = 600.0
+
+
+@dataclass
+class ChaosReport:
+    """What :func:`run_disturbed` did and found."""
+
+    actions: list[tuple[float, str]] = field(default_factory=list)  #: (seconds since start, what)
+    kills: int = 0  #: external SIGKILLs
+    fault_crashes: int = 0  #: services that killed themselves at their fault point
+    restarts: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    keys: dict[str, list[Any]] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  #: every alert received, in order
+    dead_letters: dict[str, int] = field(default_factory=dict)  #: dead-letter topic -> messages
+    exit_codes: dict[str, int | None] = field(default_factory=dict)  #: of the final clean stop
+    seconds: float = 0.0
+    #: every field's subtractions reached detect in time order (see :func:`detected_in_time_order`)
+    in_time_order: bool = True
+
+
+def detected_in_time_order(session: Session) -> bool:
+    """True when, per field and band, the subtractions with sightings were detected in MJD order.
+
+    Association is order dependent (an Object's position is the mean of the sightings it has so far), so a
+    disturbed run equals an in-order one Object for Object only when each field's epochs reached detect in
+    time order. Kills and parallel instances can reorder them: image-reduced is spread over partitions, so
+    after a redelivery a later epoch may be subtracted first. Sighting ids are assigned at detection.
+    """
+    rows = session.execute(
+        select(SubtractionImage.field, SubtractionImage.band, SubtractionImage.mjd, func.min(Sighting.id))
+        .join(Sighting, Sighting.subtraction_id == SubtractionImage.id)
+        .group_by(SubtractionImage.id)
+    ).all()
+    per_field: dict[tuple[Any, Any], list[tuple[int, float]]] = {}
+    for fld, band, mjd, first_id in rows:
+        per_field.setdefault((fld, band), []).append((int(first_id), float(mjd)))
+    for runs in per_field.values():
+        mjds = [m for _, m in sorted(runs)]
+        if mjds != sorted(mjds):
+            return False
+    return True
+
+
+def natural_keys(session: Session) -> dict[str, list[Any]]:
+    """Every product by what identifies it outside the database (paths, names), sorted; ids never appear.
+
+    Sightings are ``(raw path of the new exposure, index in the image)``; alerts and Object memberships
+    refer to sightings by that key.
+    """
+    sighting_key = {
+        int(sid): (str(path), int(index))
+        for sid, path, index in session.execute(
+            select(Sighting.id, Exposure.filepath, Sighting.index_in_image)
+            .join(SubtractionImage, Sighting.subtraction_id == SubtractionImage.id)
+            .join(Image, SubtractionImage.new_image_id == Image.id)
+            .join(Exposure, Image.exposure_id == Exposure.id)
+        )
+    }
+    object_name = {int(i): str(n) for i, n in session.execute(select(Object.id, Object.name))}
+    return {
+        "exposures": sorted(session.scalars(select(Exposure.filepath))),
+        "images": sorted(
+            session.scalars(select(Exposure.filepath).join(Image, Image.exposure_id == Exposure.id))
+        ),
+        "coadd_images": sorted(session.scalars(select(CoaddImage.reference_key))),
+        "subtraction_images": sorted(
+            session.scalars(
+                select(Exposure.filepath)
+                .join(Image, Image.exposure_id == Exposure.id)
+                .join(SubtractionImage, SubtractionImage.new_image_id == Image.id)
+            )
+        ),
+        "sightings": sorted(sighting_key.values()),
+        "objects": sorted(object_name.values()),
+        "memberships": sorted(
+            (object_name[int(o)], *sighting_key[int(s)])
+            for s, o in session.execute(select(Sighting.id, Sighting.object_id))
+            if o is not None
+        ),
+        "alert_log": sorted(sighting_key[int(a)] for a in session.scalars(select(AlertLog.sighting_id))),
+    }
+
+
+class _Fleet:
+    """The service processes of the harness: started, killed, restarted, and one extra instance."""
+
+    def __init__(self, settings: Settings, log_dir: Path, plan: ChaosPlan, report: ChaosReport) -> None:
+        self.settings, self.plan, self.report = settings, plan, report
+        self.launcher = ServiceProcesses(settings, log_dir)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.armed: set[str] = set()  #: processes whose fault point has not fired yet
+        self.t0 = time.monotonic()
+
+    def note(self, what: str) -> None:
+        self.report.actions.append((round(time.monotonic() - self.t0, 1), what))
+        log.info("chaos: %s", what)
+
+    def start(self, stage: str, index: int = 0, armed: bool = False) -> None:
+        settings, name = self.settings, f"{stage}-{index}"
+        armed = armed or name in self.armed  # killed from outside before its fault fired: re-armed
+        if armed:
+            self.armed.add(name)
+            settings = settings.model_copy(
+                update={"fault_point": f"{stage}:after-delivery", "fault_after": 1}
+            )
+        self.procs[name] = self.launcher.start_one(stage, index, settings)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            self.report.kills += 1
+            self.note(f"kill -9 {name}")
+        stage, _, index = name.rpartition("-")
+        self.start(stage, int(index))
+        self.report.restarts += 1
+
+    def leave(self, name: str, timeout: float = 120.0) -> None:
+        """SIGTERM ``name`` once it is consuming (before that, SIGTERM would kill it, not stop it)."""
+        log_file = self.launcher.log_dir / f"{name}.log"
+        deadline = time.monotonic() + timeout
+        while "consuming" not in (log_file.read_text(errors="replace") if log_file.exists() else ""):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} not consuming after {timeout:.0f} s (see its log)")
+            time.sleep(0.2)
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        if code != 0:
+            raise RuntimeError(f"{name} left with exit code {code} (see its log)")
+        self.note(f"{name} left the group (SIGTERM, exit 0)")
+
+    def check(self) -> None:
+        """Restart a service that killed itself at its fault point; raise for any other exit."""
+        for name, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            if code != -signal.SIGKILL:
+                raise RuntimeError(f"{name} exited with code {code} (see its log)")
+            if name not in self.armed:
+                raise RuntimeError(f"{name} was killed by SIGKILL from outside the harness")
+            self.armed.discard(name)
+            self.report.fault_crashes += 1
+            self.note(f"{name} died at its fault point; restarted unarmed")
+            stage, _, index = name.rpartition("-")
+            self.start(stage, int(index))
+            self.report.restarts += 1
+
+    def stop(self) -> dict[str, int | None]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = None
+        return codes
+
+
+def _plan_actions(plan: ChaosPlan, rng: random.Random) -> list[tuple[str, str]]:
+    actions = [("kill", f"{s}-0") for s in stage_names() for _ in range(plan.kills_per_service)]
+    rng.shuffle(actions)
+    if plan.extra_instance is not None:
+        extra = f"{plan.extra_instance}-1"
+        i = rng.randint(0, len(actions) // 2)
+        j = rng.randint(i + 1, len(actions) + 1)
+        actions.insert(i, ("join", extra))
+        actions.insert(j, ("leave", extra))
+    return actions
+
+
+def _drained(settings: Settings) -> bool:
+    """Every stage's group has committed all of its input, checked in pipeline order (see wait_drained)."""
+    for stage in STAGES:
+        if any(
+            group_lag(settings, stage_group(settings, stage.name), settings.topic(stage.input_topic)).values()
+        ):
+            return False
+    return True
+
+
+def run_disturbed(
+    settings: Settings,
+    raw_paths: Sequence[str | Path],
+    sessions: sessionmaker[Session],
+    log_dir: Path,
+    plan: ChaosPlan,
+) -> ChaosReport:
+    """The night through the services while ``plan`` is carried out; what happened and what came out.
+
+    Parameters
+    ----------
+    settings : Settings
+        Broker, database, topics (created) and data root of this run only.
+    raw_paths : sequence of str or Path
+        Raw files relative to the data root, in time order.
+    sessions : sessionmaker
+        Sessions on ``settings.database_url``.
+    log_dir : Path
+        Where the services' logs go (``<stage>-<i>.log``, appended across restarts).
+    plan : ChaosPlan
+        The faults.
+    """
+    from seechange.streaming.ingestor import Ingestor
+
+    rng = random.Random(plan.seed)
+    report = ChaosReport()
+    fleet = _Fleet(settings, log_dir, plan, report)
+    collector = AlertCollector(settings)
+    collector.start()
+    if not collector.ready.wait(15):
+        raise RuntimeError("alert collector did not get its partitions")
+    t0 = time.monotonic()
+    ingestor = Ingestor(settings, sessions)
+    try:
+        for stage in stage_names():
+            fleet.start(stage, 0, armed=plan.resend_fault and stage == "alert")
+        actions = _plan_actions(plan, rng)
+        exposure_ids: list[int] = []
+        todo = [Path(settings.data_dir) / p for p in raw_paths]
+        next_ingest = next_action = time.monotonic()
+        while todo or actions:
+            fleet.check()
+            now = time.monotonic()
+            if todo and now >= next_ingest:
+                path = todo.pop(0)
+                got = ingestor.ingest([path])
+                if got.failed:
+                    raise RuntimeError(f"ingest of {path} failed: {got.failed}")
+                exposure_ids.extend(got.registered)
+                next_ingest = now + plan.cadence_s
+            if actions and now >= next_action:
+                what, name = actions.pop(0)
+                if what == "kill":
+                    fleet.kill(name)
+                elif what == "join":
+                    stage, _, index = name.rpartition("-")
+                    fleet.start(stage, int(index))
+                    fleet.note(f"{name} joined the group")
+                else:
+                    fleet.leave(name)
+                next_action = now + rng.uniform(*plan.gap_s)
+            time.sleep(0.1)
+        deadline = time.monotonic() + plan.timeout_s
+        while True:
+            fleet.check()
+            try:
+                wait_for_night(sessions, exposure_ids, collector, timeout=2.0)
+                if _drained(settings):
+                    break
+            except TimeoutError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"night not through {plan.timeout_s:.0f} s after the last fault")
+        time.sleep(1.0)  # the collector reads the last alerts
+    finally:
+        ingestor.close()
+        report.exit_codes = fleet.stop()
+        collector.stop()
+    report.seconds = time.monotonic() - t0
+    with sessions() as s:
+        report.counts = table_counts(s)
+        report.keys = natural_keys(s)
+        report.in_time_order = detected_in_time_order(s)
+    report.alerts = [record for record, _ in collector.snapshot()]
+    report.dead_letters = {
+        dlq_name(settings.topic(t)): message_count(settings, dlq_name(settings.topic(t)))
+        for t in INPUT_TOPICS
+    }
+    return report
+
+
+def undisturbed(
+    sessions: sessionmaker[Session], data_root: Path, raw_paths: Sequence[str | Path], settings: Settings
+) -> tuple[dict[str, int], dict[str, list[Any]]]:
+    """Table counts and natural keys of the night through the in-process chain (nothing disturbed).
+
+    ``sessions`` on a fresh migrated database, ``data_root`` a copy of the night's files of its own.
+    """
+    from seechange.pipeline.chain import InProcessChain
+    from seechange.pipeline.parameters import load_parameters
+
+    params = load_parameters(settings.params_file, threads=settings.threads)
+    chain = InProcessChain(sessions, data_root, params, radius_arcsec=settings.association_radius_arcsec)
+    chain.night(raw_paths, alert=True)
+    with sessions() as s:
+        return table_counts(s), natural_keys(s)
+
+
+#: packet fields that an earlier epoch associated late (out of time order) changes between two sends
+HISTORY_FIELDS = {"object", "prvSightings", "sighting.objectId"}
+
+
+def resend_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Top-level packet fields (``sighting.<name>`` inside the sighting) in which two copies differ."""
+    out = [k for k in sorted(set(a) | set(b)) if k != "sighting" and a.get(k) != b.get(k)]
+    sa, sb = a.get("sighting") or {}, b.get("sighting") or {}
+    out += [f"sighting.{k}" for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
+    return out
+
+
+def compare(report: ChaosReport, counts: dict[str, int], keys: dict[str, list[Any]]) -> list[str]:
+    """What the disturbed run got wrong against the undisturbed ``counts`` and ``keys``; empty if nothing.
+
+    Checks rows per table, every natural key, each alert id received once (or re-sent with identical
+    content), every logged alert received, no dead letter, a clean final stop. Objects and their
+    memberships are compared only when the run detected each field in time order
+    (``report.in_time_order``); otherwise association may legitimately group differently, and a re-sent
+    alert may differ from its first copy in its Object's history (:data:`HISTORY_FIELDS`): an earlier
+    epoch associated between the two sends (the packet is rebuilt, not stored).
+    """
+    problems = []
+    order_dependent = {"objects", "memberships"}
+    for table, n in counts.items():
+        if table == "objects" and not report.in_time_order:
+            continue
+        if report.counts.get(table) != n:
+            problems.append(f"{table}: {report.counts.get(table)} rows, undisturbed {n}")
+    for table, want in keys.items():
+        got = report.keys.get(table, [])
+        if table in order_dependent and not report.in_time_order:
+            continue
+        if got != want:
+            missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+            problems.append(
+                f"{table}: keys differ ({len(missing)} missing, e.g. {missing[:2]}; {len(extra)} extra, e.g. "
+                f"{extra[:2]}; {len(got)} vs {len(want)})"
+            )
+    by_id: dict[int, list[dict[str, Any]]] = {}
+    for record in report.alerts:
+        by_id.setdefault(int(record["alertId"]), []).append(record)
+    if len(by_id) != len(keys.get("alert_log", [])):
+        problems.append(f"{len(by_id)} distinct alerts received, {len(keys.get('alert_log', []))} logged")
+    for alert_id, copies in by_id.items():
+        differ = sorted({f for c in copies[1:] for f in resend_differences(copies[0], c)})
+        if differ and not (not report.in_time_order and set(differ) <= HISTORY_FIELDS):
+            problems.append(f"alert {alert_id} received {len(copies)} times, differing in {differ}")
+    problems += [f"{t}: {n} dead letters" for t, n in report.dead_letters.items() if n]
+    problems += [
+        f"{name}: exit code {code} at the final stop" for name, code in report.exit_codes.items() if code
+    ]
+    return problems

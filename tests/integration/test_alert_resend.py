@@ -1,0 +1,103 @@
+"""The alert re-send path, with a real ``seechange serve alert`` process killed where a duplicate is allowed.
+
+A small night is run in-process up to detect into an isolated database; its sighting-found events are put on
+the topic. The alert service is started with the test-only fault point ``alert:after-delivery`` (SIGKILL
+after the broker confirmed the first packet, before the ``alert_log`` row commits), then restarted without
+it. Afterwards every good sighting has exactly one ``alert_log`` row and one alert on the topic, except the
+one killed in flight: it is there twice, with the same alert id and byte-identical content (key, value).
+Nothing is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from seechange.config import PROJECT_ROOT, Settings
+from seechange.models import AlertLog, Sighting
+from seechange.models.session import make_engine, make_session_factory
+from seechange.orchestrate import service_env
+from seechange.pipeline.detect import sighting_event
+from seechange.streaming.framing import decode, encode
+from seechange.streaming.registry import SchemaRegistry
+from seechange.timestamps import now_ms
+from tests.integration._chain_night import run_chain, simulate
+from tests.integration._night import isolated_run, message_count, read_topic
+from tests.integration._runloop_worker import produce_values
+
+
+def _serve_alert(settings: Settings, log: Path, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    with open(log, "ab") as fh:
+        return subprocess.run(
+            [sys.executable, "-m", "seechange.cli", "serve", "alert", *extra],
+            env=service_env(settings),
+            cwd=PROJECT_ROOT,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            timeout=180,
+            check=False,
+        )
+
+
+def test_crash_between_delivery_and_alert_log_resends_the_same_alert(
+    test_settings: Settings, tmp_path: Path
+) -> None:
+    registry = SchemaRegistry.load()
+    with isolated_run(test_settings, "resend") as settings:
+        night = tmp_path / "night"
+        raw = simulate(night)
+        shutil.copytree(night, settings.data_dir, dirs_exist_ok=True)
+        engine = make_engine(settings.database_url)
+        sessions = make_session_factory(engine)
+        events: list[tuple[str, bytes]] = []
+
+        def detected(sightings: list[Sighting]) -> None:
+            for s in sightings:
+                record = sighting_event(s, produced_at_ms=now_ms(), ingested_at_ms=now_ms())
+                events.append((str(s.object_id), encode(registry, "sighting_found", record)))
+
+        try:
+            run_chain(sessions, Path(settings.data_dir), raw, on_detected=detected)
+            with sessions() as s:
+                good = set(s.scalars(select(Sighting.id).where(Sighting.is_good.is_(True))))
+            assert len(good) >= 3, "the night must give a few good sightings"
+            produce_values(settings, "sighting-found", events)
+
+            log = tmp_path / "alert.log"
+            armed = settings.model_copy(update={"fault_point": "alert:after-delivery"})
+            first = _serve_alert(armed, log)
+            assert first.returncode == -signal.SIGKILL, log.read_text()
+            assert message_count(settings.kafka_bootstrap, settings.topic("alerts")) == 1
+            with sessions() as s:
+                assert s.scalar(select(func.count(AlertLog.id))) == 0  # rolled back with the process
+
+            second = _serve_alert(settings, log, "--idle-timeout", "8")
+            assert second.returncode == 0, log.read_text()
+            text = log.read_text()
+            assert "test fault point after-delivery: SIGKILL" in text
+
+            msgs = read_topic(settings.kafka_bootstrap, settings.topic("alerts"))
+            ids = Counter(decode(registry, m.value() or b"", expect="alert")[1]["alertId"] for m in msgs)
+            assert set(ids) == good  # every good sighting alerted
+            twice = [i for i, n in ids.items() if n > 1]
+            assert len(twice) == 1 and ids[twice[0]] == 2, ids  # the one killed in flight, and only it
+            copies = [
+                m
+                for m in msgs
+                if decode(registry, m.value() or b"", expect="alert")[1]["alertId"] == twice[0]
+            ]
+            assert copies[0].key() == copies[1].key() and copies[0].value() == copies[1].value()
+            assert len(msgs) == len(good) + 1
+            with sessions() as s:
+                logged = list(s.scalars(select(AlertLog.alert_id)))
+            assert sorted(logged) == sorted(good)  # one row each, the re-sent one included
+            for stage_input in ("sighting-found",):
+                assert message_count(settings.kafka_bootstrap, settings.topic(f"{stage_input}.dlq")) == 0
+        finally:
+            engine.dispose()

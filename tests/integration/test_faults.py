@@ -1,0 +1,114 @@
+"""The short fault harness: a night through the four services as processes while they are killed.
+
+One field of 6 epochs (512x1024 CCDs) is run twice: undisturbed, in-process through the chain into one
+database; and through ``seechange serve`` processes (:func:`seechange.chaos.run_disturbed`) into another,
+while each service is ``kill -9``-ed once at a random moment (restarted at once), the alert service dies
+once at its test fault point between a delivery and the ``alert_log`` commit, and a second subtract instance
+joins the group and leaves it. Afterwards the two databases hold the same rows (counts and natural keys),
+no alert id was received twice except re-sends with identical content, every bright injected transient was
+alerted, and no dead-letter topic holds a message. ``seechange chaos`` runs the long variant.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from seechange.chaos import HISTORY_FIELDS, ChaosPlan, natural_keys, resend_differences, run_disturbed
+from seechange.config import Settings
+from seechange.localservices.postgres import create_database, drop_database
+from seechange.models.migrate import upgrade
+from seechange.models.session import make_engine, make_session_factory
+from seechange.orchestrate import table_counts
+from seechange.pipeline.association import angular_sep_arcsec
+from tests.integration._chain_night import bright_transients, run_chain, simulate_summary
+from tests.integration._night import isolated_run
+
+MATCH_ARCSEC = 2.0
+SAME_EXPOSURE_DAYS = 1e-3  # a sighting's MJD is its exposure's mid-time (exposures are 10+ min apart)
+
+
+def _undisturbed(endpoints: Settings, root: Path, raw: list[str]) -> tuple[dict[str, int], dict[str, Any]]:
+    name = f"chaos_ref_{uuid.uuid4().hex[:6]}"
+    url = create_database(endpoints.database_url, name)
+    engine = make_engine(url)
+    try:
+        upgrade(url)
+        sessions = make_session_factory(engine)
+        run_chain(sessions, root, raw, alert=True)
+        with sessions() as s:
+            return table_counts(s), natural_keys(s)
+    finally:
+        engine.dispose()
+        drop_database(endpoints.database_url, name)
+
+
+@pytest.mark.timeout(600)
+def test_night_survives_kills_restarts_and_a_second_instance(
+    endpoints: Settings, test_settings: Settings, tmp_path: Path
+) -> None:
+    night = tmp_path / "night"
+    summary = simulate_summary(night)
+    raw = [str(e.raw_path) for e in summary.exposures]
+    counts_ref, keys_ref = _undisturbed(endpoints, shutil.copytree(night, tmp_path / "ref"), raw)
+
+    with isolated_run(test_settings, "chaos") as settings:
+        shutil.copytree(night, settings.data_dir, dirs_exist_ok=True)
+        engine = make_engine(settings.database_url)
+        try:
+            sessions = make_session_factory(engine)
+            report = run_disturbed(settings, raw, sessions, tmp_path / "logs", ChaosPlan(seed=3))
+        finally:
+            engine.dispose()
+    print(f"\nchaos: {report.actions} in {report.seconds:.0f} s; rows {report.counts}")
+
+    # the faults happened
+    assert report.kills == 4 and report.fault_crashes == 1
+    assert any("subtract-1 joined" in a for _, a in report.actions)
+    assert any("subtract-1 left" in a for _, a in report.actions)
+    assert set(report.exit_codes.values()) == {0}, report.exit_codes
+
+    # nothing lost, nothing duplicated: the same rows as the undisturbed run. Objects (association is order
+    # dependent) are compared when every field's epochs reached detect in time order, as they do unless a
+    # redelivery reorders them across partitions (then only the order-free tables are)
+    order_free = {"objects", "memberships"} if not report.in_time_order else set()
+    if order_free:
+        print("chaos: epochs reached detect out of time order; Objects not compared")
+    assert {k: v for k, v in report.counts.items() if k not in order_free} == {
+        k: v for k, v in counts_ref.items() if k not in order_free
+    }
+    for table, keys in keys_ref.items():
+        if table not in order_free:
+            assert report.keys[table] == keys, table
+    assert len(keys_ref["alert_log"]) > 0 and len(keys_ref["objects"]) > 0
+
+    # every alert once, except re-sends that repeat it exactly
+    by_id: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for record in report.alerts:
+        by_id[int(record["alertId"])].append(record)
+    assert len(by_id) == len(keys_ref["alert_log"])
+    resent = {i: r for i, r in by_id.items() if len(r) > 1}
+    assert 1 <= len(resent), "the fault point must have caused one re-send"
+    for copies in resent.values():
+        differ = {f for c in copies[1:] for f in resend_differences(copies[0], c)}
+        # identical; an Object's history may only have grown if an earlier epoch was detected in between
+        assert not differ or (not report.in_time_order and differ <= HISTORY_FIELDS), differ
+
+    # every bright injected transient alerted
+    alerts = [r["sighting"] for r in report.alerts]
+    bright = bright_transients(night, summary)
+    assert len(bright) >= 3
+    for t in bright:
+        assert any(
+            abs(a["mjd"] - t["mjd"]) < SAME_EXPOSURE_DAYS
+            and angular_sep_arcsec(a["ra"], a["dec"], t["ra"], t["dec"]) < MATCH_ARCSEC
+            for a in alerts
+        ), f"transient at {t} not alerted"
+
+    # nothing dead-lettered
+    assert set(report.dead_letters.values()) == {0}, report.dead_letters
