@@ -168,6 +168,7 @@ main.add_command(topics)
 
 
 def _register_pipeline_commands() -> None:
+    from seechange.commands.alerts import alerts
     from seechange.commands.bench import bench
     from seechange.commands.demo import demo
     from seechange.commands.evaluate import evaluate
@@ -181,6 +182,7 @@ def _register_pipeline_commands() -> None:
     main.add_command(subscribe_cmd)
     main.add_command(replay_cmd)
     main.add_command(lightcurve_cmd)
+    main.add_command(alerts)
     main.add_command(simulate)
     main.add_command(evaluate)
     main.add_command(bench)

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import fastavro
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -407,7 +407,7 @@ def container_bytes(records: list[dict[str, Any]], schema: Any, *, codec: str = 
     return buf.getvalue()
 
 
-def read_container(data: bytes | io.BufferedIOBase) -> list[dict[str, Any]]:
+def read_container(data: bytes | IO[bytes]) -> list[dict[str, Any]]:
     """The records of an Avro container file (bytes or an open binary file), with its embedded schema."""
     fh = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     return [r for r in fastavro.reader(fh) if isinstance(r, dict)]

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from seechange.client import Alert, AlertFilter, Skipped, Start, container_bytes, cutout_fits
+from seechange.client import Alert, AlertFilter, Connection, Skipped, Start, container_bytes, cutout_fits
 from seechange.config import Settings
 
 
@@ -61,6 +61,34 @@ def kafka_options(pairs: tuple[str, ...], config_file: Path | None) -> dict[str,
     return out
 
 
+def connection_from(
+    settings: Settings, bootstrap: str | None, pairs: tuple[str, ...], config_file: Path | None
+) -> Connection:
+    """The client connection of the command-line options (default broker: the configured one)."""
+    if bootstrap is None:
+        from seechange.localservices import endpoints
+        from seechange.streaming.kafka_config import bootstrap_servers
+
+        bootstrap = bootstrap_servers(endpoints(settings, database_needed=False))
+    return Connection(bootstrap, kafka_options(pairs, config_file))
+
+
+def connection_options(fn: Any) -> Any:
+    """The ``--bootstrap``, ``-X key=value`` and ``--kafka-config FILE`` options of a command."""
+    fn = click.option(
+        "--kafka-config",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="Kafka client properties file (key=value lines: security.protocol, sasl.*, ssl.*).",
+    )(fn)
+    fn = click.option(
+        "-X", "--kafka-option", "kafka_pairs", multiple=True, help="librdkafka key=value (repeat)."
+    )(fn)
+    return click.option(
+        "--bootstrap", default=None, help="Broker list host:port[,...] (default: configured)."
+    )(fn)
+
+
 def alert_line(record: dict[str, Any]) -> str:
     """One line describing an alert packet (id, object, time, band, position, magnitude, SNR, sign, n)."""
     s, o = record["sighting"], record["object"]
@@ -103,14 +131,7 @@ def save_alert(alert: Alert, directory: Path, *, cutouts: bool) -> None:
 @click.option("--timeout", type=float, default=None, help="Stop after this many idle seconds.")
 @click.option("--group", default=None, help="Consumer group (resume where it stopped; share the work).")
 @click.option("--topic", default="alerts", show_default=True, help="Topic (the configured prefix is added).")
-@click.option("--bootstrap", default=None, help="Broker list host:port[,...] (default: the configured one).")
-@click.option("-X", "--kafka-option", "kafka_pairs", multiple=True, help="librdkafka key=value (repeat).")
-@click.option(
-    "--kafka-config",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="Kafka client properties file (key=value lines: security.protocol, sasl.*, ssl.*).",
-)
+@connection_options
 @click.option("--min-mag", type=float, default=None, help="Keep alerts at least this faint (mag).")
 @click.option("--max-mag", type=float, default=None, help="Keep alerts at most this faint (mag).")
 @click.option("--min-snr", type=float, default=None, help="Keep alerts with |SNR| at least this.")
@@ -169,13 +190,8 @@ def subscribe_cmd(
     cutouts: bool,
 ) -> None:
     """Receive alerts (from now, the beginning, a time or the group's offsets), filter, print, save."""
-    from seechange.client import Connection, stream_alerts
+    from seechange.client import stream_alerts
 
-    if bootstrap is None:
-        from seechange.localservices import endpoints
-        from seechange.streaming.kafka_config import bootstrap_servers
-
-        bootstrap = bootstrap_servers(endpoints(settings, database_needed=False))
     keep = AlertFilter(
         min_mag=min_mag,
         max_mag=max_mag,
@@ -193,7 +209,7 @@ def subscribe_cmd(
     skipped: list[Skipped] = []
     n = 0
     for alert in stream_alerts(
-        Connection(bootstrap, kafka_options(kafka_pairs, kafka_config)),
+        connection_from(settings, bootstrap, kafka_pairs, kafka_config),
         settings.topic(topic),
         start=parse_start(start),
         group=group,

@@ -4,8 +4,6 @@ minor schema version read by a newer reader."""
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import shutil
 import subprocess
@@ -17,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-import numpy as np
 import pytest
 from astropy.io import fits
 from click.testing import CliRunner
@@ -29,66 +26,7 @@ from seechange.config import PROJECT_ROOT, Settings
 from seechange.streaming.framing import decode, encode
 from seechange.streaming.registry import SchemaRegistry, format_version
 from seechange.streaming.topics import delete_topics, ensure_topics
-
-T0_MS = 1_700_000_000_000  # explicit message timestamps make the time look-ups exact
-
-# id: (mag, snr, band, ra, dec, nSightings, isGood, isPositive)
-TABLE: dict[int, tuple[float | None, float, str, float, float, int, bool, bool]] = {
-    1: (18.0, 50.0, "g", 150.0, 2.0, 1, True, True),
-    2: (19.5, 20.0, "r", 150.0, 2.0, 3, True, True),
-    3: (21.0, 8.0, "r", 150.001, 2.0, 1, False, True),  # 3.6 arcsec east of (150, 2)
-    4: (22.5, -5.5, "i", 151.0, 2.0, 2, True, False),
-    5: (None, 6.0, "g", 150.0002, 2.0002, 5, True, True),  # 1.0 arcsec from (150, 2)
-    6: (20.0, 12.0, "z", 10.0, -30.0, 1, True, True),
-}
-
-
-def _fits_gz(value: float) -> bytes:
-    buf = io.BytesIO()
-    fits.PrimaryHDU(np.full((5, 5), value, dtype=np.float32)).writeto(buf)
-    return gzip.compress(buf.getvalue(), mtime=0)
-
-
-def _alert(alert_id: int) -> dict[str, Any]:
-    mag, snr, band, ra, dec, n, good, positive = TABLE[alert_id]
-    sighting = {
-        "sightingId": alert_id,
-        "subtractionId": 9,
-        "objectId": 70 + alert_id,
-        "mjd": 60400.0 + alert_id / 100,
-        "band": band,
-        "ra": ra,
-        "dec": dec,
-        "x": 10.5,
-        "y": 20.25,
-        "psfFlux": 100.0 * snr,
-        "psfFluxErr": 100.0,
-        "mag": mag,
-        "snr": snr,
-        "flags": 0,
-        "zeroPoint": 31.4,
-        "score": abs(snr),
-        "isPositive": positive,
-        "isGood": good,
-        "provenanceId": "0123456789abcdef",
-    }
-    obj = {
-        "objectId": 70 + alert_id,
-        "name": f"SC26a{chr(96 + alert_id)}",
-        "ra": ra,
-        "dec": dec,
-        "nSightings": n,
-        "firstMjd": 60400.0,
-        "lastMjd": 60400.0 + alert_id / 100,
-    }
-    return {
-        "alertId": alert_id,
-        "schemaVersion": "1.0",
-        "sighting": sighting,
-        "object": obj,
-        "cutoutScience": _fits_gz(float(alert_id)),
-        "cutoutDifference": _fits_gz(-float(alert_id)),
-    }
+from tests.integration._alerts import T0_MS, TABLE, make_alert
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +45,7 @@ def night(test_settings: Settings, registry: SchemaRegistry) -> Iterator[tuple[S
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     for i in TABLE:
         producer.produce(
-            topic, key=str(i), value=encode(registry, "alert", _alert(i)), timestamp=T0_MS + i * 60_000
+            topic, key=str(i), value=encode(registry, "alert", make_alert(i)), timestamp=T0_MS + i * 60_000
         )
     where: list[tuple[int, int]] = []
     producer.produce(
@@ -148,7 +86,7 @@ def test_start_and_stop(night: tuple[Settings, str, Skipped], registry: SchemaRe
         )
     )
     assert sorted(a.alert_id for a in everything) == [1, 2, 3, 4, 5, 6]
-    assert all(a.raw == encode(registry, "alert", _alert(a.alert_id)) for a in everything)
+    assert all(a.raw == encode(registry, "alert", make_alert(a.alert_id)) for a in everything)
     assert [(s.partition, s.offset) for s in skipped] == [(bad.partition, bad.offset)]
     assert "cannot decode alert body" in skipped[0].reason
 
@@ -179,7 +117,7 @@ def test_start_and_stop(night: tuple[Settings, str, Skipped], registry: SchemaRe
     assert ready.wait(20)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     for i in (2, 6):  # the same packets again, now
-        producer.produce(topic, key=str(i), value=encode(registry, "alert", _alert(i)))
+        producer.produce(topic, key=str(i), value=encode(registry, "alert", make_alert(i)))
     assert producer.flush(10) == 0
     thread.join(40)
     assert sorted(got) == [2, 6]
@@ -268,7 +206,7 @@ def test_subscribe_command_filters_prints_and_saves(
             reader = fastavro.reader(fh)  # plain fastavro, the schema comes from the file
             records = list(reader)
         assert reader.writer_schema["name"] == "seechange.alert"
-        assert records == [decode(registry, encode(registry, "alert", _alert(i)))[1]]  # the packet
+        assert records == [decode(registry, encode(registry, "alert", make_alert(i)))[1]]  # the packet
         assert fits.getdata(tmp_path / f"{i}_science.fits")[2, 2] == float(i)
         assert fits.getdata(tmp_path / f"{i}_difference.fits")[2, 2] == -float(i)
         assert not (tmp_path / f"{i}_template.fits").exists()
@@ -299,7 +237,9 @@ def test_an_older_minor_version_decodes(
     ensure_topics(test_settings.kafka_bootstrap, [topic], 1)
     try:
         producer = Producer({"bootstrap.servers": test_settings.kafka_bootstrap})
-        producer.produce(topic, value=encode(registry, "alert", _alert(1)))  # written with the older version
+        producer.produce(
+            topic, value=encode(registry, "alert", make_alert(1))
+        )  # written with the older version
         assert producer.flush(10) == 0
         (alert,) = stream_alerts(
             Connection(test_settings.kafka_bootstrap),
@@ -312,5 +252,5 @@ def test_an_older_minor_version_decodes(
         delete_topics(test_settings.kafka_bootstrap, [topic])
     assert alert.writer_version == format_version(old.version)
     assert alert.record["testNote"] is None and alert.record["schemaVersion"] == format_version(old.version)
-    expected = decode(registry, encode(registry, "alert", _alert(1)))[1]
+    expected = decode(registry, encode(registry, "alert", make_alert(1)))[1]
     assert {k: v for k, v in alert.record.items() if k != "testNote"} == expected
