@@ -172,6 +172,7 @@ def _register_pipeline_commands() -> None:
     from seechange.commands.bench import bench
     from seechange.commands.demo import demo
     from seechange.commands.evaluate import evaluate
+    from seechange.commands.provenance import provenance
     from seechange.commands.serve import ingest, serve
     from seechange.commands.simulate import simulate
     from seechange.commands.stream import lightcurve_cmd, replay_cmd, subscribe_cmd
@@ -183,6 +184,7 @@ def _register_pipeline_commands() -> None:
     main.add_command(replay_cmd)
     main.add_command(lightcurve_cmd)
     main.add_command(alerts)
+    main.add_command(provenance)
     main.add_command(simulate)
     main.add_command(evaluate)
     main.add_command(bench)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import io
 import logging
-import math
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -31,6 +30,7 @@ from typing import IO, Any, Literal
 import fastavro
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from seechange.sphere import angular_sep_arcsec
 from seechange.streaming.framing import DecodeError, decode
 from seechange.streaming.registry import SchemaRegistry
 
@@ -135,13 +135,6 @@ class Skipped:
     partition: int
     offset: int
     reason: str
-
-
-def angular_sep_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
-    """Great-circle distance between two positions (degrees in), arcsec (haversine, pure Python)."""
-    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
-    h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
-    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h)))) * 3600.0
 
 
 @dataclass(frozen=True)

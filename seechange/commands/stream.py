@@ -234,7 +234,22 @@ def subscribe_cmd(
 
 @click.command("replay")
 @click.argument(
-    "topic", type=click.Choice(["exposure-ready", "image-reduced", "subtraction-done", "sighting-found"])
+    "topic",
+    required=False,
+    type=click.Choice(["exposure-ready", "image-reduced", "subtraction-done", "sighting-found"]),
+)
+@click.option(
+    "--stage",
+    type=click.Choice(["reduce", "subtract", "detect", "alert"]),
+    default=None,
+    help="Replay the input topic of this stage (instead of naming TOPIC).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="STEP.KEY=VALUE",
+    help="Reprocess with this parameter changed (repeat): the stage runs here, under a group of its own.",
 )
 @click.option(
     "--from",
@@ -246,22 +261,76 @@ def subscribe_cmd(
 @click.option(
     "--until", "until", default=None, help="Unix seconds or ISO time: last message time (default now)."
 )
+@click.option("--idle-timeout", type=float, default=60.0, show_default=True, help="--set: give up after.")
 @click.pass_obj
-def replay_cmd(settings: Settings, topic: str, start: str, until: str | None) -> None:
-    """Re-publish a topic's events from a time, so the next stage reprocesses them.
+def replay_cmd(
+    settings: Settings,
+    topic: str | None,
+    stage: str | None,
+    sets: tuple[str, ...],
+    start: str,
+    until: str | None,
+    idle_timeout: float,
+) -> None:
+    """Re-publish a topic's events from a time, so the next stage reprocesses them; or, with --set,
+    reprocess one stage with changed parameters.
 
-    With unchanged parameters the stages find their products and write nothing new; with new parameters
-    (a new provenance) the new products appear beside the old ones.
+    Without --set: with unchanged parameters the stages find their products and write nothing new. With
+    --set (and --stage): the changed parameters are written to a parameters file, the stage runs in this
+    process over its input topic with them (a one-off consumer group; the running services are left
+    alone) and its events go downstream as usual; the new products (a new provenance) appear beside the
+    old ones. Compare them with ``seechange provenance diff``.
     """
     from seechange.localservices import endpoints
-    from seechange.streaming.replay import replay
+    from seechange.streaming.stages import get_stage
 
-    settings = endpoints(settings, database_needed=False)
-    until_s = parse_start(until) if until else None
-    n = replay(
-        settings, topic, start=parse_start(start), until=until_s if isinstance(until_s, float) else None
+    if (topic is None) == (stage is None):
+        raise click.UsageError("name a TOPIC or a --stage (one of them)")
+    if sets and stage is None:
+        raise click.UsageError("--set needs --stage: the stage that runs with the changed parameters")
+    if stage is not None:
+        topic = get_stage(stage).input_topic
+    assert topic is not None
+    if not sets:
+        from seechange.streaming.replay import replay
+
+        settings = endpoints(settings, database_needed=False)
+        n = replay(settings, topic, start=parse_start(start), until=parse_until(until))
+        click.echo(f"replayed {n} message(s) onto {settings.topic(topic)}")
+        return
+    assert stage is not None
+    from seechange.pipeline.overrides import changed_steps, write_params_file
+    from seechange.pipeline.parameters import load_parameters
+    from seechange.streaming.replay import reprocess
+
+    if until is not None:
+        raise click.UsageError("--until is not supported with --set (the stage reads to the end)")
+    settings = endpoints(settings)
+    folder = Path(settings.data_dir) / "params"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_params_file(settings.params_file, list(sets), folder)
+    changes = changed_steps(load_parameters(settings.params_file), load_parameters(path))
+    click.echo(f"parameters: {path}")
+    for step, critical in changes.items():
+        click.echo(
+            f"  {step}: {'critical change, new provenance' if critical else 'non-critical change only'}"
+        )
+    if not any(changes.values()):
+        click.echo("no critical parameter changed: the provenance is the same, nothing would be reprocessed")
+        return
+    one_off = settings.model_copy(update={"params_file": path})
+    done = reprocess(
+        one_off, get_stage(stage), start=parse_start(start), tag=path.stem[-10:], idle_timeout=idle_timeout
     )
-    click.echo(f"replayed {n} message(s) onto {settings.topic(topic)}")
+    handled = (done.stats.processed, done.stats.dead_lettered) if done.stats else (0, 0)
+    click.echo(
+        f"reprocessed {handled[0]} of {done.messages} message(s) of {settings.topic(topic)} with {stage} "
+        f"(group {done.group}; {handled[1]} dead-lettered)"
+    )
+    click.echo(
+        f"to run the live {stage} service with these parameters: SEECHANGE_PARAMS_FILE={path} seechange serve {stage}"
+    )
+    click.echo(f"to compare: seechange provenance diff --step {stage}")
 
 
 @click.command("lightcurve")

@@ -7,7 +7,6 @@ transaction near the same place waits until the first commits and then sees its 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from seechange.models import Object, Sighting
 from seechange.spatial import coarse_pixels_in_cone, fine_pixels_in_cone, healpix_index
+from seechange.sphere import angular_sep_arcsec
 
 LOCK_NAMESPACE = 0x5C0B  # keeps these advisory locks apart from others (e.g. reference building)
 NAME_PREFIX = "SC"
@@ -32,13 +32,6 @@ def object_name(object_id: int, mjd: float) -> str:
         if n == 0:
             break
     return f"{NAME_PREFIX}{year % 100:02d}{letters.rjust(3, 'a')}"
-
-
-def angular_sep_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
-    """Great-circle separation (haversine), arcsec, of two positions in degrees."""
-    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
-    h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
-    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h)))) * 3600.0
 
 
 def lock_region(session: Session, positions: Sequence[tuple[float, float]], radius_arcsec: float) -> None:
