@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from seechange.models import Photometry, Provenance, Sighting, SubtractionImage
 from seechange.models.alert import AlertLog
 from seechange.models.base import Base
-from seechange.pipeline.association import angular_sep_arcsec
+from seechange.sphere import angular_sep_arcsec
 
 __all__ = ["ProvenanceDiff", "diff_provenances", "latest_two"]
 

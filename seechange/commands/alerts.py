@@ -50,7 +50,7 @@ def archive_cmd(
     kafka_config: Path | None,
 ) -> None:
     """Archive a night (--night), follow the topic (--follow), or read an archive back (--read)."""
-    from seechange import archive
+    from seechange.streaming import archive
 
     if sum((night is not None and not read_back, follow, read_back)) != 1:
         raise click.UsageError("give exactly one of --night, --follow or --read")

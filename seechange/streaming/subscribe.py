@@ -11,8 +11,8 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from seechange.client import Connection, Start, start_offsets, stream_alerts
 from seechange.config import Settings
+from seechange.streaming.client import Connection, Start, start_offsets, stream_alerts
 from seechange.streaming.kafka_config import bootstrap_servers
 from seechange.streaming.registry import SchemaRegistry
 

@@ -17,10 +17,10 @@ from astropy.time import Time
 from click.testing import CliRunner
 from confluent_kafka import Producer
 
-from seechange.archive import archive_night, follow, night_of_mjd, read_archive
 from seechange.client import Connection
 from seechange.commands.alerts import archive_cmd
 from seechange.config import Settings
+from seechange.streaming.archive import archive_night, follow, night_of_mjd, read_archive
 from seechange.streaming.framing import encode
 from seechange.streaming.registry import SchemaRegistry
 from seechange.streaming.topics import delete_topics, ensure_topics

@@ -30,7 +30,7 @@ from typing import IO, Any
 
 import fastavro
 
-from seechange.client import Alert, Connection, stream_alerts
+from seechange.streaming.client import Alert, Connection, stream_alerts
 from seechange.streaming.registry import SchemaRegistry
 
 __all__ = ["ArchiveWriter", "archive_night", "follow", "night_of_mjd", "read_archive"]
