@@ -4,8 +4,10 @@ topic as a service, or stream an archive back."""
 from __future__ import annotations
 
 import json
+import signal
 from datetime import date
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -78,14 +80,23 @@ def archive_cmd(
             f"archived {n} alert(s) of {when} into {len(files)} file(s) in {directory / when.isoformat()}"
         )
         return
-    n = archive.follow(
-        conn,
-        settings.topic(topic),
-        directory,
-        group=group or f"{settings.consumer_group_prefix}-archive",
-        per_file=per_file,
-        idle_timeout=timeout,
-    )
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt  # unwinds through the archive's finally: files closed, offsets committed
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        n = archive.follow(
+            conn,
+            settings.topic(topic),
+            directory,
+            group=group or f"{settings.consumer_group_prefix}-archive",
+            per_file=per_file,
+            idle_timeout=timeout,
+        )
+    except KeyboardInterrupt:
+        click.echo(f"stopped; the archive in {directory} is complete up to the last alert written")
+        return
     click.echo(f"archived {n} alert(s) into {directory}")
 
 

@@ -219,6 +219,7 @@ def subscribe_cmd(
         stop_at_end=to_end,
         idle_timeout=timeout,
         on_skip=skipped.append,
+        private_group_prefix=f"{settings.consumer_group_prefix}-subscribe",
     ):
         n += 1
         if save_dir:

@@ -261,6 +261,7 @@ def stream_alerts(
     expect: str | None = "alert",
     on_skip: Callable[[Skipped], None] | None = None,
     on_ready: Callable[[dict[int, int]], None] | None = None,
+    private_group_prefix: str = "seechange-client",
 ) -> Iterator[Alert]:
     """Yield the alerts of ``topic`` (the full topic name) that pass ``keep``.
 
@@ -297,6 +298,9 @@ def stream_alerts(
     on_ready : callable, optional
         Called with ``{partition: starting offset}`` once the partitions are assigned and positioned
         (negative offsets are librdkafka's logical ones, e.g. -2 for the beginning).
+    private_group_prefix : str
+        Without ``group``: the private group is named ``<private_group_prefix>-<random>`` (brokers with
+        ACLs often allow only group ids of a given prefix).
 
     Yields
     ------
@@ -305,7 +309,7 @@ def stream_alerts(
     if start == "committed" and group is None:
         raise ValueError("start='committed' needs a consumer group")
     registry = registry if registry is not None else SchemaRegistry.load()
-    group_id = group if group is not None else f"seechange-client-{uuid.uuid4().hex[:12]}"
+    group_id = group if group is not None else f"{private_group_prefix}-{uuid.uuid4().hex[:12]}"
     config = connection.consumer_config(group_id)
     if group is None:
         config["enable.auto.commit"] = False

@@ -81,5 +81,6 @@ def subscribe(
         idle_timeout=timeout,
         registry=registry,
         expect=expect,
+        private_group_prefix=f"{settings.consumer_group_prefix}-subscribe",
     ):
         yield alert.record, alert.raw
