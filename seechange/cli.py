@@ -172,10 +172,12 @@ main.add_command(topics)
 
 
 def _register_pipeline_commands() -> None:
+    from seechange.commands.alerts import alerts
     from seechange.commands.bench import bench
     from seechange.commands.chaos import chaos
     from seechange.commands.demo import demo
     from seechange.commands.evaluate import evaluate
+    from seechange.commands.provenance import provenance
     from seechange.commands.serve import ingest, serve
     from seechange.commands.simulate import simulate
     from seechange.commands.status import status
@@ -187,6 +189,8 @@ def _register_pipeline_commands() -> None:
     main.add_command(subscribe_cmd)
     main.add_command(replay_cmd)
     main.add_command(lightcurve_cmd)
+    main.add_command(alerts)
+    main.add_command(provenance)
     main.add_command(simulate)
     main.add_command(evaluate)
     main.add_command(bench)

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
+from seechange.client import Alert, AlertFilter, Connection, Skipped, Start, container_bytes, cutout_fits
 from seechange.config import Settings
-from seechange.streaming.subscribe import Start
 
 
 def parse_start(text: str) -> Start:
-    """``now``, ``beginning``, a Unix time in seconds, or an ISO 8601 time (UTC if no zone)."""
-    if text == "now":
-        return "now"
-    if text == "beginning":
-        return "beginning"
+    """``now``, ``beginning``, ``committed``, a Unix time in seconds, or an ISO 8601 time (UTC if no zone)."""
+    if text in ("now", "beginning", "committed"):
+        return text  # type: ignore[return-value]
     try:
         return float(text)
     except ValueError:
@@ -27,41 +25,96 @@ def parse_start(text: str) -> Start:
         when = datetime.fromisoformat(text)
     except ValueError as exc:
         raise click.BadParameter(
-            f"expected now, beginning, Unix seconds or an ISO time, got {text!r}"
+            f"expected now, beginning, committed, Unix seconds or an ISO time, got {text!r}"
         ) from exc
     if when.tzinfo is None:
-        from datetime import UTC
-
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
 
 
-def alert_filter(
-    *,
-    min_snr: float | None,
-    max_mag: float | None,
-    band: str | None,
-    object_name: str | None,
-    good_only: bool,
-    positive_only: bool,
-) -> Any:
-    """A predicate over alert records built from the command-line filter options."""
+def parse_until(text: str | None) -> float | None:
+    """``--until``: a Unix time in seconds or an ISO time (UTC if no zone); None when not given."""
+    if text is None:
+        return None
+    when = parse_start(text)
+    if not isinstance(when, float):
+        raise click.BadParameter(f"--until needs a time, got {text!r}")
+    return when
 
-    def keep(a: dict[str, Any]) -> bool:
-        s = a["sighting"]
-        if min_snr is not None and abs(s["snr"]) < min_snr:
-            return False
-        if max_mag is not None and (s["mag"] is None or s["mag"] > max_mag):
-            return False
-        if band is not None and s["band"] != band:
-            return False
-        if object_name is not None and a["object"]["name"] != object_name:
-            return False
-        if good_only and not s["isGood"]:
-            return False
-        return not (positive_only and not s["isPositive"])
 
-    return keep
+def kafka_options(pairs: tuple[str, ...], config_file: Path | None) -> dict[str, str]:
+    """librdkafka properties from a ``key=value`` properties file and ``-X key=value`` options (these win).
+
+    The file is the usual Kafka client ``.properties`` format (``#`` comments); keep passwords there
+    rather than on the command line.
+    """
+    lines = list(config_file.read_text().splitlines()) if config_file else []
+    out: dict[str, str] = {}
+    for where, line in [*((str(config_file), ln) for ln in lines), *(("-X", p) for p in pairs)]:
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{where}: expected key=value, got {line.split('=')[0]!r}...")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def connection_from(
+    settings: Settings, bootstrap: str | None, pairs: tuple[str, ...], config_file: Path | None
+) -> Connection:
+    """The client connection of the command-line options (default broker: the configured one)."""
+    if bootstrap is None:
+        from seechange.localservices import endpoints
+        from seechange.streaming.kafka_config import bootstrap_servers
+
+        bootstrap = bootstrap_servers(endpoints(settings, database_needed=False))
+    return Connection(bootstrap, kafka_options(pairs, config_file))
+
+
+def connection_options(fn: Any) -> Any:
+    """The ``--bootstrap``, ``-X key=value`` and ``--kafka-config FILE`` options of a command."""
+    fn = click.option(
+        "--kafka-config",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="Kafka client properties file (key=value lines: security.protocol, sasl.*, ssl.*).",
+    )(fn)
+    fn = click.option(
+        "-X", "--kafka-option", "kafka_pairs", multiple=True, help="librdkafka key=value (repeat)."
+    )(fn)
+    return click.option(
+        "--bootstrap", default=None, help="Broker list host:port[,...] (default: configured)."
+    )(fn)
+
+
+def alert_line(record: dict[str, Any]) -> str:
+    """One line describing an alert packet (id, object, time, band, position, magnitude, SNR, sign, n)."""
+    s, o = record["sighting"], record["object"]
+    mag = f"{s['mag']:.2f}" if s["mag"] is not None else "  -  "
+    return (
+        f"{record['alertId']:>10} {o['name']:<10} mjd {s['mjd']:.5f} {s['band']} "
+        f"ra {s['ra']:10.6f} dec {s['dec']:+10.6f} mag {mag} snr {s['snr']:7.1f} "
+        f"{'+' if s['isPositive'] else '-'} n={o['nSightings']}"
+    )
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """The packet as one JSON line, without the cutout bytes."""
+    slim = {k: v for k, v in record.items() if not k.startswith("cutout")}
+    return json.dumps(slim, default=str)
+
+
+def save_alert(alert: Alert, directory: Path, *, cutouts: bool) -> None:
+    """Write ``<alertId>.avro`` (an Avro container file, schema embedded) and optionally the cutouts as
+    ``<alertId>_<kind>.fits`` beside it."""
+    from seechange.imageio import write_bytes_atomic
+
+    write_bytes_atomic(directory / f"{alert.alert_id}.avro", container_bytes([alert.record], alert.schema))
+    if cutouts:
+        for kind, data in cutout_fits(alert.record).items():
+            write_bytes_atomic(directory / f"{alert.alert_id}_{kind}.fits", data)
 
 
 @click.command("subscribe")
@@ -70,85 +123,134 @@ def alert_filter(
     "start",
     default="now",
     show_default=True,
-    help="now | beginning | Unix seconds | ISO time (UTC).",
+    help="now | beginning | committed (the group's offsets) | Unix seconds | ISO time (UTC).",
 )
+@click.option("--until", default=None, help="Stop at this time (Unix seconds or ISO time, UTC).")
+@click.option("--max", "max_messages", type=int, default=None, help="Stop after this many alerts.")
+@click.option("--to-end", is_flag=True, help="Stop at the end of the stream (every partition read).")
+@click.option("--timeout", type=float, default=None, help="Stop after this many idle seconds.")
 @click.option("--group", default=None, help="Consumer group (resume where it stopped; share the work).")
+@click.option("--topic", default="alerts", show_default=True, help="Topic (the configured prefix is added).")
+@connection_options
+@click.option("--min-mag", type=float, default=None, help="Keep alerts at least this faint (mag).")
+@click.option("--max-mag", type=float, default=None, help="Keep alerts at most this faint (mag).")
 @click.option("--min-snr", type=float, default=None, help="Keep alerts with |SNR| at least this.")
-@click.option("--max-mag", type=float, default=None, help="Keep alerts brighter than this magnitude.")
-@click.option("--band", default=None, help="Keep alerts in this band.")
-@click.option("--object", "object_name", default=None, help="Keep alerts of this object name.")
+@click.option("--max-snr", type=float, default=None, help="Keep alerts with |SNR| at most this.")
+@click.option("--band", "bands", multiple=True, help="Keep alerts in this band (repeat for several).")
+@click.option("--cone", nargs=3, type=float, default=None, help="RA DEC RADIUS: degrees, degrees, arcsec.")
+@click.option("--new-only", is_flag=True, help="Only the first sighting of each object.")
+@click.option("--good-only", is_flag=True, help="Only sightings that passed the quality cuts.")
 @click.option("--positive-only", is_flag=True, help="Only brightening sources.")
+@click.option("--min-detections", type=int, default=None, help="Objects with at least this many sightings.")
+@click.option("--object", "object_name", default=None, help="Keep alerts of this object name.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["line", "json", "none"]),
+    default="line",
+    show_default=True,
+    help="One line per alert, JSON lines (without cutouts), or nothing.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option(
     "--save",
     "save_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Write each packet as <alertId>.avro (Confluent-framed bytes, as received).",
+    help="Write each packet as <alertId>.avro, an Avro container file with the schema embedded.",
 )
-@click.option("--max", "max_messages", type=int, default=None, help="Stop after this many alerts.")
-@click.option("--timeout", type=float, default=None, help="Stop after this many idle seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print each alert as one JSON line (without cutouts).")
+@click.option("--cutouts", is_flag=True, help="With --save: also write <alertId>_<kind>.fits.")
 @click.pass_obj
 def subscribe_cmd(
     settings: Settings,
     start: str,
-    group: str | None,
-    min_snr: float | None,
-    max_mag: float | None,
-    band: str | None,
-    object_name: str | None,
-    positive_only: bool,
-    save_dir: Path | None,
+    until: str | None,
     max_messages: int | None,
+    to_end: bool,
     timeout: float | None,
+    group: str | None,
+    topic: str,
+    bootstrap: str | None,
+    kafka_pairs: tuple[str, ...],
+    kafka_config: Path | None,
+    min_mag: float | None,
+    max_mag: float | None,
+    min_snr: float | None,
+    max_snr: float | None,
+    bands: tuple[str, ...],
+    cone: tuple[float, float, float] | None,
+    new_only: bool,
+    good_only: bool,
+    positive_only: bool,
+    min_detections: int | None,
+    object_name: str | None,
+    fmt: str,
     as_json: bool,
+    save_dir: Path | None,
+    cutouts: bool,
 ) -> None:
-    """Receive alerts from the alerts topic (from now, the beginning or a time), filter, print, save."""
-    from seechange.localservices import endpoints
-    from seechange.streaming.subscribe import subscribe
+    """Receive alerts (from now, the beginning, a time or the group's offsets), filter, print, save."""
+    from seechange.client import stream_alerts
 
-    settings = endpoints(settings, database_needed=False)
-    keep = alert_filter(
-        min_snr=min_snr,
+    keep = AlertFilter(
+        min_mag=min_mag,
         max_mag=max_mag,
-        band=band,
-        object_name=object_name,
-        good_only=False,
+        min_snr=min_snr,
+        max_snr=max_snr,
+        bands=bands or None,
+        cone=cone or None,
+        new_only=new_only,
+        good_only=good_only,
         positive_only=positive_only,
+        min_detections=min_detections,
+        object_name=object_name,
     )
-    if save_dir:
-        save_dir.mkdir(parents=True, exist_ok=True)
+    fmt = "json" if as_json else fmt
+    skipped: list[Skipped] = []
     n = 0
-    for record, raw in subscribe(
-        settings,
-        "alerts",
+    for alert in stream_alerts(
+        connection_from(settings, bootstrap, kafka_pairs, kafka_config),
+        settings.topic(topic),
         start=parse_start(start),
         group=group,
-        filter=keep,
-        max_messages=max_messages,
-        timeout=timeout,
-        expect="alert",
+        keep=keep,
+        max_alerts=max_messages,
+        until=parse_until(until),
+        stop_at_end=to_end,
+        idle_timeout=timeout,
+        on_skip=skipped.append,
+        private_group_prefix=f"{settings.consumer_group_prefix}-subscribe",
     ):
         n += 1
         if save_dir:
-            (save_dir / f"{record['alertId']}.avro").write_bytes(raw)
-        s, o = record["sighting"], record["object"]
-        if as_json:
-            slim = {k: v for k, v in record.items() if not k.startswith("cutout")}
-            click.echo(json.dumps(slim, default=str))
-        else:
-            mag = f"{s['mag']:.2f}" if s["mag"] is not None else "  -  "
-            click.echo(
-                f"{record['alertId']:>10} {o['name']:<10} mjd {s['mjd']:.5f} {s['band']} "
-                f"ra {s['ra']:10.6f} dec {s['dec']:+10.6f} mag {mag} snr {s['snr']:7.1f} "
-                f"{'+' if s['isPositive'] else '-'} n={o['nSightings']}"
-            )
-    click.echo(f"{n} alert(s)", err=True)
+            save_alert(alert, save_dir, cutouts=cutouts)
+        if fmt == "line":
+            click.echo(alert_line(alert.record))
+        elif fmt == "json":
+            click.echo(json_line(alert.record))
+    for s in skipped:
+        click.echo(f"skipped {s.topic}[{s.partition}]@{s.offset}: {s.reason}", err=True)
+    click.echo(f"{n} alert(s)" + (f", {len(skipped)} undecodable skipped" if skipped else ""), err=True)
 
 
 @click.command("replay")
 @click.argument(
-    "topic", type=click.Choice(["exposure-ready", "image-reduced", "subtraction-done", "sighting-found"])
+    "topic",
+    required=False,
+    type=click.Choice(["exposure-ready", "image-reduced", "subtraction-done", "sighting-found"]),
+)
+@click.option(
+    "--stage",
+    type=click.Choice(["reduce", "subtract", "detect", "alert"]),
+    default=None,
+    help="Replay the input topic of this stage (instead of naming TOPIC).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="STEP.KEY=VALUE",
+    help="Reprocess with this parameter changed (repeat): the stage runs here, under a group of its own.",
 )
 @click.option(
     "--from",
@@ -160,22 +262,76 @@ def subscribe_cmd(
 @click.option(
     "--until", "until", default=None, help="Unix seconds or ISO time: last message time (default now)."
 )
+@click.option("--idle-timeout", type=float, default=60.0, show_default=True, help="--set: give up after.")
 @click.pass_obj
-def replay_cmd(settings: Settings, topic: str, start: str, until: str | None) -> None:
-    """Re-publish a topic's events from a time, so the next stage reprocesses them.
+def replay_cmd(
+    settings: Settings,
+    topic: str | None,
+    stage: str | None,
+    sets: tuple[str, ...],
+    start: str,
+    until: str | None,
+    idle_timeout: float,
+) -> None:
+    """Re-publish a topic's events from a time, so the next stage reprocesses them; or, with --set,
+    reprocess one stage with changed parameters.
 
-    With unchanged parameters the stages find their products and write nothing new; with new parameters
-    (a new provenance) the new products appear beside the old ones.
+    Without --set: with unchanged parameters the stages find their products and write nothing new. With
+    --set (and --stage): the changed parameters are written to a parameters file, the stage runs in this
+    process over its input topic with them (a one-off consumer group; the running services are left
+    alone) and its events go downstream as usual; the new products (a new provenance) appear beside the
+    old ones. Compare them with ``seechange provenance diff``.
     """
     from seechange.localservices import endpoints
-    from seechange.streaming.replay import replay
+    from seechange.streaming.stages import get_stage
 
-    settings = endpoints(settings, database_needed=False)
-    until_s = parse_start(until) if until else None
-    n = replay(
-        settings, topic, start=parse_start(start), until=until_s if isinstance(until_s, float) else None
+    if (topic is None) == (stage is None):
+        raise click.UsageError("name a TOPIC or a --stage (one of them)")
+    if sets and stage is None:
+        raise click.UsageError("--set needs --stage: the stage that runs with the changed parameters")
+    if stage is not None:
+        topic = get_stage(stage).input_topic
+    assert topic is not None
+    if not sets:
+        from seechange.streaming.replay import replay
+
+        settings = endpoints(settings, database_needed=False)
+        n = replay(settings, topic, start=parse_start(start), until=parse_until(until))
+        click.echo(f"replayed {n} message(s) onto {settings.topic(topic)}")
+        return
+    assert stage is not None
+    from seechange.pipeline.overrides import changed_steps, write_params_file
+    from seechange.pipeline.parameters import load_parameters
+    from seechange.streaming.replay import reprocess
+
+    if until is not None:
+        raise click.UsageError("--until is not supported with --set (the stage reads to the end)")
+    settings = endpoints(settings)
+    folder = Path(settings.data_dir) / "params"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_params_file(settings.params_file, list(sets), folder)
+    changes = changed_steps(load_parameters(settings.params_file), load_parameters(path))
+    click.echo(f"parameters: {path}")
+    for step, critical in changes.items():
+        click.echo(
+            f"  {step}: {'critical change, new provenance' if critical else 'non-critical change only'}"
+        )
+    if not any(changes.values()):
+        click.echo("no critical parameter changed: the provenance is the same, nothing would be reprocessed")
+        return
+    one_off = settings.model_copy(update={"params_file": path})
+    done = reprocess(
+        one_off, get_stage(stage), start=parse_start(start), tag=path.stem[-10:], idle_timeout=idle_timeout
     )
-    click.echo(f"replayed {n} message(s) onto {settings.topic(topic)}")
+    handled = (done.stats.processed, done.stats.dead_lettered) if done.stats else (0, 0)
+    click.echo(
+        f"reprocessed {handled[0]} of {done.messages} message(s) of {settings.topic(topic)} with {stage} "
+        f"(group {done.group}; {handled[1]} dead-lettered)"
+    )
+    click.echo(
+        f"to run the live {stage} service with these parameters: SEECHANGE_PARAMS_FILE={path} seechange serve {stage}"
+    )
+    click.echo(f"to compare: seechange provenance diff --step {stage}")
 
 
 @click.command("lightcurve")

@@ -17,7 +17,6 @@ the unique constraint on ``objects.name`` is never the tie-breaker.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from seechange.models import Object, Sighting
 from seechange.spatial import coarse_pixels_in_cone, fine_pixels_in_cone, healpix_index
+from seechange.sphere import angular_sep_arcsec
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,6 @@ def _free_name(session: Session, base: str, taken: set[str]) -> str:
     while f"{base}.{k}" in existing:
         k += 1
     return f"{base}.{k}"
-
-
-def angular_sep_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
-    """Great-circle separation (haversine), arcsec, of two positions in degrees."""
-    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
-    h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
-    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h)))) * 3600.0
 
 
 def lock_region(session: Session, positions: Sequence[tuple[float, float]], radius_arcsec: float) -> None:

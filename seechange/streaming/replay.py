@@ -4,6 +4,9 @@ The end is fixed when the replay starts (each partition's high watermark then), 
 same topic never replays its own copies. Keys, values and headers are kept; a ``replayed_at`` header is
 added. Stages are idempotent: with unchanged parameters they write and emit nothing new; with new
 parameters (a new provenance) the new products appear beside the old ones.
+
+:func:`reprocess` is the one-off reprocessing: one stage run in this process with other parameters, under a
+group of its own, over its input topic from a time to the end.
 """
 
 from __future__ import annotations
@@ -11,12 +14,18 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from seechange.config import Settings
 from seechange.streaming.kafka_config import consumer_config, is_consumer_error, producer_config
 from seechange.streaming.subscribe import Start, start_offsets
+
+if TYPE_CHECKING:
+    from seechange.streaming.runloop import RunStats
+    from seechange.streaming.stages import Stage
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +103,73 @@ def replay(
         return n
     finally:
         consumer.close()
+
+
+@dataclass(frozen=True)
+class Reprocessed:
+    """What :func:`reprocess` did: the one-off group, the messages in range and the run's counts."""
+
+    group: str
+    messages: int
+    stats: RunStats | None
+
+
+def reprocess(
+    settings: Settings,
+    stage: Stage,
+    *,
+    start: Start = "beginning",
+    tag: str,
+    idle_timeout: float = 60.0,
+) -> Reprocessed:
+    """Run ``stage`` once, in this process, over its input topic from ``start`` to the end as it is now.
+
+    A one-off consumer group (``<consumer_group_prefix>-reprocess-<tag>-<stage>``) is positioned at
+    ``start`` first, so the running services and their groups are not touched; the stage's output events go
+    to its usual output topic, where the running downstream services pick them up. With ``settings``
+    naming a new parameters file (``params_file``), the new products get a new provenance and live beside
+    the old ones.
+
+    Parameters
+    ----------
+    settings : Settings
+        Broker, database, topic prefix and the parameters file to run with.
+    stage : Stage
+        The stage to run (see :mod:`seechange.streaming.stages`).
+    start : {"beginning", "now"} or float
+        First message: the beginning of the topic or a Unix time (seconds).
+    tag : str
+        Names the one-off group (e.g. the parameters file's hash).
+    idle_timeout : float
+        Stop after this many seconds without a message (seconds), whatever is left.
+
+    Returns
+    -------
+    Reprocessed
+    """
+    from seechange.streaming.stages import serve_stage
+
+    one_off = settings.model_copy(
+        update={"consumer_group_prefix": f"{settings.consumer_group_prefix}-reprocess-{tag}"}
+    )
+    group = f"{one_off.consumer_group_prefix}-{stage.name}"
+    source = settings.topic(stage.input_topic)
+    consumer = Consumer(consumer_config(settings, group))
+    try:
+        meta = consumer.list_topics(source, timeout=10.0).topics[source]
+        parts = [TopicPartition(source, p) for p in sorted(meta.partitions)]
+        marks = {p.partition: consumer.get_watermark_offsets(p, timeout=10.0) for p in parts}
+        firsts = []
+        for tp in start_offsets(consumer, parts, start):
+            low = marks[tp.partition][0]
+            firsts.append(TopicPartition(source, tp.partition, low if tp.offset < 0 else max(tp.offset, low)))
+        todo = sum(marks[tp.partition][1] - tp.offset for tp in firsts)
+        consumer.assign(firsts)
+        consumer.commit(offsets=firsts, asynchronous=False)  # the one-off group starts here
+    finally:
+        consumer.close()
+    log.info("reprocessing %d message(s) of %s with stage %s as group %s", todo, source, stage.name, group)
+    if todo == 0:
+        return Reprocessed(group, 0, None)
+    stats = serve_stage(one_off, stage, max_messages=todo, idle_timeout=idle_timeout)
+    return Reprocessed(group, todo, stats)
