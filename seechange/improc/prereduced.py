@@ -19,7 +19,7 @@ from seechange.imageio import header_wcs, read_ccd
 from seechange.improc.astrometry import find_offset, match_xy
 from seechange.improc.background import measure_background
 from seechange.improc.extract import extract_sources, noise_from_weight
-from seechange.improc.psf import build_psf, noise_equivalent_area
+from seechange.improc.psf import build_psf, header_fwhm_px, noise_equivalent_area
 from seechange.improc.reduction import ReduceParams
 from seechange.improc.types import FLAG_BAD, FLAG_EDGE, FLAG_SATURATED, ImageData
 from seechange.improc.zeropoint import limiting_magnitude, zeropoint_from_stars
@@ -114,11 +114,17 @@ def load_prereduced(
     sources = extract_sources(
         image, noise=noise, flags=flags, thresh=params.detect_thresh, minarea=params.detect_minarea
     )
-    psf = build_psf(
-        image, sources, size_factor=params.psf_size_factor, min_snr=params.psf_min_snr, min_stars=3
-    )
-    wcs = header_wcs(header)
+    wcs = header_wcs(header, name=Path(image_path).name)
     wcs.pixel_shape = (data.shape[1], data.shape[0])
+    scale = 3600.0 * float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))))
+    psf = build_psf(
+        image,
+        sources,
+        size_factor=params.psf_size_factor,
+        min_snr=params.psf_min_snr,
+        min_stars=3,
+        fallback_fwhm=header_fwhm_px(header, scale),
+    )
     band = str(header.get("FILTER", " ")).strip()[:1]
     zp, zp_err, astrom_rms, n_stars = float("nan"), float("nan"), float("nan"), 0
     zp_card = next((k for k in _ZP_CARDS if k in header), None)
@@ -137,6 +143,7 @@ def load_prereduced(
         "n_sources": len(sources),
         "n_stars": n_stars,
         "n_psf_stars": psf.n_stars,
+        "psf_source": psf.source,
         "zp_err": zp_err,
         "zp_source": zp_card or ("refcat" if np.isfinite(zp) else "none"),
         "lim_mag": limiting_magnitude(zp, bkg.rms, noise_equivalent_area(psf.stamp)),
