@@ -38,6 +38,9 @@ class ReduceParams(StepParameters):
         Flag cosmic rays.
     cr_sigclip, cr_objlim : float
         Cosmic-ray detector thresholds (Laplacian significance; contrast to fine structure).
+    cr_sigclip_prereduced : float
+        Laplacian significance threshold for images that arrive reduced (resampled or interpolated
+        products spread a hit over its neighbours; see `seechange.improc.prereduced`).
     saturation_grow : int
         Dilation of the saturated and bleed masks, pixels.
     bleed_fraction : float
@@ -71,6 +74,7 @@ class ReduceParams(StepParameters):
     cosmic_rays: bool = True
     cr_sigclip: float = 6.0
     cr_objlim: float = 4.0
+    cr_sigclip_prereduced: float = 4.5
     saturation_grow: int = 1
     bleed_fraction: float = 0.5
     bkg_mesh: int = 128

@@ -92,7 +92,7 @@ def _central(shape: tuple[int, int], size: int = 1024) -> tuple[slice, slice]:
 
 
 def registration_scatter_px(
-    new: ImageData, ref_on_new: ImageData, *, min_snr: float = 20.0, min_pairs: int = 5
+    new: ImageData, ref_on_new: ImageData, *, min_snr: float = 20.0, min_pairs: int = 3
 ) -> tuple[float, int]:
     """Per-axis new-to-reference registration noise from the two images' own matched sources, pixels.
 
