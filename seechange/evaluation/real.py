@@ -340,6 +340,9 @@ def evaluate_pair(
     b = res.border_px + 5
     avoid[:b], avoid[-b:], avoid[:, :b], avoid[:, -b:] = True, True, True, True
     mad, clipped = _quiet_std(res, avoid)
+    quiet = ~avoid & (res.flags == 0)
+    a, c = new.image[quiet].astype(np.float64), ref_rs.image[quiet].astype(np.float64)
+    shared = float(np.corrcoef(a, c)[0, 1]) if a.size > 100 else float("nan")
     searched = (res.flags & np.uint16(FLAG_EDGE)) == 0
     area = int(np.count_nonzero(searched))
     frame: dict[str, Any] = {
@@ -355,6 +358,7 @@ def evaluate_pair(
         "scorr_mad_std": mad,
         "scorr_std_clipped": clipped,
         "n_empty_px": int(np.count_nonzero(~avoid)),
+        "noise_corr_with_ref": shared,
         "transient_found": found_tr,
         "other_good_sightings": others,
         "area_px": area,

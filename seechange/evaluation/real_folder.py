@@ -47,6 +47,12 @@ __all__ = ["FolderImage", "evaluate_real_folder", "load_folder"]
 
 log = logging.getLogger(__name__)
 
+#: A new image whose empty-sky pixels correlate with its reference's by more than this shares exposures with
+#: it (e.g. a stack of the reference's members, as ``Stack-DEC-OBS04`` of decam-sfft with the OBS04 frames:
+#: 0.5): it is reported but left out of the pooled figures (its difference is not a difference of
+#: independent images). Independent images give 0 +/- 0.02.
+MAX_SHARED_NOISE_CORR = 0.2
+
 _SUFFIXES = (".fits", ".fits.fz", ".fits.gz", ".fit")
 
 
@@ -171,6 +177,14 @@ def _calibrate_group(group: list[FolderImage], skipped: list[tuple[str, str]]) -
     return out
 
 
+def _known_pixels(data: ImageData, sky: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Pixel positions (x, y) on ``data`` of known transients given as (ra, dec) deg."""
+    if not sky:
+        return []
+    x, y = data.wcs.all_world2pix(np.asarray([s[0] for s in sky]), np.asarray([s[1] for s in sky]), 0)
+    return [(float(a), float(b)) for a, b in zip(x, y)]
+
+
 def _groups(images: list[FolderImage], min_overlap: float) -> list[list[FolderImage]]:
     """Images of one instrument and band whose footprints cover each other, each group in (MJD, name) order."""
     order = sorted(images, key=lambda im: (im.data.mjd, im.name))
@@ -199,6 +213,7 @@ def evaluate_real_folder(
     subtract_params: SubtractParams | None = None,
     detect_params: DetectParams | None = None,
     relative_zp: bool = True,
+    known_sky: list[tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     """Per-image and overall quality figures on a folder of real reduced images (see the module docstring).
 
@@ -216,12 +231,16 @@ def evaluate_real_folder(
         The pipeline's parameters (defaults: the pipeline's).
     relative_zp : bool, optional
         Calibrate images without a zero point against their group's first image (see above).
+    known_sky : list of (ra, dec), optional
+        Real transients known to be there (deg): not counted as good sightings without injections.
 
     Returns
     -------
     dict
         ``per_image`` (the figures of `evaluate_pair` plus completeness at SNR >= 10, SNR at 50 %, pulls std
-        and median flux ratio of that image, the reference's members), ``skipped`` (file, reason),
+        and median flux ratio of that image, the reference's members, ``independent``: False when it
+        shares exposures with its reference, see MAX_SHARED_NOISE_CORR, and it is then left out of the
+        pooled figures), ``skipped`` (file, reason),
         ``references`` (members per group) and the pooled figures of
         :func:`~seechange.evaluation.real._summarise` plus ``good_sightings_per_ccd`` (all images' good
         sightings over all their area, scaled to a full CCD).
@@ -256,6 +275,7 @@ def evaluate_real_folder(
                 snr_range=(float(edges[0]), float(edges[-1])),
                 subtract_params=subtract_params,
                 detect_params=detect_params,
+                known_transients=_known_pixels(im.data, known_sky or []),
             )
             one = summarise(
                 [frame],
@@ -269,25 +289,29 @@ def evaluate_real_folder(
                 frame[key] = one[key]
             frame["reference"] = [m.name for m in members]
             frame["psf_source"] = (im.data.meta or {}).get("psf_source")
+            frame["independent"] = not (frame["noise_corr_with_ref"] > MAX_SHARED_NOISE_CORR)
             frames.append(frame)
-            for key in pooled:
-                pooled[key] += inj[key]
+            if frame["independent"]:
+                for key in pooled:
+                    pooled[key] += inj[key]
+    independent = [f for f in frames if f["independent"]]
     out = summarise(
-        frames,
+        independent,
         np.asarray(pooled["snr"]),
         np.asarray(pooled["found"]),
         np.asarray(pooled["pulls"]),
         np.asarray(pooled["ratios"]),
         edges,
     )
-    area = sum(f["area_px"] for f in frames)
-    n_good = sum(f["other_good_sightings"] for f in frames)
-    out["per_image"] = out.pop("per_frame")
+    area = sum(f["area_px"] for f in independent)
+    n_good = sum(f["other_good_sightings"] for f in independent)
+    out.pop("per_frame")
+    out["per_image"] = frames
     out["skipped"] = skipped
     out["references"] = refs
     out["area_px"] = area
     out["good_sightings"] = n_good
     out["good_sightings_per_ccd"] = n_good * FULL_CCD_PX / area if area else float("nan")
-    empty = [f["scorr_mad_std"] for f in frames if f["n_empty_px"] >= 200]
+    empty = [f["scorr_mad_std"] for f in independent if f["n_empty_px"] >= 200]
     out["scorr_std_mean"] = float(np.mean(empty)) if empty else float("nan")
     return out
