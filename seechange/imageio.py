@@ -32,7 +32,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from numpy.typing import DTypeLike
 
-from seechange.errors import CorruptFile
+from seechange.errors import CorruptFile, UnusableImage
 from seechange.improc.cutouts import cutouts_bytes, stamps_bytes
 from seechange.improc.types import ImageData
 from seechange.parameters import default_threads
@@ -216,11 +216,32 @@ def read_ccd(
     return Ccd(data=data, header=header, index=index)
 
 
-def header_wcs(header: fits.Header) -> WCS:
-    """Celestial WCS of a header with its pixel shape set (FITS fix-up warnings silenced)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(header).celestial
+#: The cards a celestial WCS is made of (named in the error when they are missing or unusable).
+WCS_CARDS = "CTYPE1/2, CRVAL1/2, CRPIX1/2, CD1_1.. or PC1_1.. with CDELT1/2"
+
+
+def header_wcs(header: fits.Header, *, name: str = "header") -> WCS:
+    """Celestial WCS of a header with its pixel shape set (FITS fix-up warnings silenced).
+
+    Raises
+    ------
+    UnusableImage
+        No celestial WCS, or cards astropy cannot use: one line naming ``name`` and the cards (not
+        astropy's "number of data axes" message).
+    """
+    present = [k for k in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2") if k in header]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header).celestial
+    except Exception as exc:  # astropy raises many kinds on broken WCS cards
+        raise UnusableImage(
+            f"{name}: unusable WCS cards ({', '.join(present) or 'none'} present): {_one_line(exc)}"
+        ) from exc
+    if not wcs.has_celestial or wcs.naxis != 2:
+        raise UnusableImage(
+            f"{name}: no celestial WCS (needs {WCS_CARDS}; present: {', '.join(present) or 'none'})"
+        )
     if "NAXIS1" in header and "NAXIS2" in header:
         wcs.pixel_shape = (int(header["NAXIS1"]), int(header["NAXIS2"]))
     return wcs

@@ -116,16 +116,75 @@ def evaluate_sim(
     "data_dir",
     type=click.Path(path_type=Path),
     default=None,
-    help=f"Folder of the decam-sfft files (default {DEFAULT_REAL_DATA}).",
+    help=f"Folder of real reduced images, searched recursively (default {DEFAULT_REAL_DATA}).",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["folder", "decam-sfft"]),
+    default="folder",
+    show_default=True,
+    help="folder: any reduced images, references found on the sky; decam-sfft: the fixed pairs of that set.",
+)
+@click.option("--n-ref", default=3, show_default=True, help="Members of each reference (folder layout).")
+@click.option(
+    "--known",
+    multiple=True,
+    help="A real transient RA,DEC (deg) not to count as a false positive (folder layout; repeatable).",
 )
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
-def evaluate_real(data_dir: Path | None, json_out: Path | None) -> None:
-    """Injection completeness, pulls, S_corr noise and false positives on the real DECam pairs."""
-    from seechange.evaluation.real import evaluate_real_decam
-
+def evaluate_real(
+    data_dir: Path | None, layout: str, n_ref: int, known: tuple[str, ...], json_out: Path | None
+) -> None:
+    """Injection completeness, pulls, S_corr noise and good sightings on real reduced images."""
     folder = data_dir if data_dir is not None else DEFAULT_REAL_DATA
     if not folder.is_dir():
-        raise click.ClickException(f"no real DECam data folder {folder} (pass --data DIR)")
+        raise click.ClickException(f"no real data folder {folder} (pass --data DIR)")
+    if layout == "decam-sfft":
+        _evaluate_decam_sfft(folder, json_out)
+        return
+    from seechange.evaluation.real_folder import evaluate_real_folder
+
+    try:
+        sky = [(float(k.split(",")[0]), float(k.split(",")[1])) for k in known]
+    except (ValueError, IndexError) as exc:
+        raise click.ClickException(f"--known wants RA,DEC in degrees: {exc}") from exc
+    res = evaluate_real_folder(folder, n_ref=n_ref, known_sky=sky)
+    if json_out is not None:
+        json_out.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    per = [
+        (
+            f"{Path(f['file']).name[:34]}{'' if f['independent'] else ' (shares exposures: not pooled)'}",
+            (
+                f"S_corr {_fmt(f['scorr_mad_std'])}, good {f['other_good_sightings']} "
+                f"({_fmt(f['good_sightings_per_ccd'])}/CCD), c10 {_fmt(f['completeness_snr_ge_10'])}, "
+                f"snr50 {_fmt(f['snr50'])}, pulls {_fmt(f['pull_std'])}, ratio {_fmt(f['flux_ratio_median'])}"
+            ),
+            "",
+            None,
+        )
+        for f in res["per_image"]
+    ]
+    rows = [
+        *per,
+        ("scorr_std (empty pixels)", res["scorr_std_mean"], "1.00 +/- 0.05", lambda v: abs(v - 1.0) <= 0.05),
+        ("completeness_snr_ge_10", res["completeness_snr_ge_10"], ">= 0.95", lambda v: v >= 0.95),
+        ("snr50", res["snr50"], "<= 6", lambda v: v <= 6.0),
+        ("pull_std", res["pull_std"], "0.8 - 1.25", lambda v: 0.8 <= v <= 1.25),
+        ("flux_ratio_median", res["flux_ratio_median"], "report", None),
+        ("good sightings per full CCD", res["good_sightings_per_ccd"], "<= 2", lambda v: v <= 2.0),
+        ("good sightings / area (px)", f"{res['good_sightings']} / {res['area_px']}", "", None),
+        ("images left out", len(res["skipped"]), "report", None),
+    ]
+    for name, why in res["skipped"]:
+        click.echo(f"left out {name}: {why}")
+    ok = print_table(f"real reduced images in {folder} (references by sky)", rows)
+    click.echo("all targets met" if ok else "some targets missed")
+
+
+def _evaluate_decam_sfft(folder: Path, json_out: Path | None) -> None:
+    """The fixed pairs of decam-sfft (new: each OBS04 frame and stack, reference: the OBS18 stack)."""
+    from seechange.evaluation.real import evaluate_real_decam
+
     res = evaluate_real_decam(folder)
     if json_out is not None:
         json_out.write_text(json.dumps(res, indent=1, default=float) + "\n")

@@ -25,11 +25,19 @@ from scipy import ndimage
 from seechange.improc.detection import DetectParams, detect_and_measure
 from seechange.improc.inject import inject_point_sources
 from seechange.improc.subtraction import SubtractParams, subtract
-from seechange.improc.types import FLAG_COSMIC_RAY, FLAG_SATURATED, ImageData
+from seechange.improc.types import FLAG_COSMIC_RAY, FLAG_EDGE, FLAG_SATURATED, ImageData
 from seechange.pipeline.products import pixel_scale_arcsec
 from seechange.units import FWHM_PER_SIGMA
 
-__all__ = ["REF_ZP", "TRANSIENT_XY", "evaluate_real_decam", "load_decam_sfft"]
+__all__ = [
+    "FULL_CCD_PX",
+    "REF_ZP",
+    "TRANSIENT_XY",
+    "evaluate_pair",
+    "evaluate_real_decam",
+    "load_decam_sfft",
+    "summarise",
+]
 
 log = logging.getLogger(__name__)
 REF_ZP = 30.0  # arbitrary: the files carry no absolute calibration; new zps are relative to the reference
@@ -227,73 +235,32 @@ def evaluate_real_decam(
     detect_params = detect_params or DetectParams()
     rng = np.random.default_rng(seed)
     ref = load_decam_sfft(data_dir / REF_FILE, n_combined=5)
-    frames, inj_snr, inj_found, pulls, ratios = [], [], [], [], []
-    lo, hi = float(snr_grid[0]), float(snr_grid[-1])
+    frames: list[dict[str, Any]] = []
+    inj_snr: list[float] = []
+    inj_found: list[bool] = []
+    pulls: list[float] = []
+    ratios: list[float] = []
     for name in new_files:
         new = load_decam_sfft(data_dir / name, n_combined=5 if name.startswith("Stack") else 1)
         new.zp, new.astrom_rms_arcsec = _calibrate_to(new, ref)
-        res = subtract(new, ref, params=subtract_params)
-        ref_rs = res.meta["ref_resampled"]
-        tab = detect_and_measure(res, new, ref_rs, params=detect_params)
-        dt = np.hypot(tab["x"] - TRANSIENT_XY[0], tab["y"] - TRANSIENT_XY[1]) if len(tab) else np.zeros(0)
-        found_tr = bool(np.any((dt < 5) & tab["is_positive"])) if len(tab) else False
-        others = int(np.sum(tab["is_good"] & (dt >= 5))) if len(tab) else 0
-        sn = np.abs(res.score) / np.sqrt(res.score_var)
-        avoid = ndimage.binary_dilation(
-            (np.abs(new.image) > 5 * new.bkg_rms)
-            | (np.abs(ref_rs.image) > 5 * ref_rs.bkg_rms)
-            | (sn > 5)
-            | (res.flags != 0),
-            iterations=8,
+        frame, inj = evaluate_pair(
+            name,
+            new,
+            ref,
+            rng=rng,
+            n_inject=n_inject,
+            n_rounds=n_rounds,
+            snr_range=(float(snr_grid[0]), float(snr_grid[-1])),
+            subtract_params=subtract_params,
+            detect_params=detect_params,
+            known_transients=[TRANSIENT_XY],
         )
-        yy, xx = np.mgrid[0 : new.shape[0], 0 : new.shape[1]]
-        avoid |= np.hypot(xx - TRANSIENT_XY[0], yy - TRANSIENT_XY[1]) < 15
-        b = res.border_px + 5
-        avoid[:b], avoid[-b:], avoid[:, :b], avoid[:, -b:] = True, True, True, True
-        mad, clipped = _quiet_std(res, avoid)
-        frames.append(
-            {
-                "file": name,
-                "zp": new.zp,
-                "fwhm_new": new.fwhm_px,
-                "fwhm_ref": ref.fwhm_px,
-                "noise_corr_new": res.noise_corr_new,
-                "noise_corr_ref": res.noise_corr_ref,
-                "score_std_raw": res.score_std,
-                "renorm_factor": res.renorm_factor,
-                "scorr_mad_std": mad,
-                "scorr_std_clipped": clipped,
-                "transient_found": found_tr,
-                "other_good_sightings": others,
-                "n_detections": len(tab),
-            }
-        )
-        log.info("%s: %s", name, frames[-1])
-        for _ in range(n_rounds):
-            xy = _injection_sites(rng, avoid, n_inject, 4 * max(new.fwhm_px, res.fwhm_px))
-            if len(xy) == 0:
-                break
-            target = rng.uniform(lo, hi, len(xy))
-            ix, iy = np.rint(xy[:, 0]).astype(int), np.rint(xy[:, 1]).astype(int)
-            per_e = res.f_s / (np.sqrt(res.score_var[iy, ix]) * res.renorm_factor)  # significance per e-
-            flux = target / per_e
-            new_i = inject_point_sources(new, xy, flux, rng=rng)
-            res_i = subtract(new_i, ref, params=subtract_params)
-            t = detect_and_measure(res_i, new_i, res_i.meta["ref_resampled"], params=detect_params)
-            for k in range(len(xy)):
-                if len(t):
-                    d = np.hypot(t["x"] - xy[k, 0], t["y"] - xy[k, 1])
-                    j = int(np.argmin(d))
-                    hit = bool(d[j] < 3.0 and t["is_positive"][j])
-                else:
-                    hit = False
-                good = hit and bool(t["is_good"][j])
-                inj_snr.append(target[k])
-                inj_found.append(good)
-                if hit:
-                    pulls.append((t["flux_psf"][j] - flux[k]) / t["flux_psf_err"][j])
-                    ratios.append(t["flux_psf"][j] / flux[k])
-    return _summarise(
+        frames.append(frame)
+        inj_snr += inj["snr"]
+        inj_found += inj["found"]
+        pulls += inj["pulls"]
+        ratios += inj["ratios"]
+    return summarise(
         frames,
         np.asarray(inj_snr),
         np.asarray(inj_found),
@@ -303,7 +270,130 @@ def evaluate_real_decam(
     )
 
 
-def _summarise(
+#: Pixels of a full DECam CCD (2048 x 4096): false positives are scaled to this area.
+FULL_CCD_PX = 2048 * 4096
+
+
+def evaluate_pair(
+    name: str,
+    new: ImageData,
+    ref: ImageData,
+    *,
+    rng: np.random.Generator,
+    n_inject: int,
+    n_rounds: int,
+    snr_range: tuple[float, float],
+    subtract_params: SubtractParams,
+    detect_params: DetectParams,
+    known_transients: list[tuple[float, float]] | None = None,
+) -> tuple[dict[str, Any], dict[str, list]]:
+    """Subtract ``ref`` from ``new`` as the pipeline does, count good sightings, inject and recover.
+
+    Parameters
+    ----------
+    name : str
+        Label of the new image.
+    new, ref : ImageData
+        New image and reference (any grid overlapping it; zero points set).
+    rng : numpy.random.Generator
+        Injection positions, fluxes and Poisson noise.
+    n_inject, n_rounds : int
+        Sources per round (at least 4 FWHM apart, on source-free pixels) and rounds.
+    snr_range : (float, float)
+        Injected difference-image significances are uniform in this range.
+    subtract_params, detect_params
+        The pipeline's parameters.
+    known_transients : list of (x, y), optional
+        Real transients (pixels of ``new``): found or not, they are not counted as false positives.
+
+    Returns
+    -------
+    (dict, dict)
+        The per-image figures (S_corr mad_std on empty pixels, good sightings without injections, the area
+        searched and those sightings scaled to a full CCD, noise correlation, renormalisation,
+        registration noise) and the injections (``snr``, ``found``, ``pulls``, ``ratios`` lists).
+    """
+    known = list(known_transients or [])
+    lo, hi = snr_range
+    res = subtract(new, ref, params=subtract_params)
+    ref_rs = res.meta["ref_resampled"]
+    tab = detect_and_measure(res, new, ref_rs, params=detect_params)
+    near_known = np.zeros(len(tab), dtype=bool)
+    for tx, ty in known:
+        if len(tab):
+            near_known |= np.hypot(tab["x"] - tx, tab["y"] - ty) < 5
+    found_tr = bool(np.any(near_known & tab["is_positive"])) if len(tab) and known else False
+    others = int(np.sum(tab["is_good"] & ~near_known)) if len(tab) else 0
+    sn = np.abs(res.score) / np.sqrt(res.score_var)
+    bkg_new = new.bkg_rms if new.bkg_rms > 0 else float(mad_std(new.image[new.weight > 0]))
+    bkg_ref = ref_rs.bkg_rms if ref_rs.bkg_rms > 0 else float(mad_std(ref_rs.image[ref_rs.weight > 0]))
+    avoid = ndimage.binary_dilation(
+        (np.abs(new.image) > 5 * bkg_new)
+        | (np.abs(ref_rs.image) > 5 * bkg_ref)
+        | (sn > 5)
+        | (res.flags != 0),
+        iterations=8,
+    )
+    yy, xx = np.mgrid[0 : new.shape[0], 0 : new.shape[1]]
+    for tx, ty in known:
+        avoid |= np.hypot(xx - tx, yy - ty) < 15
+    b = res.border_px + 5
+    avoid[:b], avoid[-b:], avoid[:, :b], avoid[:, -b:] = True, True, True, True
+    mad, clipped = _quiet_std(res, avoid)
+    quiet = ~avoid & (res.flags == 0)
+    a, c = new.image[quiet].astype(np.float64), ref_rs.image[quiet].astype(np.float64)
+    shared = float(np.corrcoef(a, c)[0, 1]) if a.size > 100 else float("nan")
+    searched = (res.flags & np.uint16(FLAG_EDGE)) == 0
+    area = int(np.count_nonzero(searched))
+    frame: dict[str, Any] = {
+        "file": name,
+        "zp": new.zp,
+        "fwhm_new": new.fwhm_px,
+        "fwhm_ref": ref.fwhm_px,
+        "noise_corr_new": res.noise_corr_new,
+        "noise_corr_ref": res.noise_corr_ref,
+        "score_std_raw": res.score_std,
+        "renorm_factor": res.renorm_factor,
+        "astrometric_sigma_px": res.meta.get("astrometric_sigma_px", float("nan")),
+        "scorr_mad_std": mad,
+        "scorr_std_clipped": clipped,
+        "n_empty_px": int(np.count_nonzero(~avoid)),
+        "noise_corr_with_ref": shared,
+        "transient_found": found_tr,
+        "other_good_sightings": others,
+        "area_px": area,
+        "good_sightings_per_ccd": others * FULL_CCD_PX / area if area else float("nan"),
+        "n_detections": len(tab),
+    }
+    log.info("%s: %s", name, frame)
+    inj: dict[str, list] = {"snr": [], "found": [], "pulls": [], "ratios": []}
+    for _ in range(n_rounds):
+        xy = _injection_sites(rng, avoid, n_inject, 4 * max(new.fwhm_px, res.fwhm_px))
+        if len(xy) == 0:
+            break
+        target = rng.uniform(lo, hi, len(xy))
+        ix, iy = np.rint(xy[:, 0]).astype(int), np.rint(xy[:, 1]).astype(int)
+        per_e = res.f_s / (np.sqrt(res.score_var[iy, ix]) * res.renorm_factor)  # significance per e-
+        flux = target / per_e
+        new_i = inject_point_sources(new, xy, flux, rng=rng)
+        res_i = subtract(new_i, ref, params=subtract_params)
+        t = detect_and_measure(res_i, new_i, res_i.meta["ref_resampled"], params=detect_params)
+        for k in range(len(xy)):
+            hit, good, j = False, False, -1
+            if len(t):
+                d = np.hypot(t["x"] - xy[k, 0], t["y"] - xy[k, 1])
+                j = int(np.argmin(d))
+                hit = bool(d[j] < 3.0 and t["is_positive"][j])
+                good = hit and bool(t["is_good"][j])
+            inj["snr"].append(float(target[k]))
+            inj["found"].append(good)
+            if hit:
+                inj["pulls"].append(float((t["flux_psf"][j] - flux[k]) / t["flux_psf_err"][j]))
+                inj["ratios"].append(float(t["flux_psf"][j] / flux[k]))
+    return frame, inj
+
+
+def summarise(
     frames: list[dict],
     snr: np.ndarray,
     found: np.ndarray,
@@ -311,6 +401,7 @@ def _summarise(
     ratios: np.ndarray,
     edges: np.ndarray,
 ) -> dict[str, Any]:
+    """Completeness curve (bins ``edges`` of injected significance), SNR at 50 %, pulls, flux ratios."""
     comp = []
     for a, b in itertools.pairwise(edges):
         m = (snr >= a) & (snr < b)

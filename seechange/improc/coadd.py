@@ -8,6 +8,7 @@ import numpy as np
 from astropy.wcs import WCS
 from scipy import ndimage
 
+from seechange.errors import UnusableImage
 from seechange.improc.psf import noise_equivalent_area
 from seechange.improc.resample import resample_image
 from seechange.improc.types import FLAG_BLEED, FLAG_EDGE, FLAG_SATURATED, ImageData
@@ -52,6 +53,11 @@ def coadd(
     order : int, optional
         Spline order of the resampling.
 
+    Raises
+    ------
+    UnusableImage
+        An input without a finite zero point (it could not be scaled: never silently weight 0).
+
     Returns
     -------
     ImageData
@@ -67,6 +73,11 @@ def coadd(
     """
     if len(images) == 0:
         raise ValueError("coadd needs at least one image")
+    no_zp = [i for i, im in enumerate(images) if not np.isfinite(im.zp)]
+    if no_zp:
+        raise UnusableImage(f"coadd: input(s) {no_zp} have no zero point; a coadd cannot scale them")
+    if zp is not None and not np.isfinite(zp):
+        raise UnusableImage(f"coadd: target zero point {zp} is not finite")
     first = images[0]
     wcs = first.wcs if target_wcs is None else target_wcs
     shape: tuple[int, int] = (

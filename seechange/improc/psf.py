@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from astropy.table import Table
@@ -29,6 +31,7 @@ __all__ = [
     "build_psf",
     "fit_moffat",
     "gaussian_psf",
+    "header_fwhm_px",
     "measure_fwhm",
     "noise_equivalent_area",
     "stamp_size_for",
@@ -51,12 +54,53 @@ class PSFModel:
         Number of stars stacked (0 when the Gaussian fallback was used).
     moffat : MoffatFit or None
         The analytic profile fitted to the stack (None for the Gaussian fallback).
+    source : str
+        Where the model came from: ``"stars"`` (stacked stars), ``"header"`` (Gaussian of the header FWHM),
+        ``"sources"`` (Gaussian of the median FWHM of the detected sources) or ``"default"`` (4 px Gaussian).
     """
 
     stamp: np.ndarray
     fwhm_px: float
     n_stars: int
     moffat: MoffatFit | None = None
+    source: str = "stars"
+
+
+#: Header cards holding the image's seeing: (card, unit when the comment does not say).
+_FWHM_CARDS = (("FWHM", "px"), ("SEEING", "arcsec"))
+
+
+def header_fwhm_px(header: Mapping[str, Any], pixel_scale_arcsec: float) -> float:
+    """The image's FWHM from its header, pixels (NaN when the header has none that is usable).
+
+    ``FWHM`` is taken as pixels (the DECam Community Pipeline's "Median FWHM in pixels") unless its comment
+    says arcsec; ``SEEING`` as arcsec unless its comment says pixels. Arcsec are converted with
+    ``pixel_scale_arcsec``. A value outside 0.5 to 50 pixels is not used.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header or mapping
+        Image header.
+    pixel_scale_arcsec : float
+        Pixel scale of the image, arcsec / pixel.
+    """
+    comments = getattr(header, "comments", None)
+    for card, unit in _FWHM_CARDS:
+        if card not in header:
+            continue
+        try:
+            value = float(header[card])
+        except (TypeError, ValueError):
+            continue
+        note = str(comments[card]).lower() if comments is not None else ""
+        if "arcsec" in note or '"' in note:
+            unit = "arcsec"
+        elif "pix" in note:
+            unit = "px"
+        px = value / pixel_scale_arcsec if unit == "arcsec" else value
+        if np.isfinite(px) and 0.5 <= px <= 50.0:
+            return float(px)
+    return float("nan")
 
 
 @dataclass(frozen=True)
@@ -330,6 +374,7 @@ def build_psf(
     max_stars: int = 200,
     min_stars: int = 5,
     sky_sigma: float | None = None,
+    fallback_fwhm: float | None = None,
 ) -> PSFModel:
     """Build a PSF model from isolated, unflagged, high-SNR point-like stars.
 
@@ -361,9 +406,12 @@ def build_psf(
     max_stars : int, optional
         Use at most this many of the highest-SNR candidates.
     min_stars : int, optional
-        With fewer candidates a Gaussian of the median source FWHM is returned, with a warning.
+        With fewer candidates a Gaussian is returned, with a warning: of ``fallback_fwhm`` when given and
+        finite, else of the median source FWHM, else of 4 px (``PSFModel.source`` says which).
     sky_sigma : float, optional
         Sky noise per pixel, electrons; default a robust estimate from ``image``.
+    fallback_fwhm : float, optional
+        FWHM to use when there are too few stars (e.g. `header_fwhm_px`), pixels.
 
     Returns
     -------
@@ -372,6 +420,10 @@ def build_psf(
     data = np.asarray(image, dtype=np.float32)
     good = sources[(np.asarray(sources["flag"]) == 0)] if len(sources) else sources
     fwhm_guess = float(np.median(good["fwhm"])) if len(good) else 4.0
+    have_fallback = fallback_fwhm is not None and bool(np.isfinite(fallback_fwhm)) and fallback_fwhm > 0
+    if have_fallback:
+        # the size of the cut-outs follows the header when given (sources may be blends or cosmic rays)
+        fwhm_guess = float(fallback_fwhm)  # type: ignore[arg-type]
     if size is None:
         size = stamp_size_for(fwhm_guess, factor=size_factor)
     if size % 2 == 0:
@@ -388,13 +440,15 @@ def build_psf(
         if len(stars) >= min_stars:
             break
     if len(stars) < min_stars:
+        source = "header" if have_fallback else ("sources" if len(good) else "default")
         warnings.warn(
-            f"build_psf: only {len(stars)} PSF stars; using a Gaussian of FWHM {fwhm_guess:.2f} px",
+            f"build_psf: only {len(stars)} PSF stars; using a Gaussian of FWHM {fwhm_guess:.2f} px "
+            f"(from the {source})",
             RuntimeWarning,
             stacklevel=2,
         )
         g = gaussian_psf(fwhm_guess, size)
-        return PSFModel(stamp=g, fwhm_px=measure_fwhm(g), n_stars=0)
+        return PSFModel(stamp=g, fwhm_px=measure_fwhm(g), n_stars=0, source=source)
     sig = _sky_sigma(data) if sky_sigma is None else float(sky_sigma)
     stack, var = _stack(data, stars, size, sig)
     fwhm_stack = measure_fwhm(stack)
@@ -416,4 +470,16 @@ def build_psf(
         model = ndimage.shift(model, (-dy, -dx), order=3, mode="constant")
     model = model / model.sum()
     stamp = model.astype(np.float32)
-    return PSFModel(stamp=stamp, fwhm_px=measure_fwhm(stamp), n_stars=len(stars), moffat=fit)
+    fwhm = measure_fwhm(stamp)
+    if have_fallback and not (0.5 * fwhm_guess <= fwhm <= 2.0 * fwhm_guess):
+        # the "stars" were something else (cosmic rays, hot pixels, blends): measured 0.88 px on a real CP
+        # cut-out whose header said 4.50 px
+        warnings.warn(
+            f"build_psf: the {len(stars)}-star model has FWHM {fwhm:.2f} px, the header says "
+            f"{fwhm_guess:.2f} px; using a Gaussian of the header FWHM",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        g = gaussian_psf(fwhm_guess, size)
+        return PSFModel(stamp=g, fwhm_px=measure_fwhm(g), n_stars=0, source="header")
+    return PSFModel(stamp=stamp, fwhm_px=fwhm, n_stars=len(stars), moffat=fit)

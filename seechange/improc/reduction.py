@@ -16,7 +16,7 @@ from seechange.improc.astrometry import solve_astrometry
 from seechange.improc.background import measure_background
 from seechange.improc.calibrate import CalibFrames, calibrate, overscan_correct_and_trim
 from seechange.improc.extract import extract_sources, noise_from_weight
-from seechange.improc.psf import build_psf, noise_equivalent_area
+from seechange.improc.psf import build_psf, header_fwhm_px, noise_equivalent_area
 from seechange.improc.types import FLAG_COSMIC_RAY, ImageData
 from seechange.improc.zeropoint import limiting_magnitude, zeropoint_from_stars
 from seechange.parameters import StepParameters
@@ -38,6 +38,9 @@ class ReduceParams(StepParameters):
         Flag cosmic rays.
     cr_sigclip, cr_objlim : float
         Cosmic-ray detector thresholds (Laplacian significance; contrast to fine structure).
+    cr_sigclip_prereduced : float
+        Laplacian significance threshold for images that arrive reduced (resampled or interpolated
+        products spread a hit over its neighbours; see `seechange.improc.prereduced`).
     saturation_grow : int
         Dilation of the saturated and bleed masks, pixels.
     bleed_fraction : float
@@ -71,6 +74,7 @@ class ReduceParams(StepParameters):
     cosmic_rays: bool = True
     cr_sigclip: float = 6.0
     cr_objlim: float = 4.0
+    cr_sigclip_prereduced: float = 4.5
     saturation_grow: int = 1
     bleed_fraction: float = 0.5
     bkg_mesh: int = 128
@@ -151,10 +155,17 @@ def reduce_exposure(
         image, noise=noise, flags=flags, thresh=params.detect_thresh, minarea=params.detect_minarea
     )
     lap("extract")
-    psf = build_psf(image, sources, size_factor=params.psf_size_factor, min_snr=params.psf_min_snr)
-    lap("psf")
-    wcs = header_wcs(header)
+    wcs = header_wcs(header, name=f"CCD {header.get('DETPOS', header.get('CCDNUM', '?'))}")
     wcs.pixel_shape = (image.shape[1], image.shape[0])
+    scale = 3600.0 * float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))))
+    psf = build_psf(
+        image,
+        sources,
+        size_factor=params.psf_size_factor,
+        min_snr=params.psf_min_snr,
+        fallback_fwhm=header_fwhm_px(header, scale),
+    )
+    lap("psf")
     astrom_rms, n_matched, offset = float("nan"), 0, (float("nan"), float("nan"))
     src_i = ref_i = np.zeros(0, int)
     try:
@@ -201,6 +212,7 @@ def reduce_exposure(
         "n_stars": int(n_matched),
         "n_zp_stars": int(n_zp),
         "n_psf_stars": int(psf.n_stars),
+        "psf_source": psf.source,
         "zp_err": zp_err,
         "zp_scatter": zp_scatter,
         "lim_mag": lim_mag,

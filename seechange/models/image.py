@@ -171,12 +171,12 @@ coadd_members = Table(
 
 
 class CoaddImage(ImageMixin, Base):
-    """A coadd of several :class:`Image` rows, used as the reference of a field / band / section.
+    """A coadd of several :class:`Image` rows, used as the reference of the sky it covers (one band, one instrument).
 
     Attributes
     ----------
     reference_key : str
-        What this coadd is the reference for, ``"<field>/<band>/<section>"``.
+        Its name, ``"<instrument>/<band>/image<anchor image id>"`` (found by footprint, not by this key).
     images : list of Image
         The member images, ordered by id (assigning the list writes the ``coadd_members`` rows).
     """

@@ -1,179 +1,58 @@
 """Subtract stage: find or build the reference CoaddImage, resample it, ZOGY; SubtractionImage + files out.
 
-The reference of a field / band / CCD is the coadd of the first ``n_ref_images`` good Images of that key
-(by MJD). It is built once, under a transaction-level advisory lock on the key, so several subtract
-instances never build it twice. Membership is decided from the key's exposures in MJD order, so it does
-not depend on which parallel reduce finished first; while a would-be member is still being reduced the
-message is retried (:class:`ReferencePending`). An image that is a member of its reference, or that comes
-while the key has too few good images, is not subtracted, and its row says why
-(``extra["subtraction"]``).
+References are found on the sky (footprint, band, instrument): :mod:`seechange.pipeline.references`. An image
+that is a member of its reference, or that comes while its sky has too few good images, is not subtracted,
+and its row says why (``extra["subtraction"]``). An image without a zero point is refused (bad input).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
-from sqlalchemy import select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from seechange.errors import MissingRow
+from seechange.errors import MissingRow, UnusableImage
 from seechange.imageio import read_ccd, read_image_data, write_fits_atomic, write_image_data
-from seechange.improc.coadd import coadd
 from seechange.improc.subtraction import SubtractParams, subtract
 from seechange.improc.types import ImageData
 from seechange.improc.zogy import ZogyResult
-from seechange.models import CoaddImage, Image, Provenance, SubtractionImage, coadd_members
+from seechange.models import Image, Provenance, SubtractionImage
 from seechange.models.upsert import insert_or_get
-from seechange.parameters import StepParameters, default_threads
+from seechange.parameters import default_threads
 from seechange.pipeline.products import image_columns, product_stem
+from seechange.pipeline.references import (
+    NO_REFERENCE,
+    PENDING_GIVE_UP_S,
+    REFERENCE_MEMBER,
+    ReferenceParams,
+    ReferencePending,
+    find_or_build_reference,
+)
 from seechange.provenance import get_or_create_provenance
 from seechange.storage import resolve
 
+__all__ = [
+    "NO_REFERENCE",
+    "PENDING_GIVE_UP_S",
+    "REFERENCE_MEMBER",
+    "ReferenceParams",
+    "ReferencePending",
+    "find_or_build_reference",
+    "read_zogy",
+    "subtract_image_row",
+    "subtraction_event",
+    "write_zogy",
+]
+
 log = logging.getLogger(__name__)
-
-NO_REFERENCE = "no reference yet"
-REFERENCE_MEMBER = "member of its reference"
-
-
-@dataclass(frozen=True)
-class ReferenceParams(StepParameters):
-    """How references are chosen and built (all critical)."""
-
-    n_ref_images: int = 3
-    min_zp: float = 0.0  # images with a lower zero point (clouds) are not used
-
-
-def reference_key(image: Image) -> str:
-    """``"<field>/<band>/<section>"``: what a reference is for."""
-    return f"{image.field}/{image.band}/{image.section_id}"
-
-
-def _lock(session: Session, key: str) -> None:
-    """Transaction-level advisory lock on a string key (released at commit or rollback)."""
-    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(key.encode()) - 2**31})
-
-
-class ReferencePending(Exception):
-    """A member of the reference is ingested but not reduced yet: retry later (not an error of the message)."""
-
-
-#: An ingested exposure with no Image after this long is taken to have failed reduction (dead-lettered).
-PENDING_GIVE_UP_S = 600.0
-
-
-def _reference_members(session: Session, image: Image, n_ref: int, min_zp: float) -> list[Image]:
-    """The first ``n_ref`` good Images of the key by MJD, deciding by the *exposures* of the key.
-
-    Deciding from exposures (not from whichever images happen to be reduced) makes the choice independent
-    of the order in which parallel reduce instances finish. Raises :class:`ReferencePending` when one of
-    the exposures that would be a member has not been reduced yet.
-    """
-    from datetime import UTC, datetime
-
-    from seechange.models import Exposure
-
-    rows = session.execute(
-        select(Exposure, Image)
-        .outerjoin(Image, (Image.exposure_id == Exposure.id) & (Image.provenance_id == image.provenance_id))
-        .where(
-            Exposure.field == image.field,
-            Exposure.band == image.band,
-            Exposure.section_id == image.section_id,
-        )
-        .order_by(Exposure.mjd, Exposure.id)
-    ).all()
-    members: list[Image] = []
-    now = datetime.now(UTC)
-    for exposure, img in rows:
-        if len(members) == n_ref:
-            break
-        if img is None:
-            if (now - exposure.ingested_at).total_seconds() < PENDING_GIVE_UP_S:
-                raise ReferencePending(f"exposure {exposure.id} of {reference_key(image)} is not reduced yet")
-            continue
-        if img.is_good and (img.zero_point or 0.0) >= min_zp:
-            members.append(img)
-    return members
-
-
-def find_or_build_reference(
-    session: Session, data_root: Path, image: Image, *, params: ReferenceParams
-) -> CoaddImage | None:
-    """The reference CoaddImage for ``image``, built now if possible.
-
-    Returns None (and records why on the image row) when ``image`` is itself one of the reference's
-    members, or when the key does not have enough good images yet. The member that completes the set
-    builds the reference right away (the next epoch's subtraction then finds it).
-    """
-    key = reference_key(image)
-    image_prov = session.get(Provenance, image.provenance_id)
-    assert image_prov is not None
-    prov = get_or_create_provenance(session, "coadd", params.critical(), [image_prov])
-    _lock(session, key)
-    existing = session.scalars(
-        select(CoaddImage).where(CoaddImage.reference_key == key, CoaddImage.provenance_id == prov.id)
-    ).one_or_none()
-    if existing is not None:
-        if any(m.id == image.id for m in existing.images):
-            _note(image, REFERENCE_MEMBER)
-            return None
-        return existing
-    members = _reference_members(session, image, params.n_ref_images, params.min_zp)
-    if any(m.id == image.id for m in members):
-        _note(image, REFERENCE_MEMBER)
-        if len(members) == params.n_ref_images:
-            # the last member: build the reference now, while the next epoch is still being observed and
-            # reduced, so that the first subtraction of the field does not wait for it (6 s on full CCDs)
-            _build_reference(session, data_root, image, key, prov, members)
-        return None
-    if len(members) < params.n_ref_images:
-        _note(image, NO_REFERENCE)
-        return None
-    return _build_reference(session, data_root, image, key, prov, members)
-
-
-def _build_reference(
-    session: Session, data_root: Path, image: Image, key: str, prov: Provenance, members: list[Image]
-) -> CoaddImage:
-    """Coadd ``members`` into the reference of ``key`` (the caller holds the key's lock); its row."""
-    t0 = time.perf_counter()
-    inputs = [read_image_data(resolve(data_root, m.filepath)) for m in members]
-    ref = coadd(inputs)
-    stem = product_stem("coadds", prov.id, key.replace("/", "_"))
-    write_image_data_any(data_root, stem, ref)
-    values = image_columns(
-        ref, filepath=stem, provenance_id=prov.id, field=image.field, section_id=image.section_id
-    )
-    values.update(reference_key=key, extra={"members": [m.id for m in members]})
-    coadd_id = session.execute(insert(CoaddImage).values(**values).returning(CoaddImage.id)).scalar_one()
-    session.execute(
-        insert(coadd_members), [{"coadd_id": coadd_id, "image_id": m.id, "weight": None} for m in members]
-    )
-    log.info(
-        "built reference %s (coadd %d of images %s) in %.2f s",
-        key,
-        coadd_id,
-        [m.id for m in members],
-        time.perf_counter() - t0,
-    )
-    built = session.get(CoaddImage, coadd_id)
-    assert built is not None
-    return built
-
-
-def _note(image: Image, why: str) -> None:
-    image.extra = {**(image.extra or {}), "subtraction": why}
-    log.info("image %d (%s, mjd %.5f): not subtracted: %s", image.id, reference_key(image), image.mjd, why)
 
 
 def write_image_data_any(data_root: Path, stem: str, data: ImageData) -> None:
@@ -288,6 +167,8 @@ def subtract_image_row(
     image = session.get(Image, image_id)
     if image is None:
         raise MissingRow(f"image {image_id} is not in the database")
+    if image.zero_point is None or not np.isfinite(image.zero_point):
+        raise UnusableImage(f"image {image_id} ({image.filepath}): no zero point; it cannot be subtracted")
     reference = find_or_build_reference(session, data_root, image, params=ref_params)
     if reference is None:
         return None
