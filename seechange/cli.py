@@ -171,12 +171,14 @@ def _register_pipeline_commands() -> None:
     from seechange.commands.bench import bench
     from seechange.commands.demo import demo
     from seechange.commands.evaluate import evaluate
+    from seechange.commands.instruments import instruments
     from seechange.commands.serve import ingest, serve
     from seechange.commands.simulate import simulate
     from seechange.commands.stream import lightcurve_cmd, replay_cmd, subscribe_cmd
 
     main.add_command(serve)
     main.add_command(ingest)
+    main.add_command(instruments)
     main.add_command(demo)
     main.add_command(subscribe_cmd)
     main.add_command(replay_cmd)

@@ -42,6 +42,7 @@ __all__ = [
     "ImageReadError",
     "atomic_target",
     "header_wcs",
+    "image_hdus",
     "merged_header",
     "read_ccd",
     "read_cutout",
@@ -155,6 +156,26 @@ def _select(hdul: fits.HDUList, name: str, hdu: int | str | None, ccdnum: int | 
     if len(found) > 1:
         raise ImageReadError(f"{name}: {len(found)} image HDUs; give one CCD per file")
     return found[0]
+
+
+def image_hdus(path: Path | str) -> list[int]:
+    """Indices of a file's 2-D image HDUs (plain or tile-compressed), from the headers only (no pixels).
+
+    Raises
+    ------
+    ImageReadError
+        Not FITS, corrupt or truncated.
+    FileNotFoundError
+        No file at ``path``.
+    """
+    path = Path(path)
+    try:
+        with fits.open(path, lazy_load_hdus=True) as hdul:
+            return [i for i, h in enumerate(hdul) if _is_2d_image(h)]
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, zlib.error) as exc:
+        raise ImageReadError(f"{path.name}: not a readable FITS file: {_one_line(exc)}") from exc
 
 
 def read_ccd(

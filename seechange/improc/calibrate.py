@@ -327,6 +327,36 @@ def detect_cosmic_rays(
     return mask
 
 
+def dead_pixels(adu: np.ndarray, amps: list[AmpInfo]) -> np.ndarray | None:
+    """Pixels that carry no signal: non-finite ones, and every pixel of an amplifier that is all NaN or all
+    one value (a dead, unread or zero-filled amplifier); None when there are none.
+
+    Parameters
+    ----------
+    adu : ndarray
+        Overscan-corrected trimmed CCD, ADU.
+    amps : list of AmpInfo
+        Amplifier geometry (``trimmed`` slices).
+
+    Returns
+    -------
+    ndarray of bool or None
+        True where dead.
+    """
+    dead = ~np.isfinite(adu)
+    any_dead = bool(dead.any())
+    for amp in amps:
+        block = adu[amp.trimmed]
+        finite = block[np.isfinite(block)]
+        if finite.size == 0 or float(finite.min()) == float(finite.max()):
+            log.warning(
+                "calibrate: amplifier %s is all NaN or constant; its pixels are flagged bad", amp.name
+            )
+            dead[amp.trimmed] = True
+            any_dead = True
+    return dead if any_dead else None
+
+
 def _grow(mask: np.ndarray, r: int) -> np.ndarray:
     """Dilate a boolean mask by a (2r+1)^2 square with shifted ORs (faster than ndimage on big frames); a
     sparse mask (saturated stars: a few thousand pixels) is dilated around its pixels only."""
@@ -458,6 +488,9 @@ def calibrate(
     if exptime < 0:
         raise ImpossibleValue(f"exptime must be >= 0, got {exptime}")
     adu = np.asarray(trimmed_adu, dtype=np.float32)
+    dead = dead_pixels(adu, amps)
+    if dead is not None:  # NaN pixels, NaN- or constant-filled amplifiers: flagged, made harmless
+        adu = np.where(dead, np.asarray(bias, np.float32), adu)
     gain = np.empty(shape, np.float32)
     rn2 = np.empty(shape, np.float32)
     for amp in amps:
@@ -482,6 +515,8 @@ def calibrate(
     variance_raw += rn2
     del rn2
     flags = np.where(np.asarray(bpm) != 0, np.uint16(FLAG_BAD), np.uint16(0))
+    if dead is not None:
+        flags[dead] |= FLAG_BAD
     sat, bleed = _saturation_and_bleed(adu, amps, bleed_fraction=bleed_fraction, grow=saturation_grow)
     flags[sat] |= FLAG_SATURATED
     flags[bleed] |= FLAG_BLEED
