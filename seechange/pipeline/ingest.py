@@ -16,7 +16,7 @@ from astropy.io import fits
 from sqlalchemy.orm import Session
 
 from seechange.errors import BadInput, ImpossibleValue, UnusableImage
-from seechange.imageio import ImageReadError, image_hdus, read_ccd
+from seechange.imageio import ImageReadError, read_ccds
 from seechange.instruments import get_instrument, instrument_of_header
 from seechange.models import Exposure, Provenance
 from seechange.models.upsert import insert_or_get
@@ -209,29 +209,29 @@ def scan_raw_file(path: Path, *, skip: frozenset[str] | None = None) -> list[Ccd
         The file as a whole is unreadable or holds no 2-D image.
     """
     try:
-        indices = image_hdus(path)
+        ccds = list(read_ccds(path))
     except (ImageReadError, OSError) as exc:
         raise IngestError(str(exc)) from exc
-    if not indices:
+    if not ccds:
         raise IngestError(f"{path.name}: no 2-D image HDU")
-    single = len(indices) == 1
+    single = len(ccds) == 1
     out: list[CcdOutcome] = []
-    for index in indices:
-        label = f"HDU{index}"
+    for n, ccd in enumerate(ccds):
+        if isinstance(ccd, ImageReadError):
+            out.append(CcdOutcome(-1, f"#{n + 1}", error=IngestError(one_line_of(ccd))))
+            continue
+        label = _label(ccd.header, ccd.index)
         try:
-            ccd = read_ccd(path, hdu=index)
-            header = ccd.header
-            label = _label(header, index)
-            inst = instrument_of_header(header)
-            reason = inst.skip_reason(inst.identify_ccd(header)[1], skip)
+            inst = instrument_of_header(ccd.header)
+            reason = inst.skip_reason(inst.identify_ccd(ccd.header)[1], skip)
             if reason is not None:
                 log.info("ingest: %s CCD %s skipped: %s", path.name, label, reason)
-                out.append(CcdOutcome(index, label, skipped=reason))
+                out.append(CcdOutcome(ccd.index, label, skipped=reason))
                 continue
-            info = raw_info(header, ccd.data, name=path.name, hdu=index, single=single)
+            info = raw_info(ccd.header, ccd.data, name=path.name, hdu=ccd.index, single=single)
         except BadInput as exc:
             err = IngestError(f"{path.name} CCD {label}: {one_line_of(exc)}")
-            out.append(CcdOutcome(index, label, error=err))
+            out.append(CcdOutcome(ccd.index, label, error=err))
             continue
         if info.dead_amps:
             log.warning(
@@ -240,7 +240,7 @@ def scan_raw_file(path: Path, *, skip: frozenset[str] | None = None) -> list[Ccd
                 label,
                 ",".join(info.dead_amps),
             )
-        out.append(CcdOutcome(index, label, info=info))
+        out.append(CcdOutcome(ccd.index, label, info=info))
     return out
 
 

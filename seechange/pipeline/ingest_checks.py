@@ -139,7 +139,7 @@ def wcs_centre(header: fits.Header, shape: tuple[int, int]) -> tuple[float, floa
             wcs = WCS(header, naxis=2)
             ra, dec = (float(v) for v in wcs.all_pix2world([[(nx - 1) / 2, (ny - 1) / 2]], 0)[0])
     except Exception as exc:
-        raise ImpossibleValue(f"CTYPE1/CRVAL1: unusable WCS: {' '.join(str(exc).split())}") from exc
+        raise ImpossibleValue(f"unusable WCS (CTYPE/CRVAL/CRPIX/CD): {' '.join(str(exc).split())}") from exc
     if not wcs.has_celestial:
         raise ImpossibleValue(f"CTYPE1 = {header['CTYPE1']!r}: not a celestial WCS")
     if not (math.isfinite(ra) and math.isfinite(dec)):
