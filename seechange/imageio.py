@@ -118,8 +118,14 @@ def merged_header(primary: fits.Header, extension: fits.Header | None) -> fits.H
     """
     if extension is None:
         return primary.copy()
+    # copies of the cards: updating a shared Card would change the primary header too (and with it the
+    # next CCD read from the same open file)
     out = fits.Header(
-        [c for c in primary.cards if c.keyword not in _PRIMARY_ONLY and not c.keyword.startswith("NAXIS")]
+        [
+            fits.Card(c.keyword, c.value, c.comment)
+            for c in primary.cards
+            if c.keyword not in _PRIMARY_ONLY and not c.keyword.startswith("NAXIS")
+        ]
     )
     out.update(extension)
     return out
