@@ -32,6 +32,13 @@ def _ccds() -> dict[int, str]:
     return out
 
 
+FOCAL_PLANE_ROWS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(num for num, name in _ccds().items() if name in {f"{side}{s}" for s in row})
+    for side, rows in (("S", _S_ROWS), ("N", _N_ROWS))
+    for row in rows
+)
+"""CCD numbers by focal-plane row, from the south edge to the north edge."""
+
 DECAM = Instrument(
     name="DECam",
     telescope="Blanco 4 m, CTIO",
