@@ -52,3 +52,11 @@ DECAM = Instrument(
     skip_ccds=frozenset({"S30", "N30"}),
     exptime_default=60.0,
 )
+
+
+#: Community Pipeline data-quality mask (``*_ood_*``) codes -> our flag bits (``seechange.improc.types``).
+#: The CP writes one code per pixel (not bits): 1 bad pixel (bad-pixel mask), 2 bad (no data), 3 saturated,
+#: 4 bleed trail, 5 cosmic ray, 6 low weight, 7 multi-exposure difference detection, 8 long streak
+#: (satellite). Code 7 marks where the CP saw a change between exposures: a transient pipeline must not mask
+#: it, so it maps to no flag. See docs/INSTRUMENTS.md.
+CP_MASK_CODES: dict[int, int] = {1: 1, 2: 1, 3: 2, 4: 8, 5: 4, 6: 1, 7: 0, 8: 1}

@@ -24,6 +24,7 @@ from seechange.imageio import ImageReadError, read_ccd, write_image_data
 from seechange.improc.prereduced import load_prereduced
 from seechange.improc.reduction import ReduceParams
 from seechange.instruments import DECAM, get_instrument
+from seechange.instruments.decam import CP_MASK_CODES
 from seechange.models import Exposure, Image, Provenance
 from seechange.models.upsert import insert_or_get
 from seechange.pipeline.ingest import (
@@ -281,7 +282,10 @@ def register_reduced_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
-            data = load_prereduced(full, weight_path=weight, mask_path=mask, refcat=refcat, params=params)
+            codes = CP_MASK_CODES if mask is not None and CP_MASK in mask.name else None
+            data = load_prereduced(
+                full, weight_path=weight, mask_path=mask, refcat=refcat, params=params, mask_codes=codes
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         raise IngestError(f"{full.name}: cannot load the image: {' '.join(str(exc).split())}") from exc
     stem = product_stem("reduced", prov.id, file_stem(full))
