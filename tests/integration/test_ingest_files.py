@@ -32,17 +32,33 @@ from seechange.streaming.registry import SchemaRegistry
 from tests.integration._runloop_worker import consume_all
 
 SIZE = (128, 256)
+FIELD = "ingestfiles00"
 
 
 @pytest.fixture(scope="module")
-def night(test_settings: Settings) -> NightSummary:
-    """One field, two epochs, CCD 37 (N6), small CCDs; written under the session's data root."""
-    return simulate_night(Path(test_settings.data_dir), seed=7, n_fields=1, n_epochs=2, size=SIZE)
+def settings(test_settings: Settings) -> Settings:
+    """The session's settings with a data root of this module's own (its night must not meet others')."""
+    return test_settings.model_copy(update={"data_dir": Path(test_settings.data_dir) / "ingest-files"})
+
+
+@pytest.fixture(scope="module")
+def night(settings: Settings) -> NightSummary:
+    """One field, two epochs, CCD 37 (N6), small CCDs; written under this module's data root.
+
+    Its own start MJD (the EXPNUM follows it) and field name, so that it shares no natural key and no
+    reference with the other modules' nights in the session's database.
+    """
+    root = Path(settings.data_dir)
+    night = simulate_night(root, seed=7, n_fields=1, n_epochs=2, size=SIZE, start_mjd=60321.0)
+    for e in night.exposures:
+        with fits.open(root / e.raw_path, mode="update") as hdul:
+            hdul[0].header["OBJECT"] = FIELD
+    return night
 
 
 @pytest.fixture
-def folder(test_settings: Settings, request: pytest.FixtureRequest) -> Iterator[Path]:
-    out = Path(test_settings.data_dir) / "incoming" / request.node.name
+def folder(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Path]:
+    out = Path(settings.data_dir) / "incoming" / request.node.name
     out.mkdir(parents=True, exist_ok=True)
     yield out
     shutil.rmtree(out, ignore_errors=True)
@@ -70,12 +86,12 @@ def _rows(session: Session, filepath: str) -> list[Exposure]:
 
 
 def test_62_ccd_compressed_file_in_one_call_gives_62_rows_and_62_events(
-    test_settings: Settings, db_engine: Engine, night: NightSummary, folder: Path
+    settings: Settings, db_engine: Engine, night: NightSummary, folder: Path
 ) -> None:
-    root = Path(test_settings.data_dir)
+    root = Path(settings.data_dir)
     path = _exposure_file(night, root, folder, list(DECAM.ccds), "mef-fz", expnum=900001)
     factory = make_session_factory(db_engine)
-    ingestor = Ingestor(test_settings, factory)
+    ingestor = Ingestor(settings, factory)
     try:
         report = ingestor.ingest([path], skip=frozenset())
         again = ingestor.ingest([path], skip=frozenset())
@@ -98,7 +114,7 @@ def test_62_ccd_compressed_file_in_one_call_gives_62_rows_and_62_events(
     registry = SchemaRegistry.load()
     events = [
         decode(registry, m.value() or b"", expect="exposure_ready")[1]
-        for m in consume_all(test_settings, "exposure-ready", expect=62, settle=1.0)
+        for m in consume_all(settings, "exposure-ready", expect=62, settle=1.0)
     ]
     mine = [e for e in events if e["exposure_id"] in ids]
     assert len(mine) == 62 + 62 + 60  # one per CCD per call (re-announced, never re-created)
@@ -106,9 +122,9 @@ def test_62_ccd_compressed_file_in_one_call_gives_62_rows_and_62_events(
 
 
 def test_bad_ccds_and_files_are_dead_lettered_and_the_rest_of_the_call_ingested(
-    test_settings: Settings, db_engine: Engine, night: NightSummary, folder: Path
+    settings: Settings, db_engine: Engine, night: NightSummary, folder: Path
 ) -> None:
-    root = Path(test_settings.data_dir)
+    root = Path(settings.data_dir)
     three = _exposure_file(night, root, folder, [35, 36, 37], "mef", expnum=900002)
     with fits.open(three, mode="update") as hdul:
         hdul[2].header["MJD-OBS"] = "yesterday"  # one CCD's own card wins over the primary's
@@ -121,7 +137,7 @@ def test_bad_ccds_and_files_are_dead_lettered_and_the_rest_of_the_call_ingested(
             hdul.writeto(bad)
     good = root / night.exposures[1].raw_path
     factory = make_session_factory(db_engine)
-    ingestor = Ingestor(test_settings, factory)
+    ingestor = Ingestor(settings, factory)
     try:
         report = ingestor.ingest([yesterday, three, banana, good])
     finally:
@@ -136,7 +152,7 @@ def test_bad_ccds_and_files_are_dead_lettered_and_the_rest_of_the_call_ingested(
         assert [r.section_id for r in _rows(session, str(three.relative_to(root)))] == ["35", "37"]
     dead = {
         m.key(): dict(m.headers() or [])
-        for m in consume_all(test_settings, "exposure-ready.dlq", expect=3, settle=1.0)
+        for m in consume_all(settings, "exposure-ready.dlq", expect=3, settle=1.0)
     }
     for label in failed:
         headers = dead[label.encode()]
@@ -145,18 +161,18 @@ def test_bad_ccds_and_files_are_dead_lettered_and_the_rest_of_the_call_ingested(
 
 
 def test_cli_exit_status_counts_failures(
-    test_settings: Settings, database_url: str, night: NightSummary, folder: Path
+    settings: Settings, database_url: str, night: NightSummary, folder: Path
 ) -> None:
-    root = Path(test_settings.data_dir)
+    root = Path(settings.data_dir)
     bad = folder / "ra400_37.fits"
     with fits.open(root / night.exposures[0].raw_path) as hdul:
         hdul[0].header["RA"] = 400.0
         hdul.writeto(bad)
     env = {
-        "SEECHANGE_KAFKA_BOOTSTRAP": test_settings.kafka_bootstrap,
+        "SEECHANGE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "SEECHANGE_DATABASE_URL": database_url,
-        "SEECHANGE_DATA_DIR": str(test_settings.data_dir),
-        "SEECHANGE_TOPIC_PREFIX": test_settings.topic_prefix,
+        "SEECHANGE_DATA_DIR": str(settings.data_dir),
+        "SEECHANGE_TOPIC_PREFIX": settings.topic_prefix,
     }
     result = CliRunner().invoke(main, ["ingest", str(bad), str(root / night.exposures[0].raw_path)], env=env)
     assert result.exit_code == 1, result.output
@@ -164,14 +180,14 @@ def test_cli_exit_status_counts_failures(
 
 
 def test_reduce_reads_only_its_hdu_and_gives_the_single_ccd_pixels(
-    test_settings: Settings, db_engine: Engine, night: NightSummary, folder: Path
+    settings: Settings, db_engine: Engine, night: NightSummary, folder: Path
 ) -> None:
-    root = Path(test_settings.data_dir)
+    root = Path(settings.data_dir)
     single = root / night.exposures[0].raw_path
     packed = _exposure_file(night, root, folder, [36, 37, 38], "mef-fz", expnum=900004)
     assert np.array_equal(read_ccd(packed, hdu=2).data, read_ccd(single).data)  # RICE_1 on int32: lossless
     factory = make_session_factory(db_engine)
-    ingestor = Ingestor(test_settings, factory)
+    ingestor = Ingestor(settings, factory)
     try:
         report = ingestor.ingest([single, packed])
     finally:
@@ -199,13 +215,13 @@ def test_reduce_reads_only_its_hdu_and_gives_the_single_ccd_pixels(
 
 
 def test_watch_ingests_compressed_files(
-    test_settings: Settings, db_engine: Engine, night: NightSummary, folder: Path
+    settings: Settings, db_engine: Engine, night: NightSummary, folder: Path
 ) -> None:
-    root = Path(test_settings.data_dir)
+    root = Path(settings.data_dir)
     path = _exposure_file(night, root, folder, [40, 41], "mef-fz", expnum=900005)
     (folder / f".{path.name}.123.tmp").write_bytes(b"half written")  # an atomic write in progress: ignored
     factory = make_session_factory(db_engine)
-    ingestor = Ingestor(test_settings, factory)
+    ingestor = Ingestor(settings, factory)
     polls = iter(range(3))
     try:
         ingestor.watch(folder, poll_s=0.05, stop=lambda: next(polls, None) is None)
