@@ -5,6 +5,7 @@ No Kafka here: the producer in ``producers/ingest.py`` turns the returned rows i
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from astropy.io import fits
 from sqlalchemy.orm import Session
 
 from seechange.errors import BadInput, ImpossibleValue, UnusableImage
-from seechange.imageio import ImageReadError, read_ccds
+from seechange.imageio import Ccd, ImageReadError, read_ccds
 from seechange.instruments import get_instrument, instrument_of_header
 from seechange.models import Exposure, Provenance
 from seechange.models.upsert import insert_or_get
@@ -208,40 +209,47 @@ def scan_raw_file(path: Path, *, skip: frozenset[str] | None = None) -> list[Ccd
     IngestError
         The file as a whole is unreadable or holds no 2-D image.
     """
+    out: list[CcdOutcome] = []
     try:
-        ccds = list(read_ccds(path))
+        # at most two CCDs' pixels in memory at once (a 62-CCD file would be 2 GB of float32)
+        it = iter(read_ccds(path))
+        first, second = next(it, None), next(it, None)
+        if first is None:
+            raise IngestError(f"{path.name}: no 2-D image HDU")
+        single = second is None
+        ccds = itertools.chain([first], [] if second is None else [second], it)
+        for n, ccd in enumerate(ccds):
+            out.append(_outcome(path, n, ccd, single, skip))
     except (ImageReadError, OSError) as exc:
         raise IngestError(str(exc)) from exc
-    if not ccds:
-        raise IngestError(f"{path.name}: no 2-D image HDU")
-    single = len(ccds) == 1
-    out: list[CcdOutcome] = []
-    for n, ccd in enumerate(ccds):
-        if isinstance(ccd, ImageReadError):
-            out.append(CcdOutcome(-1, f"#{n + 1}", error=IngestError(one_line_of(ccd))))
-            continue
-        label = _label(ccd.header, ccd.index)
-        try:
-            inst = instrument_of_header(ccd.header)
-            reason = inst.skip_reason(inst.identify_ccd(ccd.header)[1], skip)
-            if reason is not None:
-                log.info("ingest: %s CCD %s skipped: %s", path.name, label, reason)
-                out.append(CcdOutcome(ccd.index, label, skipped=reason))
-                continue
-            info = raw_info(ccd.header, ccd.data, name=path.name, hdu=ccd.index, single=single)
-        except BadInput as exc:
-            err = IngestError(f"{path.name} CCD {label}: {one_line_of(exc)}")
-            out.append(CcdOutcome(ccd.index, label, error=err))
-            continue
-        if info.dead_amps:
-            log.warning(
-                "ingest: %s CCD %s: amplifier(s) %s all NaN or constant; flagged in reduce",
-                path.name,
-                label,
-                ",".join(info.dead_amps),
-            )
-        out.append(CcdOutcome(ccd.index, label, info=info))
     return out
+
+
+def _outcome(
+    path: Path, n: int, ccd: Ccd | ImageReadError, single: bool, skip: frozenset[str] | None
+) -> CcdOutcome:
+    """What ingest makes of one CCD read from ``path`` (its ``n``-th image HDU)."""
+    if isinstance(ccd, ImageReadError):
+        return CcdOutcome(-1, f"#{n + 1}", error=IngestError(one_line_of(ccd)))
+    label = _label(ccd.header, ccd.index)
+    try:
+        inst = instrument_of_header(ccd.header)
+        reason = inst.skip_reason(inst.identify_ccd(ccd.header)[1], skip)
+        if reason is not None:
+            log.info("ingest: %s CCD %s skipped: %s", path.name, label, reason)
+            return CcdOutcome(ccd.index, label, skipped=reason)
+        info = raw_info(ccd.header, ccd.data, name=path.name, hdu=ccd.index, single=single)
+    except BadInput as exc:
+        err = IngestError(f"{path.name} CCD {label}: {one_line_of(exc)}")
+        return CcdOutcome(ccd.index, label, error=err)
+    if info.dead_amps:
+        log.warning(
+            "ingest: %s CCD %s: amplifier(s) %s all NaN or constant; flagged in reduce",
+            path.name,
+            label,
+            ",".join(info.dead_amps),
+        )
+    return CcdOutcome(ccd.index, label, info=info)
 
 
 def _label(header: fits.Header, index: int) -> str:
