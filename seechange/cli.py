@@ -177,6 +177,7 @@ def _register_pipeline_commands() -> None:
     from seechange.commands.chaos import chaos
     from seechange.commands.demo import demo
     from seechange.commands.evaluate import evaluate
+    from seechange.commands.instruments import instruments
     from seechange.commands.provenance import provenance
     from seechange.commands.serve import ingest, serve
     from seechange.commands.simulate import simulate
@@ -185,6 +186,7 @@ def _register_pipeline_commands() -> None:
 
     main.add_command(serve)
     main.add_command(ingest)
+    main.add_command(instruments)
     main.add_command(demo)
     main.add_command(subscribe_cmd)
     main.add_command(replay_cmd)

@@ -44,6 +44,7 @@ __all__ = [
     "header_wcs",
     "merged_header",
     "read_ccd",
+    "read_ccds",
     "read_cutout",
     "read_cutouts_file",
     "read_image_data",
@@ -117,8 +118,14 @@ def merged_header(primary: fits.Header, extension: fits.Header | None) -> fits.H
     """
     if extension is None:
         return primary.copy()
+    # copies of the cards: updating a shared Card would change the primary header too (and with it the
+    # next CCD read from the same open file)
     out = fits.Header(
-        [c for c in primary.cards if c.keyword not in _PRIMARY_ONLY and not c.keyword.startswith("NAXIS")]
+        [
+            fits.Card(c.keyword, c.value, c.comment)
+            for c in primary.cards
+            if c.keyword not in _PRIMARY_ONLY and not c.keyword.startswith("NAXIS")
+        ]
     )
     out.update(extension)
     return out
@@ -203,17 +210,67 @@ def read_ccd(
         # 2048x4096 float32 HDU here); the copy owns its memory once the file is closed
         with fits.open(path, lazy_load_hdus=True) as hdul:
             index = _select(hdul, name, hdu, ccdnum, unique)
-            chosen = hdul[index]
-            header = merged_header(hdul[0].header, None if index == 0 else chosen.header)
-            raw = chosen.data
-            want = raw.dtype.newbyteorder("=") if dtype is None else np.dtype(dtype)
-            data = np.array(raw, dtype=want, copy=True)
-            del raw
+            return _ccd_at(hdul, index, dtype)
     except (ImageReadError, FileNotFoundError):
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, zlib.error) as exc:
         raise ImageReadError(f"{name}: not a readable FITS file: {_one_line(exc)}") from exc
+
+
+def _ccd_at(hdul: fits.HDUList, index: int, dtype: DTypeLike | None) -> Ccd:
+    """The CCD of HDU ``index`` of an open file: one converting copy of its pixels, merged header."""
+    chosen = hdul[index]
+    header = merged_header(hdul[0].header, None if index == 0 else chosen.header)
+    raw = chosen.data
+    want = raw.dtype.newbyteorder("=") if dtype is None else np.dtype(dtype)
+    data = np.array(raw, dtype=want, copy=True)
+    del raw
     return Ccd(data=data, header=header, index=index)
+
+
+def read_ccds(path: Path | str, *, dtype: DTypeLike | None = np.float32) -> Iterator[Ccd | ImageReadError]:
+    """Every 2-D image HDU of a file, in order, from one opening of the file (each HDU read once).
+
+    For a multi-extension file this is much cheaper than :func:`read_ccd` per HDU (which parses the headers
+    before the wanted one on every call). A CCD whose pixels cannot be read (a corrupt tile) is yielded as
+    its :class:`ImageReadError` and the others follow.
+
+    Parameters
+    ----------
+    path : Path or str
+        The file.
+    dtype : numpy dtype or None, optional
+        As for :func:`read_ccd`.
+
+    Raises
+    ------
+    ImageReadError
+        The file as a whole is not readable FITS.
+    FileNotFoundError
+        No file at ``path``.
+    """
+    path = Path(path)
+    try:
+        hdul = fits.open(path, lazy_load_hdus=True)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, zlib.error) as exc:
+        raise ImageReadError(f"{path.name}: not a readable FITS file: {_one_line(exc)}") from exc
+    with hdul:
+        i = 0
+        while True:
+            try:
+                h = hdul[i]
+            except IndexError:
+                return
+            except (OSError, ValueError, TypeError, KeyError, EOFError, zlib.error) as exc:
+                raise ImageReadError(f"{path.name}: HDU {i} unreadable: {_one_line(exc)}") from exc
+            if _is_2d_image(h):
+                try:
+                    yield _ccd_at(hdul, i, dtype)
+                except (OSError, ValueError, TypeError, KeyError, EOFError, zlib.error) as exc:
+                    yield ImageReadError(f"{path.name}: HDU {i} unreadable: {_one_line(exc)}")
+            i += 1
 
 
 #: The cards a celestial WCS is made of (named in the error when they are missing or unusable).

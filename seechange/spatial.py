@@ -1,9 +1,12 @@
-"""HEALPix indices for spatial look-ups on plain PostgreSQL (btree on a BigInteger column)."""
+"""HEALPix indices for spatial look-ups on plain PostgreSQL (btree on a BigInteger column); a simple TAN WCS."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from astropy import units as u
+from astropy.wcs import WCS
 from astropy_healpix import HEALPix
 
 #: Fine index stored in every ``healpix`` column (about 3.2 arcsec pixels).
@@ -30,3 +33,29 @@ def coarse_pixels_in_cone(ra: float, dec: float, radius_arcsec: float) -> list[i
     """Coarse pixels (nside 64) overlapping a cone: the advisory-lock keys of an association."""
     pix = _COARSE.cone_search_lonlat(ra * u.deg, dec * u.deg, radius=radius_arcsec * u.arcsec)
     return sorted(int(p) for p in np.atleast_1d(pix))
+
+
+def tan_wcs(ra: float, dec: float, nx: int, ny: int, scale_arcsec: float, rotation_deg: float = 0.0) -> WCS:
+    """A TAN WCS with (ra, dec) at the centre of an nx x ny grid, north up and east left.
+
+    Parameters
+    ----------
+    ra, dec : float
+        Sky position of the grid centre, deg.
+    nx, ny : int
+        Grid size, pixels.
+    scale_arcsec : float
+        Pixel scale, arcsec/pixel.
+    rotation_deg : float, optional
+        Rotation of the sky relative to the pixel axes, deg.
+    """
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra, dec]
+    w.wcs.crpix = [(nx + 1) / 2.0, (ny + 1) / 2.0]
+    s = scale_arcsec / 3600.0
+    c, si = math.cos(math.radians(rotation_deg)), math.sin(math.radians(rotation_deg))
+    w.wcs.cd = np.array([[-s * c, s * si], [s * si, s * c]])
+    w.wcs.radesys = "ICRS"
+    w.pixel_shape = (nx, ny)
+    return w

@@ -59,9 +59,33 @@ def recovered_transients(
     "queueing rather than processing latency).",
 )
 @click.option("--timeout", default=900.0, show_default=True, help="Give up after this many seconds.")
+@click.option(
+    "--instrument",
+    default="decam",
+    show_default=True,
+    type=click.Choice(["decam", "ls4"], case_sensitive=False),
+)
+@click.option("--ccds", default=1, show_default=True, help="CCDs per exposure.")
+@click.option(
+    "--format",
+    "fmt",
+    default="mef-fz",
+    show_default=True,
+    type=click.Choice(["single", "mef", "mef-fz"]),
+    help="Raw files as archives deliver them: one tile-compressed multi-extension file per exposure.",
+)
 @click.pass_obj
 def demo(
-    settings: Settings, fields: int, epochs: int, size: str, seed: int, cadence: float, timeout: float
+    settings: Settings,
+    fields: int,
+    epochs: int,
+    size: str,
+    seed: int,
+    cadence: float,
+    timeout: float,
+    instrument: str,
+    ccds: int,
+    fmt: str,
 ) -> None:
     """Run a simulated night through every service and print what came out."""
     from rich.console import Console
@@ -79,6 +103,7 @@ def demo(
         table_counts,
         wait_for_night,
     )
+    from seechange.sim.instrument import sim_camera
     from seechange.sim.night import simulate_night
     from seechange.streaming.ingestor import Ingestor
     from seechange.streaming.topics import delete_topics, ensure_topics, topic_names
@@ -113,10 +138,25 @@ def demo(
 
     shutil.rmtree(data_dir, ignore_errors=True)
     t0 = time.monotonic()
-    with console.status(f"simulating {fields} field(s) x {epochs} epochs of {nx}x{ny} CCDs"):
-        night = simulate_night(data_dir, seed=seed, n_fields=fields, n_epochs=epochs, size=(nx, ny))
+    camera = sim_camera(instrument)
+    ccdnums = camera.pick_ccds(ccds)
+    with console.status(
+        f"simulating {fields} field(s) x {epochs} epochs of {len(ccdnums)} {camera.name} {nx}x{ny} CCD(s)"
+    ):
+        night = simulate_night(
+            data_dir,
+            seed=seed,
+            n_fields=fields,
+            n_epochs=epochs,
+            size=(nx, ny),
+            exptime=camera.definition.exptime_default,
+            instrument=camera.name,
+            ccdnums=ccdnums,
+            fmt=fmt,
+        )
     console.print(
-        f"simulated {len(night.exposures)} exposures in {time.monotonic() - t0:.1f} s under {data_dir}"
+        f"simulated {len(night.exposures)} CCD exposures in {len(night.raw_files)} {fmt} file(s) in "
+        f"{time.monotonic() - t0:.1f} s under {data_dir}"
     )
 
     engine = make_engine(db_url)
@@ -159,8 +199,8 @@ def demo(
                     alerts_task, completed=received, extra=f"{p.alerts_logged} sent, {received} received"
                 )
 
-            for e in night.exposures:
-                report = ingestor.ingest([data_dir / e.raw_path])
+            for raw_file in night.raw_files:
+                report = ingestor.ingest([data_dir / raw_file])
                 exposure_ids.extend(report.registered)
                 if cadence:
                     time.sleep(cadence)

@@ -54,6 +54,12 @@ def serve(settings: Settings, stage: str, max_messages: int | None, idle_timeout
     default=None,
     help="Bad-pixel mask (non-zero = bad) of the one --reduced image.",
 )
+@click.option(
+    "--skip-ccds",
+    "skip_ccds",
+    default=None,
+    help="Comma-separated CCD names not to ingest (default: each instrument's list, e.g. DECam S30,N30; '' for none).",
+)
 @click.pass_obj
 def ingest(
     settings: Settings,
@@ -62,8 +68,13 @@ def ingest(
     reduced: bool,
     weight: Path | None,
     mask: Path | None,
+    skip_ccds: str | None,
 ) -> None:
-    """Register raw CCD files (inside the data root) and emit exposure-ready for each.
+    """Register raw files (inside the data root) and emit exposure-ready for each science CCD.
+
+    A multi-extension or tile-compressed (.fits.fz) file gives one Exposure per science CCD. A refused CCD or
+    file is one line on stderr and a record on exposure-ready.dlq; the others go on; the exit status is 1 when
+    any failed.
 
     Already-reduced images (--reduced, or Community Pipeline names *_ooi_*, paired with the *_oow_* weight
     and *_ood_* mask beside them) become Exposure + Image rows and emit image-reduced instead.
@@ -94,11 +105,16 @@ def ingest(
     ingestor = Ingestor(settings, make_session_factory(engine), stop=stop)
     try:
         failed = 0
+        skip = (
+            None
+            if skip_ccds is None
+            else frozenset(c.strip().upper() for c in skip_ccds.split(",") if c.strip())
+        )
         if raw:
-            report = ingestor.ingest(raw)
+            report = ingestor.ingest(raw, skip=skip)
             click.echo(
                 f"ingested {len(report.registered)} exposure(s) ({report.new} new), "
-                f"{len(report.failed)} failed"
+                f"{len(report.skipped)} CCD(s) skipped, {len(report.failed)} failed"
             )
             failed += len(report.failed)
         if triplets:
@@ -113,7 +129,7 @@ def ingest(
             raise SystemExit(1)
         if watch_dir:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            ingestor.watch(watch_dir, stop=stop.is_set)
+            ingestor.watch(watch_dir, stop=stop.is_set, skip=skip)
     finally:
         ingestor.close()
         engine.dispose()

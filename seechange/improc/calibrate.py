@@ -18,6 +18,7 @@ from scipy import ndimage
 from seechange.errors import ImpossibleValue, UnusableImage
 from seechange.improc.sections import parse_section
 from seechange.improc.types import FLAG_BAD, FLAG_BLEED, FLAG_COSMIC_RAY, FLAG_SATURATED
+from seechange.instruments import Instrument, instrument_of_header
 
 __all__ = [
     "AmpInfo",
@@ -141,10 +142,12 @@ def amp_layout(header: fits.Header) -> list[AmpInfo]:
     The trimmed grid is the bounding box of ``DATASEC`` (or of the union of the amplifiers' data sections);
     each amplifier's pixels keep their physical position in it (reversed sections are not flipped).
     """
-    names = [n for n in ("A", "B") if f"DATASEC{n}" in header]
+    inst = _instrument_or_generic(header)
+    names = [n for n in inst.amps if inst.datasec_card(n) in header]
     if not names:
-        raise ImpossibleValue("raw header has no DATASECA/DATASECB")
-    bounds = {n: parse_section(header[f"DATASEC{n}"]) for n in names}
+        cards = "/".join(inst.datasec_card(n) for n in inst.amps)
+        raise ImpossibleValue(f"raw header has no {cards}")
+    bounds = {n: parse_section(header[inst.datasec_card(n)]) for n in names}
     if "DATASEC" in header:
         x1, x2, y1, y2 = parse_section(header["DATASEC"])
         x0, y0 = min(x1, x2), min(y1, y2)
@@ -157,7 +160,7 @@ def amp_layout(header: fits.Header) -> list[AmpInfo]:
         lo_x, hi_x, lo_y, hi_y = min(x1, x2), max(x1, x2), min(y1, y2), max(y1, y2)
         raw_rows, raw_cols = slice(lo_y - 1, hi_y), slice(lo_x - 1, hi_x)
         trimmed = (slice(lo_y - y0, hi_y - y0 + 1), slice(lo_x - x0, hi_x - x0 + 1))
-        bx1, bx2, by1, by2 = parse_section(header[f"BIASSEC{n}"])
+        bx1, bx2, by1, by2 = parse_section(header[inst.biassec_card(n)])
         raw_bias = (slice(min(by1, by2) - 1, max(by1, by2)), slice(min(bx1, bx2) - 1, max(bx1, bx2)))
         amps.append(
             AmpInfo(
@@ -165,12 +168,34 @@ def amp_layout(header: fits.Header) -> list[AmpInfo]:
                 raw_data=(raw_rows, raw_cols),
                 raw_bias=raw_bias,
                 trimmed=trimmed,
-                gain=float(header.get(f"GAIN{n}", header.get("GAIN", 1.0))),
-                read_noise=float(header.get(f"RDNOISE{n}", header.get("RDNOISE", 0.0))),
-                saturation=float(header.get(f"SATURAT{n}", header.get("SATURATE", np.inf))),
+                gain=_card(header, inst.gain_card(n), "GAIN", 1.0, "e-/ADU"),
+                read_noise=_card(header, inst.read_noise_card(n), "RDNOISE", 0.0, "e-"),
+                saturation=_card(header, inst.saturation_card(n), "SATURATE", np.inf, "ADU"),
             )
         )
     return amps
+
+
+_GENERIC = Instrument(
+    name="generic", telescope="", pixel_scale=float("nan"), ccd_size=(0, 0), ccds={}, filters={}
+)
+
+
+def _instrument_or_generic(header: fits.Header) -> Instrument:
+    """The header's instrument when ``INSTRUME`` names a known one, else two amplifiers A/B, DECam-style cards."""
+    try:
+        return instrument_of_header(header)
+    except ImpossibleValue:
+        return _GENERIC
+
+
+def _card(header: fits.Header, key: str, fallback: str, default: float, unit: str) -> float:
+    """A per-amplifier number, else the CCD-wide card, else ``default`` (said in the log, never silently)."""
+    for k in (key, fallback):
+        if k in header:
+            return float(header[k])
+    log.warning("calibrate: no %s or %s card; assuming %s %s", key, fallback, default, unit)
+    return default
 
 
 def _trimmed_shape(amps: list[AmpInfo]) -> tuple[int, int]:
@@ -327,6 +352,36 @@ def detect_cosmic_rays(
     return mask
 
 
+def dead_pixels(adu: np.ndarray, amps: list[AmpInfo]) -> np.ndarray | None:
+    """Pixels that carry no signal: non-finite ones, and every pixel of an amplifier that is all NaN or all
+    one value (a dead, unread or zero-filled amplifier); None when there are none.
+
+    Parameters
+    ----------
+    adu : ndarray
+        Overscan-corrected trimmed CCD, ADU.
+    amps : list of AmpInfo
+        Amplifier geometry (``trimmed`` slices).
+
+    Returns
+    -------
+    ndarray of bool or None
+        True where dead.
+    """
+    dead = ~np.isfinite(adu)
+    any_dead = bool(dead.any())
+    for amp in amps:
+        block = adu[amp.trimmed]
+        finite = block[np.isfinite(block)]
+        if finite.size == 0 or float(finite.min()) == float(finite.max()):
+            log.warning(
+                "calibrate: amplifier %s is all NaN or constant; its pixels are flagged bad", amp.name
+            )
+            dead[amp.trimmed] = True
+            any_dead = True
+    return dead if any_dead else None
+
+
 def _grow(mask: np.ndarray, r: int) -> np.ndarray:
     """Dilate a boolean mask by a (2r+1)^2 square with shifted ORs (faster than ndimage on big frames); a
     sparse mask (saturated stars: a few thousand pixels) is dilated around its pixels only."""
@@ -458,6 +513,9 @@ def calibrate(
     if exptime < 0:
         raise ImpossibleValue(f"exptime must be >= 0, got {exptime}")
     adu = np.asarray(trimmed_adu, dtype=np.float32)
+    dead = dead_pixels(adu, amps)
+    if dead is not None:  # NaN pixels, NaN- or constant-filled amplifiers: flagged, made harmless
+        adu = np.where(dead, np.asarray(bias, np.float32), adu)
     gain = np.empty(shape, np.float32)
     rn2 = np.empty(shape, np.float32)
     for amp in amps:
@@ -482,6 +540,8 @@ def calibrate(
     variance_raw += rn2
     del rn2
     flags = np.where(np.asarray(bpm) != 0, np.uint16(FLAG_BAD), np.uint16(0))
+    if dead is not None:
+        flags[dead] |= FLAG_BAD
     sat, bleed = _saturation_and_bleed(adu, amps, bleed_fraction=bleed_fraction, grow=saturation_grow)
     flags[sat] |= FLAG_SATURATED
     flags[bleed] |= FLAG_BLEED

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,31 @@ def _gain(header: fits.Header) -> float:
     return 1.0
 
 
+def mask_flags(mask: np.ndarray, codes: Mapping[int, int] | None = None) -> np.ndarray:
+    """Our flag bits from an integer mask: non-zero = FLAG_BAD, or per ``codes`` (value -> flag bits).
+
+    With ``codes``, a non-zero value that is not in them is flagged bad and counted in one log line.
+    """
+    m = np.asarray(mask)
+    if codes is None:
+        return np.where(m != 0, np.uint16(FLAG_BAD), np.uint16(0))
+    out = np.zeros(m.shape, np.uint16)
+    known = np.zeros(m.shape, bool)
+    for value, bits in codes.items():
+        hit = m == value
+        out[hit] |= np.uint16(bits)
+        known |= hit
+    unknown = ~known & (m != 0)
+    if unknown.any():
+        log.warning(
+            "mask: %d pixels with values %s outside the known codes; flagged bad",
+            int(unknown.sum()),
+            sorted(int(v) for v in np.unique(m[unknown]))[:10],
+        )
+        out[unknown] |= np.uint16(FLAG_BAD)
+    return out
+
+
 def load_prereduced(
     image_path: Path,
     *,
@@ -57,6 +83,7 @@ def load_prereduced(
     refcat: Table | None = None,
     params: ReduceParams,
     gain: float | None = None,
+    mask_codes: Mapping[int, int] | None = None,
 ) -> ImageData:
     """Turn an already-reduced image (plus optional weight and mask) into an `ImageData`.
 
@@ -68,7 +95,7 @@ def load_prereduced(
         Inverse-variance map in the image's units (ADU^-2); converted to electrons^-2. Without it the weight
         is ``1 / (background rms map^2 + source electrons)``.
     mask_path : Path, optional
-        Integer mask, non-zero = bad (FLAG_BAD).
+        Integer mask: non-zero = bad (FLAG_BAD), or coded per ``mask_codes``.
     refcat : astropy.table.Table, optional
         Reference catalogue (ra, dec, mag_<band>) for the zero point when the header has none
         (``MAGZERO``, ``MAGZPT`` or ``ZP``, taken to apply to the image's own units).
@@ -76,6 +103,9 @@ def load_prereduced(
         Background mesh, detection threshold, PSF and matching parameters.
     gain : float, optional
         Electrons per image unit; default from ``BUNIT``/``GAIN``/``GAINA``+``GAINB``.
+    mask_codes : mapping of int to int, optional
+        Mask value -> our flag bits (e.g. ``seechange.instruments.decam.CP_MASK_CODES`` for a Community
+        Pipeline ``ood`` mask); values not in it are flagged bad.
 
     Returns
     -------
@@ -94,8 +124,8 @@ def load_prereduced(
     if sat is not None:
         flags[np.nan_to_num(data, nan=-np.inf) >= float(sat)] |= FLAG_SATURATED
     if mask_path is not None:
-        m = read_ccd(Path(mask_path)).data
-        flags[m != 0] |= FLAG_BAD
+        m = read_ccd(Path(mask_path), dtype=None).data
+        flags |= mask_flags(m, mask_codes)
     electrons = np.where(np.isfinite(data), data, 0).astype(np.float32) * np.float32(g)
     bkg = measure_background(
         electrons,

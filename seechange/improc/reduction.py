@@ -91,7 +91,13 @@ class ReduceParams(StepParameters):
 
 
 def reduce_exposure(
-    raw_data: np.ndarray, header: fits.Header, calib: CalibFrames, refcat: Table, *, params: ReduceParams
+    raw_data: np.ndarray,
+    header: fits.Header,
+    calib: CalibFrames,
+    refcat: Table,
+    *,
+    params: ReduceParams,
+    band: str | None = None,
 ) -> ImageData:
     """Reduce one raw CCD: overscan, calibration, flags, background, sources, PSF, WCS, zero point.
 
@@ -108,6 +114,9 @@ def reduce_exposure(
         Reference catalogue around the CCD (ra, dec, mag_<band>).
     params : ReduceParams
         Step parameters.
+    band : str, optional
+        Band (from the instrument's filter map, as ingest recorded it); default: the FILTER card's first
+        letter.
 
     Returns
     -------
@@ -127,7 +136,8 @@ def reduce_exposure(
         t0 = now
 
     exptime = float(header["EXPTIME"])
-    band = str(header.get("FILTER", " ")).strip()[:1]
+    if band is None:
+        band = str(header.get("FILTER", " ")).strip()[:1]
     trimmed, amps = overscan_correct_and_trim(raw_data, header, smooth_rows=params.overscan_smooth_rows)
     lap("overscan")
     electrons, weight, flags = calibrate(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, DateTime, Double, ForeignKey, String, UniqueConstraint, func
+from sqlalchemy import BigInteger, DateTime, Double, ForeignKey, Integer, String, UniqueConstraint, func
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from seechange.models.base import Base, CreatedAtMixin, IdMixin
@@ -48,6 +48,9 @@ class Exposure(IdMixin, CreatedAtMixin, Base):
         Gain, e-/ADU.
     read_noise : float or None
         Read noise, e-.
+    hdu : int or None
+        Index of this CCD's HDU in ``filepath`` (a multi-extension file holds every CCD of the exposure);
+        None for rows registered from a reduced image.
     ingested_at : datetime
         When the exposure entered the pipeline (timestamptz).
     healpix : int
@@ -74,6 +77,7 @@ class Exposure(IdMixin, CreatedAtMixin, Base):
     airmass: Mapped[float | None] = mapped_column(Double, nullable=True)
     gain: Mapped[float | None] = mapped_column(Double, nullable=True)
     read_noise: Mapped[float | None] = mapped_column(Double, nullable=True)
+    hdu: Mapped[int | None] = mapped_column(Integer, nullable=True)
     ingested_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )

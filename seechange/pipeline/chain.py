@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from seechange.models import CoaddImage, Image, Sighting, SubtractionImage
 from seechange.pipeline.alert import build_alert, log_alert
 from seechange.pipeline.detect import detect_on_subtraction
-from seechange.pipeline.ingest import register_exposure
+from seechange.pipeline.ingest import input_file, register_exposure, scan_raw_file
 from seechange.pipeline.parameters import PipelineParameters
 from seechange.pipeline.reduce import ReduceResources, reduce_exposure_row
 from seechange.pipeline.subtract import find_or_build_reference, subtract_image_row
+from seechange.storage import md5sum
 
 __all__ = ["InProcessChain"]
 
@@ -84,6 +85,30 @@ class InProcessChain:
     def ingest(self, raw_path: str | Path) -> int:
         """Register a raw CCD file; its Exposure id."""
         return self._step("ingest", lambda s: register_exposure(s, self.data_root, raw_path)[0].id)
+
+    def ingest_file(self, raw_path: str | Path, *, skip: frozenset[str] | None = None) -> list[int]:
+        """Register every science CCD of a raw file (multi-extension or ``.fits.fz`` too); their Exposure ids.
+
+        Raises
+        ------
+        IngestError
+            A CCD of the file was refused (the first refusal; nothing of the file is registered).
+        """
+
+        def register(s: Session) -> list[int]:
+            full = input_file(self.data_root, raw_path)
+            outcomes = scan_raw_file(full, skip=skip)
+            refused = [o.error for o in outcomes if o.error is not None]
+            if refused:
+                raise refused[0]
+            digest = md5sum(full)
+            return [
+                register_exposure(s, self.data_root, full, info=o.info, md5=digest)[0].id
+                for o in outcomes
+                if o.info is not None
+            ]
+
+        return self._step("ingest", register)
 
     def reduce(self, exposure_id: int) -> Image:
         """Reduce one Exposure (find before make)."""

@@ -5,6 +5,7 @@ No Kafka here: the producer in ``producers/ingest.py`` turns the returned rows i
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,23 +13,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.coordinates import Angle
 from astropy.io import fits
-from astropy.wcs import WCS
 from sqlalchemy.orm import Session
 
-from seechange.errors import BadInput
-from seechange.imageio import ImageReadError, read_ccd
+from seechange.errors import BadInput, ImpossibleValue, UnusableImage
+from seechange.imageio import Ccd, ImageReadError, read_ccds
+from seechange.instruments import get_instrument, instrument_of_header
 from seechange.models import Exposure, Provenance
 from seechange.models.upsert import insert_or_get
+from seechange.pipeline.ingest_checks import (
+    check_pixels,
+    check_sections,
+    exposure_time,
+    observation_mjd,
+    optional_float,
+    pointing,
+    wcs_centre,
+)
 from seechange.provenance import get_or_create_provenance
 from seechange.spatial import healpix_index
 from seechange.storage import md5sum, relative, resolve
 from seechange.timestamps import epoch_ms
 
 log = logging.getLogger(__name__)
-
-REQUIRED_RAW_KEYS = ("INSTRUME", "FILTER", "EXPTIME", "MJD-OBS")
 
 
 class IngestError(BadInput, ValueError):
@@ -37,7 +44,7 @@ class IngestError(BadInput, ValueError):
 
 @dataclass(frozen=True)
 class RawInfo:
-    """What ingest reads from a raw CCD header."""
+    """What ingest reads from one raw CCD's (merged) header."""
 
     instrument: str
     origin_id: str
@@ -52,77 +59,227 @@ class RawInfo:
     airmass: float | None
     gain: float | None
     read_noise: float | None
+    hdu: int | None = None  #: index of the CCD's HDU in the file (None: the file's only image)
+    ccd_name: str | None = None  #: e.g. DECam ``DETPOS`` ``'N4'``
+    dead_amps: tuple[str, ...] = ()  #: amplifiers whose pixels are all NaN or constant (flagged in reduce)
 
 
-def band_of(filter_name: str) -> str:
-    """One-letter band from a filter string such as ``'r DECam SDSS c0002 6415.0 1480.0'``."""
-    name = filter_name.strip()
-    if not name:
-        raise IngestError("empty FILTER header")
-    return name.split()[0][0]
+@dataclass(frozen=True)
+class CcdOutcome:
+    """What ingest made of one image HDU of a raw file: a :class:`RawInfo`, a skip or a refusal."""
+
+    hdu: int
+    label: str  #: CCD name, else EXTNAME, else ``HDU<n>``
+    info: RawInfo | None = None
+    skipped: str | None = None
+    error: BadInput | None = None
 
 
-def _centre(header: fits.Header, data_shape: tuple[int, ...]) -> tuple[float, float]:
-    """CCD centre (deg) from the header WCS when there is one, else from RA/DEC pointing cards."""
-    if "CTYPE1" in header and "CRVAL1" in header:
-        wcs = WCS(header, naxis=2)
-        ny, nx = data_shape
-        if "DATASEC" in header:
-            from seechange.improc.sections import section_shape
+def band_of(filter_name: str, instrument: str = "DECam") -> str:
+    """Band of a FILTER value for an instrument (e.g. ``'r DECam SDSS c0002 6415.0 1480.0'`` -> ``'r'``).
 
-            ny, nx = section_shape(str(header["DATASEC"]))
-        ra, dec = wcs.all_pix2world([[(nx - 1) / 2, (ny - 1) / 2]], 0)[0]
-        return float(ra), float(dec)
-    try:
-        ra = Angle(str(header["RA"]), unit="hourangle" if ":" in str(header["RA"]) else "deg").deg
-        dec = Angle(str(header["DEC"]), unit="deg").deg
-    except (KeyError, ValueError) as exc:
-        raise IngestError(f"no WCS and no usable RA/DEC cards: {exc}") from exc
-    return float(ra), float(dec)
+    Raises
+    ------
+    UnknownFilter
+        The instrument does not know the filter.
+    """
+    return get_instrument(instrument).band(filter_name)
 
 
-def read_raw_info(path: Path) -> RawInfo:
-    """Validate a raw CCD FITS file and read what the Exposure row needs.
+FITS_SUFFIXES = (".fits.fz", ".fits.gz", ".fits", ".fit", ".fz")
+"""File-name endings of FITS files (plain, tile-compressed, gzipped)."""
+
+
+def file_stem(path: Path) -> str:
+    """File name without its FITS suffix(es): ``a/b/c4d_x_ooi_i_v1.fits.fz`` -> ``c4d_x_ooi_i_v1``."""
+    name = path.name
+    for suffix in FITS_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def raw_info(header: fits.Header, data: np.ndarray, *, name: str, hdu: int | None, single: bool) -> RawInfo:
+    """Validate one CCD (merged header + pixels) and read what its Exposure row needs.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        Merged header (primary + CCD extension).
+    data : ndarray
+        The CCD's raw pixels.
+    name : str
+        File name (for the origin id when there is no EXPNUM).
+    hdu : int or None
+        HDU index recorded on the row.
+    single : bool
+        The file holds one CCD only (its RA/DEC cards then describe it, enough to build a WCS).
+
+    Raises
+    ------
+    ImpossibleValue, UnusableImage
+        One line naming the card (see :mod:`seechange.pipeline.ingest_checks`).
+    """
+    if data.ndim != 2:
+        raise UnusableImage(f"image has {data.ndim} dimensions, not 2")
+    inst = instrument_of_header(header)
+    number, cname = inst.identify_ccd(header)
+    if number is None and cname is None:
+        raise ImpossibleValue(f"missing header card {inst.ccdnum_key} (or {inst.ccdname_key})")
+    section = str(number) if number is not None else str(cname)
+    exp_time = exposure_time(header, inst.exptime_key)
+    mjd = observation_mjd(header, inst.mjd_key, inst.date_key)
+    if inst.filter_key not in header:
+        raise ImpossibleValue(f"missing header card {inst.filter_key}")
+    filt = str(header[inst.filter_key]).strip()
+    band = inst.band(filt)
+    amps = check_sections(header, data.shape, inst)
+    dead = check_pixels(data, header, amps, inst)
+    aim = pointing(header, inst)
+    centre = wcs_centre(header, data.shape)
+    if centre is None:
+        if aim is None or not single:
+            raise ImpossibleValue(
+                "no WCS (CTYPE1/2, CRVAL1/2, CRPIX1/2, CD) and "
+                + (
+                    "no RA/DEC cards to build one"
+                    if aim is None
+                    else "RA/DEC of a multi-CCD file is the pointing"
+                )
+            )
+        centre = aim
+    gains = [optional_float(header, inst.gain_card(a)) for a in amps]
+    noises = [optional_float(header, inst.read_noise_card(a)) for a in amps]
+    for a, g in zip(amps, gains):
+        if g is not None and g <= 0:
+            raise ImpossibleValue(f"{inst.gain_card(a)} = {header[inst.gain_card(a)]!r} must be > 0 e-/ADU")
+    gain = _mean_or(gains, optional_float(header, "GAIN"))
+    read_noise = _mean_or(noises, optional_float(header, "RDNOISE"))
+    origin = next((header[k] for k in inst.expnum_keys if k in header and str(header[k]).strip()), None)
+    airmass = optional_float(header, "AIRMASS")
+    if "AIRMASS" in header and airmass is None:
+        log.warning(
+            "ingest: %s CCD %s: AIRMASS = %r is not a number; stored as unknown",
+            name,
+            section,
+            header["AIRMASS"],
+        )
+    obj = str(header["OBJECT"]).strip() if "OBJECT" in header else ""
+    return RawInfo(
+        instrument=inst.name,
+        origin_id=str(origin).strip() if origin is not None else file_stem(Path(name)).removesuffix("_ori"),
+        section_id=section,
+        filter=filt,
+        band=band,
+        mjd=mjd,
+        exp_time=exp_time,
+        ra=centre[0],
+        dec=centre[1],
+        field=obj or None,
+        airmass=airmass,
+        gain=gain,
+        read_noise=read_noise,
+        hdu=hdu,
+        ccd_name=cname,
+        dead_amps=tuple(dead),
+    )
+
+
+def _mean_or(values: list[float | None], fallback: float | None) -> float | None:
+    """Mean of the known per-amplifier values, else ``fallback``."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else fallback
+
+
+def scan_raw_file(path: Path, *, skip: frozenset[str] | None = None) -> list[CcdOutcome]:
+    """Every image HDU of a raw file (plain, multi-extension or ``.fits.fz``) as one outcome each.
+
+    Nothing is dropped without a word: each 2-D image HDU becomes a :class:`RawInfo`, a skip (guide/focus
+    CCD, or a CCD in the skip list; logged) or a refusal (the error, one line naming file, CCD and card).
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    skip : frozenset of str, optional
+        CCD names to skip; default: the instrument's own skip list.
 
     Raises
     ------
     IngestError
-        Unreadable or non-FITS file, no image data, or a missing required header card.
+        The file as a whole is unreadable or holds no 2-D image.
     """
+    out: list[CcdOutcome] = []
     try:
-        ccd = read_ccd(path)
+        # at most two CCDs' pixels in memory at once (a 62-CCD file would be 2 GB of float32)
+        it = iter(read_ccds(path))
+        first, second = next(it, None), next(it, None)
+        if first is None:
+            raise IngestError(f"{path.name}: no 2-D image HDU")
+        single = second is None
+        ccds = itertools.chain([first], [] if second is None else [second], it)
+        for n, ccd in enumerate(ccds):
+            out.append(_outcome(path, n, ccd, single, skip))
     except (ImageReadError, OSError) as exc:
         raise IngestError(str(exc)) from exc
-    header, shape = ccd.header, ccd.data.shape
-    missing = [k for k in REQUIRED_RAW_KEYS if k not in header]
-    if missing:
-        raise IngestError(f"{path.name}: missing header card(s) {', '.join(missing)}")
-    exp_time = float(header["EXPTIME"])
-    mjd = float(header["MJD-OBS"])
-    if not np.isfinite(mjd) or not np.isfinite(exp_time) or exp_time <= 0:
-        raise IngestError(f"{path.name}: impossible MJD-OBS={mjd} or EXPTIME={exp_time}")
-    section = header.get("CCDNUM", header.get("DETPOS"))
-    if section is None:
-        raise IngestError(f"{path.name}: missing header card CCDNUM (or DETPOS)")
-    origin = header.get("EXPNUM", header.get("OBSID", path.stem.rsplit("_", 1)[0]))
-    ra, dec = _centre(header, shape)
-    gain = header.get("GAIN", header.get("GAINA"))
-    rdnoise = header.get("RDNOISE", header.get("RDNOISEA"))
-    return RawInfo(
-        instrument=str(header["INSTRUME"]).strip(),
-        origin_id=str(origin),
-        section_id=str(section),
-        filter=str(header["FILTER"]),
-        band=band_of(str(header["FILTER"])),
-        mjd=mjd,
-        exp_time=exp_time,
-        ra=ra,
-        dec=dec,
-        field=str(header["OBJECT"]).strip() if "OBJECT" in header else None,
-        airmass=float(header["AIRMASS"]) if "AIRMASS" in header else None,
-        gain=float(gain) if gain is not None else None,
-        read_noise=float(rdnoise) if rdnoise is not None else None,
-    )
+    return out
+
+
+def _outcome(
+    path: Path, n: int, ccd: Ccd | ImageReadError, single: bool, skip: frozenset[str] | None
+) -> CcdOutcome:
+    """What ingest makes of one CCD read from ``path`` (its ``n``-th image HDU)."""
+    if isinstance(ccd, ImageReadError):
+        return CcdOutcome(-1, f"#{n + 1}", error=IngestError(one_line_of(ccd)))
+    label = _label(ccd.header, ccd.index)
+    try:
+        inst = instrument_of_header(ccd.header)
+        reason = inst.skip_reason(inst.identify_ccd(ccd.header)[1], skip)
+        if reason is not None:
+            log.info("ingest: %s CCD %s skipped: %s", path.name, label, reason)
+            return CcdOutcome(ccd.index, label, skipped=reason)
+        info = raw_info(ccd.header, ccd.data, name=path.name, hdu=ccd.index, single=single)
+    except BadInput as exc:
+        err = IngestError(f"{path.name} CCD {label}: {one_line_of(exc)}")
+        return CcdOutcome(ccd.index, label, error=err)
+    if info.dead_amps:
+        log.warning(
+            "ingest: %s CCD %s: amplifier(s) %s all NaN or constant; flagged in reduce",
+            path.name,
+            label,
+            ",".join(info.dead_amps),
+        )
+    return CcdOutcome(ccd.index, label, info=info)
+
+
+def _label(header: fits.Header, index: int) -> str:
+    for key in ("DETPOS", "EXTNAME", "CCDNUM"):
+        if key in header and str(header[key]).strip():
+            return str(header[key]).strip()
+    return f"HDU{index}"
+
+
+def one_line_of(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def read_raw_info(path: Path) -> RawInfo:
+    """Validate a single-CCD raw file and read what its Exposure row needs.
+
+    Raises
+    ------
+    IngestError
+        Unreadable, not exactly one usable CCD, or a failed check (one line naming the card).
+    """
+    outcomes = scan_raw_file(path, skip=frozenset())
+    if len(outcomes) != 1:
+        raise IngestError(f"{path.name}: {len(outcomes)} CCDs; use scan_raw_file for a multi-CCD file")
+    one = outcomes[0]
+    if one.error is not None:
+        raise one.error
+    assert one.info is not None
+    return one.info
 
 
 def ingest_provenance(session: Session) -> Provenance:
@@ -148,7 +305,12 @@ def input_file(data_root: Path, path: str | Path) -> Path:
 
 
 def register_exposure(
-    session: Session, data_root: Path, path: str | Path, *, info: RawInfo | None = None
+    session: Session,
+    data_root: Path,
+    path: str | Path,
+    *,
+    info: RawInfo | None = None,
+    md5: str | None = None,
 ) -> tuple[Exposure, bool]:
     """Register one CCD file as an :class:`Exposure` row (idempotent).
 
@@ -163,6 +325,8 @@ def register_exposure(
     info : RawInfo, optional
         What the row needs, when the caller has read it already (e.g. from a reduced image's header);
         default: `read_raw_info` of the file.
+    md5 : str, optional
+        Hex MD5 of the file when the caller has it (one per multi-CCD file); default: computed.
 
     Returns
     -------
@@ -184,7 +348,7 @@ def register_exposure(
         "origin_id": info.origin_id,
         "section_id": info.section_id,
         "filepath": relative(data_root, full),
-        "md5": md5sum(full),
+        "md5": md5 or md5sum(full),
         "mjd": info.mjd,
         "exp_time": info.exp_time,
         "filter": info.filter,
@@ -195,6 +359,7 @@ def register_exposure(
         "airmass": info.airmass,
         "gain": info.gain,
         "read_noise": info.read_noise,
+        "hdu": info.hdu,
         "ingested_at": datetime.now(UTC),
         "healpix": healpix_index(info.ra, info.dec),
         "provenance_id": prov.id,

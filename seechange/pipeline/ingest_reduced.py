@@ -23,12 +23,15 @@ from sqlalchemy.orm import Session
 from seechange.imageio import ImageReadError, read_ccd, write_image_data
 from seechange.improc.prereduced import load_prereduced
 from seechange.improc.reduction import ReduceParams
+from seechange.instruments import DECAM, get_instrument
+from seechange.instruments.decam import CP_MASK_CODES
 from seechange.models import Exposure, Image, Provenance
 from seechange.models.upsert import insert_or_get
 from seechange.pipeline.ingest import (
     IngestError,
     RawInfo,
     band_of,
+    file_stem,
     ingest_provenance,
     input_file,
     register_exposure,
@@ -55,8 +58,6 @@ PROCESS = "ingest-reduced"
 CP_IMAGE, CP_WEIGHT, CP_MASK = "_ooi_", "_oow_", "_ood_"
 CP_NAME_CODES = (CP_IMAGE, CP_WEIGHT, CP_MASK)
 
-_FITS_SUFFIXES = (".fits.fz", ".fits.gz", ".fits", ".fit", ".fz")
-
 
 @dataclass(frozen=True)
 class ReducedFiles:
@@ -72,15 +73,6 @@ class ReducedHeaderInfo(RawInfo):
     """What the Exposure row needs (as for a raw file), read from a reduced image's header, and its shape."""
 
     shape: tuple[int, int] = (0, 0)
-
-
-def file_stem(path: Path) -> str:
-    """File name without its FITS suffix(es): ``a/b/c4d_x_ooi_i_v1.fits.fz`` -> ``c4d_x_ooi_i_v1``."""
-    name = path.name
-    for suffix in _FITS_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def pair_cp_triplets(paths: list[Path]) -> list[ReducedFiles]:
@@ -121,10 +113,10 @@ def pair_cp_triplets(paths: list[Path]) -> list[ReducedFiles]:
 def _instrument(header: fits.Header, name: str) -> str:
     """``INSTRUME``, else DECam when the header or name says so (CP ``c4d_`` names, ``FPA='DECAM_*'``)."""
     if "INSTRUME" in header and str(header["INSTRUME"]).strip():
-        return str(header["INSTRUME"]).strip()
+        return get_instrument(str(header["INSTRUME"])).name
     hints = (str(header.get("FPA", "")), str(header.get("EXP_BN", "")), name)
     if any(h.upper().startswith("DECAM") or h.startswith("c4d_") for h in hints):
-        return "DECam"
+        return DECAM.name
     raise IngestError(f"{name}: missing header card INSTRUME")
 
 
@@ -183,12 +175,13 @@ def read_reduced_info(full: Path) -> ReducedHeaderInfo:
     if gain is None and "GAINA" in header and "GAINB" in header:
         gain = (float(header["GAINA"]) + float(header["GAINB"])) / 2.0
     rdnoise = header.get("RDNOISE", header.get("RDNOISEA"))
+    instrument = _instrument(header, name)
     return ReducedHeaderInfo(
-        instrument=_instrument(header, name),
+        instrument=instrument,
         origin_id=str(origin).strip(),
         section_id=str(section).strip(),
         filter=str(header["FILTER"]),
-        band=band_of(str(header["FILTER"])),
+        band=band_of(str(header["FILTER"]), instrument),
         mjd=mjd,
         exp_time=exp_time,
         ra=ra,
@@ -289,7 +282,10 @@ def register_reduced_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
-            data = load_prereduced(full, weight_path=weight, mask_path=mask, refcat=refcat, params=params)
+            codes = CP_MASK_CODES if mask is not None and CP_MASK in mask.name else None
+            data = load_prereduced(
+                full, weight_path=weight, mask_path=mask, refcat=refcat, params=params, mask_codes=codes
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         raise IngestError(f"{full.name}: cannot load the image: {' '.join(str(exc).split())}") from exc
     stem = product_stem("reduced", prov.id, file_stem(full))

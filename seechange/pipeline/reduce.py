@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+from astropy.io import fits
 from astropy.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -14,10 +18,14 @@ from sqlalchemy.orm import Session
 from seechange.errors import BadInput
 from seechange.imageio import ImageReadError, read_ccd, write_image_data
 from seechange.improc.reduction import ReduceParams, reduce_exposure
+from seechange.improc.sections import section_shape
+from seechange.instruments import get_instrument
 from seechange.models import Exposure, Image, Provenance
 from seechange.models.upsert import insert_or_get
+from seechange.pipeline.ingest import file_stem
 from seechange.pipeline.products import image_columns, product_stem
 from seechange.provenance import get_or_create_provenance
+from seechange.spatial import tan_wcs
 from seechange.storage import resolve
 
 log = logging.getLogger(__name__)
@@ -88,21 +96,23 @@ def reduce_exposure_row(
         return existing, False
     raw_path = resolve(resources.data_root, exposure.filepath)
     try:
-        ccd = read_ccd(raw_path)
+        ccd = read_ccd(raw_path, hdu=exposure.hdu)  # only this CCD's HDU is read (and decompressed)
     except (ImageReadError, OSError) as exc:
         raise ReduceInputError(f"raw file {exposure.filepath} unreadable: {exc}") from exc
-    raw, header = ccd.data, ccd.header
+    raw, header = ccd.data, normalised_header(ccd.header, exposure)
     calib = resources.calibration(exposure.instrument, exposure.section_id)
     refcat = resources.refcat(exposure.ra, exposure.dec)
     t0 = time.perf_counter()
-    data = reduce_exposure(raw, header, calib, refcat, params=params)  # type: ignore[arg-type]
-    stem = product_stem("reduced", prov.id, Path(exposure.filepath).stem)
+    data = reduce_exposure(raw, header, calib, refcat, params=params, band=exposure.band)  # type: ignore[arg-type]
+    stem = product_stem("reduced", prov.id, raw_stem(exposure))
     write_image_data(resolve(resources.data_root, stem), data, {"EXPID": exposure.id, "PROVID": prov.id})
     values = image_columns(
         data, filepath=stem, provenance_id=prov.id, field=exposure.field, section_id=exposure.section_id
     )
     values["exposure_id"] = exposure.id
-    values["extra"] = {k: v for k, v in (data.meta or {}).items() if isinstance(v, (int, float, str, dict))}
+    values["extra"] = json_safe(
+        {k: v for k, v in (data.meta or {}).items() if isinstance(v, (int, float, str, dict, list))}
+    )
     values["is_good"] = bool(data.meta.get("is_good", True)) if data.meta else True
     image, created = insert_or_get(session, Image, values, conflict=("exposure_id", "provenance_id"))
     log.info(
@@ -115,6 +125,51 @@ def reduce_exposure_row(
         image.astrom_rms_arcsec or float("nan"),
     )
     return image, created
+
+
+def raw_stem(exposure: Exposure) -> str:
+    """Product name of an Exposure: the raw file's stem, plus the CCD for a multi-CCD file."""
+    stem = file_stem(Path(exposure.filepath))
+    return stem if exposure.hdu in (None, 0) else f"{stem}_{exposure.section_id}"
+
+
+def normalised_header(header: fits.Header, exposure: Exposure) -> fits.Header:
+    """The raw header with the values ingest validated written back in canonical form.
+
+    ``MJD-OBS``, ``EXPTIME`` and ``AIRMASS`` as numbers (ingest accepted ``DATE-OBS`` for a missing
+    ``MJD-OBS``, numeric strings, padded values); a TAN WCS from the row's centre and the instrument's pixel
+    scale when the header has none (ingest accepts RA/DEC-only single-CCD files).
+    """
+    out = header.copy()
+    out["MJD-OBS"] = exposure.mjd
+    out["EXPTIME"] = exposure.exp_time
+    if exposure.airmass is not None:
+        out["AIRMASS"] = exposure.airmass
+    elif "AIRMASS" in out:
+        del out["AIRMASS"]
+    if "CTYPE1" not in out or "CRVAL1" not in out:
+        ny, nx = section_shape(str(out["DATASEC"])) if "DATASEC" in out else (out["NAXIS2"], out["NAXIS1"])
+        scale = get_instrument(exposure.instrument).pixel_scale
+        out.update(tan_wcs(exposure.ra, exposure.dec, nx, ny, scale).to_header())
+        log.warning(
+            'reduce: exposure %d has no header WCS; built a TAN WCS from RA/DEC at %.3f"/px',
+            exposure.id,
+            scale,
+        )
+    return out
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None: JSON columns never receive them."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def image_event(image: Image, *, produced_at_ms: int, ingested_at_ms: int) -> dict[str, object]:

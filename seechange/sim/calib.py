@@ -15,8 +15,9 @@ import numpy as np
 from astropy.io import fits
 
 from seechange.imageio import write_fits_atomic
+from seechange.instruments import get_instrument
 from seechange.sim import seeds
-from seechange.sim.instrument import INSTRUMENT, detpos
+from seechange.sim.instrument import INSTRUMENT
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +114,14 @@ def make_calibration(ccdnum: int, size: tuple[int, int]) -> CalibrationFrames:
     return CalibrationFrames(bias=bias, dark=dark, flat=flat, bpm=bpm, dead_columns=dead, hot_columns=hot)
 
 
-def calib_dir(data_dir: Path, ccdnum: int) -> Path:
-    """``<data_dir>/calib/DECam/<ccdnum>``."""
-    return Path(data_dir) / "calib" / INSTRUMENT / str(ccdnum)
+def calib_dir(data_dir: Path, ccdnum: int, instrument: str = INSTRUMENT) -> Path:
+    """``<data_dir>/calib/<instrument>/<ccdnum>`` (where reduce looks for a CCD's frames)."""
+    return Path(data_dir) / "calib" / instrument / str(ccdnum)
 
 
-def write_calibration(data_dir: Path, ccdnum: int, frames: CalibrationFrames) -> list[Path]:
+def write_calibration(
+    data_dir: Path, ccdnum: int, frames: CalibrationFrames, instrument: str = INSTRUMENT
+) -> list[Path]:
     """Write the four frames unless identical-shaped ones are already there.
 
     Parameters
@@ -129,13 +132,15 @@ def write_calibration(data_dir: Path, ccdnum: int, frames: CalibrationFrames) ->
         DECam CCD number.
     frames : CalibrationFrames
         Frames from ``make_calibration``.
+    instrument : str, optional
+        Instrument name (``DECam``, ``LS4``).
 
     Returns
     -------
     list of Path
         The files written (empty when all four already existed with the right shape).
     """
-    out = calib_dir(data_dir, ccdnum)
+    out = calib_dir(data_dir, ccdnum, instrument)
     out.mkdir(parents=True, exist_ok=True)
     items = {
         "bias": (frames.bias, "adu", "master bias residual after overscan subtraction"),
@@ -152,9 +157,9 @@ def write_calibration(data_dir: Path, ccdnum: int, frames: CalibrationFrames) ->
                     continue
             log.warning("replacing %s: its shape differs from %s", path, data.shape)
         hdr = fits.Header()
-        hdr["INSTRUME"] = INSTRUMENT
+        hdr["INSTRUME"] = instrument
         hdr["CCDNUM"] = ccdnum
-        hdr["DETPOS"] = detpos(ccdnum)
+        hdr["DETPOS"] = get_instrument(instrument).ccd_name(ccdnum)
         hdr["BUNIT"] = unit
         hdr["COMMENT"] = f"Simulated {what}, trimmed grid."
         write_fits_atomic(path, data, hdr)

@@ -65,26 +65,32 @@ def _power_law_mags(rng: np.random.Generator, n: int, lo: float, hi: float, slop
 
 
 def _footprint(
-    rng: np.random.Generator, n: int, size: tuple[int, int], ra: float, dec: float
+    rng: np.random.Generator, n: int, size: tuple[int, int], ra: float, dec: float, scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    half_x = size[0] * PIXEL_SCALE / 2.0 + MARGIN_ARCSEC
-    half_y = size[1] * PIXEL_SCALE / 2.0 + MARGIN_ARCSEC
+    half_x = size[0] * scale / 2.0 + MARGIN_ARCSEC
+    half_y = size[1] * scale / 2.0 + MARGIN_ARCSEC
     xi = rng.uniform(-half_x, half_x, n) / 3600.0
     eta = rng.uniform(-half_y, half_y, n) / 3600.0
     return tan_to_sky(xi, eta, ra, dec)
 
 
-def _area_factor(size: tuple[int, int]) -> float:
-    """Area of the drawn region relative to that of a full-size CCD."""
+def _area_factor(size: tuple[int, int], scale: float = PIXEL_SCALE) -> float:
+    """Area of the drawn region relative to that of a full-size DECam CCD."""
     full = (DEFAULT_SIZE[0] * PIXEL_SCALE + 2 * MARGIN_ARCSEC) * (
         DEFAULT_SIZE[1] * PIXEL_SCALE + 2 * MARGIN_ARCSEC
     )
-    this = (size[0] * PIXEL_SCALE + 2 * MARGIN_ARCSEC) * (size[1] * PIXEL_SCALE + 2 * MARGIN_ARCSEC)
+    this = (size[0] * scale + 2 * MARGIN_ARCSEC) * (size[1] * scale + 2 * MARGIN_ARCSEC)
     return this / full
 
 
 def make_field_catalog(
-    seed: int, field_index: int, name: str, ra: float, dec: float, size: tuple[int, int] = DEFAULT_SIZE
+    seed: int,
+    field_index: int,
+    name: str,
+    ra: float,
+    dec: float,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    pixel_scale: float = PIXEL_SCALE,
 ) -> FieldCatalog:
     """Draw the stars and galaxies of one field.
 
@@ -99,17 +105,19 @@ def make_field_catalog(
     ra, dec : float
         Field centre (centre of the CCD at zero pointing offset), degrees.
     size : (int, int)
-        Trimmed CCD size (nx, ny), pixels; the number of sources scales with the area.
+        Trimmed CCD size (nx, ny), pixels; the number of sources scales with the sky area.
+    pixel_scale : float, optional
+        Camera pixel scale, arcsec/pixel.
 
     Returns
     -------
     FieldCatalog
     """
     rng = seeds.rng_for(seed, seeds.FIELD_CATALOG, field_index)
-    area = _area_factor(size)
+    area = _area_factor(size, pixel_scale)
 
     n_stars = int(rng.poisson(STARS_PER_FULL_CCD * area))
-    s_ra, s_dec = _footprint(rng, n_stars, size, ra, dec)
+    s_ra, s_dec = _footprint(rng, n_stars, size, ra, dec, pixel_scale)
     mag_r = _power_law_mags(rng, n_stars, *STAR_MAG_RANGE, STAR_COUNT_SLOPE)
     g_r = rng.uniform(0.25, 1.5, n_stars)
     r_i = 0.45 * g_r - 0.05 + rng.normal(0.0, 0.03, n_stars)
@@ -127,7 +135,7 @@ def make_field_catalog(
     )
 
     n_gal = int(rng.poisson(GALAXIES_PER_FULL_CCD * area))
-    g_ra, g_dec = _footprint(rng, n_gal, size, ra, dec)
+    g_ra, g_dec = _footprint(rng, n_gal, size, ra, dec, pixel_scale)
     gmag_r = _power_law_mags(rng, n_gal, *GALAXY_MAG_RANGE, GALAXY_COUNT_SLOPE)
     gg_r = rng.uniform(0.4, 1.2, n_gal)
     gr_i = 0.4 * gg_r + rng.normal(0.0, 0.05, n_gal)

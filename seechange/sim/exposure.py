@@ -28,19 +28,11 @@ from seechange.sim.calib import DEAD_COLUMN_RESPONSE, HOT_COLUMN_E, CalibrationF
 from seechange.sim.catalog import FieldCatalog
 from seechange.sim.instrument import (
     AMP_NAMES,
-    EXTINCTION,
-    FILTER_NAME,
-    FULL_WELL_E,
-    GAIN,
-    INSTRUMENT,
-    PIXEL_SCALE,
-    READ_NOISE,
-    SATURATION,
     SATURATION_PLATEAU,
-    ZERO_POINT,
     RawLayout,
+    SimCamera,
     bias_level_rows,
-    detpos,
+    sim_camera,
 )
 from seechange.sim.psf import MoffatPSF
 from seechange.sim.render import add_galaxies, add_point_sources
@@ -107,6 +99,12 @@ class ExposureSpec:
     pointing_north: float
     size: tuple[int, int]
     seed: int
+    instrument: str = "DECam"
+
+    @property
+    def camera(self) -> SimCamera:
+        """The simulated camera."""
+        return sim_camera(self.instrument)
 
     @property
     def mjd_mid(self) -> float:
@@ -117,8 +115,8 @@ class ExposureSpec:
     def zp(self) -> float:
         """AB magnitude of 1 electron in this exposure: ``mag = -2.5 log10(flux_e) + zp``."""
         return (
-            ZERO_POINT[self.band]
-            - EXTINCTION[self.band] * (self.airmass - 1.0)
+            self.camera.zero_point[self.band]
+            - self.camera.extinction[self.band] * (self.airmass - 1.0)
             - self.cloud
             + 2.5 * math.log10(self.exptime)
         )
@@ -126,20 +124,25 @@ class ExposureSpec:
     @property
     def sky_e(self) -> float:
         """Sky per pixel in this exposure before the flat, electrons."""
-        return self.exptime * PIXEL_SCALE**2 * 10.0 ** (-0.4 * (self.sky_mag - ZERO_POINT[self.band]))
+        c = self.camera
+        return self.exptime * c.pixel_scale**2 * 10.0 ** (-0.4 * (self.sky_mag - c.zero_point[self.band]))
 
     def true_wcs(self) -> WCS:
         """The WCS used to place sources on the trimmed grid."""
-        return make_tan_wcs(self.ra, self.dec, self.size[0], self.size[1], self.rotation_deg)
+        return make_tan_wcs(
+            self.ra, self.dec, self.size[0], self.size[1], self.rotation_deg, self.camera.pixel_scale
+        )
 
     def header_wcs(self) -> WCS:
         """The approximate WCS written in the header (shifted centre, no rotation)."""
         ra, dec = offset_sky(self.ra, self.dec, self.pointing_east, self.pointing_north)
-        return make_tan_wcs(ra, dec, self.size[0], self.size[1], 0.0)
+        return make_tan_wcs(ra, dec, self.size[0], self.size[1], 0.0, self.camera.pixel_scale)
 
     def psf(self) -> MoffatPSF:
         """The exposure's PSF in pixels."""
-        return MoffatPSF(self.fwhm_arcsec / PIXEL_SCALE, self.beta, self.ellipticity, self.psf_theta, 64)
+        return MoffatPSF(
+            self.fwhm_arcsec / self.camera.pixel_scale, self.beta, self.ellipticity, self.psf_theta, 64
+        )
 
 
 def render_exposure(
@@ -190,7 +193,7 @@ def render_exposure(
             x[gal_rows],
             y[gal_rows],
             flux[gal_rows],
-            np.asarray(gal["r_eff"])[index] / PIXEL_SCALE,
+            np.asarray(gal["r_eff"])[index] / spec.camera.pixel_scale,
             np.asarray(gal["q"])[index],
             np.asarray(gal["pa"])[index] + math.radians(spec.rotation_deg),
             np.asarray(gal["n"])[index],
@@ -209,22 +212,23 @@ def render_exposure(
         electrons[y0:y1, col] += rng.poisson(HOT_COLUMN_E, y1 - y0).astype(np.float32)
     cr_pixels = _add_cosmic_rays(seeds.rng_for(spec.seed, *key, 2), electrons)
 
+    cam = spec.camera
     layout = RawLayout(nx, ny)
     full_well = np.empty(nx, dtype=np.float32)
     for amp in AMP_NAMES:
-        full_well[layout.trim_cols(amp)] = FULL_WELL_E[amp]
+        full_well[layout.trim_cols(amp)] = cam.full_well_e(amp)
     n_bled = bleed_columns(electrons, full_well)
     full = electrons >= full_well[None, :]
 
     raw = np.empty(layout.raw_shape, dtype=np.float32)
     noise_rng = seeds.rng_for(spec.seed, *key, 3)
     for amp in AMP_NAMES:
-        level = bias_level_rows(amp, ny)[:, None]
-        sigma = np.float32(READ_NOISE[amp] / GAIN[amp])
+        level = bias_level_rows(amp, ny, cam)[:, None]
+        sigma = np.float32(cam.read_noise[amp] / cam.gain[amp])
         tc, dc, bc = layout.trim_cols(amp), layout.data_cols(amp), layout.bias_cols(amp)
-        data = electrons[:, tc] / np.float32(GAIN[amp]) + calib.bias[:, tc] + level
+        data = electrons[:, tc] / np.float32(cam.gain[amp]) + calib.bias[:, tc] + level
         data += sigma * noise_rng.standard_normal(data.shape, dtype=np.float32)
-        plateau = np.broadcast_to(level + np.float32(SATURATION[amp] * SATURATION_PLATEAU), data.shape)
+        plateau = np.broadcast_to(level + np.float32(cam.saturation[amp] * SATURATION_PLATEAU), data.shape)
         amp_full = full[:, tc]
         data[amp_full] = plateau[amp_full]
         raw[:, dc] = data
@@ -322,12 +326,13 @@ def _add_cosmic_rays(rng: np.random.Generator, electrons: np.ndarray) -> list[li
 
 def _raw_header(spec: ExposureSpec, layout: RawLayout) -> fits.Header:
     hw = spec.header_wcs()
+    cam = spec.camera
     h = fits.Header()
-    h["INSTRUME"] = (INSTRUMENT, "simulated DECam-like camera")
+    h["INSTRUME"] = (cam.name, f"simulated {cam.name} camera")
     h["OBSTYPE"] = "object"
-    h["DETPOS"] = detpos(spec.ccdnum)
+    h["DETPOS"] = cam.definition.ccd_name(spec.ccdnum)
     h["CCDNUM"] = spec.ccdnum
-    h["FILTER"] = FILTER_NAME[spec.band]
+    h["FILTER"] = cam.filter_name[spec.band]
     h["EXPTIME"] = (spec.exptime, "[s]")
     h["MJD-OBS"] = (spec.mjd, "exposure start")
     h["DATE-OBS"] = Time(spec.mjd, format="mjd", scale="utc").isot
@@ -338,12 +343,13 @@ def _raw_header(spec: ExposureSpec, layout: RawLayout) -> fits.Header:
     h["DEC"] = (dec_sexagesimal(hw.wcs.crval[1]), "pointing Dec")
     h["OBJECT"] = spec.field
     h["EXPNUM"] = spec.expnum
-    h["PIXSCAL1"] = (PIXEL_SCALE, "[arcsec/pixel]")
-    h["PIXSCAL2"] = (PIXEL_SCALE, "[arcsec/pixel]")
+    h["PIXSCAL1"] = (cam.pixel_scale, "[arcsec/pixel]")
+    h["PIXSCAL2"] = (cam.pixel_scale, "[arcsec/pixel]")
+    inst = cam.definition
     for amp in AMP_NAMES:
-        h[f"GAIN{amp}"] = (GAIN[amp], "[e-/ADU]")
-        h[f"RDNOISE{amp}"] = (READ_NOISE[amp], "[e-]")
-        h[f"SATURAT{amp}"] = (SATURATION[amp], "[ADU] above the overscan level")
+        h[inst.gain_card(amp)] = (cam.gain[amp], "[e-/ADU]")
+        h[inst.read_noise_card(amp)] = (cam.read_noise[amp], "[e-]")
+        h[inst.saturation_card(amp)] = (cam.saturation[amp], "[ADU] above the overscan level")
     for k, v in layout.section_cards().items():
         h[k] = v
     h["BUNIT"] = "adu"

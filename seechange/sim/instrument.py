@@ -1,4 +1,4 @@
-"""DECam-like instrument constants and the raw-frame geometry used by the simulator.
+"""Simulated cameras (DECam, LS4: their instrument definitions plus electronics and sky) and the raw geometry.
 
 Everything here is a fixed property of the simulated camera; nothing depends on a seed.
 The geometry follows ``docs/ARCHITECTURE.md`` ("Raw CCD FITS"): amplifier A's data on
@@ -11,17 +11,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-INSTRUMENT = "DECam"
-PIXEL_SCALE = 0.263
-"""Pixel scale, arcsec/pixel."""
+from seechange.instruments import DECAM, LS4, Instrument
+from seechange.instruments.decam import FOCAL_PLANE_ROWS
 
-DEFAULT_SIZE = (2048, 4096)
+INSTRUMENT = DECAM.name
+PIXEL_SCALE = DECAM.pixel_scale
+"""Pixel scale, arcsec/pixel (DECam, from the instrument definition)."""
+
+DEFAULT_SIZE = DECAM.ccd_size
 """Default trimmed CCD size (nx, ny), pixels."""
 
 N_OVERSCAN = 50
 """Overscan width per amplifier, pixels (columns)."""
 
-AMP_NAMES = ("A", "B")
+AMP_NAMES = DECAM.amps
 GAIN = {"A": 3.9, "B": 4.1}
 """Gain per amplifier, e-/ADU."""
 READ_NOISE = {"A": 6.8, "B": 7.2}
@@ -52,34 +55,139 @@ FILTER_NAME = {
 }
 BANDS = tuple(ZERO_POINT)
 
-# DECam CCD numbering: rows of the focal plane from the south edge to the north edge.
-_S_ROWS = (
-    (29, 30, 31),
-    (25, 26, 27, 28),
-    (20, 21, 22, 23, 24),
-    (14, 15, 16, 17, 18, 19),
-    (8, 9, 10, 11, 12, 13),
-    (1, 2, 3, 4, 5, 6, 7),
+
+@dataclass(frozen=True)
+class SimCamera:
+    """A simulated camera: its instrument definition plus the electronics and sky the simulator draws from.
+
+    Attributes
+    ----------
+    definition : Instrument
+        The pipeline's definition (name, pixel scale, CCDs, amplifiers, filters).
+    gain, read_noise, saturation, bias_level, bias_drift : dict
+        Per amplifier: e-/ADU, e-, ADU above the overscan, ADU, ADU from first to last row.
+    zero_point, extinction, sky_mag : dict
+        Per band: AB mag of 1 e-/s at airmass 1, mag/airmass, dark-sky AB mag/arcsec^2.
+    filter_name : dict
+        Per band: the FILTER card written.
+    seeing_arcsec : (float, float)
+        Range of the FWHM drawn per exposure, arcsec.
+    """
+
+    definition: Instrument
+    gain: dict[str, float]
+    read_noise: dict[str, float]
+    saturation: dict[str, float]
+    bias_level: dict[str, float]
+    bias_drift: dict[str, float]
+    zero_point: dict[str, float]
+    extinction: dict[str, float]
+    sky_mag: dict[str, float]
+    filter_name: dict[str, str]
+    seeing_arcsec: tuple[float, float]
+
+    @property
+    def name(self) -> str:
+        """Instrument name (``INSTRUME``)."""
+        return self.definition.name
+
+    @property
+    def pixel_scale(self) -> float:
+        """Arcsec/pixel."""
+        return self.definition.pixel_scale
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        """Bands the camera can simulate."""
+        return tuple(self.zero_point)
+
+    def full_well_e(self, amp: str) -> float:
+        """Charge at which a pixel of ``amp`` is full and bleeds, e-."""
+        return self.saturation[amp] * SATURATION_PLATEAU * self.gain[amp]
+
+    def ccd_band(self, ccdnum: int, band: str) -> str:
+        """The band CCD ``ccdnum`` sees when the night's filter is ``band`` (LS4: fixed by quadrant)."""
+        q = self.definition.quadrant_filters
+        return q[(ccdnum - 1) // 8 + 1] if q else band
+
+    def pick_ccds(self, n: int) -> list[int]:
+        """``n`` science CCDs to simulate (not in the skip list): DECam from N6 (37) on; LS4 one quadrant after
+        another in turn (so that a few CCDs see every band)."""
+        inst = self.definition
+        usable = [k for k, name in sorted(inst.ccds.items()) if name not in inst.skip_ccds]
+        if not 1 <= n <= len(usable):
+            raise ValueError(f"{self.name}: --ccds must be 1..{len(usable)}, got {n}")
+        if inst.quadrant_filters:
+            order = sorted(usable, key=lambda k: ((k - 1) % 8, (k - 1) // 8))
+        else:
+            start = usable.index(37) if 37 in usable else 0
+            order = usable[start:] + usable[:start]
+        return sorted(order[:n])
+
+    def focal_plane_offset(self, ccdnum: int, size: tuple[int, int]) -> tuple[float, float]:
+        """Approximate (east, north) offset of a CCD's centre from the pointing, arcsec, for CCDs of ``size``.
+
+        DECam: the rows of ``FOCAL_PLANE_ROWS``, each row centred; LS4: four quadrants
+        of 2 rows x 4 columns. Gaps of 5% of a CCD; the simulator's geometry, not a survey-grade one.
+        """
+        w, h = size[0] * self.pixel_scale * 1.05, size[1] * self.pixel_scale * 1.05
+        if self.definition.quadrant_filters:  # LS4
+            q, k = (ccdnum - 1) // 8, (ccdnum - 1) % 8
+            col = (k % 4) + (4 if q % 2 else 0)
+            row = (k // 4) + (2 if q >= 2 else 0)
+            return (col - 3.5) * w, (row - 1.5) * h
+        for r, numbers in enumerate(FOCAL_PLANE_ROWS):
+            if ccdnum in numbers:
+                k = numbers.index(ccdnum)
+                return (k - (len(numbers) - 1) / 2.0) * w, (r - (len(FOCAL_PLANE_ROWS) - 1) / 2.0) * h
+        raise ValueError(f"{self.name} has no CCD {ccdnum}")
+
+
+DECAM_SIM = SimCamera(
+    definition=DECAM,
+    gain=GAIN,
+    read_noise=READ_NOISE,
+    saturation=SATURATION,
+    bias_level=BIAS_LEVEL,
+    bias_drift=BIAS_DRIFT,
+    zero_point=ZERO_POINT,
+    extinction=EXTINCTION,
+    sky_mag=SKY_MAG,
+    filter_name=FILTER_NAME,
+    seeing_arcsec=(0.8, 1.8),
 )
-_N_ROWS = (
-    (1, 2, 3, 4, 5, 6, 7),
-    (8, 9, 10, 11, 12, 13),
-    (14, 15, 16, 17, 18, 19),
-    (20, 21, 22, 23, 24),
-    (25, 26, 27, 28),
-    (29, 30, 31),
+
+LS4_SIM = SimCamera(
+    definition=LS4,
+    # assumed electronics (not published per amplifier): deep-depletion CCDs, 18-bit-free 16-bit ADCs
+    gain={"A": 1.6, "B": 1.7},
+    read_noise={"A": 5.0, "B": 5.5},
+    saturation={"A": 58000.0, "B": 59000.0},
+    bias_level={"A": 1100.0, "B": 1250.0},
+    bias_drift={"A": 3.0, "B": -2.0},
+    # a 1.0 m aperture collects 1/16 of a 4 m's light: DECam's zero points minus 3.0 mag
+    zero_point={"g": 25.3, "i": 25.2, "z": 24.9},
+    extinction={"g": 0.20, "i": 0.08, "z": 0.08},
+    sky_mag={"g": 22.0, "i": 20.3, "z": 18.7},
+    filter_name={"g": "g", "i": "i", "z": "z"},
+    seeing_arcsec=(1.5, 2.5),
 )
-_DETPOS: dict[int, str] = {}
-for _n, _s in enumerate(s for row in _S_ROWS for s in row):
-    _DETPOS[_n + 1] = f"S{_s}"
-for _n, _s in enumerate(s for row in _N_ROWS for s in row):
-    _DETPOS[_n + 32] = f"N{_s}"
+
+CAMERAS = {c.name.lower(): c for c in (DECAM_SIM, LS4_SIM)}
+
+
+def sim_camera(name: str) -> SimCamera:
+    """The simulated camera of an instrument name (``decam``, ``ls4``, any case)."""
+    try:
+        return CAMERAS[name.strip().lower()]
+    except KeyError:
+        raise ValueError(f"no simulated camera {name!r} (known: {', '.join(sorted(CAMERAS))})") from None
 
 
 def detpos(ccdnum: int) -> str:
     """DECam DETPOS name (e.g. 'N6') of a CCD number 1..62."""
     try:
-        return _DETPOS[ccdnum]
+        return DECAM.ccds[ccdnum]
     except KeyError:
         raise ValueError(f"CCDNUM must be 1..62, got {ccdnum}") from None
 
@@ -141,7 +249,7 @@ class RawLayout:
         return cards
 
 
-def bias_level_rows(amp: str, ny: int) -> np.ndarray:
+def bias_level_rows(amp: str, ny: int, camera: SimCamera = DECAM_SIM) -> np.ndarray:
     """Electronic bias (overscan) level of every row of one amplifier, ADU.
 
     The level is ``BIAS_LEVEL + BIAS_DRIFT * y / ny + 0.8 sin(2 pi y / ny * 1.5)``: smooth, a few
@@ -153,6 +261,8 @@ def bias_level_rows(amp: str, ny: int) -> np.ndarray:
         Amplifier.
     ny : int
         Number of rows.
+    camera : SimCamera, optional
+        The camera (its bias levels and drifts).
 
     Returns
     -------
@@ -161,5 +271,5 @@ def bias_level_rows(amp: str, ny: int) -> np.ndarray:
     """
     t = np.arange(ny, dtype=np.float64) / ny
     phase = 0.0 if amp == "A" else 1.3
-    level = BIAS_LEVEL[amp] + BIAS_DRIFT[amp] * t + 0.8 * np.sin(2 * np.pi * 1.5 * t + phase)
+    level = camera.bias_level[amp] + camera.bias_drift[amp] * t + 0.8 * np.sin(2 * np.pi * 1.5 * t + phase)
     return level.astype(np.float32)

@@ -17,7 +17,8 @@ from seechange.sim import seeds
 from seechange.sim.calib import CalibrationFrames, make_calibration, write_calibration
 from seechange.sim.catalog import FieldCatalog, make_field_catalog, reference_catalog, write_reference_catalog
 from seechange.sim.exposure import ExposureSpec, render_exposure
-from seechange.sim.instrument import BANDS, DEFAULT_SIZE, SKY_MAG, detpos
+from seechange.sim.instrument import DEFAULT_SIZE, sim_camera
+from seechange.sim.mef import suffix_of, write_exposure_file
 from seechange.sim.sky import offset_sky
 from seechange.sim.transients import TimeVariable, make_time_variables
 from seechange.sim.truth import raw_relpath, truth_relpath, write_night_json, write_truth
@@ -45,6 +46,8 @@ class ExposureRecord:
     ccdnum: int
     raw_path: str
     truth_path: str
+    instrument: str = "DECam"
+    hdu: int | None = None  #: HDU of the CCD in ``raw_path`` (None: a single-CCD file)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,14 @@ class NightSummary:
     exposures: list[ExposureRecord] = field(default_factory=list)
     fields: list[FieldRecord] = field(default_factory=list)
     transients: list[dict[str, Any]] = field(default_factory=list)
+    instrument: str = "DECam"
+    ccdnums: list[int] = field(default_factory=list)
+    format: str = "single"
+
+    @property
+    def raw_files(self) -> list[str]:
+        """Distinct raw files in time order (a multi-CCD file holds several exposures' CCDs)."""
+        return list(dict.fromkeys(e.raw_path for e in self.exposures))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the content of ``truth/night.json``)."""
@@ -86,14 +97,22 @@ class NightPlan:
 
     summary: NightSummary
     specs: list[ExposureSpec]
-    catalogs: list[FieldCatalog]
-    variables: list[list[TimeVariable]]
-    calib: CalibrationFrames
+    catalogs: dict[tuple[int, int], FieldCatalog]  #: by (field index, ccdnum)
+    variables: dict[tuple[int, int], list[TimeVariable]]  #: by (field index, ccdnum)
+    calibs: dict[int, CalibrationFrames]  #: by ccdnum
+
+    @property
+    def calib(self) -> CalibrationFrames:
+        """The calibration frames of the night's first CCD."""
+        return self.calibs[self.summary.ccdnums[0]]
 
 
-def _expname(mjd: float) -> str:
+EXPNAME_PREFIX = {"DECam": "c4d", "LS4": "ls4"}
+
+
+def _expname(mjd: float, instrument: str = "DECam") -> str:
     dt = Time(mjd, format="mjd", scale="utc").datetime
-    return f"c4d_{dt:%y%m%d_%H%M%S}"
+    return f"{EXPNAME_PREFIX.get(instrument, instrument.lower())}_{dt:%y%m%d_%H%M%S}"
 
 
 def plan_night(
@@ -107,118 +126,156 @@ def plan_night(
     n_ref_epochs: int = 3,
     exptime: float = 60.0,
     start_mjd: float = 60000.0,
+    instrument: str = "DECam",
+    ccdnums: list[int] | None = None,
+    fmt: str = "single",
 ) -> NightPlan:
     """Decide the whole night without rendering anything (see ``simulate_night`` for the parameters)."""
-    if band not in BANDS:
-        raise ValueError(f"band must be one of {BANDS}, got {band!r}")
+    camera = sim_camera(instrument)
+    ccds = list(ccdnums) if ccdnums else [ccdnum]
+    for n in ccds:
+        camera.definition.ccd_name(n)
+    suffix_of(fmt)  # checks the format
+    bands = {n: camera.ccd_band(n, band) for n in ccds}
+    if any(b not in camera.bands for b in bands.values()):
+        raise ValueError(f"band must be one of {camera.bands} for {camera.name}, got {band!r}")
     if n_fields < 1 or n_epochs < 1 or exptime <= 0 or n_ref_epochs < 0:
         raise ValueError("n_fields and n_epochs must be >= 1, exptime > 0, n_ref_epochs >= 0")
-    detpos(ccdnum)
     size = (int(size[0]), int(size[1]))
+    scale = camera.pixel_scale
+    multi = len(ccds) > 1
     rng = seeds.rng_for(seed, seeds.NIGHT)
     names = [f"simfield{k:02d}" for k in range(n_fields)]
     centres = [(30.0 + 10.0 * k, FIELD_DEC) for k in range(n_fields)]
     airmass0 = rng.uniform(1.05, 1.5, n_fields)
     airmass_rate = rng.uniform(-0.12, 0.12, n_fields)  # per hour
-
     # Time order: epoch 0 of every field, then epoch 1, ...; starts 10-20 minutes apart.
     order = [(e, f) for e in range(n_epochs) for f in range(n_fields)]
     gaps = rng.uniform(10.0, 20.0, len(order)) / 1440.0
     mjds = [start_mjd + float(gaps[:i].sum()) for i in range(len(order))]
-
+    lo, hi = camera.seeing_arcsec
     specs = []
     for (e, f), mjd in zip(order, mjds):
-        r = seeds.rng_for(seed, seeds.EXPOSURE, f, e, ccdnum, 0)
+        # the conditions of the exposure (keyed by its first CCD: a one-CCD night is unchanged)
+        r = seeds.rng_for(seed, seeds.EXPOSURE, f, e, ccds[0], 0)
         hours = (mjd - start_mjd) * 24.0
         true_ra, true_dec = offset_sky(*centres[f], *r.normal(0.0, POINTING_JITTER_ARCSEC, 2))
         err, ang = r.uniform(2.0, 4.5), r.uniform(0.0, 2 * math.pi)
-        specs.append(
-            ExposureSpec(
-                expname=_expname(mjd),
-                expnum=round((mjd - 50000.0) * 1440.0),
-                field=names[f],
-                field_index=f,
-                epoch=e,
-                ccdnum=ccdnum,
-                band=band,
-                mjd=mjd,
-                exptime=float(exptime),
-                airmass=float(max(1.0, airmass0[f] + airmass_rate[f] * hours)),
-                fwhm_arcsec=float(r.uniform(0.8, 1.8)),
-                beta=3.0,
-                ellipticity=float(r.uniform(0.0, 0.08)),
-                psf_theta=float(r.uniform(0.0, math.pi)),
-                sky_mag=float(SKY_MAG[band] + r.normal(0.0, 0.1)),
-                cloud=float(abs(r.normal(0.0, 0.02))),
-                ra=true_ra,
-                dec=true_dec,
-                rotation_deg=float(r.uniform(-0.005, 0.005)),
-                pointing_east=float(err * math.cos(ang)),
-                pointing_north=float(err * math.sin(ang)),
-                size=size,
-                seed=seed,
+        fwhm = float(r.uniform(lo, hi))
+        beta, ell, theta = 3.0, float(r.uniform(0.0, 0.08)), float(r.uniform(0.0, math.pi))
+        sky_dev, cloud = r.normal(0.0, 0.1), float(abs(r.normal(0.0, 0.02)))
+        rot = float(r.uniform(-0.005, 0.005))
+        for n in ccds:
+            east, north = camera.focal_plane_offset(n, size) if multi else (0.0, 0.0)
+            ra, dec = offset_sky(true_ra, true_dec, east, north)
+            specs.append(
+                ExposureSpec(
+                    expname=_expname(mjd, camera.name),
+                    expnum=round((mjd - 50000.0) * 1440.0),
+                    field=names[f],
+                    field_index=f,
+                    epoch=e,
+                    ccdnum=n,
+                    band=bands[n],
+                    mjd=mjd,
+                    exptime=float(exptime),
+                    airmass=float(max(1.0, airmass0[f] + airmass_rate[f] * hours)),
+                    fwhm_arcsec=fwhm,
+                    beta=beta,
+                    ellipticity=ell,
+                    psf_theta=theta,
+                    sky_mag=float(camera.sky_mag[bands[n]] + sky_dev),
+                    cloud=cloud,
+                    ra=ra,
+                    dec=dec,
+                    rotation_deg=rot,
+                    pointing_east=float(err * math.cos(ang)),
+                    pointing_north=float(err * math.sin(ang)),
+                    size=size,
+                    seed=seed,
+                    instrument=camera.name,
+                )
             )
-        )
-
-    catalogs, variables, field_records = [], [], []
+    catalogs: dict[tuple[int, int], FieldCatalog] = {}
+    variables: dict[tuple[int, int], list[TimeVariable]] = {}
+    field_records = []
     night_span = (mjds[0], mjds[-1])
     for f, name in enumerate(names):
-        cat = make_field_catalog(seed, f, name, *centres[f], size=size)
-        epoch_mjds = [s.mjd for s in specs if s.field_index == f]
-        tv = make_time_variables(seed, f, cat, epoch_mjds, night_span, exptime, n_ref_epochs, size)
-        catalogs.append(cat)
-        variables.append(tv)
+        epoch_mjds = [mjds[i] for i, (_, ff) in enumerate(order) if ff == f]
+        n_stars = n_gal = 0
+        for n in ccds:
+            east, north = camera.focal_plane_offset(n, size) if multi else (0.0, 0.0)
+            ra, dec = offset_sky(*centres[f], east, north)
+            index = f if not multi else 1000 * (f + 1) + n  # keys the random streams of this CCD's sky
+            cat = make_field_catalog(seed, index, name, ra, dec, size=size, pixel_scale=scale)
+            catalogs[(f, n)] = cat
+            variables[(f, n)] = make_time_variables(
+                seed, index, cat, epoch_mjds, night_span, exptime, n_ref_epochs, size, pixel_scale=scale
+            )
+            n_stars += len(cat.stars)
+            n_gal += len(cat.galaxies)
         field_records.append(
             FieldRecord(
                 name=name,
                 ra=centres[f][0],
                 dec=centres[f][1],
-                n_stars=len(cat.stars),
-                n_galaxies=len(cat.galaxies),
+                n_stars=n_stars,
+                n_galaxies=n_gal,
                 refcat_path=f"refcat/{name}.ecsv",
             )
         )
-    exposures = [
-        ExposureRecord(
-            expname=s.expname,
-            expnum=s.expnum,
-            field=s.field,
-            epoch=s.epoch,
-            band=band,
-            mjd=s.mjd,
-            exptime=s.exptime,
-            airmass=s.airmass,
-            ccdnum=ccdnum,
-            raw_path=raw_relpath(s.field, s.expname, ccdnum),
-            truth_path=truth_relpath(s.expname, ccdnum),
+    exposures = []
+    for s in specs:
+        one_file = fmt == "single"
+        raw = (
+            raw_relpath(s.field, s.expname, s.ccdnum)
+            if one_file
+            else f"raw/{s.field}/{s.expname}_ori{suffix_of(fmt)}"
         )
-        for s in specs
-    ]
+        exposures.append(
+            ExposureRecord(
+                expname=s.expname,
+                expnum=s.expnum,
+                field=s.field,
+                epoch=s.epoch,
+                band=s.band,
+                mjd=s.mjd,
+                exptime=s.exptime,
+                airmass=s.airmass,
+                ccdnum=s.ccdnum,
+                raw_path=raw,
+                truth_path=truth_relpath(s.expname, s.ccdnum),
+                instrument=camera.name,
+                hdu=None if one_file else ccds.index(s.ccdnum) + 1,
+            )
+        )
     summary = NightSummary(
         seed=seed,
         band=band,
-        ccdnum=ccdnum,
+        ccdnum=ccds[0],
         size=size,
         n_ref_epochs=n_ref_epochs,
         exposures=exposures,
         fields=field_records,
-        transients=[v.to_dict() for tv in variables for v in tv],
+        transients=[v.to_dict() for key in sorted(variables) for v in variables[key]],
+        instrument=camera.name,
+        ccdnums=ccds,
+        format=fmt,
     )
     return NightPlan(
         summary=summary,
         specs=specs,
         catalogs=catalogs,
         variables=variables,
-        calib=make_calibration(ccdnum, size),
+        calibs={n: make_calibration(n, size) for n in ccds},
     )
 
 
 def render_planned(plan: NightPlan, index: int) -> tuple[fits.PrimaryHDU, Any]:
     """Render exposure ``index`` of a plan: (raw HDU, truth table). Identical on every call."""
     spec = plan.specs[index]
-    return render_exposure(
-        spec, plan.catalogs[spec.field_index], plan.variables[spec.field_index], plan.calib
-    )
+    key = (spec.field_index, spec.ccdnum)
+    return render_exposure(spec, plan.catalogs[key], plan.variables[key], plan.calibs[spec.ccdnum])
 
 
 def simulate_night(
@@ -234,11 +291,17 @@ def simulate_night(
     exptime: float = 60.0,
     start_mjd: float = 60000.0,
     progress: Callable[[int, int], None] | None = None,
+    instrument: str = "DECam",
+    ccdnums: list[int] | None = None,
+    fmt: str = "single",
 ) -> NightSummary:
     """Write a simulated night under ``data_dir``.
 
-    Writes ``calib/DECam/<ccdnum>/*.fits`` (when missing), ``refcat/<field>.ecsv``,
-    ``raw/<field>/<expname>_<ccd>.fits``, ``truth/<expname>_<ccd>.ecsv`` and ``truth/night.json``.
+    Writes ``calib/<instrument>/<ccdnum>/*.fits`` (when missing), ``refcat/<field>.ecsv`` (one per field
+    and CCD, ``refcat/<field>_<ccd>.ecsv``, for several CCDs), the raw files, ``truth/<expname>_<ccd>.ecsv``
+    and ``truth/night.json``. Raw files: ``raw/<field>/<expname>_<ccd>.fits`` (``fmt='single'``), or one
+    file per exposure holding every CCD, ``raw/<field>/<expname>_ori.fits`` (``mef``) or ``.fits.fz``
+    (``mef-fz``, tile-compressed as the NOIRLab archive delivers DECam raw data).
 
     Parameters
     ----------
@@ -250,12 +313,12 @@ def simulate_night(
         Fields, at RA 30 + 10 k deg, Dec -20 deg.
     n_epochs : int
         Exposures per field; fields are interleaved in time, starts 10-20 minutes apart.
-    band : {'g', 'r', 'i', 'z'}
-        Filter of the night.
+    band : str
+        Filter of the night (DECam: g, r, i, z; LS4's CCDs see the band of their quadrant whatever this is).
     size : (int, int)
-        Trimmed CCD size (nx, ny), pixels; source and transient counts scale with the area.
+        Trimmed CCD size (nx, ny), pixels; source counts scale with the sky area, transients with the pixels.
     ccdnum : int
-        DECam CCD number (1..62).
+        The CCD number when ``ccdnums`` is not given.
     n_ref_epochs : int
         Leading epochs of each field with no transient or moving-object flux.
     exptime : float
@@ -263,7 +326,13 @@ def simulate_night(
     start_mjd : float
         Start of the first exposure, MJD.
     progress : callable, optional
-        Called as ``progress(done, total)`` after each exposure.
+        Called as ``progress(done, total)`` after each CCD.
+    instrument : {'DECam', 'LS4'}
+        Simulated camera (``seechange.sim.instrument.sim_camera``).
+    ccdnums : list of int, optional
+        Several CCDs per exposure, each at its own place in the focal plane.
+    fmt : {'single', 'mef', 'mef-fz'}
+        Raw file format (see above).
 
     Returns
     -------
@@ -280,19 +349,34 @@ def simulate_night(
         n_ref_epochs=n_ref_epochs,
         exptime=exptime,
         start_mjd=start_mjd,
+        instrument=instrument,
+        ccdnums=ccdnums,
+        fmt=fmt,
     )
-    write_calibration(data_dir, ccdnum, plan.calib)
-    for f, cat in enumerate(plan.catalogs):
-        write_reference_catalog(
-            data_dir / plan.summary.fields[f].refcat_path, reference_catalog(seed, f, cat)
-        )
+    summary = plan.summary
+    multi = len(summary.ccdnums) > 1
+    for n, frames in plan.calibs.items():
+        write_calibration(data_dir, n, frames, summary.instrument)
+    for (f, n), cat in plan.catalogs.items():
+        name = summary.fields[f].name
+        path = data_dir / (f"refcat/{name}_{n:02d}.ecsv" if multi else summary.fields[f].refcat_path)
+        write_reference_catalog(path, reference_catalog(seed, f if not multi else 1000 * (f + 1) + n, cat))
     total = len(plan.specs)
-    for i, rec in enumerate(plan.summary.exposures):
+    pending: list[fits.PrimaryHDU] = []
+    for i, rec in enumerate(summary.exposures):
         hdu, truth = render_planned(plan, i)
-        write_fits_atomic(data_dir / rec.raw_path, hdu)
         write_truth(data_dir, truth)
-        log.info("wrote %s (%d of %d)", rec.raw_path, i + 1, total)
+        if fmt == "single":
+            write_fits_atomic(data_dir / rec.raw_path, hdu)
+            log.info("wrote %s (%d of %d)", rec.raw_path, i + 1, total)
+        else:
+            pending.append(hdu)
+            last = i + 1 == total or summary.exposures[i + 1].raw_path != rec.raw_path
+            if last:
+                write_exposure_file(data_dir / rec.raw_path, pending, fmt)
+                log.info("wrote %s (%d CCDs; %d of %d)", rec.raw_path, len(pending), i + 1, total)
+                pending = []
         if progress is not None:
             progress(i + 1, total)
-    write_night_json(data_dir, plan.summary.to_dict())
-    return plan.summary
+    write_night_json(data_dir, summary.to_dict())
+    return summary

@@ -8,6 +8,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from seechange.sim.instrument import PIXEL_SCALE
+from seechange.spatial import tan_wcs
 
 
 def tan_to_sky(xi: np.ndarray, eta: np.ndarray, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
@@ -55,16 +56,7 @@ def make_tan_wcs(
     scale_arcsec : float
         Pixel scale, arcsec/pixel.
     """
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [ra, dec]
-    w.wcs.crpix = [(nx + 1) / 2.0, (ny + 1) / 2.0]
-    s = scale_arcsec / 3600.0
-    c, si = math.cos(math.radians(rotation_deg)), math.sin(math.radians(rotation_deg))
-    w.wcs.cd = np.array([[-s * c, s * si], [s * si, s * c]])
-    w.wcs.radesys = "ICRS"
-    w.pixel_shape = (nx, ny)
-    return w
+    return tan_wcs(ra, dec, nx, ny, scale_arcsec, rotation_deg)
 
 
 def ra_sexagesimal(ra: float) -> str:

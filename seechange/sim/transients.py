@@ -164,11 +164,11 @@ TimeVariable = SupernovaLike | VariableStar | MovingObject
 
 
 def _inside_offsets(
-    rng: np.random.Generator, n: int, size: tuple[int, int], margin_px: float
+    rng: np.random.Generator, n: int, size: tuple[int, int], margin_px: float, pixel_scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Uniform tangent-plane offsets (east, north) inside the CCD shrunk by a margin, arcsec."""
-    hx = (size[0] / 2.0 - margin_px) * PIXEL_SCALE
-    hy = (size[1] / 2.0 - margin_px) * PIXEL_SCALE
+    hx = (size[0] / 2.0 - margin_px) * pixel_scale
+    hy = (size[1] / 2.0 - margin_px) * pixel_scale
     return rng.uniform(-hx, hx, n), rng.uniform(-hy, hy, n)
 
 
@@ -181,6 +181,7 @@ def make_time_variables(
     exptime: float,
     n_ref_epochs: int,
     size: tuple[int, int] = DEFAULT_SIZE,
+    pixel_scale: float = PIXEL_SCALE,
 ) -> list[TimeVariable]:
     """Draw the transients, variable stars and the moving object of one field.
 
@@ -202,6 +203,8 @@ def make_time_variables(
         Number of leading epochs with no transient or moving-object flux.
     size : (int, int)
         Trimmed CCD size (nx, ny), pixels.
+    pixel_scale : float, optional
+        Camera pixel scale, arcsec/pixel.
 
     Returns
     -------
@@ -221,11 +224,11 @@ def make_time_variables(
     # Hosts: galaxies well inside the CCD (field-centre tangent plane; pointing jitter is small).
     gal = catalog.galaxies
     east, north = _galaxy_offsets(gal["ra"], gal["dec"], catalog.ra, catalog.dec)
-    hx = (size[0] / 2.0 - margin) * PIXEL_SCALE
-    hy = (size[1] / 2.0 - margin) * PIXEL_SCALE
+    hx = (size[0] / 2.0 - margin) * pixel_scale
+    hy = (size[1] / 2.0 - margin) * pixel_scale
     hosts = np.flatnonzero((np.abs(east) < hx) & (np.abs(north) < hy) & (gal["mag_r"] < 22.5))
     hosted = rng.random(n_sn) < 0.5
-    fe, fn = _inside_offsets(rng, n_sn, size, margin)
+    fe, fn = _inside_offsets(rng, n_sn, size, margin, pixel_scale)
     for k in range(n_sn):
         t_start = float(rng.uniform(t_clean, t_next))
         t_start = max(t_start, t_clean + 1e-6)
@@ -256,7 +259,7 @@ def make_time_variables(
             )
         )
 
-    ve, vn = _inside_offsets(rng, n_var, size, margin)
+    ve, vn = _inside_offsets(rng, n_var, size, margin, pixel_scale)
     for k in range(n_var):
         ra, dec = offset_sky(catalog.ra, catalog.dec, float(ve[k]), float(vn[k]))
         out.append(
@@ -279,8 +282,8 @@ def make_time_variables(
     ve_, vn_ = speed * math.cos(ang), speed * math.sin(ang)
     # Track centre (mid-night) kept so that both ends stay inside the CCD with a margin.
     half_e, half_n = abs(ve_) * span_h / 2.0, abs(vn_) * span_h / 2.0
-    hx = max((size[0] / 2.0 - margin) * PIXEL_SCALE - half_e, 0.0)
-    hy = max((size[1] / 2.0 - margin) * PIXEL_SCALE - half_n, 0.0)
+    hx = max((size[0] / 2.0 - margin) * pixel_scale - half_e, 0.0)
+    hy = max((size[1] / 2.0 - margin) * pixel_scale - half_n, 0.0)
     ce, cn = float(rng.uniform(-hx, hx)), float(rng.uniform(-hy, hy))
     t_mid = (night_mjds[0] + night_mjds[1] + day) / 2.0
     ra, dec = offset_sky(catalog.ra, catalog.dec, ce, cn)

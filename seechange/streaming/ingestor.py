@@ -1,6 +1,9 @@
 """Ingestion: raw CCD files -> Exposure rows -> exposure-ready (keyed by exposure id).
 
 The logic of the ingest producer (``producers/ingest.py`` and ``seechange ingest`` are thin entry points).
+A file may hold many CCDs (multi-extension, tile-compressed ``.fits.fz``): each science CCD becomes one
+Exposure and one event; the file's CCDs are registered in one transaction. Guide/focus CCDs and CCDs in the
+instrument's skip list are logged and counted as skipped, never silently dropped.
 A file that cannot be ingested (the bad-input family, e.g. :class:`~seechange.pipeline.ingest.IngestError`)
 is reported in one line and recorded on ``exposure-ready.dlq`` (key and value: the path; headers: those of
 every dead letter, see :func:`seechange.streaming.delivery.dead_letter`, plus ``origin_path``), and
@@ -25,9 +28,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from seechange.config import Settings
 from seechange.errors import BadInput
 from seechange.improc.reduction import ReduceParams
-from seechange.pipeline.ingest import exposure_event, register_exposure
+from seechange.pipeline.ingest import (
+    FITS_SUFFIXES,
+    exposure_event,
+    input_file,
+    register_exposure,
+    scan_raw_file,
+)
 from seechange.pipeline.ingest_reduced import ReducedFiles, register_reduced_image
 from seechange.pipeline.reduce import image_event
+from seechange.storage import md5sum
 from seechange.streaming.delivery import Delivery, Item, dead_letter
 from seechange.streaming.framing import encode, one_line
 from seechange.streaming.kafka_config import producer_config
@@ -46,7 +56,10 @@ class IngestReport:
 
     registered: list[int] = field(default_factory=list)  #: exposure ids emitted
     new: int = 0  #: of which newly registered
-    failed: list[tuple[str, str]] = field(default_factory=list)  #: (path, error)
+    failed: list[tuple[str, str]] = field(default_factory=list)  #: (path or path[CCD], error)
+    skipped: list[tuple[str, str]] = field(
+        default_factory=list
+    )  #: (path[CCD], reason): guide/focus, skip list
     images: list[int] = field(default_factory=list)  #: image ids emitted (reduced ingestion only)
 
 
@@ -78,31 +91,72 @@ class Ingestor:
         paths: Iterable[str | Path],
         *,
         on_each: Callable[[str, int | None, str | None], None] | None = None,
+        skip: frozenset[str] | None = None,
     ) -> IngestReport:
-        """Register each file (idempotent) and emit its exposure-ready event after the row commits."""
+        """Register every science CCD of each file (idempotent) and emit one exposure-ready per CCD.
+
+        A file's good CCDs are registered in one transaction; their events are emitted after it commits. A
+        refused CCD (or file) is dead-lettered with one line naming file, CCD and card, and the other CCDs and
+        files go on. ``on_each(label, exposure_id or None, error or None)`` is called per CCD (per file when
+        the whole file is refused). ``skip``: CCD names to skip (default: each instrument's skip list).
+        """
         report = IngestReport()
         for path in paths:
             try:
-                with self.session_factory() as session, session.begin():
-                    exposure, created = register_exposure(session, self.settings.data_dir, path)
-                    record = exposure_event(exposure, produced_at_ms=now_ms())
-                self._deliver(
-                    self.topic,
-                    str(record["exposure_id"]),
-                    encode(self.registry, INGEST.output_schema, record),
-                    str(path),
-                )
+                self._ingest_file(path, report, on_each, skip)
             except BadInput as exc:
                 message = self._dead_letter(path, exc)
                 report.failed.append((str(path), message))
                 if on_each:
                     on_each(str(path), None, message)
-                continue
-            report.registered.append(int(record["exposure_id"]))
-            report.new += int(created)
-            if on_each:
-                on_each(str(path), int(record["exposure_id"]), None)
         return report
+
+    def _ingest_file(
+        self,
+        path: str | Path,
+        report: IngestReport,
+        on_each: Callable[[str, int | None, str | None], None] | None,
+        skip: frozenset[str] | None,
+    ) -> None:
+        full = input_file(self.settings.data_dir, path)
+        outcomes = scan_raw_file(full, skip=skip)
+        digest = md5sum(full) if any(o.info is not None for o in outcomes) else ""
+        records: list[tuple[str, dict[str, object]]] = []
+        refused: list[tuple[str, BadInput]] = []
+        with self.session_factory() as session, session.begin():
+            for o in outcomes:
+                label = str(path) if len(outcomes) == 1 else f"{path}[{o.label}]"
+                if o.skipped is not None:
+                    report.skipped.append((label, o.skipped))
+                    continue
+                if o.error is not None:
+                    refused.append((label, o.error))
+                    continue
+                try:
+                    with session.begin_nested():
+                        exposure, created = register_exposure(
+                            session, self.settings.data_dir, full, info=o.info, md5=digest
+                        )
+                except BadInput as exc:
+                    refused.append((label, exc))
+                    continue
+                report.new += int(created)
+                records.append((label, exposure_event(exposure, produced_at_ms=now_ms())))
+        for label, record in records:
+            self._deliver(
+                self.topic,
+                str(record["exposure_id"]),
+                encode(self.registry, INGEST.output_schema, record),
+                label,
+            )
+            report.registered.append(int(str(record["exposure_id"])))
+            if on_each:
+                on_each(label, int(str(record["exposure_id"])), None)
+        for label, error in refused:
+            message = self._dead_letter(label, error, origin_path=str(path))
+            report.failed.append((label, message))
+            if on_each:
+                on_each(label, None, message)
 
     def ingest_reduced(
         self,
@@ -148,8 +202,11 @@ class Ingestor:
                 on_each(str(item.image), image_id, None)
         return report
 
-    def _dead_letter(self, path: str | Path, exc: Exception) -> str:
-        """Log one line and record the failed path on ``exposure-ready.dlq``; return the one-line message."""
+    def _dead_letter(self, path: str | Path, exc: Exception, *, origin_path: str | None = None) -> str:
+        """Log one line and record the failed path (``file[CCD]`` for one CCD) on ``exposure-ready.dlq``.
+
+        Returns the one-line message.
+        """
         message = one_line(exc, 1000)
         log.error("ingest: %s: %s -> %s", path, message, self.dlq)
         item = dead_letter(
@@ -159,21 +216,31 @@ class Ingestor:
             key=str(path),
             value=str(path).encode(),
             origin_topic=INGEST.name,
-            origin_path=str(path),
+            origin_path=origin_path or str(path),
         )
         if not self.delivery.deliver([item], str(path)):
             raise InfrastructureError(f"stopped before the dead letter of {path} was confirmed")
         return message
 
-    def watch(self, folder: Path, *, poll_s: float = 1.0, stop: Callable[[], bool] = lambda: False) -> None:
-        """Ingest every new ``*.fits`` file that appears under ``folder`` (once its size is stable)."""
+    def watch(
+        self,
+        folder: Path,
+        *,
+        poll_s: float = 1.0,
+        stop: Callable[[], bool] = lambda: False,
+        skip: frozenset[str] | None = None,
+    ) -> None:
+        """Ingest every new FITS file (``*.fits``, ``*.fits.fz``, ``*.fits.gz``) under ``folder`` once its size is
+        stable; temporary files of atomic writes (``.name.tmp``) are ignored."""
         seen: set[Path] = set()
         sizes: dict[Path, int] = {}
         log.info("ingest: watching %s", folder)
         while not stop() and not self.stop.is_set():
             ready = []
-            for p in sorted(folder.rglob("*.fits")):
-                if p in seen:
+            for p in sorted(folder.rglob("*")):
+                if p in seen or p.name.startswith(".") or not p.name.lower().endswith(FITS_SUFFIXES):
+                    continue
+                if not p.is_file():
                     continue
                 size = p.stat().st_size
                 if sizes.get(p) == size:
@@ -181,7 +248,7 @@ class Ingestor:
                     seen.add(p)
                 sizes[p] = size
             if ready:
-                self.ingest(ready)
+                self.ingest(ready, skip=skip)
             time.sleep(poll_s)
 
     def close(self) -> None:

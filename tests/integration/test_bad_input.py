@@ -274,7 +274,8 @@ def test_ingest_of_a_file_without_mjd_obs(run: Run) -> None:
     bad = run.settings.data_dir / "raw" / "broken" / "no_mjd_37.fits"
     bad.parent.mkdir(parents=True, exist_ok=True)
     with fits.open(run.settings.data_dir / e.raw_path) as hdul:
-        del hdul[0].header["MJD-OBS"]
+        del hdul[0].header["MJD-OBS"]  # DATE-OBS alone would do (tests/integration/test_ingest_files.py)
+        del hdul[0].header["DATE-OBS"]
         hdul.writeto(bad)
     before = message_count(run.settings.kafka_bootstrap, run.settings.topic("exposure-ready.dlq"))
     report = run.ingestor.ingest([bad, run.settings.data_dir / e.raw_path])

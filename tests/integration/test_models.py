@@ -139,7 +139,7 @@ def test_upgrade_creates_every_table(database_url: str, db_session: Session) -> 
     tables = set(inspect(db_session.connection()).get_table_names())
     assert ALL_TABLES <= tables
     assert "alembic_version" in tables
-    assert current(database_url) == head_revision() == "0002"
+    assert current(database_url) == head_revision() == "0003"
 
 
 def test_upgrade_is_idempotent(database_url: str) -> None:
