@@ -10,8 +10,10 @@ Fixtures
 endpoints (session)      Settings with ``kafka_bootstrap`` and ``database_url`` filled in.
 test_settings (session)  ``endpoints`` with a unique ``topic_prefix`` (its 9 topics created, 2 partitions
                          each, deleted at the end), ``partitions=2`` and a temporary ``data_dir``.
-database_url (session)   URL of a fresh, migrated database ``seechange_test_<uuid8>``, dropped at the end.
-db_engine (session)      SQLAlchemy Engine on ``database_url``.
+database_url (module)    URL of a fresh, migrated database ``seechange_test_<uuid8>`` per test module, dropped
+                         at the module's end (simulated nights of different modules share sky positions, and
+                         references are found by sky, so modules must not see each other's rows).
+db_engine (module)       SQLAlchemy Engine on ``database_url``.
 db_session (function)    SQLAlchemy Session on ``database_url``; rolled back and closed afterwards.
 shared_data (function)   Path to ``../shared/data`` (real survey data); skips the test when absent.
 
@@ -71,7 +73,7 @@ def test_settings(endpoints: Settings, tmp_path_factory: pytest.TempPathFactory)
     delete_topics(settings.kafka_bootstrap, names)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def database_url(endpoints: Settings) -> Iterator[str]:
     """A fresh database on the session's server, migrated to the newest revision; dropped afterwards."""
     from seechange.localservices.postgres import create_database, drop_database
@@ -86,7 +88,7 @@ def database_url(endpoints: Settings) -> Iterator[str]:
         drop_database(endpoints.database_url, name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def db_engine(database_url: str) -> Iterator[Engine]:
     """An Engine on the session's test database."""
     from seechange.models.session import make_engine
