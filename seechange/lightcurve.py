@@ -129,6 +129,10 @@ def plot_lightcurve(table: Table, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colours = {"g": "tab:green", "r": "tab:red", "i": "tab:purple", "z": "tab:brown", "u": "tab:blue"}
     kind = np.asarray(table["kind"])
+    lim_all = 10 ** (-0.4 * (np.asarray(table["lim_mag"], dtype=float) - AB_MAG_OF_1_NJY))
+    span = np.concatenate([np.asarray(table["flux_njy"], dtype=float), lim_all[kind == "limit"], [0.0]])
+    span = span[np.isfinite(span)]
+    arrow = 0.08 * float(np.ptp(span)) if span.size > 1 and np.ptp(span) > 0 else 1.0  # nJy
     for k, band in enumerate(sorted(set(table["band"]))):
         colour = colours.get(band, f"C{k}")
         b = np.asarray(table["band"]) == band
@@ -162,7 +166,7 @@ def plot_lightcurve(table: Table, path: Path) -> None:
             for xm, yf in zip(mjd, lim_flux, strict=True):
                 ax.annotate(
                     "",
-                    xy=(xm, 0.55 * yf),
+                    xy=(xm, yf - arrow),
                     xytext=(xm, yf),
                     arrowprops={"arrowstyle": "->", "color": colour, "lw": 1.0},
                 )

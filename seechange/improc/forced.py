@@ -6,8 +6,11 @@ unflagged pixels within ``fit_radius_fwhm`` of the position,
 
     flux = sum(w P D) / sum(w P^2),    err = renorm / sqrt(sum(w P^2)),
 
-the minimum-variance unbiased estimator for uncorrelated pixel noise (ZOGY's D is whitened). ``renorm`` is
-the empirical noise correction the subtraction measured on S_corr (1 when none). The 5-sigma limiting
+the minimum-variance unbiased estimator for uncorrelated pixel noise (ZOGY's D is whitened). When the
+score variance V_S is given, the error is ZOGY's full budget instead, ``renorm sqrt(V_S) / F_S`` at the
+position (bilinear in V_S; the detections' error): it adds to the pixel noise the astrometric and
+flux-scaling terms that dominate on bright sources. ``renorm`` is the empirical noise correction the
+subtraction measured on S_corr (1 when none). The 5-sigma limiting
 magnitude at the position is ``zp - 2.5 log10(5 err)``: from the local noise, which is larger near bright
 stars and on flagged pixels than the image's median.
 """
@@ -74,6 +77,8 @@ def forced_psf_photometry(
     *,
     fwhm_px: float,
     renorm: float = 1.0,
+    score_var: np.ndarray | None = None,
+    f_s: float | None = None,
     params: ForcedParams = ForcedParams(),
 ) -> ForcedResult:
     """PSF fluxes of D at fixed positions.
@@ -94,6 +99,8 @@ def forced_psf_photometry(
         FWHM of P_D, pixels.
     renorm : float, optional
         Noise correction factor multiplying the error (the subtraction's ``renorm_factor``).
+    score_var, f_s : ndarray and float, optional
+        ZOGY's V_S (variance of S) and F_S (PSF flux = S / F_S); when given the error is taken from them.
     params : ForcedParams, optional
         Fit radius.
 
@@ -136,6 +143,10 @@ def forced_psf_photometry(
             continue
         flux[i] = float(np.sum(w * pp * d[sel])) / a
         err[i] = float(renorm) / np.sqrt(a)
+    if score_var is not None and f_s:
+        vs = ndimage.map_coordinates(np.asarray(score_var, dtype=np.float64), [y, x], order=1, mode="nearest")
+        ok = np.isfinite(err) & np.isfinite(vs) & (vs > 0)
+        err[ok] = float(renorm) * np.sqrt(vs[ok]) / float(f_s)
     return ForcedResult(flux=flux, flux_err=err, n_bad=n_bad)
 
 

@@ -61,7 +61,7 @@ def objects_in_footprint(
     """The Objects whose position falls on ``sub`` outside its flagged border, with their pixel position."""
     ras, decs = _corners(sub)
     lo, hi = _ra_box(ras)
-    pad = _MARGIN_DEG / max(np.cos(np.radians(max(abs(d) for d in decs))), 0.05)
+    pad = _MARGIN_DEG / max(float(np.cos(np.radians(max(abs(d) for d in decs)))), 0.05)
     cand = list(
         session.scalars(
             select(Object)
@@ -132,6 +132,8 @@ def force_on_subtraction(
         y,
         fwhm_px=result.fwhm_px,
         renorm=result.renorm_factor,
+        score_var=result.score_var,
+        f_s=result.f_s,
         params=params,
     )
     zp = float(result.zp)
