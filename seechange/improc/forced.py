@@ -60,8 +60,13 @@ class ForcedResult:
     n_bad: np.ndarray
 
 
-def _shifted_psf(psf: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    """P shifted by (dx, dy) pixels (cubic spline), renormalised to sum 1."""
+def _fit_template(psf: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """P shifted by (dx, dy) pixels (cubic spline), renormalised to sum 1, its small negative lobes kept.
+
+    Unlike :func:`seechange.improc.inject.shifted_psf` (an injected source must be non-negative), a fit
+    template keeps the spline's lobes: clipping them raised bright transients' forced fluxes by ~0.3 %
+    on the simulated night of ``tests/integration/test_forced.py`` (pull mean 0.47 instead of 0.33).
+    """
     p = ndimage.shift(np.asarray(psf, dtype=np.float64), (dy, dx), order=3, mode="constant", cval=0.0)
     s = float(p.sum())
     return p / s if s > 0 else p
@@ -120,7 +125,7 @@ def forced_psf_photometry(
     for i in range(n):
         ix, iy = int(np.rint(x[i])), int(np.rint(y[i]))
         dx, dy = x[i] - ix, y[i] - iy
-        p = _shifted_psf(psf, dx, dy)
+        p = _fit_template(psf, dx, dy)
         y0, y1 = max(iy - hy, 0), min(iy + hy + 1, ny)
         x0, x1 = max(ix - hx, 0), min(ix + hx + 1, nx)
         if y0 >= y1 or x0 >= x1:
