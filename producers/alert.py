@@ -34,7 +34,7 @@ def make_handler(settings: Settings) -> Handler:
             return []
         if not log_alert(session, sighting, settings.topic(STAGE.output_topic)):
             return []
-        record = build_alert(session, settings.data_dir, sighting)
+        record = build_alert(session, settings.data_dir, sighting, history_days=settings.alert_history_days)
         # handed to delivery right after this (deliver before commit): the exposure-to-alert latency
         ALERT_LATENCY.observe(max(0.0, (now_ms() - epoch_ms(event["ingested_at"])) / 1000.0))
         return [

@@ -177,6 +177,7 @@ def _register_pipeline_commands() -> None:
     from seechange.commands.chaos import chaos
     from seechange.commands.demo import demo
     from seechange.commands.evaluate import evaluate
+    from seechange.commands.forced import forced_cmd
     from seechange.commands.instruments import instruments
     from seechange.commands.provenance import provenance
     from seechange.commands.serve import ingest, serve
@@ -191,6 +192,7 @@ def _register_pipeline_commands() -> None:
     main.add_command(subscribe_cmd)
     main.add_command(replay_cmd)
     main.add_command(lightcurve_cmd)
+    main.add_command(forced_cmd)
     main.add_command(alerts)
     main.add_command(provenance)
     main.add_command(simulate)

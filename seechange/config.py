@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     kafka_version: str = "4.1.1"
     consumer_group_prefix: str = "seechange"
     association_radius_arcsec: float = 1.5
+    alert_history_days: float = 30.0  #: window of the packets' forced photometry and limits, days
     params_file: Path | None = None  # TOML with [reduce], [reference], [subtract], [detect] tables
     log_level: str = "INFO"
     log_format: str = "text"  #: "json": one JSON object per log line (seechange.logformat)

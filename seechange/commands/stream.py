@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -340,11 +341,16 @@ def replay_cmd(
     "--ecsv", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write an ECSV table."
 )
 @click.option(
+    "--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write CSV."
+)
+@click.option(
     "--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG plot."
 )
 @click.pass_obj
-def lightcurve_cmd(settings: Settings, name: str, ecsv: Path | None, plot: Path | None) -> None:
-    """Print (and optionally save or plot) the lightcurve of one object by name."""
+def lightcurve_cmd(
+    settings: Settings, name: str, ecsv: Path | None, csv_path: Path | None, plot: Path | None
+) -> None:
+    """Print (and optionally save or plot) an object's detections, forced points and limits."""
     from rich.console import Console
     from rich.table import Table as RichTable
 
@@ -357,26 +363,36 @@ def lightcurve_cmd(settings: Settings, name: str, ecsv: Path | None, plot: Path 
     with make_session_factory(engine)() as session:
         table = lightcurve_table(session, name)
     engine.dispose()
+    counts = {k: int(sum(table["kind"] == k)) for k in ("detection", "forced", "limit")}
     rich = RichTable(
-        title=f"{name}: {len(table)} sighting(s), ra {table.meta['ra']:.6f} dec {table.meta['dec']:+.6f}"
+        title=(
+            f"{name}: {counts['detection']} detection(s), {counts['forced']} forced point(s), "
+            f"{counts['limit']} limit(s); ra {table.meta['ra']:.6f} dec {table.meta['dec']:+.6f}"
+        )
     )
-    for col in ("mjd", "band", "flux_njy", "flux_njy_err", "mag", "mag_err", "snr", "is_positive", "is_good"):
+    for col in ("mjd", "band", "kind", "flux_njy", "flux_njy_err", "mag", "mag_err", "snr", "is_good"):
         rich.add_column(col, justify="right")
+
+    def fmt(value: float, spec: str) -> str:
+        return "-" if math.isnan(value) else format(value, spec)
+
     for row in table:
         rich.add_row(
             f"{row['mjd']:.5f}",
             row["band"],
-            f"{row['flux_njy']:.1f}",
-            f"{row['flux_njy_err']:.1f}",
-            "-" if row["mag"] != row["mag"] else f"{row['mag']:.3f}",
-            "-" if row["mag_err"] != row["mag_err"] else f"{row['mag_err']:.3f}",
-            f"{row['snr']:.1f}",
-            str(bool(row["is_positive"])),
+            row["kind"],
+            fmt(row["flux_njy"], ".1f"),
+            fmt(row["flux_njy_err"], ".1f"),
+            (">" if row["kind"] == "limit" else "") + fmt(row["mag"], ".3f"),
+            fmt(row["mag_err"], ".3f"),
+            fmt(row["snr"], ".1f"),
             str(bool(row["is_good"])),
         )
     Console().print(rich)
     if ecsv:
         table.write(ecsv, format="ascii.ecsv", overwrite=True)
+    if csv_path:
+        table.write(csv_path, format="ascii.csv", overwrite=True)
     if plot:
         from seechange.lightcurve import plot_lightcurve
 

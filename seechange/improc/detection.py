@@ -8,10 +8,11 @@ import numpy as np
 from astropy.table import Table, hstack
 from scipy import ndimage
 
+from seechange.improc.forced import ForcedParams
 from seechange.improc.measure import MeasureParams, measure_sightings
 from seechange.improc.types import ImageData
 from seechange.improc.zogy import ZogyResult
-from seechange.parameters import StepParameters
+from seechange.parameters import CRITICAL, StepParameters
 
 __all__ = ["DETECTION_COLUMNS", "DetectParams", "detect_and_measure", "detect_transients"]
 
@@ -139,12 +140,16 @@ class DetectParams(StepParameters):
         Also detect fading (negative) sources.
     measure : MeasureParams
         Apertures and quality cuts of :func:`~seechange.improc.measure.measure_sightings`.
+    forced : ForcedParams
+        Forced photometry of the Objects on the image, done by the detect stage after association; not
+        critical here (it has its own ``forced`` provenance, so changing it leaves the sightings alone).
     """
 
     threshold: float = 5.0
     min_area: int = 1
     negative: bool = True
     measure: MeasureParams = field(default_factory=MeasureParams)
+    forced: ForcedParams = field(default_factory=ForcedParams, metadata={CRITICAL: False})
 
 
 def detect_and_measure(

@@ -3,6 +3,7 @@
 from seechange.models.alert import AlertLog
 from seechange.models.base import NAMING_CONVENTION, Base, CreatedAtMixin, IdMixin
 from seechange.models.exposure import Exposure
+from seechange.models.forced import ForcedPhotometry
 from seechange.models.image import CoaddImage, Image, ImageMixin, SubtractionImage, coadd_members
 from seechange.models.object import Object
 from seechange.models.provenance import PROVENANCE_ID_LENGTH, Provenance, provenance_upstreams
@@ -17,6 +18,7 @@ __all__ = [
     "CreatedAtMixin",
     "Cutouts",
     "Exposure",
+    "ForcedPhotometry",
     "IdMixin",
     "Image",
     "ImageMixin",

@@ -6,7 +6,8 @@ again.
 
 A packet describes its Object as of the sighting: count, first/last MJD, mean position and history come
 from the Object's sightings up to the sighting's MJD (never a later epoch, whenever the packet is built),
-so the same night gives the same packets however its messages were timed.
+so the same night gives the same packets however its messages were timed. The forced photometry and
+non-detection limits (schema 1.1) are those of the difference images up to the sighting's epoch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 from seechange.errors import MissingRow
 from seechange.imageio import read_cutouts_file
 from seechange.improc.cutouts import cutout_to_gzipped_fits
-from seechange.models import AlertLog, Image, Object, Photometry, Sighting, SubtractionImage
+from seechange.models import AlertLog, ForcedPhotometry, Image, Object, Photometry, Sighting, SubtractionImage
 from seechange.pipeline.products import pixel_scale_arcsec
 from seechange.storage import resolve
 from seechange.units import electrons_to_njy
@@ -143,8 +144,61 @@ def object_as_of(session: Session, obj: Object, sighting: Sighting) -> dict[str,
     }
 
 
-def build_alert(session: Session, data_root: Path, sighting: Sighting) -> dict[str, Any]:
-    """The alert record (schema ``alert``) of one sighting; ``schemaVersion`` is filled in when encoded."""
+#: Default window of the packet's forced photometry and non-detections, days before the sighting (ZTF's).
+HISTORY_DAYS = 30.0
+
+
+def forced_history(
+    session: Session, obj: Object, sighting: Sighting, window_days: float = HISTORY_DAYS
+) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+    """``prvForcedPhotometry`` and ``prvNonDetections`` of a packet, as of ``sighting``.
+
+    The Object's forced points on difference images from ``window_days`` before the sighting up to its
+    epoch (its own image included; later epochs never, whenever the packet is built), and the limits of
+    those on which it was not detected (before the sighting's epoch). One forced provenance per difference
+    image: the latest made, when several are stored.
+    """
+    rows = session.scalars(
+        select(ForcedPhotometry)
+        .where(
+            ForcedPhotometry.object_id == obj.id,
+            ForcedPhotometry.mjd >= sighting.mjd - window_days,
+            ForcedPhotometry.mjd <= sighting.mjd,
+        )
+        .order_by(ForcedPhotometry.mjd, ForcedPhotometry.subtraction_id, ForcedPhotometry.id)
+    ).all()
+    latest: dict[int, ForcedPhotometry] = {}
+    for r in rows:
+        latest[r.subtraction_id] = r
+    points = sorted(latest.values(), key=lambda r: (r.mjd, r.subtraction_id))
+    forced = [
+        {
+            "subtractionId": r.subtraction_id,
+            "mjd": r.mjd,
+            "band": r.band,
+            "psfFlux": float(r.flux_njy),
+            "psfFluxErr": float(r.flux_njy_err),
+            "zeroPoint": float(r.zero_point),
+            "limMag": _f(r.lim_mag),
+            "detected": r.detected,
+        }
+        for r in points
+    ]
+    limits = [
+        {"subtractionId": r.subtraction_id, "mjd": r.mjd, "band": r.band, "limMag": float(r.lim_mag)}
+        for r in points
+        if not r.detected and r.lim_mag is not None and r.mjd < sighting.mjd
+    ]
+    return forced or None, limits or None
+
+
+def build_alert(
+    session: Session, data_root: Path, sighting: Sighting, *, history_days: float = HISTORY_DAYS
+) -> dict[str, Any]:
+    """The alert record (schema ``alert``) of one sighting; ``schemaVersion`` is filled in when encoded.
+
+    ``history_days``: window of ``prvForcedPhotometry`` and ``prvNonDetections`` before the sighting, days.
+    """
     phot = _photometry(session, sighting)
     sub = session.get(SubtractionImage, sighting.subtraction_id)
     assert sub is not None
@@ -219,6 +273,9 @@ def build_alert(session: Session, data_root: Path, sighting: Sighting) -> dict[s
         "object": object_as_of(session, obj, sighting),
         "prvSightings": prv or None,
     }
+    record["prvForcedPhotometry"], record["prvNonDetections"] = forced_history(
+        session, obj, sighting, history_days
+    )
     record.update(_cutouts(data_root, sighting))
     return record
 
@@ -235,4 +292,4 @@ def log_alert(session: Session, sighting: Sighting, topic: str) -> bool:
     return session.execute(stmt).scalar_one_or_none() is not None
 
 
-__all__ = ["build_alert", "log_alert", "object_as_of"]
+__all__ = ["HISTORY_DAYS", "build_alert", "forced_history", "log_alert", "object_as_of"]

@@ -1,4 +1,5 @@
-"""Detect stage: a SubtractionImage in; Sightings, Photometry, Cutouts and Objects out (find before make)."""
+"""Detect stage: a SubtractionImage in; Sightings, Photometry, Cutouts, Objects and the forced photometry
+of every Object on the image out (find before make)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from seechange.improc.detection import DetectParams, detect_and_measure
 from seechange.improc.types import ImageData
 from seechange.models import Cutouts, Image, Photometry, Provenance, Sighting, SubtractionImage
 from seechange.pipeline.association import associate
+from seechange.pipeline.forced import force_on_subtraction
 from seechange.pipeline.products import pixel_scale_arcsec, product_stem
 from seechange.pipeline.subtract import read_zogy
 from seechange.provenance import get_or_create_provenance
@@ -80,16 +82,19 @@ def detect_on_subtraction(
     sightings = _write_sightings(session, sub, prov.id, table, result.wcs)
     mags = [_opt(v) for v in table["mag"]] if len(table) else []
     associate(session, sightings, radius_arcsec=radius_arcsec, mags=mags)
+    session.flush()
+    n_forced = force_on_subtraction(session, sub, result, params=params.forced)
     if sightings:
         _write_cutouts(session, data_root, prov.id, sub, sightings, new, ref, result.diff)
     sub.n_sightings = len(sightings)
     sub.extra = {**(sub.extra or {}), "detect_provenance": prov.id}
     session.flush()
     log.info(
-        "subtraction %d: %d sightings (%d good) in %.2f s",
+        "subtraction %d: %d sightings (%d good), %d forced points in %.2f s",
         sub.id,
         len(sightings),
         sum(s.is_good for s in sightings),
+        n_forced,
         time.perf_counter() - t0,
     )
     return sightings

@@ -205,10 +205,10 @@ def test_night_end_to_end(test_settings: Settings) -> None:
                 value = msg.value()
                 assert value is not None
                 assert (
-                    value[0] == 0 and int.from_bytes(value[1:5], "big") == 100
-                )  # alert 1.0: MAJOR*100+MINOR
+                    value[0] == 0 and int.from_bytes(value[1:5], "big") == 101
+                )  # alert 1.1: MAJOR*100+MINOR
                 name, version, record = decoder.decode(value)
-                assert (name, version) == ("alert", "1.0")
+                assert (name, version) == ("alert", "1.1")
                 assert msg.key() == str(record["object"]["objectId"]).encode()
                 alerts.append(record)
             collected = [r for r, _ in collector.snapshot()]
@@ -225,7 +225,7 @@ def test_night_end_to_end(test_settings: Settings) -> None:
             assert set(ids) == good_sightings  # one alert per good sighting, none for the others
             for a in alerts:
                 sg, obj = a["sighting"], a["object"]
-                assert a["alertId"] == sg["sightingId"] and a["schemaVersion"] == "1.0"
+                assert a["alertId"] == sg["sightingId"] and a["schemaVersion"] == "1.1"
                 assert sighting_obj[sg["sightingId"]] == sg["objectId"] == obj["objectId"]
                 assert sg["subtractionId"] in sub_raw
                 assert sg["isGood"] and sg["band"] == night.band
@@ -238,6 +238,12 @@ def test_night_end_to_end(test_settings: Settings) -> None:
                 )
                 for p in a["prvSightings"] or []:
                     assert p["mjd"] < sg["mjd"] and sighting_obj[p["sightingId"]] == obj["objectId"]
+                # forced photometry as of the sighting: its own difference image included, detected there
+                forced = {p["subtractionId"]: p for p in a["prvForcedPhotometry"] or []}
+                assert forced[sg["subtractionId"]]["detected"]
+                assert all(sg["mjd"] - 30.0 <= p["mjd"] <= sg["mjd"] for p in forced.values())
+                for p in a["prvNonDetections"] or []:
+                    assert p["mjd"] < sg["mjd"] and not forced[p["subtractionId"]]["detected"]
                 sci = _check_cutout(a["cutoutScience"], sg["ra"], sg["dec"], f"alert {a['alertId']} science")
                 _check_cutout(a["cutoutTemplate"], sg["ra"], sg["dec"], f"alert {a['alertId']} template")
                 diff = _check_cutout(

@@ -34,6 +34,7 @@ from seechange.models.session import make_engine, make_session_factory
 from seechange.provenance import get_or_create_provenance, provenance_id
 
 ALL_TABLES = {
+    "forced_photometry",
     "provenances",
     "provenance_upstreams",
     "exposures",
@@ -139,7 +140,7 @@ def test_upgrade_creates_every_table(database_url: str, db_session: Session) -> 
     tables = set(inspect(db_session.connection()).get_table_names())
     assert ALL_TABLES <= tables
     assert "alembic_version" in tables
-    assert current(database_url) == head_revision() == "0003"
+    assert current(database_url) == head_revision() == "0004"
 
 
 def test_upgrade_is_idempotent(database_url: str) -> None:

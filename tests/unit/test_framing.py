@@ -125,11 +125,57 @@ def test_ids_file_covers_every_schema_and_ids_are_unique() -> None:
 
 
 def test_alert_schema_id_follows_rubin_rule(registry: SchemaRegistry) -> None:
-    entry = registry.get("alert")
-    assert entry.schema_id == 100
+    entry = registry.get("alert")  # the latest: 1.1 (forced photometry and non-detections)
+    assert entry.schema_id == 101
     assert entry.parsed["name"] == "seechange.alert"
-    by_id = registry.entry_by_id(100)
-    assert by_id is not None and (by_id.name, by_id.version) == ("alert", (1, 0))
+    for schema_id, version in ((100, (1, 0)), (101, (1, 1))):
+        by_id = registry.entry_by_id(schema_id)
+        assert by_id is not None and (by_id.name, by_id.version) == ("alert", version)
+
+
+def _alert_record(version: str, nulls: bool) -> dict[str, Any]:
+    return RecordMaker(nulls=nulls).make(
+        json.loads((DEFAULT_SCHEMAS_DIR / f"alert/{version}.avsc").read_text())
+    )
+
+
+@pytest.mark.parametrize("nulls", [False, True], ids=["filled", "nulls"])
+def test_alert_1_0_packet_decodes_with_the_1_1_reader(registry: SchemaRegistry, nulls: bool) -> None:
+    record = _alert_record("1.0", nulls)
+    data = encode(registry, "alert", record, version="1.0")
+    assert struct.unpack(">I", data[1:5])[0] == 100
+    _, got = decode(registry, data, expect="alert")  # reader: the latest, 1.1
+    assert got["schemaVersion"] == "1.0"
+    assert got["prvForcedPhotometry"] is None and got["prvNonDetections"] is None
+    assert {k: v for k, v in got.items() if k not in ("prvForcedPhotometry", "prvNonDetections")} == {
+        **record,
+        "schemaVersion": "1.0",
+    }
+
+
+@pytest.mark.parametrize("nulls", [False, True], ids=["filled", "nulls"])
+def test_alert_1_1_packet_decodes_with_a_1_0_reader(registry: SchemaRegistry, nulls: bool) -> None:
+    import io
+
+    import fastavro
+
+    record = _alert_record("1.1", nulls)
+    if not nulls:
+        assert len(record["prvForcedPhotometry"]) == 3 and len(record["prvNonDetections"]) == 3
+    data = encode(registry, "alert", record)  # the latest
+    assert struct.unpack(">I", data[1:5])[0] == 101
+    writer = registry.entry_by_id(101)
+    old = registry.get("alert", "1.0")
+    assert writer is not None
+    # an old client resolving the writer's schema with its own (1.0) reader schema
+    got = fastavro.schemaless_reader(io.BytesIO(data[5:]), writer.parsed, old.parsed)
+    expected = {k: v for k, v in record.items() if k not in ("prvForcedPhotometry", "prvNonDetections")}
+    assert got == {**expected, "schemaVersion": "1.1"}
+    # and one that ignores the id and reads the body as 1.0: the new fields come after every 1.0 field
+    assert fastavro.schemaless_reader(io.BytesIO(data[5:]), old.parsed, None) == got
+    _, new = decode(registry, data, expect="alert")
+    assert new["prvForcedPhotometry"] == record["prvForcedPhotometry"]
+    assert new["prvNonDetections"] == record["prvNonDetections"]
 
 
 def test_exposure_ready_latest_is_1_1(registry: SchemaRegistry) -> None:
