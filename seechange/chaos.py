@@ -4,7 +4,9 @@
 ``kill -9`` of each stage service at random moments (restarted at once), the alert service started with the
 test-only fault point ``alert:after-delivery`` (it kills itself between a delivery and its ``alert_log``
 commit, once; it is restarted unarmed), and a second instance of one stage joining the group and leaving it
-(SIGTERM) mid-night. It waits until every exposure is through and every consumer group has committed all of
+(SIGTERM) mid-night, and, when the plan asks for them, the Kafka broker stopped for a while and restarted
+and the PostgreSQL server stopped and restarted (services of ``settings.cache_dir`` only: start private
+ones with :func:`seechange.localservices.private.private_services`). It waits until every exposure is through and every consumer group has committed all of
 its input, stops the services cleanly and reports what happened: the faults, table counts, natural keys,
 the alerts received and the dead letters. :func:`natural_keys` gives the same keys for an undisturbed run
 (e.g. the in-process chain into another database) to compare with.
@@ -68,6 +70,10 @@ class ChaosPlan:
         Seeds the order and the timing of the actions.
     timeout_s : float
         Give up waiting for the night after this long, seconds.
+    broker_outage_s : float
+        Stop the local Kafka broker mid-night for this long, then restart it; 0 for none.
+    database_outage_s : float
+        Stop the local PostgreSQL mid-night for this long, then restart it; 0 for none.
     """
 
     kills_per_service: int = 1
@@ -77,6 +83,8 @@ class ChaosPlan:
     cadence_s: float = 1.0
     seed: int = 0
     timeout_s: float = 600.0
+    broker_outage_s: float = 0.0
+    database_outage_s: float = 0.0
 
 
 @dataclass
@@ -87,6 +95,8 @@ class ChaosReport:
     kills: int = 0  #: external SIGKILLs
     fault_crashes: int = 0  #: services that killed themselves at their fault point
     restarts: int = 0
+    #: service -> seconds from its stop completing until it answered again
+    outages: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     keys: dict[str, list[Any]] = field(default_factory=dict)
     alerts: list[dict[str, Any]] = field(default_factory=list)  #: every alert received, in order
@@ -210,6 +220,32 @@ class _Fleet:
             raise RuntimeError(f"{name} left with exit code {code} (see its log)")
         self.note(f"{name} left the group (SIGTERM, exit 0)")
 
+    def outage(self, service: str, seconds: float) -> None:
+        """Stop the local ``service`` ("kafka" or "postgres"), wait ``seconds`` watching the fleet, restart it.
+
+        No service may exit meanwhile (:meth:`check` raises): infrastructure trouble is retried.
+        """
+        from seechange.localservices import kafka, postgres
+
+        if service == "kafka":
+            if not kafka.stop_kafka(self.settings):
+                raise RuntimeError(f"no local Kafka broker of {self.settings.cache_dir} to stop")
+        elif not postgres.stop_postgres(self.settings):
+            raise RuntimeError(f"no local PostgreSQL of {self.settings.cache_dir} to stop")
+        t_down = time.monotonic()  # down from here: the stop itself (graceful) may take seconds
+        self.note(f"{service} stopped")
+        while time.monotonic() - t_down < seconds:
+            self.check()
+            time.sleep(0.5)
+        if service == "kafka":
+            kafka.start_kafka(self.settings, timeout=180.0)
+        else:
+            postgres.start_postgres(self.settings)
+        down_s = time.monotonic() - t_down
+        self.report.outages[service] = round(down_s, 1)
+        self.note(f"{service} restarted after {down_s:.1f} s down")
+        self.check()
+
     def check(self) -> None:
         """Restart a service that killed itself at its fault point; raise for any other exit."""
         for name, proc in list(self.procs.items()):
@@ -250,6 +286,9 @@ def _plan_actions(plan: ChaosPlan, rng: random.Random) -> list[tuple[str, str]]:
         j = rng.randint(i + 1, len(actions) + 1)
         actions.insert(i, ("join", extra))
         actions.insert(j, ("leave", extra))
+    for service, seconds in (("kafka", plan.broker_outage_s), ("postgres", plan.database_outage_s)):
+        if seconds > 0:  # mid-night: never first nor last
+            actions.insert(rng.randint(1, max(1, len(actions) - 1)), ("outage", service))
     return actions
 
 
@@ -317,6 +356,8 @@ def run_disturbed(
                 what, name = actions.pop(0)
                 if what == "kill":
                     fleet.kill(name)
+                elif what == "outage":
+                    fleet.outage(name, plan.broker_outage_s if name == "kafka" else plan.database_outage_s)
                 elif what == "join":
                     stage, _, index = name.rpartition("-")
                     fleet.start(stage, int(index))

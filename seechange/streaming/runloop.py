@@ -28,6 +28,7 @@ SIGTERM/SIGINT stop after the current message.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -80,6 +81,7 @@ __all__ = [
 STATS_INTERVAL_S = 30.0
 LAG_INTERVAL_S = 5.0  #: seconds between updates of the consumer-lag gauges (when metrics are served)
 COMMIT_ATTEMPTS = 3  #: synchronous offset commits tried per message before leaving it to redelivery
+KAFKA_ERROR_LOG_S = 10.0  #: a repeated Kafka client error (same code) is logged at most this often, seconds
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ class _Loop:
         self.deliver_before_commit = False
         self.max_consecutive_errors = max(1, settings.max_consecutive_errors)
         self.consecutive_errors = 0
+        self._kafka_errors: dict[int, tuple[float, int]] = {}  #: error code -> (last logged, repeats since)
         self.assigned: set[tuple[str, int]] = set()
         self.pending: deque[Message] = deque()
         self.paused = False
@@ -213,7 +216,18 @@ class _Loop:
             session.execute(text("SELECT 1"))
 
     def _on_kafka_error(self, err: KafkaError) -> None:
-        log.warning("%s: kafka client error: %s", self.name, err)
+        """Log a client error; the same error code at most once per :data:`KAFKA_ERROR_LOG_S` with a count.
+
+        librdkafka reports a refused connection every few tens of milliseconds while the broker is down.
+        """
+        now, code = time.monotonic(), err.code()
+        last, repeats = self._kafka_errors.get(code, (-math.inf, 0))
+        if now - last < KAFKA_ERROR_LOG_S:
+            self._kafka_errors[code] = (last, repeats + 1)
+            return
+        self._kafka_errors[code] = (now, 0)
+        more = f" ({repeats} more like it since the last report)" if repeats else ""
+        log.warning("%s: kafka client error: %s%s", self.name, err, more)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in partitions)

@@ -8,6 +8,32 @@ records a file it cannot take on ``exposure-ready.dlq`` and goes on with the nex
 The night: 2 fields x 4 epochs of 512x1024 CCDs. Field ``simfield01``'s first two raw files are corrupted
 after registration; field ``simfield00``'s four files are the good messages (the fourth is subtracted,
 detected and alerted, so every stage handles a good message after the bad ones).
+
+The bad-input corpus (issue 10: at least 25 cases run in ``make test``), here and elsewhere:
+
+Consumer side, against the running services (this module), each dead-lettered with its bytes:
+ 1-4.   bytes without the framing's magic byte, on each of the 4 stage inputs;
+ 5-8.   a one-byte message (too short), on each input;
+ 9-12.  a well-framed message with an unknown schema id (9999), on each input (a wrong schema id);
+ 13.    a well-framed event of another schema (``exposure_ready`` on ``image-reduced``);
+ 14.    a truncated Avro body of the right schema;
+ 15-18. events naming rows that are not in the database (exposure, image, subtraction, sighting);
+ 19.    a raw file overwritten with random bytes after registration (a corrupt FITS file);
+ 20.    a raw file truncated to a third after registration;
+ 21.    a raw file deleted after registration (an event naming a missing file).
+Ingest side (this module; the file is recorded on ``exposure-ready.dlq``, the other files go on):
+ 22.    an absolute path outside the data root;  23. a relative path escaping it with ``..``;
+ 24.    a raw file without MJD-OBS.
+Run loop (``tests/integration/test_runloop.py``):
+ 25.    a handler refusing an impossible value in an event (``ImpossibleValue``), between good events;
+ 26.    garbage bytes after good events on one partition.
+Pre-reduced ingest (``tests/integration/test_ingest_reduced.py``):
+ 27.    not a FITS file;  28. no celestial WCS;  29. a path outside the data root (``/etc/hostname``).
+Units: 30-34. malformed FITS sections (``tests/unit/test_sections.py``: no brackets, 0-based, not a number,
+one axis, empty); 35-41. data-root escapes (``tests/unit/test_storage.py``: four ``..`` forms, an absolute
+path outside, a symlink out, a garbage path); 42. a header without WCS and 43. a coadd input without zero
+point (``tests/unit/test_never_silent.py``). Ingest-side header validation (RA/Dec range, filter, EXPTIME,
+sections, unparseable times, NaN/constant CCDs, multi-extension files) is covered with the ingest.
 """
 
 from __future__ import annotations
@@ -249,6 +275,29 @@ def test_corrupt_raw_file_is_dead_lettered_and_the_next_exposure_reduced(run: Ru
     good = _ingest_good(run, 0)
     image = _image_of(run, good)
     assert image.field == GOOD_FIELD and image.zero_point is not None
+
+
+def test_event_naming_a_deleted_raw_file_is_dead_lettered(run: Run) -> None:
+    """Consumer side: the exposure row exists, its raw file is gone by the time reduce reads it."""
+    from seechange.models import Image
+    from seechange.pipeline.ingest import exposure_event, register_exposure
+    from seechange.streaming.framing import encode
+    from seechange.streaming.registry import SchemaRegistry
+    from seechange.timestamps import now_ms
+
+    registry = SchemaRegistry.load()
+    e = run.raw(BAD_FIELD, 2)
+    with run.sessions() as s, s.begin():
+        exposure, created = register_exposure(s, run.settings.data_dir, e.raw_path)
+        assert created
+        value = encode(registry, "exposure_ready", exposure_event(exposure, produced_at_ms=now_ms()))
+        exposure_id = exposure.id
+    (run.settings.data_dir / e.raw_path).unlink()
+    message = _check_dead_letter(run, "exposure-ready", str(exposure_id).encode(), value, "BadMessage")
+    print(f"\nmissing raw file: {message}")
+    assert Path(e.raw_path).name in message, message
+    with run.sessions() as s:
+        assert s.scalars(select(Image).where(Image.exposure_id == exposure_id)).all() == []
 
 
 def test_ingest_of_a_path_outside_the_data_root(run: Run, tmp_path: Path) -> None:

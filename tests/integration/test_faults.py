@@ -4,7 +4,10 @@ One field of 6 epochs (512x1024 CCDs) is run twice: undisturbed, in-process thro
 database; and through ``seechange serve`` processes (:func:`seechange.chaos.run_disturbed`) into another,
 while each service is ``kill -9``-ed once at a random moment (restarted at once), the alert service dies
 once at its test fault point between a delivery and the ``alert_log`` commit, and a second subtract instance
-joins the group and leaves it. Afterwards the two databases hold the same rows (counts and natural keys),
+joins the group and leaves it; mid-night the Kafka broker is stopped for 6 s and restarted, and so is
+PostgreSQL (4 s). The disturbed run uses a broker and a PostgreSQL of its own
+(:func:`seechange.localservices.private.private_services`: own cache directory under the test's tmp, own
+ports, both stopped at the end), never the ones the session shares with other runs. Afterwards the two databases hold the same rows (counts and natural keys),
 no alert id was received twice except re-sends with identical content, every bright injected transient was
 alerted, and no dead-letter topic holds a message. ``seechange chaos`` runs the long variant.
 """
@@ -22,6 +25,7 @@ import pytest
 from seechange.chaos import HISTORY_FIELDS, ChaosPlan, natural_keys, resend_differences, run_disturbed
 from seechange.config import Settings
 from seechange.localservices.postgres import create_database, drop_database
+from seechange.localservices.private import private_services
 from seechange.models.migrate import upgrade
 from seechange.models.session import make_engine, make_session_factory
 from seechange.orchestrate import table_counts
@@ -48,8 +52,8 @@ def _undisturbed(endpoints: Settings, root: Path, raw: list[str]) -> tuple[dict[
         drop_database(endpoints.database_url, name)
 
 
-@pytest.mark.timeout(600)
-def test_night_survives_kills_restarts_and_a_second_instance(
+@pytest.mark.timeout(900)
+def test_night_survives_kills_restarts_outages_and_a_second_instance(
     endpoints: Settings, test_settings: Settings, tmp_path: Path
 ) -> None:
     night = tmp_path / "night"
@@ -57,18 +61,24 @@ def test_night_survives_kills_restarts_and_a_second_instance(
     raw = [str(e.raw_path) for e in summary.exposures]
     counts_ref, keys_ref = _undisturbed(endpoints, shutil.copytree(night, tmp_path / "ref"), raw)
 
-    with isolated_run(test_settings, "chaos") as settings:
+    plan = ChaosPlan(seed=3, broker_outage_s=6.0, database_outage_s=4.0)
+    with (
+        private_services(test_settings, tmp_path / "svc") as own,
+        isolated_run(own, "chaos") as settings,
+    ):
         shutil.copytree(night, settings.data_dir, dirs_exist_ok=True)
         engine = make_engine(settings.database_url)
         try:
             sessions = make_session_factory(engine)
-            report = run_disturbed(settings, raw, sessions, tmp_path / "logs", ChaosPlan(seed=3))
+            report = run_disturbed(settings, raw, sessions, tmp_path / "logs", plan)
         finally:
             engine.dispose()
     print(f"\nchaos: {report.actions} in {report.seconds:.0f} s; rows {report.counts}")
 
     # the faults happened
     assert report.kills == 4 and report.fault_crashes == 1
+    assert set(report.outages) == {"kafka", "postgres"}, report.actions
+    assert report.outages["kafka"] >= 6.0 and report.outages["postgres"] >= 4.0
     assert any("subtract-1 joined" in a for _, a in report.actions)
     assert any("subtract-1 left" in a for _, a in report.actions)
     assert set(report.exit_codes.values()) == {0}, report.exit_codes

@@ -119,17 +119,19 @@ def test_unreachable_configured_database_is_a_clear_error(endpoints: Settings, t
 
 
 def test_down_stops_only_what_up_started(tmp_path: Path) -> None:
+    # ports of its own: other checkouts on this machine may run this test at the same time
+    kafka_port, controller_port = _free_port(), _free_port()
     settings = load_settings(
         cache_dir=tmp_path / "cache",
-        kafka_port=DOWN_KAFKA_PORT,
-        kafka_controller_port=DOWN_CONTROLLER_PORT,
+        kafka_port=kafka_port,
+        kafka_controller_port=controller_port,
         kafka_bootstrap="",
         database_url="",
     )
     first = up(settings)
     try:
         assert sorted(first.started) == ["kafka", "postgres"]
-        assert first.kafka_bootstrap == f"127.0.0.1:{DOWN_KAFKA_PORT}"
+        assert first.kafka_bootstrap == f"127.0.0.1:{kafka_port}"
         filled = endpoints(settings)
         assert filled.kafka_bootstrap == first.kafka_bootstrap and filled.database_url == first.database_url
         assert database_answers(first.database_url)
@@ -138,7 +140,7 @@ def test_down_stops_only_what_up_started(tmp_path: Path) -> None:
     finally:
         stopped = down(settings)
     assert sorted(stopped) == ["kafka", "postgres"]
-    assert not port_open("127.0.0.1", DOWN_KAFKA_PORT)
+    assert not port_open("127.0.0.1", kafka_port)
     assert [row.running for row in status(settings)] == [False, False]
     with pytest.raises(ServiceError, match="not running"):
         endpoints(settings)
