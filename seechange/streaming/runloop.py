@@ -183,6 +183,10 @@ class _Loop:
         self.assigned: set[tuple[str, int]] = set()
         self.pending: deque[Message] = deque()
         self.paused = False
+        # librdkafka keeps a partition's pause flag across a revoke and a new assignment: a partition paused
+        # during a back-off that is taken away and given back mid-wait would stay paused forever (seen in a
+        # 30 s broker outage: reduce re-assigned its 4 partitions and never fetched again)
+        self.resume_due = False
         self.last_message = time.monotonic()
         self.fault = FaultPoint(settings, name)  # test only; inert unless settings.fault_point names us
         self.consumer = Consumer(
@@ -231,6 +235,7 @@ class _Loop:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in partitions)
+        self.resume_due = True  # resumed once the assignment is applied (see _resume_assigned)
         self.last_message = time.monotonic()  # joining the group does not count as idle time
         log.info("%s: assigned %s", self.name, sorted(f"{t}[{p}]" for t, p in self.assigned))
 
@@ -260,6 +265,9 @@ class _Loop:
                 ):
                     log.info("%s: reached max_messages=%d", self.name, max_messages)
                     break
+                if self.resume_due or self.paused:  # between messages nothing may stay paused
+                    self.paused = False
+                    self._resume_assigned()
                 msg = self.pending.popleft() if self.pending else self.consumer.poll(self.poll_timeout)
                 now = time.monotonic()
                 if now - last_stats >= stats_interval:
@@ -343,8 +351,8 @@ class _Loop:
                 self.stats.processed += 1
         finally:
             if self.paused:
-                self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
                 self.paused = False
+                self._resume_assigned()
 
     def _unexpected(self, where: str, exc: Exception, delay: float) -> None:
         """Count an unexpected (non-bad-input, non-infrastructure) failure; raise when there are too many."""
@@ -456,6 +464,17 @@ class _Loop:
                 return False
             delay = min(delay * 2, BACKOFF_MAX_S)
         return False
+
+    def _resume_assigned(self) -> None:
+        """Resume every partition of the current assignment (clears pause flags left from before a rebalance)."""
+        self.resume_due = False
+        if not self.assigned:
+            return
+        try:
+            self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
+        except KafkaException as exc:  # a partition already gone again: the next assignment resumes it
+            log.warning("%s: resuming the assigned partitions failed: %s", self.name, exc)
+            self.resume_due = True
 
     def _wait(self, seconds: float, msg: Message | None) -> bool:
         """Back off while keeping the group membership alive. False when stopping or the partition left."""
