@@ -412,8 +412,9 @@ def undisturbed(
         return table_counts(s), natural_keys(s)
 
 
-#: packet fields that an earlier epoch associated late (out of time order) changes between two sends
-HISTORY_FIELDS = {"object", "prvSightings", "sighting.objectId"}
+#: packet fields that an earlier epoch associated late (out of time order) changes between two sends: the
+#: Object and every history list of the packet (detections, forced points, non-detection limits)
+HISTORY_FIELDS = {"object", "prvSightings", "prvForcedPhotometry", "prvNonDetections", "sighting.objectId"}
 
 
 def resend_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

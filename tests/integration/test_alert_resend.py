@@ -77,7 +77,8 @@ def test_crash_between_delivery_and_alert_log_resends_the_same_alert(
             with sessions() as s:
                 assert s.scalar(select(func.count(AlertLog.id))) == 0  # rolled back with the process
 
-            second = _serve_alert(settings, log, "--idle-timeout", "8")
+            # longer than the group session timeout (10 s): the killed member holds the partitions until then
+            second = _serve_alert(settings, log, "--idle-timeout", "20")
             assert second.returncode == 0, log.read_text()
             text = log.read_text()
             assert "test fault point after-delivery: SIGKILL" in text
