@@ -1,4 +1,5 @@
-"""reduce service: exposure-ready -> Image row + files -> image-reduced (keyed by image id)."""
+"""reduce service: exposure-ready -> Image row + files -> image-reduced (keyed by sky tile, see
+``seechange.streaming.keys``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from seechange.improc.reduction import ReduceParams
 from seechange.pipeline.parameters import load_parameters
 from seechange.pipeline.reduce import ReduceInputError, ReduceResources, image_event, reduce_exposure_row
 from seechange.storage import PathOutsideDataRoot
+from seechange.streaming.keys import sky_tile_key
 from seechange.streaming.runloop import Handler, MessageContext, OutEvent
 from seechange.streaming.stages import get_stage
 from seechange.timestamps import epoch_ms, now_ms
@@ -31,6 +33,7 @@ def make_handler(settings: Settings, params: ReduceParams | None = None) -> Hand
         except (ReduceInputError, PathOutsideDataRoot) as exc:
             raise BadMessage(str(exc)) from exc
         record = image_event(image, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(event["ingested_at"]))
-        return [OutEvent(STAGE.output_topic, key=str(image.id), schema=STAGE.output_schema, record=record)]
+        key = sky_tile_key(image.exposure.healpix)
+        return [OutEvent(STAGE.output_topic, key=key, schema=STAGE.output_schema, record=record)]
 
     return handle

@@ -1,4 +1,4 @@
-"""subtract service: image-reduced -> reference (built once) + ZOGY -> subtraction-done (keyed by field)."""
+"""subtract service: image-reduced -> reference (built once) + ZOGY -> subtraction-done (keyed by sky tile)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from seechange.pipeline.subtract import (
     subtract_image_row,
     subtraction_event,
 )
+from seechange.streaming.keys import sky_tile_key
 from seechange.streaming.runloop import Handler, InfrastructureError, MessageContext, OutEvent
 from seechange.streaming.stages import get_stage
 from seechange.timestamps import epoch_ms, now_ms
@@ -44,7 +45,7 @@ def make_handler(
         record = subtraction_event(
             sub, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(event["ingested_at"])
         )
-        key = f"{sub.field}/{sub.band}"
+        key = sky_tile_key(sub.new_image.exposure.healpix)
         return [OutEvent(STAGE.output_topic, key=key, schema=STAGE.output_schema, record=record)]
 
     return handle

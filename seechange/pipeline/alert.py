@@ -1,8 +1,8 @@
 """Alert packets: one Avro record per new good sighting, built from the database and the cutouts file.
 
 The alert id is the sighting id, so handling the same sighting again (a replay, a redelivery) gives the
-same alert id; the ``alert_log`` table records what was sent, and a sighting already logged is not sent
-again.
+same alert id; the ``alert_log`` table is the outbox (:mod:`seechange.pipeline.outbox`): the packet's bytes
+are stored before delivery, a re-send repeats them, and a sighting already sent is not sent again.
 
 A packet describes its Object as of the sighting: count, first/last MJD, mean position and history come
 from the Object's sightings up to the sighting's MJD (never a later epoch, whenever the packet is built),
@@ -20,13 +20,12 @@ from typing import Any
 import numpy as np
 from astropy.io.fits import Header
 from sqlalchemy import or_, select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from seechange.errors import MissingRow
 from seechange.imageio import read_cutouts_file
 from seechange.improc.cutouts import cutout_to_gzipped_fits
-from seechange.models import AlertLog, ForcedPhotometry, Image, Object, Photometry, Sighting, SubtractionImage
+from seechange.models import ForcedPhotometry, Image, Object, Photometry, Sighting, SubtractionImage
 from seechange.pipeline.products import pixel_scale_arcsec
 from seechange.storage import resolve
 from seechange.units import electrons_to_njy
@@ -280,16 +279,4 @@ def build_alert(
     return record
 
 
-def log_alert(session: Session, sighting: Sighting, topic: str) -> bool:
-    """Record that the alert of ``sighting`` is being sent; False if it already was (send nothing)."""
-    assert sighting.object_id is not None
-    stmt = (
-        insert(AlertLog)
-        .values(alert_id=sighting.id, sighting_id=sighting.id, object_id=sighting.object_id, topic=topic)
-        .on_conflict_do_nothing(index_elements=["alert_id"])
-        .returning(AlertLog.id)
-    )
-    return session.execute(stmt).scalar_one_or_none() is not None
-
-
-__all__ = ["HISTORY_DAYS", "build_alert", "forced_history", "log_alert", "object_as_of"]
+__all__ = ["HISTORY_DAYS", "build_alert", "forced_history", "object_as_of"]

@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session, sessionmaker
 
 from seechange.models import CoaddImage, Image, Sighting, SubtractionImage
-from seechange.pipeline.alert import build_alert, log_alert
+from seechange.pipeline.alert import build_alert
 from seechange.pipeline.detect import detect_on_subtraction
 from seechange.pipeline.ingest import input_file, register_exposure, scan_raw_file
+from seechange.pipeline.outbox import alert_to_send, mark_sent
 from seechange.pipeline.parameters import PipelineParameters
 from seechange.pipeline.reduce import ReduceResources, reduce_exposure_row
 from seechange.pipeline.subtract import find_or_build_reference, subtract_image_row
@@ -151,17 +152,32 @@ class InProcessChain:
         )
 
     def alerts(self, sighting_ids: Iterable[int]) -> int:
-        """Log and build the alert packet of each good, not yet alerted sighting; how many were built."""
+        """Build, encode and store (``alert_log``) the packet of each good, not yet alerted sighting; how many.
+
+        The outbox rows are marked sent at once: the in-process chain has no broker, the stored bytes are
+        what the alert service would have delivered.
+        """
+        from seechange.streaming.framing import encode
+        from seechange.streaming.registry import SchemaRegistry
+
+        registry = SchemaRegistry.load()
 
         def build(s: Session) -> int:
-            n = 0
+            sent = []
             for sighting_id in sighting_ids:
                 sighting = s.get(Sighting, sighting_id)
                 assert sighting is not None, f"sighting {sighting_id} vanished"
-                if sighting.is_good and log_alert(s, sighting, self.alerts_topic):
-                    build_alert(s, self.data_root, sighting)
-                    n += 1
-            return n
+                if not sighting.is_good:
+                    continue
+
+                def packet(sighting: Sighting = sighting) -> bytes:
+                    return encode(registry, "alert", build_alert(s, self.data_root, sighting))
+
+                row = alert_to_send(s, sighting, topic=self.alerts_topic, make_packet=packet)
+                if row is not None:
+                    sent.append(row.alert_id)
+            mark_sent(s, sent)
+            return len(sent)
 
         return self._step("alerts", build)
 

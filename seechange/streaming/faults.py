@@ -9,11 +9,11 @@ hit reliably.
 Points
 ------
 after-delivery
-    Stages that deliver before their DB commit (the alert service): the events are confirmed by the broker,
-    the transaction (the ``alert_log`` row) is not committed yet. The restart re-sends the same alert.
+    Any stage, once the broker confirmed the message's events: the offset is not committed, and (the alert
+    service) the outbox row is staged, not marked sent. The restart re-sends the same alert, byte for byte.
 after-db-commit
-    Any stage: the transaction is committed, nothing produced (or, for deliver-before-commit stages,
-    produced) and the offset not committed. The restart handles the message again, idempotently.
+    Any stage: the transaction is committed, nothing produced and the offset not committed. The restart
+    handles the message again, idempotently (the alert service delivers the staged packet then).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Ingestion: raw CCD files -> Exposure rows -> exposure-ready (keyed by exposure id).
+"""Ingestion: raw CCD files -> Exposure rows -> exposure-ready (keyed by sky tile: :mod:`seechange.streaming.keys`).
 
 The logic of the ingest producer (``producers/ingest.py`` and ``seechange ingest`` are thin entry points).
 A file may hold many CCDs (multi-extension, tile-compressed ``.fits.fz``): each science CCD becomes one
@@ -10,7 +10,7 @@ every dead letter, see :func:`seechange.streaming.delivery.dead_letter`, plus ``
 ingestion goes on with the next file. Deliveries are confirmed and re-sent like the run loop's.
 
 Already-reduced images (:meth:`Ingestor.ingest_reduced`) become Exposure + Image rows and go straight to
-image-reduced (keyed by image id); their failures go to the same ``exposure-ready.dlq``.
+image-reduced (keyed by sky tile too); their failures go to the same ``exposure-ready.dlq``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from seechange.pipeline.ingest import (
 from seechange.pipeline.ingest_reduced import ReducedFiles, register_reduced_image
 from seechange.pipeline.reduce import image_event
 from seechange.storage import md5sum
+from seechange.streaming.keys import sky_tile_key
 from seechange.streaming.delivery import Delivery, Item, dead_letter
 from seechange.streaming.framing import encode, one_line
 from seechange.streaming.kafka_config import producer_config
@@ -121,7 +122,7 @@ class Ingestor:
         full = input_file(self.settings.data_dir, path)
         outcomes = scan_raw_file(full, skip=skip)
         digest = md5sum(full) if any(o.info is not None for o in outcomes) else ""
-        records: list[tuple[str, dict[str, object]]] = []
+        records: list[tuple[str, str, dict[str, object]]] = []
         refused: list[tuple[str, BadInput]] = []
         with self.session_factory() as session, session.begin():
             for o in outcomes:
@@ -141,11 +142,13 @@ class Ingestor:
                     refused.append((label, exc))
                     continue
                 report.new += int(created)
-                records.append((label, exposure_event(exposure, produced_at_ms=now_ms())))
-        for label, record in records:
+                records.append(
+                    (label, sky_tile_key(exposure.healpix), exposure_event(exposure, produced_at_ms=now_ms()))
+                )
+        for label, key, record in records:
             self._deliver(
                 self.topic,
-                str(record["exposure_id"]),
+                key,
                 encode(self.registry, INGEST.output_schema, record),
                 label,
             )
@@ -182,10 +185,10 @@ class Ingestor:
                     record = image_event(
                         image, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(exposure.ingested_at)
                     )
-                    exposure_id, image_id = exposure.id, image.id
+                    exposure_id, image_id, key = exposure.id, image.id, sky_tile_key(exposure.healpix)
                 self._deliver(
                     self.settings.topic(INGEST.reduced_topic),
-                    str(image_id),
+                    key,
                     encode(self.registry, INGEST.reduced_schema, record),
                     str(item.image),
                 )

@@ -6,7 +6,9 @@ Order per message (at least once in, idempotent out):
 2. open one transaction, call the handler, encode its output events, commit;
 3. produce every output event, flush, and check every delivery report (failed ones are re-sent with
    back-off until they succeed);
-4. only then commit the consumer offset (synchronously; per-partition commit errors are checked).
+4. when events carry an ``on_delivered`` callback (an outbox: the alert service), call them in a second
+   transaction (retried like the first);
+5. only then commit the consumer offset (synchronously; per-partition commit errors are checked).
 
 Error policy, by the kind of exception the handler raises:
 
@@ -34,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -86,12 +88,19 @@ KAFKA_ERROR_LOG_S = 10.0  #: a repeated Kafka client error (same code) is logged
 
 @dataclass(frozen=True)
 class OutEvent:
-    """An event a handler asks the loop to produce after its transaction commits."""
+    """An event a handler asks the loop to produce after its transaction commits.
+
+    ``value``: bytes already framed (e.g. taken from an outbox), produced as they are instead of encoding
+    ``record``. ``on_delivered(session)``: called in one transaction once the broker confirmed every event
+    of the message, before the offset commit (e.g. to mark an outbox row sent).
+    """
 
     topic: str  #: unprefixed topic name, e.g. ``"image-reduced"``
     key: str
     schema: str  #: schema name, e.g. ``"image_reduced"`` (written with its latest version)
-    record: dict[str, Any]
+    record: dict[str, Any] = field(default_factory=dict)
+    value: bytes | None = None
+    on_delivered: Callable[[Session], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,10 +123,6 @@ class TooManyErrors(RuntimeError):
 
     The failing message's offset is not committed, so it is redelivered when the service restarts.
     """
-
-
-class _Abandoned(Exception):
-    """Internal: the loop was stopped during an in-transaction delivery."""
 
 
 @dataclass
@@ -176,7 +181,6 @@ class _Loop:
         self.topic, self.dlq = settings.topic(input_topic), dlq_topic(settings, input_topic)
         self.group = f"{settings.consumer_group_prefix}-{name}"
         self.stats = RunStats()
-        self.deliver_before_commit = False
         self.max_consecutive_errors = max(1, settings.max_consecutive_errors)
         self.consecutive_errors = 0
         self._kafka_errors: dict[int, tuple[float, int]] = {}  #: error code -> (last logged, repeats since)
@@ -317,10 +321,8 @@ class _Loop:
         try:
             while True:
                 try:
-                    items = self._transact(record, ctx, where)
+                    items, confirms = self._transact(record, ctx)
                     break
-                except _Abandoned:
-                    return
                 except Exception as exc:  # noqa: BLE001 - dead-lettered, retried, or stops the service
                     if is_bad_input(exc):
                         self._dead_letter(msg, where, exc)
@@ -343,9 +345,13 @@ class _Loop:
             self.fault.maybe_crash("after-db-commit", where)
             if self.after_db_commit is not None:
                 self.after_db_commit()
-            if not self.deliver_before_commit and not self.delivery.deliver(items, where):
+            if not self.delivery.deliver(items, where):
                 return
             self.stats.produced += len(items)
+            if items:
+                self.fault.maybe_crash("after-delivery", where)
+            if confirms and not self._confirm(confirms, where, msg):
+                return
             self.consecutive_errors = 0
             if self._commit(msg, where):
                 self.stats.processed += 1
@@ -385,22 +391,54 @@ class _Loop:
             exc_info=exc,
         )
 
-    def _transact(self, record: dict[str, Any], ctx: MessageContext, where: str) -> list[Item]:
+    def _transact(
+        self, record: dict[str, Any], ctx: MessageContext
+    ) -> tuple[list[Item], list[Callable[[Session], None]]]:
         """One transaction: the handler, then encoding its events (a bad event rolls the writes back).
 
-        With ``deliver_before_commit`` the events are delivered before the transaction commits.
+        Returns the items to deliver and the events' ``on_delivered`` callbacks.
         """
         with self.session_factory() as session, session.begin():
             events = self.handler(session, record, ctx)
             items = [
-                Item(self.settings.topic(e.topic), e.key, encode(self.registry, e.schema, e.record))
+                Item(
+                    self.settings.topic(e.topic),
+                    e.key,
+                    e.value if e.value is not None else encode(self.registry, e.schema, e.record),
+                )
                 for e in events
             ]
-            if self.deliver_before_commit and items and not self.delivery.deliver(items, where):
-                raise _Abandoned(where)  # stopped while delivering: roll back, commit nothing
-            if self.deliver_before_commit and items:
-                self.fault.maybe_crash("after-delivery", where)
-            return items
+            return items, [e.on_delivered for e in events if e.on_delivered is not None]
+
+    def _confirm(self, confirms: list[Callable[[Session], None]], where: str, msg: Message) -> bool:
+        """Run the ``on_delivered`` callbacks in one transaction, retried with back-off; False if stopped.
+
+        Not confirmed means the offset stays uncommitted: the message is handled again, and an outbox
+        re-sends its stored bytes.
+        """
+        delay = BACKOFF_INITIAL_S
+        while True:
+            try:
+                with self.session_factory() as session, session.begin():
+                    for confirm in confirms:
+                        confirm(session)
+                return True
+            except Exception as exc:  # noqa: BLE001 - retried; too many unexpected ones stop the service
+                if is_infrastructure_error(exc):
+                    log.warning(
+                        "%s: %s: delivered, confirmation failed, retry in %.1f s: %s: %s",
+                        self.name,
+                        where,
+                        delay,
+                        type(exc).__name__,
+                        one_line(exc),
+                    )
+                else:
+                    self._unexpected(where, exc, delay)
+                self._count_retry()
+                if not self._wait(delay, msg):
+                    return False
+                delay = min(delay * 2, BACKOFF_MAX_S)
 
     def _dead_letter(self, msg: Message, where: str, exc: BaseException) -> None:
         log.error("%s: %s: %s: %s -> %s", self.name, where, type(exc).__name__, one_line(exc, 1000), self.dlq)
@@ -571,7 +609,6 @@ def run_service(
     poll_timeout: float = 0.5,
     stats_interval: float = STATS_INTERVAL_S,
     consumer_overrides: Mapping[str, Any] | None = None,
-    deliver_before_commit: bool = False,
 ) -> RunStats:
     """Consume ``input_topic``, call ``handler`` once per message in one transaction, produce its events.
 
@@ -611,10 +648,6 @@ def run_service(
         assigned partitions).
     consumer_overrides : mapping, optional
         Extra librdkafka consumer properties (e.g. ``{"session.timeout.ms": 6000}``).
-    deliver_before_commit : bool
-        Deliver the handler's events before the database commit instead of after (for a handler whose
-        rows record that the events were sent, e.g. the alert log: a crash in between then re-sends rather
-        than loses).
 
     Returns
     -------
@@ -641,7 +674,6 @@ def run_service(
         poll_timeout,
         consumer_overrides,
     )
-    loop.deliver_before_commit = deliver_before_commit
     previous: dict[signal.Signals, Any] = {}
     if install_signal_handlers and threading.current_thread() is threading.main_thread():
 

@@ -57,8 +57,6 @@ class Stage:
     output_topic: str
     output_schema: str
     handler_factory: str  #: ``"package.module:function"``, ``function(settings) -> Handler``
-    #: deliver the events before the DB commit (the handler's rows record that they were sent)
-    deliver_before_commit: bool = False
 
     def load_handler_factory(self) -> Callable[[Settings], Handler]:
         """Import and return the handler factory named by :attr:`handler_factory`."""
@@ -109,7 +107,6 @@ STAGES: tuple[Stage, ...] = (
         "alerts",
         "alert",
         "producers.alert:make_handler",
-        deliver_before_commit=True,
     ),
 )
 
@@ -171,7 +168,6 @@ def serve_stage(
             registry=SchemaRegistry.load(),
             max_messages=max_messages,
             idle_timeout=idle_timeout,
-            deliver_before_commit=stage.deliver_before_commit,
         )
     finally:
         engine.dispose()

@@ -2,10 +2,11 @@
 
 A small night is run in-process up to detect into an isolated database; its sighting-found events are put on
 the topic. The alert service is started with the test-only fault point ``alert:after-delivery`` (SIGKILL
-after the broker confirmed the first packet, before the ``alert_log`` row commits), then restarted without
-it. Afterwards every good sighting has exactly one ``alert_log`` row and one alert on the topic, except the
-one killed in flight: it is there twice, with the same alert id and byte-identical content (key, value).
-Nothing is dead-lettered.
+after the broker confirmed the first packet, before its ``alert_log`` outbox row is marked sent), then
+restarted without it. The killed one is left staged, its stored bytes those on the topic. Afterwards every
+good sighting has exactly one ``alert_log`` row, marked sent, and one alert on the topic, except the one
+killed in flight: it is there twice, with the same alert id and byte-identical content (key, value), the
+bytes stored in its outbox row. Nothing is dead-lettered.
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ def test_crash_between_delivery_and_alert_log_resends_the_same_alert(
             first = _serve_alert(armed, log)
             assert first.returncode == -signal.SIGKILL, log.read_text()
             assert message_count(settings.kafka_bootstrap, settings.topic("alerts")) == 1
-            with sessions() as s:
-                assert s.scalar(select(func.count(AlertLog.id))) == 0  # rolled back with the process
+            (first_copy,) = read_topic(settings.kafka_bootstrap, settings.topic("alerts"))
+            with sessions() as s:  # staged (committed before the delivery), not marked sent
+                (staged,) = s.scalars(select(AlertLog)).all()
+                assert staged.sent_at is None and staged.packet == first_copy.value()
 
             # longer than the group session timeout (10 s): the killed member holds the partitions until then
             second = _serve_alert(settings, log, "--idle-timeout", "20")
@@ -95,9 +98,14 @@ def test_crash_between_delivery_and_alert_log_resends_the_same_alert(
             ]
             assert copies[0].key() == copies[1].key() and copies[0].value() == copies[1].value()
             assert len(msgs) == len(good) + 1
+            assert copies[0].value() == first_copy.value()
             with sessions() as s:
                 logged = list(s.scalars(select(AlertLog.alert_id)))
+                assert s.scalar(select(func.count(AlertLog.id)).where(AlertLog.sent_at.is_(None))) == 0
+                stored = {int(a): p for a, p in s.execute(select(AlertLog.alert_id, AlertLog.packet))}
             assert sorted(logged) == sorted(good)  # one row each, the re-sent one included
+            for m in msgs:  # every packet on the topic is the outbox's bytes
+                assert m.value() == stored[decode(registry, m.value() or b"", expect="alert")[1]["alertId"]]
             for stage_input in ("sighting-found",):
                 assert message_count(settings.kafka_bootstrap, settings.topic(f"{stage_input}.dlq")) == 0
         finally:

@@ -140,7 +140,7 @@ def test_upgrade_creates_every_table(database_url: str, db_session: Session) -> 
     tables = set(inspect(db_session.connection()).get_table_names())
     assert ALL_TABLES <= tables
     assert "alembic_version" in tables
-    assert current(database_url) == head_revision() == "0004"
+    assert current(database_url) == head_revision() == "0005"
 
 
 def test_upgrade_is_idempotent(database_url: str) -> None:
@@ -346,7 +346,7 @@ def test_full_chain_round_trip(db_session: Session) -> None:
 
     alert = s.scalars(select(AlertLog).where(AlertLog.sighting_id == ids["late"])).one()
     assert (alert.alert_id, alert.object_id, alert.topic) == (ids["late"] * 1000 + 1, ids["obj"], "alerts")
-    assert alert.sent_at.tzinfo is not None
+    assert alert.staged_at.tzinfo is not None and alert.sent_at is None  # staged, not confirmed sent
 
 
 def _assert_rejected(session: Session, constraint: str, rows: list[Any]) -> None:

@@ -30,7 +30,10 @@ from seechange.localservices.postgres import create_database, drop_database
 from seechange.models import Object, Sighting
 from seechange.models.migrate import upgrade
 from seechange.models.session import make_engine, make_session_factory
-from seechange.pipeline.alert import build_alert, log_alert
+from seechange.pipeline.alert import build_alert
+from seechange.pipeline.outbox import alert_to_send
+from seechange.streaming.framing import decode, encode
+from seechange.streaming.registry import SchemaRegistry
 from tests.integration._chain_night import run_chain, simulate
 
 
@@ -63,16 +66,23 @@ def _copy_root(src: Path, dst: Path) -> Path:
 
 
 def _run(sessions: sessionmaker[Session], root: Path, raw: list[str], *, alert_late: bool) -> dict[int, Any]:
-    """The night through the chain; the packets built (alert id -> record), each when its alert is logged."""
+    """The night through the chain; the packets staged (alert id -> record decoded from the outbox bytes)."""
     pending: list[int] = []
     packets: dict[int, Any] = {}
+    registry = SchemaRegistry.load()
 
-    def alert(ids: list[int]) -> None:  # as the alert service does: log, then build (one transaction)
+    def alert(ids: list[int]) -> None:  # as the alert service does: build, encode and stage (one transaction)
         with sessions() as s, s.begin():
             for sid in ids:
                 sighting = s.get(Sighting, sid)
-                assert sighting is not None and log_alert(s, sighting, "alerts")  # each logged once
-                packets[sid] = build_alert(s, root, sighting)
+                assert sighting is not None
+
+                def packet(sighting: Sighting = sighting) -> bytes:
+                    return encode(registry, "alert", build_alert(s, root, sighting))
+
+                row = alert_to_send(s, sighting, topic="alerts", make_packet=packet)
+                assert row is not None and row.packet is not None  # each staged once
+                packets[sid] = decode(registry, row.packet, expect="alert")[1]
 
     def detected(sightings: list[Sighting]) -> None:
         good = [x.id for x in sightings if x.is_good]
