@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from seechange.config import Settings
 from seechange.errors import BadMessage
+from seechange.logformat import add_log_context
 from seechange.models import Sighting
 from seechange.pipeline.alert import build_alert
 from seechange.pipeline.outbox import alert_to_send, mark_sent
@@ -49,6 +50,7 @@ def make_handler(settings: Settings) -> Handler:
         if row is None:
             return []
         assert row.packet is not None
+        add_log_context(alert_id=row.alert_id)
         # delivered right after the commit: the exposure-to-alert latency
         ALERT_LATENCY.observe(max(0.0, (now_ms() - epoch_ms(event["ingested_at"])) / 1000.0))
         return [

@@ -2,14 +2,17 @@
 
 :func:`run_disturbed` ingests a night and, while the services work, carries out a shuffled plan:
 ``kill -9`` of each stage service at random moments (restarted at once), the alert service started with the
-test-only fault point ``alert:after-delivery`` (it kills itself between a delivery and its ``alert_log``
-commit, once; it is restarted unarmed), and a second instance of one stage joining the group and leaving it
-(SIGTERM) mid-night, and, when the plan asks for them, the Kafka broker stopped for a while and restarted
+test-only fault point ``alert:after-delivery`` (it kills itself between a delivery and marking its
+``alert_log`` outbox row sent, once; it is restarted unarmed), and a second instance of some stages joining
+the group and leaving it (SIGTERM) mid-night, and, when the plan asks for them, the Kafka broker stopped for a while and restarted
 and the PostgreSQL server stopped and restarted (services of ``settings.cache_dir`` only: start private
 ones with :func:`seechange.localservices.private.private_services`). It waits until every exposure is through and every consumer group has committed all of
 its input, stops the services cleanly and reports what happened: the faults, table counts, natural keys,
-the alerts received and the dead letters. :func:`natural_keys` gives the same keys for an undisturbed run
-(e.g. the in-process chain into another database) to compare with.
+the alerts received, the packets stored in the outbox and the dead letters. :func:`undisturbed` gives the
+same for the in-process chain into another database, and :func:`compare` lists every difference: rows,
+natural keys (Objects, names, memberships and forced points included), and the packets field by field.
+Nothing is tolerated: the epochs of one sky tile are handled in ingestion order whatever is killed
+(:mod:`seechange.streaming.keys`), and a re-send repeats the stored bytes (:mod:`seechange.pipeline.outbox`).
 
 ``tests/integration/test_faults.py`` runs the short plan in ``make test``; ``seechange chaos`` the long one.
 """
@@ -30,7 +33,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from seechange.config import Settings
-from seechange.models import AlertLog, CoaddImage, Exposure, Image, Object, Sighting, SubtractionImage
+from seechange.models import Sighting, SubtractionImage
+from seechange.natural_keys import natural_keys, normalise_packets, packet_differences, stored_packets
 from seechange.orchestrate import AlertCollector, ServiceProcesses, table_counts, wait_for_night
 from seechange.streaming.groups import group_lag, message_count, stage_group
 from seechange.streaming.stages import INPUT_TOPICS, STAGES, stage_names
@@ -44,7 +48,7 @@ __all__ = [
     "compare",
     "detected_in_time_order",
     "natural_keys",
-    "resend_differences",
+    "packet_differences",
     "run_disturbed",
     "undisturbed",
 ]
@@ -60,8 +64,9 @@ class ChaosPlan:
         ``kill -9`` of each stage service this many times (each restarted at once).
     resend_fault : bool
         Start the alert service with the ``alert:after-delivery`` fault point (it dies once mid-alert).
-    extra_instance : str or None
-        Stage of which a second instance joins mid-plan and leaves (SIGTERM) later; None for none.
+    extra_instances : tuple of str
+        Stages of which a second instance joins mid-plan and leaves (SIGTERM) later (each at its own
+        moment); empty for none.
     gap_s : tuple of float
         Range of the random pause between two actions, seconds.
     cadence_s : float
@@ -78,7 +83,7 @@ class ChaosPlan:
 
     kills_per_service: int = 1
     resend_fault: bool = True
-    extra_instance: str | None = "subtract"
+    extra_instances: tuple[str, ...] = ("subtract", "detect", "alert")
     gap_s: tuple[float, float] = (1.0, 4.0)
     cadence_s: float = 1.0
     seed: int = 0
@@ -100,10 +105,14 @@ class ChaosReport:
     counts: dict[str, int] = field(default_factory=dict)
     keys: dict[str, list[Any]] = field(default_factory=dict)
     alerts: list[dict[str, Any]] = field(default_factory=list)  #: every alert received, in order
+    #: every alert received, normalised (natural keys for ids, see seechange.natural_keys), in order
+    received: list[dict[str, Any]] = field(default_factory=list)
+    #: the outbox's packets, normalised, by sighting key
+    packets: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     dead_letters: dict[str, int] = field(default_factory=dict)  #: dead-letter topic -> messages
     exit_codes: dict[str, int | None] = field(default_factory=dict)  #: of the final clean stop
     seconds: float = 0.0
-    #: every field's subtractions reached detect in time order (see :func:`detected_in_time_order`)
+    #: every sky tile's subtractions reached detect in time order (see :func:`detected_in_time_order`)
     in_time_order: bool = True
 
 
@@ -111,9 +120,9 @@ def detected_in_time_order(session: Session) -> bool:
     """True when, per field and band, the subtractions with sightings were detected in MJD order.
 
     Association is order dependent (an Object's position is the mean of the sightings it has so far), so a
-    disturbed run equals an in-order one Object for Object only when each field's epochs reached detect in
-    time order. Kills and parallel instances can reorder them: image-reduced is spread over partitions, so
-    after a redelivery a later epoch may be subtracted first. Sighting ids are assigned at detection.
+    disturbed run equals an in-order one Object for Object only when each field's epochs reach detect in
+    time order, as the sky-tile partition keys make them (:mod:`seechange.streaming.keys`); this checks
+    that they did. Sighting ids are assigned at detection.
     """
     rows = session.execute(
         select(SubtractionImage.field, SubtractionImage.band, SubtractionImage.mjd, func.min(Sighting.id))
@@ -128,46 +137,6 @@ def detected_in_time_order(session: Session) -> bool:
         if mjds != sorted(mjds):
             return False
     return True
-
-
-def natural_keys(session: Session) -> dict[str, list[Any]]:
-    """Every product by what identifies it outside the database (paths, names), sorted; ids never appear.
-
-    Sightings are ``(raw path of the new exposure, index in the image)``; alerts and Object memberships
-    refer to sightings by that key.
-    """
-    sighting_key = {
-        int(sid): (str(path), int(index))
-        for sid, path, index in session.execute(
-            select(Sighting.id, Exposure.filepath, Sighting.index_in_image)
-            .join(SubtractionImage, Sighting.subtraction_id == SubtractionImage.id)
-            .join(Image, SubtractionImage.new_image_id == Image.id)
-            .join(Exposure, Image.exposure_id == Exposure.id)
-        )
-    }
-    object_name = {int(i): str(n) for i, n in session.execute(select(Object.id, Object.name))}
-    return {
-        "exposures": sorted(session.scalars(select(Exposure.filepath))),
-        "images": sorted(
-            session.scalars(select(Exposure.filepath).join(Image, Image.exposure_id == Exposure.id))
-        ),
-        "coadd_images": sorted(session.scalars(select(CoaddImage.reference_key))),
-        "subtraction_images": sorted(
-            session.scalars(
-                select(Exposure.filepath)
-                .join(Image, Image.exposure_id == Exposure.id)
-                .join(SubtractionImage, SubtractionImage.new_image_id == Image.id)
-            )
-        ),
-        "sightings": sorted(sighting_key.values()),
-        "objects": sorted(object_name.values()),
-        "memberships": sorted(
-            (object_name[int(o)], *sighting_key[int(s)])
-            for s, o in session.execute(select(Sighting.id, Sighting.object_id))
-            if o is not None
-        ),
-        "alert_log": sorted(sighting_key[int(a)] for a in session.scalars(select(AlertLog.sighting_id))),
-    }
 
 
 class _Fleet:
@@ -280,8 +249,8 @@ class _Fleet:
 def _plan_actions(plan: ChaosPlan, rng: random.Random) -> list[tuple[str, str]]:
     actions = [("kill", f"{s}-0") for s in stage_names() for _ in range(plan.kills_per_service)]
     rng.shuffle(actions)
-    if plan.extra_instance is not None:
-        extra = f"{plan.extra_instance}-1"
+    for stage in plan.extra_instances:
+        extra = f"{stage}-1"
         i = rng.randint(0, len(actions) // 2)
         j = rng.randint(i + 1, len(actions) + 1)
         actions.insert(i, ("join", extra))
@@ -387,7 +356,9 @@ def run_disturbed(
         report.counts = table_counts(s)
         report.keys = natural_keys(s)
         report.in_time_order = detected_in_time_order(s)
-    report.alerts = [record for record, _ in collector.snapshot()]
+        report.packets = stored_packets(s)
+        report.alerts = [record for record, _ in collector.snapshot()]
+        report.received = normalise_packets(s, report.alerts)
     report.dead_letters = {
         dlq_name(settings.topic(t)): message_count(settings, dlq_name(settings.topic(t)))
         for t in INPUT_TOPICS
@@ -397,8 +368,8 @@ def run_disturbed(
 
 def undisturbed(
     sessions: sessionmaker[Session], data_root: Path, raw_paths: Sequence[str | Path], settings: Settings
-) -> tuple[dict[str, int], dict[str, list[Any]]]:
-    """Table counts and natural keys of the night through the in-process chain (nothing disturbed).
+) -> tuple[dict[str, int], dict[str, list[Any]], dict[tuple[str, int], dict[str, Any]]]:
+    """Table counts, natural keys and stored packets of the night through the in-process chain.
 
     ``sessions`` on a fresh migrated database, ``data_root`` a copy of the night's files of its own.
     """
@@ -409,58 +380,55 @@ def undisturbed(
     chain = InProcessChain(sessions, data_root, params, radius_arcsec=settings.association_radius_arcsec)
     chain.night(raw_paths, alert=True)
     with sessions() as s:
-        return table_counts(s), natural_keys(s)
+        return table_counts(s), natural_keys(s), stored_packets(s)
 
 
-#: packet fields that an earlier epoch associated late (out of time order) changes between two sends: the
-#: Object and every history list of the packet (detections, forced points, non-detection limits)
-HISTORY_FIELDS = {"object", "prvSightings", "prvForcedPhotometry", "prvNonDetections", "sighting.objectId"}
+def compare(
+    report: ChaosReport,
+    counts: dict[str, int],
+    keys: dict[str, list[Any]],
+    packets: dict[tuple[str, int], dict[str, Any]],
+) -> list[str]:
+    """What the disturbed run got wrong against the undisturbed ``counts``, ``keys`` and ``packets``.
 
-
-def resend_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Top-level packet fields (``sighting.<name>`` inside the sighting) in which two copies differ."""
-    out = [k for k in sorted(set(a) | set(b)) if k != "sighting" and a.get(k) != b.get(k)]
-    sa, sb = a.get("sighting") or {}, b.get("sighting") or {}
-    out += [f"sighting.{k}" for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
-    return out
-
-
-def compare(report: ChaosReport, counts: dict[str, int], keys: dict[str, list[Any]]) -> list[str]:
-    """What the disturbed run got wrong against the undisturbed ``counts`` and ``keys``; empty if nothing.
-
-    Checks rows per table, every natural key, each alert id received once (or re-sent with identical
-    content), every logged alert received, no dead letter, a clean final stop. Objects and their
-    memberships are compared only when the run detected each field in time order
-    (``report.in_time_order``); otherwise association may legitimately group differently, and a re-sent
-    alert may differ from its first copy in its Object's history (:data:`HISTORY_FIELDS`): an earlier
-    epoch associated between the two sends (the packet is rebuilt, not stored).
+    Empty if nothing. Checks rows per table and every natural key (Objects, their names and rows,
+    memberships and forced points included); each sky tile detected in time order; every stored packet
+    equal, field by field, to the undisturbed run's (ids through natural keys); every alert received, each
+    copy equal to its stored packet (so a re-send is the first copy), no alert received twice but the
+    re-sends; no dead letter; a clean final stop.
     """
     problems = []
-    order_dependent = {"objects", "memberships"}
+    if not report.in_time_order:
+        problems.append("some sky tile's epochs reached detect out of time order")
     for table, n in counts.items():
-        if table == "objects" and not report.in_time_order:
-            continue
         if report.counts.get(table) != n:
             problems.append(f"{table}: {report.counts.get(table)} rows, undisturbed {n}")
     for table, want in keys.items():
         got = report.keys.get(table, [])
-        if table in order_dependent and not report.in_time_order:
-            continue
         if got != want:
-            missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+            missing = [k for k in want if k not in got]
+            extra = [k for k in got if k not in want]
             problems.append(
                 f"{table}: keys differ ({len(missing)} missing, e.g. {missing[:2]}; {len(extra)} extra, e.g. "
                 f"{extra[:2]}; {len(got)} vs {len(want)})"
             )
-    by_id: dict[int, list[dict[str, Any]]] = {}
-    for record in report.alerts:
-        by_id.setdefault(int(record["alertId"]), []).append(record)
-    if len(by_id) != len(keys.get("alert_log", [])):
-        problems.append(f"{len(by_id)} distinct alerts received, {len(keys.get('alert_log', []))} logged")
-    for alert_id, copies in by_id.items():
-        differ = sorted({f for c in copies[1:] for f in resend_differences(copies[0], c)})
-        if differ and not (not report.in_time_order and set(differ) <= HISTORY_FIELDS):
-            problems.append(f"alert {alert_id} received {len(copies)} times, differing in {differ}")
+    if sorted(report.packets) != sorted(packets):
+        problems.append(f"{len(report.packets)} packets stored, undisturbed {len(packets)}")
+    for key, want_packet in packets.items():
+        if key in report.packets:
+            differ = packet_differences(report.packets[key], want_packet)
+            if differ:
+                problems.append(f"packet of sighting {key} differs from the undisturbed run's in {differ}")
+    seen: dict[tuple[str, int], int] = {}
+    for copy in report.received:
+        key = (copy["alertId"][0], int(copy["alertId"][1]))
+        seen[key] = seen.get(key, 0) + 1
+        if key not in report.packets:
+            problems.append(f"alert of sighting {key} received but not in the outbox")
+        elif differ := packet_differences(copy, report.packets[key]):
+            problems.append(f"alert of sighting {key} received (copy {seen[key]}) differing in {differ}")
+    if sorted(seen) != sorted(report.packets):
+        problems.append(f"{len(seen)} distinct alerts received, {len(report.packets)} stored")
     problems += [f"{t}: {n} dead letters" for t, n in report.dead_letters.items() if n]
     problems += [
         f"{name}: exit code {code} at the final stop" for name, code in report.exit_codes.items() if code

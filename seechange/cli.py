@@ -46,10 +46,11 @@ class SeeChangeGroup(click.Group):
 
 
 def _configure_logging(level: str, debug: bool, log_format: str = "text") -> None:
-    from seechange.logformat import formatter
+    from seechange.logformat import ContextFilter, formatter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(log_format))
+    handler.addFilter(ContextFilter())
     logging.basicConfig(
         level=logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO), handlers=[handler]
     )

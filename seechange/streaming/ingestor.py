@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from seechange.config import Settings
 from seechange.errors import BadInput
 from seechange.improc.reduction import ReduceParams
+from seechange.logformat import add_log_context, log_context
 from seechange.pipeline.ingest import (
     FITS_SUFFIXES,
     exposure_event,
@@ -38,10 +39,10 @@ from seechange.pipeline.ingest import (
 from seechange.pipeline.ingest_reduced import ReducedFiles, register_reduced_image
 from seechange.pipeline.reduce import image_event
 from seechange.storage import md5sum
-from seechange.streaming.keys import sky_tile_key
 from seechange.streaming.delivery import Delivery, Item, dead_letter
 from seechange.streaming.framing import encode, one_line
 from seechange.streaming.kafka_config import producer_config
+from seechange.streaming.keys import sky_tile_key
 from seechange.streaming.registry import SchemaRegistry
 from seechange.streaming.runloop import InfrastructureError
 from seechange.streaming.stages import INGEST
@@ -103,13 +104,14 @@ class Ingestor:
         """
         report = IngestReport()
         for path in paths:
-            try:
-                self._ingest_file(path, report, on_each, skip)
-            except BadInput as exc:
-                message = self._dead_letter(path, exc)
-                report.failed.append((str(path), message))
-                if on_each:
-                    on_each(str(path), None, message)
+            with log_context(service=INGEST.name, path=str(path)):
+                try:
+                    self._ingest_file(path, report, on_each, skip)
+                except BadInput as exc:
+                    message = self._dead_letter(path, exc)
+                    report.failed.append((str(path), message))
+                    if on_each:
+                        on_each(str(path), None, message)
         return report
 
     def _ingest_file(
@@ -146,12 +148,8 @@ class Ingestor:
                     (label, sky_tile_key(exposure.healpix), exposure_event(exposure, produced_at_ms=now_ms()))
                 )
         for label, key, record in records:
-            self._deliver(
-                self.topic,
-                key,
-                encode(self.registry, INGEST.output_schema, record),
-                label,
-            )
+            with log_context(exposure_id=record["exposure_id"]):
+                self._deliver(self.topic, key, encode(self.registry, INGEST.output_schema, record), label)
             report.registered.append(int(str(record["exposure_id"])))
             if on_each:
                 on_each(label, int(str(record["exposure_id"])), None)
@@ -172,38 +170,50 @@ class Ingestor:
         params = params or ReduceParams()
         report = IngestReport()
         for item in items:
-            try:
-                with self.session_factory() as session, session.begin():
-                    exposure, image, created = register_reduced_image(
-                        session,
-                        self.settings.data_dir,
-                        item.image,
-                        weight_path=item.weight,
-                        mask_path=item.mask,
-                        params=params,
-                    )
-                    record = image_event(
-                        image, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(exposure.ingested_at)
-                    )
-                    exposure_id, image_id, key = exposure.id, image.id, sky_tile_key(exposure.healpix)
-                self._deliver(
-                    self.settings.topic(INGEST.reduced_topic),
-                    key,
-                    encode(self.registry, INGEST.reduced_schema, record),
-                    str(item.image),
-                )
-            except BadInput as exc:
-                message = self._dead_letter(item.image, exc)
-                report.failed.append((str(item.image), message))
-                if on_each:
-                    on_each(str(item.image), None, message)
-                continue
-            report.registered.append(exposure_id)
-            report.images.append(image_id)
-            report.new += int(created)
-            if on_each:
-                on_each(str(item.image), image_id, None)
+            with log_context(service=INGEST.name, path=str(item.image)):
+                self._ingest_reduced_one(item, params, report, on_each)
         return report
+
+    def _ingest_reduced_one(
+        self,
+        item: ReducedFiles,
+        params: ReduceParams,
+        report: IngestReport,
+        on_each: Callable[[str, int | None, str | None], None] | None,
+    ) -> None:
+        """Register one reduced image and emit its image-reduced event; dead-letter it when refused."""
+        try:
+            with self.session_factory() as session, session.begin():
+                exposure, image, created = register_reduced_image(
+                    session,
+                    self.settings.data_dir,
+                    item.image,
+                    weight_path=item.weight,
+                    mask_path=item.mask,
+                    params=params,
+                )
+                record = image_event(
+                    image, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(exposure.ingested_at)
+                )
+                exposure_id, image_id, key = exposure.id, image.id, sky_tile_key(exposure.healpix)
+            add_log_context(exposure_id=exposure_id, image_id=image_id)
+            self._deliver(
+                self.settings.topic(INGEST.reduced_topic),
+                key,
+                encode(self.registry, INGEST.reduced_schema, record),
+                str(item.image),
+            )
+        except BadInput as exc:
+            message = self._dead_letter(item.image, exc)
+            report.failed.append((str(item.image), message))
+            if on_each:
+                on_each(str(item.image), None, message)
+            return
+        report.registered.append(exposure_id)
+        report.images.append(image_id)
+        report.new += int(created)
+        if on_each:
+            on_each(str(item.image), image_id, None)
 
     def _dead_letter(self, path: str | Path, exc: Exception, *, origin_path: str | None = None) -> str:
         """Log one line and record the failed path (``file[CCD]`` for one CCD) on ``exposure-ready.dlq``.

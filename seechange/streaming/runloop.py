@@ -25,6 +25,11 @@ Error policy, by the kind of exception the handler raises:
   A bug never drains a night into the dead-letter topic.
 
 SIGTERM/SIGINT stop after the current message.
+
+Every line logged while a message is handled (by the loop, the handler or any library it calls) carries
+the log context (:func:`seechange.logformat.log_context`): service, topic, partition, offset, the input
+event's ids (``exposure_id``, ``image_id``, ``subtraction_id``, ``sighting_id``, ...) and, once the
+handler returned, the ids of the events it produced.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from seechange.config import Settings
 from seechange.errors import BadMessage, is_bad_input
+from seechange.logformat import add_log_context, ids_of, log_context
 from seechange.streaming import metrics
 from seechange.streaming.delivery import (
     BACKOFF_INITIAL_S,
@@ -255,6 +261,10 @@ class _Loop:
         log.info("%s: revoked %s", self.name, sorted(f"{t}[{p}]" for t, p in gone))
 
     def run(self, max_messages: int | None, idle_timeout: float | None, stats_interval: float) -> RunStats:
+        with log_context(service=self.name):
+            return self._run(max_messages, idle_timeout, stats_interval)
+
+    def _run(self, max_messages: int | None, idle_timeout: float | None, stats_interval: float) -> RunStats:
         self.consumer.subscribe(
             [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
@@ -297,7 +307,8 @@ class _Loop:
         t0 = time.perf_counter()
         done = (self.stats.processed, self.stats.dead_lettered)
         try:
-            self._handle_one(msg)
+            with log_context(topic=msg.topic(), partition=msg.partition(), offset=msg.offset()):
+                self._handle_one(msg)
         finally:
             if self.stats.processed > done[0]:
                 metrics.PROCESSED.labels(self.name).inc()
@@ -317,6 +328,7 @@ class _Loop:
         except DecodeError as exc:
             self._dead_letter(msg, where, exc)
             return
+        add_log_context(**ids_of([record]))
         delay = BACKOFF_INITIAL_S
         try:
             while True:
@@ -400,6 +412,7 @@ class _Loop:
         """
         with self.session_factory() as session, session.begin():
             events = self.handler(session, record, ctx)
+            add_log_context(**ids_of([e.record for e in events]))
             items = [
                 Item(
                     self.settings.topic(e.topic),

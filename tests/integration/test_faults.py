@@ -3,13 +3,16 @@
 One field of 6 epochs (512x1024 CCDs) is run twice: undisturbed, in-process through the chain into one
 database; and through ``seechange serve`` processes (:func:`seechange.chaos.run_disturbed`) into another,
 while each service is ``kill -9``-ed once at a random moment (restarted at once), the alert service dies
-once at its test fault point between a delivery and the ``alert_log`` commit, and a second subtract instance
-joins the group and leaves it; mid-night the Kafka broker is stopped for 6 s and restarted, and so is
-PostgreSQL (4 s). The disturbed run uses a broker and a PostgreSQL of its own
+once at its test fault point between a delivery and marking its outbox row sent, and a second subtract, a
+second detect and a second alert instance each join their group and leave it; mid-night the Kafka broker is
+stopped for 6 s and restarted, and so is PostgreSQL (4 s). The disturbed run uses a broker and a PostgreSQL of its own
 (:func:`seechange.localservices.private.private_services`: own cache directory under the test's tmp, own
-ports, both stopped at the end), never the ones the session shares with other runs. Afterwards the two databases hold the same rows (counts and natural keys),
-no alert id was received twice except re-sends with identical content, every bright injected transient was
-alerted, and no dead-letter topic holds a message. ``seechange chaos`` runs the long variant.
+ports, both stopped at the end), never the ones the session shares with other runs. Afterwards the two databases hold the same rows
+(counts and natural keys: the same Objects with the same names, positions and counts, the same memberships
+and forced points), the epochs reached detect in time order, every stored alert packet equals the
+undisturbed run's field by field (ids compared through natural keys), every alert received equals its
+stored packet (so the one re-send is identical), every bright injected transient was alerted, and no
+dead-letter topic holds a message. ``seechange chaos`` runs the long variant.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from typing import Any
 
 import pytest
 
-from seechange.chaos import HISTORY_FIELDS, ChaosPlan, natural_keys, resend_differences, run_disturbed
+from seechange.chaos import ChaosPlan, compare, run_disturbed
 from seechange.config import Settings
 from seechange.localservices.postgres import create_database, drop_database
 from seechange.localservices.private import private_services
 from seechange.models.migrate import upgrade
 from seechange.models.session import make_engine, make_session_factory
+from seechange.natural_keys import natural_keys, stored_packets
 from seechange.orchestrate import table_counts
 from seechange.pipeline.association import angular_sep_arcsec
 from tests.integration._chain_night import bright_transients, run_chain, simulate_summary
@@ -37,7 +41,9 @@ MATCH_ARCSEC = 2.0
 SAME_EXPOSURE_DAYS = 1e-3  # a sighting's MJD is its exposure's mid-time (exposures are 10+ min apart)
 
 
-def _undisturbed(endpoints: Settings, root: Path, raw: list[str]) -> tuple[dict[str, int], dict[str, Any]]:
+def _undisturbed(
+    endpoints: Settings, root: Path, raw: list[str]
+) -> tuple[dict[str, int], dict[str, Any], dict[tuple[str, int], dict[str, Any]]]:
     name = f"chaos_ref_{uuid.uuid4().hex[:6]}"
     url = create_database(endpoints.database_url, name)
     engine = make_engine(url)
@@ -46,7 +52,7 @@ def _undisturbed(endpoints: Settings, root: Path, raw: list[str]) -> tuple[dict[
         sessions = make_session_factory(engine)
         run_chain(sessions, root, raw, alert=True)
         with sessions() as s:
-            return table_counts(s), natural_keys(s)
+            return table_counts(s), natural_keys(s), stored_packets(s)
     finally:
         engine.dispose()
         drop_database(endpoints.database_url, name)
@@ -59,9 +65,10 @@ def test_night_survives_kills_restarts_outages_and_a_second_instance(
     night = tmp_path / "night"
     summary = simulate_summary(night)
     raw = [str(e.raw_path) for e in summary.exposures]
-    counts_ref, keys_ref = _undisturbed(endpoints, shutil.copytree(night, tmp_path / "ref"), raw)
+    counts_ref, keys_ref, packets_ref = _undisturbed(endpoints, shutil.copytree(night, tmp_path / "ref"), raw)
 
-    plan = ChaosPlan(seed=3, broker_outage_s=6.0, database_outage_s=4.0)
+    extra = ("subtract", "detect", "alert")
+    plan = ChaosPlan(seed=3, broker_outage_s=6.0, database_outage_s=4.0, extra_instances=extra)
     with (
         private_services(test_settings, tmp_path / "svc") as own,
         isolated_run(own, "chaos") as settings,
@@ -79,35 +86,38 @@ def test_night_survives_kills_restarts_outages_and_a_second_instance(
     assert report.kills == 4 and report.fault_crashes == 1
     assert set(report.outages) == {"kafka", "postgres"}, report.actions
     assert report.outages["kafka"] >= 6.0 and report.outages["postgres"] >= 4.0
-    assert any("subtract-1 joined" in a for _, a in report.actions)
-    assert any("subtract-1 left" in a for _, a in report.actions)
+    for stage in extra:
+        assert any(f"{stage}-1 joined" in a for _, a in report.actions), stage
+        assert any(f"{stage}-1 left" in a for _, a in report.actions), stage
     assert set(report.exit_codes.values()) == {0}, report.exit_codes
 
-    # nothing lost, nothing duplicated: the same rows as the undisturbed run. Objects (association is order
-    # dependent) are compared when every field's epochs reached detect in time order, as they do unless a
-    # redelivery reorders them across partitions (then only the order-free tables are)
-    order_free = {"objects", "memberships"} if not report.in_time_order else set()
-    if order_free:
-        print("chaos: epochs reached detect out of time order; Objects not compared")
-    assert {k: v for k, v in report.counts.items() if k not in order_free} == {
-        k: v for k, v in counts_ref.items() if k not in order_free
-    }
-    for table, keys in keys_ref.items():
-        if table not in order_free:
-            assert report.keys[table] == keys, table
-    assert len(keys_ref["alert_log"]) > 0 and len(keys_ref["objects"]) > 0
+    # each sky tile's epochs reached detect in the order they were ingested (one partition per tile)
+    assert report.in_time_order
 
-    # every alert once, except re-sends that repeat it exactly
-    by_id: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for record in report.alerts:
-        by_id[int(record["alertId"])].append(record)
-    assert len(by_id) == len(keys_ref["alert_log"])
-    resent = {i: r for i, r in by_id.items() if len(r) > 1}
-    assert 1 <= len(resent), "the fault point must have caused one re-send"
-    for copies in resent.values():
-        differ = {f for c in copies[1:] for f in resend_differences(copies[0], c)}
-        # identical; an Object's history may only have grown if an earlier epoch was detected in between
-        assert not differ or (not report.in_time_order and differ <= HISTORY_FIELDS), differ
+    # nothing lost, nothing duplicated: the same rows as the undisturbed run, and the same Objects with the
+    # same names, positions and counts, memberships and forced points (association saw the same order)
+    assert report.counts == counts_ref
+    for table, keys in keys_ref.items():
+        assert report.keys[table] == keys, table
+    assert len(keys_ref["alert_log"]) > 0 and len(keys_ref["objects"]) > 0
+    assert any(row[3] > 1 for row in keys_ref["object_rows"]), "the night must give repeated Objects"
+
+    # the same packets, field by field (database ids through natural keys)
+    assert sorted(report.packets) == sorted(packets_ref)
+    for key, want in packets_ref.items():
+        got = report.packets[key]
+        assert got.keys() == want.keys()
+        for name in want:
+            assert got[name] == want[name], f"packet of {key}: {name}: {got[name]!r} != {want[name]!r}"
+
+    # every alert received is its stored packet (the re-send included): each once, the re-send twice
+    copies: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for record in report.received:
+        copies[(record["alertId"][0], int(record["alertId"][1]))].append(record)
+    assert sorted(copies) == sorted(report.packets)
+    assert sum(len(c) > 1 for c in copies.values()) >= 1, "the fault point must have caused one re-send"
+    for key, received in copies.items():
+        assert all(c == report.packets[key] for c in received), key
 
     # every bright injected transient alerted
     alerts = [r["sighting"] for r in report.alerts]
@@ -120,5 +130,6 @@ def test_night_survives_kills_restarts_outages_and_a_second_instance(
             for a in alerts
         ), f"transient at {t} not alerted"
 
-    # nothing dead-lettered
+    # nothing dead-lettered, and the harness's own comparison finds nothing either
     assert set(report.dead_letters.values()) == {0}, report.dead_letters
+    assert compare(report, counts_ref, keys_ref, packets_ref) == []

@@ -475,3 +475,72 @@ def test_a_refused_offset_commit_is_left_to_redelivery(
         loop.consumer.close()
         owner.close()
     assert _committed(settings, group, where[0][0]) < 0
+
+
+def test_every_line_of_a_message_carries_its_ids_in_json(
+    settings: Settings, registry: SchemaRegistry, db_engine: Engine, table: str
+) -> None:
+    """JSON lines logged while a message is handled (by the handler, the loop, after the commit) name the
+    service, topic, partition, offset, the input event's ids and, after the handler, its output's ids."""
+    import io
+    import json
+    import logging
+
+    from seechange.logformat import ContextFilter, JsonLines
+
+    records = [exposure_record(21), exposure_record(22, field="BAD")]
+    where = produce_values(
+        settings, "exposure-ready", [("tile1", encode(registry, "exposure_ready", r)) for r in records]
+    )
+    stream = io.StringIO()
+    capture = logging.StreamHandler(stream)
+    capture.setFormatter(JsonLines())
+    capture.addFilter(ContextFilter())
+    root = logging.getLogger()
+    root.addHandler(capture)
+    handler_log = logging.getLogger("tests.handler")
+    previous_level = root.level
+    root.setLevel(logging.INFO)
+
+    def handler(session: Session, record: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
+        handler_log.info("handling exposure")
+        if record["field"] == "BAD":
+            raise ImpossibleValue("impossible field")
+        return [image_event(record, 500 + record["exposure_id"])]
+
+    try:
+        run_service(
+            settings,
+            name="reduce",
+            input_topic="exposure-ready",
+            input_schema="exposure_ready",
+            handler=handler,
+            session_factory=sessionmaker(db_engine),
+            registry=registry,
+            max_messages=2,
+            idle_timeout=20,
+            install_signal_handlers=False,
+            after_db_commit=lambda: handler_log.info("committed"),
+        )
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(previous_level)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    by_message = {(d["message"], d.get("exposure_id")): d for d in lines}
+    topic = settings.topic("exposure-ready")
+    for exposure_id, (partition, offset) in zip((21, 22), where, strict=True):
+        line = by_message[("handling exposure", exposure_id)]
+        assert (line["service"], line["topic"], line["partition"], line["offset"]) == (
+            "reduce",
+            topic,
+            partition,
+            offset,
+        )
+        assert line["provenance_id"] == "0123456789abcdef" and "image_id" not in line
+    committed = by_message[("committed", 21)]
+    assert committed["image_id"] == 521 and committed["offset"] == where[0][1]  # the output's id
+    dead = [d for d in lines if d["level"] == "ERROR" and "impossible field" in d["message"]]
+    assert len(dead) == 1 and dead[0]["exposure_id"] == 22 and dead[0]["offset"] == where[1][1]
+    assert all(
+        d["service"] == "reduce" for d in lines if d["logger"].startswith("seechange.streaming.runloop")
+    )
