@@ -8,7 +8,11 @@ Order per message (at least once in, idempotent out):
    back-off until they succeed);
 4. when events carry an ``on_delivered`` callback (an outbox: the alert service), call them in a second
    transaction (retried like the first);
-5. only then commit the consumer offset (synchronously; per-partition commit errors are checked).
+5. only then commit the consumer offset (synchronously; per-partition commit errors are checked). A
+   commit refused because the group is rebalancing (``REBALANCE_IN_PROGRESS``, ``ILLEGAL_GENERATION``) is
+   retried after polling (which lets the rebalance complete); an offset still uncommitted is kept and
+   committed between messages, when its partition is revoked, and at the clean stop, or, when the
+   partition went to another member first, its loss is logged with the offset the new owner starts from.
 
 Error policy, by the kind of exception the handler raises:
 
@@ -89,6 +93,11 @@ __all__ = [
 STATS_INTERVAL_S = 30.0
 LAG_INTERVAL_S = 5.0  #: seconds between updates of the consumer-lag gauges (when metrics are served)
 COMMIT_ATTEMPTS = 3  #: synchronous offset commits tried per message before leaving it to redelivery
+#: commit errors of a group that is rebalancing or moved on without this member: retried after polling
+#: (the rebalance completes, or the loss of the partitions is reported by ``on_lost``)
+REBALANCE_ERRORS = frozenset(
+    {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID}
+)
 KAFKA_ERROR_LOG_S = 10.0  #: a repeated Kafka client error (same code) is logged at most this often, seconds
 
 
@@ -192,6 +201,8 @@ class _Loop:
         self._kafka_errors: dict[int, tuple[float, int]] = {}  #: error code -> (last logged, repeats since)
         self.assigned: set[tuple[str, int]] = set()
         self.pending: deque[Message] = deque()
+        #: (topic, partition) -> offset to commit, of messages handled whose offset commit was refused
+        self.uncommitted: dict[tuple[str, int], int] = {}
         self.paused = False
         # librdkafka keeps a partition's pause flag across a revoke and a new assignment: a partition paused
         # during a back-off that is taken away and given back mid-wait would stay paused forever (seen in a
@@ -249,8 +260,25 @@ class _Loop:
         self.last_message = time.monotonic()  # joining the group does not count as idle time
         log.info("%s: assigned %s", self.name, sorted(f"{t}[{p}]" for t, p in self.assigned))
 
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group moved on without this member (e.g. a handler outlasted ``max.poll.interval.ms``)."""
+        lost = sorted(f"{p.topic}[{p.partition}]" for p in partitions)
+        log.warning("%s: partitions lost (the group went on without this member): %s", self.name, lost)
+        self._on_revoke(consumer, partitions)
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
+        if self.uncommitted.keys() & gone:  # still ours until this returns: the last chance to commit
+            self._commit_outstanding("on revoke", only=gone)
+            for tp in gone & self.uncommitted.keys():
+                log.warning(
+                    "%s: %s[%d] revoked with offset %d uncommitted: its new owner re-handles from the last "
+                    "committed offset (idempotently)",
+                    self.name,
+                    tp[0],
+                    tp[1],
+                    self.uncommitted.pop(tp),
+                )
         self.assigned -= gone
         for t, p in gone:
             try:
@@ -266,7 +294,7 @@ class _Loop:
 
     def _run(self, max_messages: int | None, idle_timeout: float | None, stats_interval: float) -> RunStats:
         self.consumer.subscribe(
-            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         log.info("%s: consuming %s as group %s", self.name, self.topic, self.group)
         self.last_message = last_stats = last_lag = time.monotonic()
@@ -279,6 +307,8 @@ class _Loop:
                 ):
                     log.info("%s: reached max_messages=%d", self.name, max_messages)
                     break
+                if self.uncommitted:
+                    self._commit_outstanding("between messages")
                 if self.resume_due or self.paused:  # between messages nothing may stay paused
                     self.paused = False
                     self._resume_assigned()
@@ -471,16 +501,20 @@ class _Loop:
     def _commit(self, msg: Message, where: str) -> bool:
         """Commit the offset after ``msg`` synchronously, checking the per-partition result.
 
-        A retriable error is retried (up to :data:`COMMIT_ATTEMPTS` times) while the partition is still
-        ours; otherwise the commit is given up: rows and events are already written, so the message will be
-        redelivered (to this or another member) and handled idempotently. False when not committed.
+        A retriable error, or one of a rebalance in progress (:data:`REBALANCE_ERRORS`), is retried (up to
+        :data:`COMMIT_ATTEMPTS` times, polling in between so that the rebalance completes) while the
+        partition is still ours. An offset still refused is kept in :attr:`uncommitted` and tried again
+        between messages, on revoke and at the stop (:meth:`_commit_outstanding`); once the partition is
+        lost, the message is redelivered to its new owner and handled idempotently. False when not
+        committed now.
         """
+        tp = (str(msg.topic()), int(msg.partition() or 0))
         delay = BACKOFF_INITIAL_S
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             error: KafkaError | None = None
             try:
                 result = self.consumer.commit(message=msg, asynchronous=False) or []
-                error = next((tp.error for tp in result if tp.error is not None), None)
+                error = next((p.error for p in result if p.error is not None), None)
             except KafkaException as exc:
                 error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
                 if error is None:
@@ -492,15 +526,23 @@ class _Loop:
                     )
                     return False
             if error is None:
+                if self.uncommitted.get(tp, -1) <= int(msg.offset() or 0) + 1:
+                    self.uncommitted.pop(tp, None)  # this commit covers the earlier refused ones
                 return True
-            lost = (msg.topic(), msg.partition()) not in self.assigned
-            if lost or not error.retriable() or attempt == COMMIT_ATTEMPTS:
+            lost = tp not in self.assigned
+            worth = error.retriable() or error.code() in REBALANCE_ERRORS
+            if lost or not worth or attempt == COMMIT_ATTEMPTS:
+                if not lost and worth:
+                    self.uncommitted[tp] = int(msg.offset() or 0) + 1
                 log.warning(
-                    "%s: %s: offset commit failed (%s%s); message will be redelivered",
+                    "%s: %s: offset commit failed (%s%s); %s",
                     self.name,
                     where,
                     error,
                     ", partition lost" if lost else "",
+                    "kept, to commit once the rebalance is over"
+                    if tp in self.uncommitted
+                    else "message will be redelivered",
                 )
                 return False
             log.warning(
@@ -515,6 +557,39 @@ class _Loop:
                 return False
             delay = min(delay * 2, BACKOFF_MAX_S)
         return False
+
+    def _commit_outstanding(self, when: str, only: set[tuple[str, int]] | None = None) -> None:
+        """Commit the offsets in :attr:`uncommitted` (of ``only`` these partitions) that are still ours.
+
+        A partition no longer assigned is dropped with a warning (its new owner re-handles the messages
+        after its last committed offset); a refused commit stays for the next call.
+        """
+        for tp in [tp for tp in self.uncommitted if tp not in self.assigned and (only is None or tp in only)]:
+            log.warning(
+                "%s: %s[%d] lost with offset %d uncommitted: its new owner re-handles from the last committed "
+                "offset (idempotently)",
+                self.name,
+                tp[0],
+                tp[1],
+                self.uncommitted.pop(tp),
+            )
+        todo = {tp: off for tp, off in self.uncommitted.items() if only is None or tp in only}
+        if not todo:
+            return
+        try:
+            result = self.consumer.commit(
+                offsets=[TopicPartition(t, p, off) for (t, p), off in todo.items()], asynchronous=False
+            )
+        except KafkaException as exc:
+            log.warning("%s: %s: committing kept offsets failed (%s); kept", self.name, when, exc)
+            return
+        for r in result or []:
+            tp = (str(r.topic), int(r.partition))
+            if r.error is None and self.uncommitted.get(tp) == todo.get(tp):
+                log.info("%s: %s: kept offset %d of %s[%d] committed", self.name, when, todo[tp], *tp)
+                self.uncommitted.pop(tp)
+            elif r.error is not None:
+                log.warning("%s: %s: kept offset of %s[%d] refused again (%s)", self.name, when, *tp, r.error)
 
     def _resume_assigned(self) -> None:
         """Resume every partition of the current assignment (clears pause flags left from before a rebalance)."""
@@ -594,6 +669,16 @@ class _Loop:
                 log.warning("%s: %d produced messages still undelivered at close", self.name, left)
         finally:
             self.monitor.close()
+            if self.uncommitted:
+                self._commit_outstanding("at the stop")
+                for (t, p), off in self.uncommitted.items():
+                    log.warning(
+                        "%s: stopping with offset %d of %s[%d] uncommitted (redelivered later)",
+                        self.name,
+                        off,
+                        t,
+                        p,
+                    )
             self.consumer.close()  # leaves the group; nothing is auto-committed
             log.info(
                 "%s: closed: processed=%d dead_lettered=%d retried=%d produced=%d",
