@@ -5,10 +5,11 @@ coarse HEALPix pixels (nside 64) that the search cones touch, in sorted order (s
 transaction near the same place waits until the first commits and then sees its Objects.
 
 Names do not depend on which process got there first: an Object is named from its earliest sighting, the
-year of its MJD and its fine HEALPix pixel (:func:`object_name`). When an earlier epoch is associated after
-a later one (parallel subtract instances may finish out of time order), the Object is renamed after it, so
-the final names are those of an in-order run; alerts sent before carry the earlier name (and the same
-``objectId``). Two Objects first seen in the same
+year of its MJD and its fine HEALPix pixel (:func:`object_name`). The epochs of one sky tile reach detect in
+ingestion order (the events are keyed by tile, :mod:`seechange.streaming.keys`); when an earlier epoch is
+still associated after a later one (two overlapping CCDs whose centres lie in different tiles), the Object
+is renamed after it, so the final names are those of an in-order run; alerts sent before carry the earlier
+name (and the same ``objectId``). Two Objects first seen in the same
 ~3 arcsec pixel (possible only when the radius is smaller than the pixel) get a numbered suffix; the name
 is chosen under the advisory lock of the pixel's coarse parent, so concurrent creators are serialised and
 the unique constraint on ``objects.name`` is never the tie-breaker.
