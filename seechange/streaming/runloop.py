@@ -58,6 +58,7 @@ from seechange.config import Settings
 from seechange.errors import BadMessage, is_bad_input
 from seechange.logformat import add_log_context, ids_of, log_context
 from seechange.streaming import metrics
+from seechange.streaming.commits import commit_kept, commit_message
 from seechange.streaming.delivery import (
     BACKOFF_INITIAL_S,
     BACKOFF_MAX_S,
@@ -92,12 +93,6 @@ __all__ = [
 
 STATS_INTERVAL_S = 30.0
 LAG_INTERVAL_S = 5.0  #: seconds between updates of the consumer-lag gauges (when metrics are served)
-COMMIT_ATTEMPTS = 3  #: synchronous offset commits tried per message before leaving it to redelivery
-#: commit errors of a group that is rebalancing or moved on without this member: retried after polling
-#: (the rebalance completes, or the loss of the partitions is reported by ``on_lost``)
-REBALANCE_ERRORS = frozenset(
-    {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID}
-)
 KAFKA_ERROR_LOG_S = 10.0  #: a repeated Kafka client error (same code) is logged at most this often, seconds
 
 
@@ -499,97 +494,27 @@ class _Loop:
             self.stats.dead_lettered += 1
 
     def _commit(self, msg: Message, where: str) -> bool:
-        """Commit the offset after ``msg`` synchronously, checking the per-partition result.
-
-        A retriable error, or one of a rebalance in progress (:data:`REBALANCE_ERRORS`), is retried (up to
-        :data:`COMMIT_ATTEMPTS` times, polling in between so that the rebalance completes) while the
-        partition is still ours. An offset still refused is kept in :attr:`uncommitted` and tried again
-        between messages, on revoke and at the stop (:meth:`_commit_outstanding`); once the partition is
-        lost, the message is redelivered to its new owner and handled idempotently. False when not
-        committed now.
-        """
-        tp = (str(msg.topic()), int(msg.partition() or 0))
-        delay = BACKOFF_INITIAL_S
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            error: KafkaError | None = None
-            try:
-                result = self.consumer.commit(message=msg, asynchronous=False) or []
-                error = next((p.error for p in result if p.error is not None), None)
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                if error is None:
-                    log.warning(
-                        "%s: %s: offset commit failed (%s); message will be redelivered",
-                        self.name,
-                        where,
-                        exc,
-                    )
-                    return False
-            if error is None:
-                if self.uncommitted.get(tp, -1) <= int(msg.offset() or 0) + 1:
-                    self.uncommitted.pop(tp, None)  # this commit covers the earlier refused ones
-                return True
-            lost = tp not in self.assigned
-            worth = error.retriable() or error.code() in REBALANCE_ERRORS
-            if lost or not worth or attempt == COMMIT_ATTEMPTS:
-                if not lost and worth:
-                    self.uncommitted[tp] = int(msg.offset() or 0) + 1
-                log.warning(
-                    "%s: %s: offset commit failed (%s%s); %s",
-                    self.name,
-                    where,
-                    error,
-                    ", partition lost" if lost else "",
-                    "kept, to commit once the rebalance is over"
-                    if tp in self.uncommitted
-                    else "message will be redelivered",
-                )
-                return False
-            log.warning(
-                "%s: %s: offset commit failed (%s), retry %d in %.1f s",
-                self.name,
-                where,
-                error,
-                attempt,
-                delay,
-            )
-            if not self._wait(delay, msg):
-                return False
-            delay = min(delay * 2, BACKOFF_MAX_S)
-        return False
+        """Commit the offset after ``msg`` (:func:`seechange.streaming.commits.commit_message`)."""
+        return commit_message(
+            self.consumer,
+            msg,
+            where,
+            name=self.name,
+            assigned=lambda: self.assigned,
+            uncommitted=self.uncommitted,
+            wait=self._wait,
+        )
 
     def _commit_outstanding(self, when: str, only: set[tuple[str, int]] | None = None) -> None:
-        """Commit the offsets in :attr:`uncommitted` (of ``only`` these partitions) that are still ours.
-
-        A partition no longer assigned is dropped with a warning (its new owner re-handles the messages
-        after its last committed offset); a refused commit stays for the next call.
-        """
-        for tp in [tp for tp in self.uncommitted if tp not in self.assigned and (only is None or tp in only)]:
-            log.warning(
-                "%s: %s[%d] lost with offset %d uncommitted: its new owner re-handles from the last committed "
-                "offset (idempotently)",
-                self.name,
-                tp[0],
-                tp[1],
-                self.uncommitted.pop(tp),
-            )
-        todo = {tp: off for tp, off in self.uncommitted.items() if only is None or tp in only}
-        if not todo:
-            return
-        try:
-            result = self.consumer.commit(
-                offsets=[TopicPartition(t, p, off) for (t, p), off in todo.items()], asynchronous=False
-            )
-        except KafkaException as exc:
-            log.warning("%s: %s: committing kept offsets failed (%s); kept", self.name, when, exc)
-            return
-        for r in result or []:
-            tp = (str(r.topic), int(r.partition))
-            if r.error is None and self.uncommitted.get(tp) == todo.get(tp):
-                log.info("%s: %s: kept offset %d of %s[%d] committed", self.name, when, todo[tp], *tp)
-                self.uncommitted.pop(tp)
-            elif r.error is not None:
-                log.warning("%s: %s: kept offset of %s[%d] refused again (%s)", self.name, when, *tp, r.error)
+        """Commit the kept offsets still ours (:func:`seechange.streaming.commits.commit_kept`)."""
+        commit_kept(
+            self.consumer,
+            when,
+            name=self.name,
+            assigned=self.assigned,
+            uncommitted=self.uncommitted,
+            only=only,
+        )
 
     def _resume_assigned(self) -> None:
         """Resume every partition of the current assignment (clears pause flags left from before a rebalance)."""
