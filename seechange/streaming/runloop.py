@@ -364,18 +364,7 @@ class _Loop:
                     if is_bad_input(exc):
                         self._dead_letter(msg, where, exc)
                         return
-                    if is_infrastructure_error(exc):
-                        log.warning(
-                            "%s: %s: infrastructure error, retry in %.1f s: %s: %s",
-                            self.name,
-                            where,
-                            delay,
-                            type(exc).__name__,
-                            one_line(exc),
-                        )
-                    else:
-                        self._unexpected(where, exc, delay)
-                    self._count_retry()
+                    self._note_failure(where, exc, delay, "infrastructure error")
                     if not self._wait(delay, msg):
                         return
                     delay = min(delay * 2, BACKOFF_MAX_S)
@@ -396,6 +385,22 @@ class _Loop:
             if self.paused:
                 self.paused = False
                 self._resume_assigned()
+
+    def _note_failure(self, where: str, exc: Exception, delay: float, what: str) -> None:
+        """Log a failure to be retried in ``delay`` s and count it; too many unexpected ones raise."""
+        if is_infrastructure_error(exc):
+            log.warning(
+                "%s: %s: %s, retry in %.1f s: %s: %s",
+                self.name,
+                where,
+                what,
+                delay,
+                type(exc).__name__,
+                one_line(exc),
+            )
+        else:
+            self._unexpected(where, exc, delay)
+        self._count_retry()
 
     def _unexpected(self, where: str, exc: Exception, delay: float) -> None:
         """Count an unexpected (non-bad-input, non-infrastructure) failure; raise when there are too many."""
@@ -462,18 +467,7 @@ class _Loop:
                         confirm(session)
                 return True
             except Exception as exc:  # noqa: BLE001 - retried; too many unexpected ones stop the service
-                if is_infrastructure_error(exc):
-                    log.warning(
-                        "%s: %s: delivered, confirmation failed, retry in %.1f s: %s: %s",
-                        self.name,
-                        where,
-                        delay,
-                        type(exc).__name__,
-                        one_line(exc),
-                    )
-                else:
-                    self._unexpected(where, exc, delay)
-                self._count_retry()
+                self._note_failure(where, exc, delay, "delivered, confirmation failed")
                 if not self._wait(delay, msg):
                     return False
                 delay = min(delay * 2, BACKOFF_MAX_S)

@@ -35,6 +35,7 @@ from seechange.pipeline.ingest_reduced import (
     register_reduced_image,
 )
 from seechange.streaming.framing import decode
+from seechange.streaming.keys import sky_tile_key
 from seechange.streaming.registry import SchemaRegistry
 from seechange.timestamps import epoch_ms
 from tests.integration._runloop_worker import consume_all
@@ -222,14 +223,18 @@ def test_ingestor_emits_image_reduced_and_dead_letters(
         )
         ingested_at = image.exposure.ingested_at
         expected_path = image.filepath
+        expected_key = sky_tile_key(image.exposure.healpix).encode()
     assert n_images == 1
     assert expected_path.startswith("reduced/") and expected_path.endswith("/DEC-OBS04b.mini")
 
     events = [
-        m for m in consume_all(test_settings, "image-reduced", expect=2) if m.key() == str(image_id).encode()
+        m
+        for m in consume_all(test_settings, "image-reduced", expect=2)
+        if decode(registry, m.value() or b"", expect="image_reduced")[1]["image_id"] == image_id
     ]
     assert len(events) == 2  # one per call: the second call writes nothing but announces again
     for message in events:
+        assert message.key() == expected_key  # keyed by the sky tile of the CCD centre
         name, record = decode(registry, message.value() or b"", expect="image_reduced")
         assert name == "image_reduced"
         assert record["image_id"] == image_id and record["exposure_id"] == report.registered[0]

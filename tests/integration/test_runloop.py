@@ -428,12 +428,29 @@ def test_error_classification(exc: Exception, infra: bool) -> None:
     assert is_infrastructure_error(exc) is infra
 
 
+def _bare_loop(settings: Settings, name: str, registry: SchemaRegistry, db_engine: Engine) -> Any:
+    """A run loop of service ``name`` on exposure-ready with a do-nothing handler, not subscribed yet."""
+    from seechange.streaming.runloop import _Loop
+
+    return _Loop(
+        settings,
+        name,
+        "exposure-ready",
+        "exposure_ready",
+        lambda *_: [],
+        sessionmaker(db_engine),
+        registry,
+        threading.Event(),
+        None,
+        0.5,
+        None,
+    )
+
+
 def test_a_refused_offset_commit_is_left_to_redelivery(
     settings: Settings, registry: SchemaRegistry, db_engine: Engine
 ) -> None:
     """The broker refuses the commit (another member owns the partition): logged, not fatal, not committed."""
-    from seechange.streaming.runloop import _Loop
-
     where = produce_values(
         settings, "exposure-ready", [("k", encode(registry, "exposure_ready", exposure_record(21)))]
     )
@@ -447,19 +464,7 @@ def test_a_refused_offset_commit_is_left_to_redelivery(
         }
     )
     owner.subscribe([settings.topic("exposure-ready")])
-    loop = _Loop(
-        settings,
-        "owner",
-        "exposure-ready",
-        "exposure_ready",
-        lambda *_: [],
-        sessionmaker(db_engine),
-        registry,
-        threading.Event(),
-        None,
-        0.5,
-        None,
-    )
+    loop = _bare_loop(settings, "owner", registry, db_engine)
     try:
         msg = None
         for _ in range(30):  # the owner joins the group and gets the message
@@ -622,24 +627,10 @@ def test_an_offset_kept_after_a_refused_commit_is_committed_at_the_stop(
     settings: Settings, registry: SchemaRegistry, db_engine: Engine
 ) -> None:
     """A refused commit's offset, kept while the partition stays ours, is committed by the clean stop."""
-    from seechange.streaming.runloop import _Loop
-
     where = produce_values(
         settings, "exposure-ready", [("k", encode(registry, "exposure_ready", exposure_record(41)))]
     )
-    loop = _Loop(
-        settings,
-        "keeper",
-        "exposure-ready",
-        "exposure_ready",
-        lambda *_: [],
-        sessionmaker(db_engine),
-        registry,
-        threading.Event(),
-        None,
-        0.5,
-        None,
-    )
+    loop = _bare_loop(settings, "keeper", registry, db_engine)
     loop.consumer.subscribe([loop.topic], on_assign=loop._on_assign, on_revoke=loop._on_revoke)
     msg = None
     for _ in range(60):  # joins the group and gets the message
