@@ -60,7 +60,8 @@ def web(
         from seechange.localservices import up
         from seechange.web.bench import bench_alerts_page
 
-        result = bench_alerts_page(up(settings), n_alerts=bench_alerts, runs=runs, echo=click.echo)
+        up(settings)  # the local services, started when they are not running
+        result = bench_alerts_page(endpoints(settings), n_alerts=bench_alerts, runs=runs, echo=click.echo)
         if json_path:
             Path(json_path).write_text(json.dumps(result, indent=2))
         return

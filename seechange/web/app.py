@@ -94,7 +94,9 @@ def _alert_query(
     )
 
 
-def create_app(settings: Settings, *, latency_n: int = 50, status_ttl_s: float = 5.0) -> FastAPI:
+def create_app(
+    settings: Settings, *, latency_n: int = 50, status_ttl_s: float = 5.0, png_cache: int = 4096
+) -> FastAPI:
     """The application serving ``settings``' database, data root and topics.
 
     Parameters
@@ -105,6 +107,8 @@ def create_app(settings: Settings, *, latency_n: int = 50, status_ttl_s: float =
         Exposures in the pipeline page's latency plot.
     status_ttl_s : float
         Seconds the broker's view of the stages is kept between asks.
+    png_cache : int
+        Cutout PNGs kept in memory (0: every one drawn when asked).
     """
     app = FastAPI(
         title="SeeChange",
@@ -114,7 +118,7 @@ def create_app(settings: Settings, *, latency_n: int = 50, status_ttl_s: float =
         redoc_url=None,
     )
     sessions = read_only_sessions(settings.database_url)
-    cutouts = images.CutoutImages(Path(settings.data_dir))
+    cutouts = images.CutoutImages(Path(settings.data_dir), max_pngs=png_cache)
     status = pipeline.StatusCache(settings, ttl_s=status_ttl_s)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
@@ -220,11 +224,9 @@ def create_app(settings: Settings, *, latency_n: int = 50, status_ttl_s: float =
             filepath, hdu = c.filepath, getattr(c, images.WHICH[which])
         try:
             with _PLOT_LOCK:
-                data = cutouts.stamp(filepath, hdu)
+                png = cutouts.png(filepath, hdu, stretch=stretch, scale=scale)
         except (FileNotFoundError, KeyError) as exc:
             raise HTTPException(404, str(exc)) from None
-        with _PLOT_LOCK:
-            png = images.stamp_png(data, stretch=stretch, scale=scale)
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     def pipeline_state(n: int) -> dict[str, Any]:

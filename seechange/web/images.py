@@ -9,6 +9,8 @@ same figure as ``seechange lightcurve --plot``.
 from __future__ import annotations
 
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -78,11 +80,42 @@ def stamp_png(data: np.ndarray, *, stretch: Stretch = "zscale", scale: int = 1) 
 
 
 class CutoutImages:
-    """Reads cutout stamps of sightings from their cutouts files (the last few files kept in memory)."""
+    """Cutout stamps of sightings as PNG, read from their cutouts files.
 
-    def __init__(self, data_root: Path, *, max_files: int = 8) -> None:
+    The last ``max_files`` cutouts files are kept in memory (their stamps), and the last ``max_pngs``
+    PNGs made (a few kB each), keyed by file, size, modification time, HDU, stretch and scale, so a
+    page shown again costs no drawing.
+    """
+
+    def __init__(self, data_root: Path, *, max_files: int = 8, max_pngs: int = 4096) -> None:
         self.data_root = Path(data_root)
         self._cache = _CutoutsCache(max_files=max_files)
+        self.max_pngs = max_pngs
+        self._pngs: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def png(self, filepath: str, hdu: str, *, stretch: Stretch, scale: int) -> bytes:
+        """The stamp in HDU ``hdu`` of cutouts file ``filepath`` drawn by :func:`stamp_png`.
+
+        Raises
+        ------
+        KeyError
+            The file has no such HDU.
+        FileNotFoundError
+            The cutouts file is missing.
+        """
+        st = resolve(self.data_root, filepath).stat()
+        key = (filepath, st.st_size, st.st_mtime_ns, hdu, stretch, scale)
+        with self._lock:
+            if key in self._pngs:
+                self._pngs.move_to_end(key)
+                return self._pngs[key]
+            png = stamp_png(self.stamp(filepath, hdu), stretch=stretch, scale=scale)
+            if self.max_pngs > 0:
+                self._pngs[key] = png
+            while len(self._pngs) > self.max_pngs:
+                self._pngs.popitem(last=False)
+            return png
 
     def stamp(self, filepath: str, hdu: str) -> np.ndarray:
         """The stamp in HDU ``hdu`` of the cutouts file ``filepath`` (relative to the data root).

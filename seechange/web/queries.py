@@ -7,8 +7,9 @@ lists (what the JSON API sends and the templates show). The alert filters mean w
 - magnitude: the sighting's latest photometry ``mag`` (an alert without one fails either bound);
 - SNR: ``|snr|`` (fading sources have a negative SNR);
 - cone: great-circle distance of the sighting (haversine, as :func:`seechange.sphere.angular_sep_arcsec`);
-- new objects only: the sighting is its Object's first (no sighting of the Object at an earlier MJD),
-  which is the packet's ``object.nSightings == 1`` (:func:`seechange.pipeline.alert.object_as_of`).
+- new objects only: the sighting is its Object's first (no sighting of the Object at an earlier MJD:
+  its MJD is the Object's ``first_mjd``), which is the packet's ``object.nSightings == 1``
+  (:func:`seechange.pipeline.alert.object_as_of`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session, aliased
 
 from seechange.lightcurve import UnknownObject, lightcurve_table
@@ -106,8 +107,9 @@ def _latest_photometry_id() -> Any:
 
 
 def _filtered(q: AlertQuery) -> Select[Any]:
-    earlier = aliased(Sighting)
-    first = ~exists().where(earlier.object_id == Sighting.object_id, earlier.mjd < Sighting.mjd)
+    # first sighting of its Object: none at an earlier MJD, i.e. at the Object's first MJD (association
+    # keeps first_mjd the minimum over its sightings); a join, where NOT EXISTS cost a probe per alert
+    first = Sighting.mjd <= Object.first_mjd
     stmt = (
         select(
             AlertLog.id.label("log_id"),
