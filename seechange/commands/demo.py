@@ -80,7 +80,9 @@ def recovered_transients(
     show_default=True,
     help="Afterwards serve the web page on the demo's night (address printed) until Ctrl-C.",
 )
-@click.option("--web-port", default=8765, show_default=True, help="Port of the web page (busy: any free one).")
+@click.option(
+    "--web-port", default=8765, show_default=True, help="Port of the web page (busy: any free one)."
+)
 @click.pass_obj
 def demo(
     settings: Settings,
