@@ -37,10 +37,17 @@ def _config(app: Any, host: str, port: int, log_level: str) -> Any:
 
 
 def serve_forever(app: Any, host: str, port: int, *, log_level: str = "warning") -> None:
-    """Serve ``app`` until SIGINT or SIGTERM (uvicorn's graceful shutdown), then return."""
+    """Serve ``app`` until SIGINT or SIGTERM (uvicorn's graceful shutdown), then return.
+
+    Uvicorn raises the signal it caught again once it has shut down; a Ctrl-C (``KeyboardInterrupt``) is
+    the user's way to stop, so it ends this call normally.
+    """
     import uvicorn
 
-    uvicorn.Server(_config(app, host, port, log_level)).run()
+    try:
+        uvicorn.Server(_config(app, host, port, log_level)).run()
+    except KeyboardInterrupt:
+        pass
 
 
 class ServerThread:
