@@ -152,6 +152,7 @@ def latency_png(points: Sequence[dict[str, Any]], *, width_px: int = 800, height
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     dpi = 100
     fig, ax = plt.subplots(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
@@ -163,7 +164,10 @@ def latency_png(points: Sequence[dict[str, Any]], *, width_px: int = 800, height
             ax.plot(x, first, "o-", color="tab:blue", label="first alert")
             ax.plot(x, last, "s--", color="tab:orange", mfc="none", label="last alert")
             ax.legend(fontsize="small")
-            ax.set_ylim(bottom=0)
+            top = np.nanmax(np.concatenate([first, last]))
+            ax.set_ylim(0, 1.15 * top if np.isfinite(top) and top > 0 else 1.0)
+            ax.set_xlim(-0.5, len(points) - 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         else:
             ax.text(0.5, 0.5, "no alerts yet", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(f"exposure (last {len(points)}, oldest first)")
