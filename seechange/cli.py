@@ -186,6 +186,7 @@ def _register_pipeline_commands() -> None:
     from seechange.commands.simulate import simulate
     from seechange.commands.status import status
     from seechange.commands.stream import lightcurve_cmd, replay_cmd, subscribe_cmd
+    from seechange.commands.web import web
 
     main.add_command(serve)
     main.add_command(ingest)
@@ -203,6 +204,7 @@ def _register_pipeline_commands() -> None:
     main.add_command(chaos)
     main.add_command(loadtest)
     main.add_command(status)
+    main.add_command(web)
 
 
 _register_pipeline_commands()

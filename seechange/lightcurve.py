@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from astropy.table import Table
@@ -115,8 +115,8 @@ def lightcurve_table(session: Session, name: str) -> Table:
     return t
 
 
-def plot_lightcurve(table: Table, path: Path) -> None:
-    """Flux (nJy) against MJD per band, written as PNG.
+def plot_lightcurve(table: Table, path: Path | BinaryIO) -> None:
+    """Flux (nJy) against MJD per band, written as PNG (800 x 450 pixels) to a path or a binary file.
 
     Detections are filled circles, forced points open circles with their error bars, and non-detection
     limits downward arrows from the flux of the 5-sigma limit.
@@ -176,5 +176,5 @@ def plot_lightcurve(table: Table, path: Path) -> None:
     ax.set_title(f"{table.meta.get('name', '')}")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)

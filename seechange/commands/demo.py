@@ -74,6 +74,15 @@ def recovered_transients(
     type=click.Choice(["single", "mef", "mef-fz"]),
     help="Raw files as archives deliver them: one tile-compressed multi-extension file per exposure.",
 )
+@click.option(
+    "--web/--no-web",
+    default=True,
+    show_default=True,
+    help="Afterwards serve the web page on the demo's night (address printed) until Ctrl-C.",
+)
+@click.option(
+    "--web-port", default=8765, show_default=True, help="Port of the web page (busy: any free one)."
+)
 @click.pass_obj
 def demo(
     settings: Settings,
@@ -86,6 +95,8 @@ def demo(
     instrument: str,
     ccds: int,
     fmt: str,
+    web: bool,
+    web_port: int,
 ) -> None:
     """Run a simulated night through every service and print what came out."""
     from rich.console import Console
@@ -253,3 +264,7 @@ def demo(
         raise RuntimeError(
             "a service did not shut down cleanly (exit code above); see " + str(data_dir / "logs")
         )
+    if web:
+        from seechange.commands.web import run_web
+
+        run_web(run, "127.0.0.1", web_port)
