@@ -138,7 +138,8 @@ def _filtered(q: AlertQuery) -> Select[Any]:
         .outerjoin(Photometry, Photometry.id == _latest_photometry_id())
         .outerjoin(Cutouts, Cutouts.sighting_id == Sighting.id)
     )
-    conds: list[ColumnElement[bool]] = []
+    # an alert is shown once delivered: the outbox stages its row (sent_at null) before the send
+    conds: list[ColumnElement[bool]] = [AlertLog.sent_at.is_not(None)]
     if q.bands:
         conds.append(Sighting.band.in_(q.bands))
     if q.min_mag is not None:
@@ -177,7 +178,7 @@ def alerts_page(session: Session, q: AlertQuery) -> dict[str, Any]:
         ``band``, ``mag``, ``mag_err`` (AB), ``snr``, ``flux_njy``, ``flags``, ``is_good``,
         ``is_positive``, ``score``, ``object_id``, ``object_name``, ``is_new``, ``has_cutouts``.
     """
-    newest = int(session.scalar(select(func.max(AlertLog.id))) or 0)
+    newest = int(session.scalar(select(func.max(AlertLog.id)).where(AlertLog.sent_at.is_not(None))) or 0)
     stmt = _filtered(q).where(AlertLog.id <= newest)  # fixed first: a poll after it misses nothing
     total = int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
     per_page = max(1, min(int(q.per_page), 500))

@@ -27,7 +27,7 @@ from seechange.models import (
     Sighting,
     SubtractionImage,
 )
-from seechange.pipeline.alert import log_alert
+from seechange.pipeline.outbox import alert_to_send, mark_sent
 from tests.integration.web._browser import ARTIFACTS, chrome, ensure_chromium
 from tests.integration.web.conftest import WebNight
 
@@ -128,14 +128,16 @@ def test_a_new_alert_appears_without_a_reload(driver: Any, web_night: WebNight) 
     driver.get(web_night.url + "/")
     first = _table(driver, "#alerts")[0][0]
     with web_night.sessions() as s, s.begin():
-        # the oldest alert is sent again (log row removed and written anew by the alert service's function)
+        # the oldest alert is sent again (log row removed, staged anew and marked sent by the outbox's functions)
         log = s.scalars(select(AlertLog).order_by(AlertLog.id)).first()
         assert log is not None
         sighting = s.get(Sighting, log.sighting_id)
         assert sighting is not None
-        again, topic = log.alert_id, log.topic
+        again, topic, packet = log.alert_id, log.topic, log.packet
+        assert packet is not None
         s.execute(delete(AlertLog).where(AlertLog.id == log.id))
-        assert log_alert(s, sighting, topic)
+        assert alert_to_send(s, sighting, topic=topic, make_packet=lambda: packet) is not None
+        assert mark_sent(s, [again]) == 1
     _wait(
         driver,
         lambda d: (
