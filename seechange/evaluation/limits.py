@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from astropy.table import Table
-from scipy import optimize
+from scipy import ndimage, optimize
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -57,7 +57,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TIME_VARIABLE_KINDS = ("transient", "variable", "moving")
-_INJ_KEYS = ("dm", "dm_median", "lim_mag", "noise_ratio", "noisy", "found", "found_good", "snr_expected")
+_INJ_KEYS = (
+    "dm",
+    "dm_median",
+    "lim_mag",
+    "noise_ratio",
+    "noisy",
+    "found",
+    "found_good",
+    "snr_expected",
+    "score_at",
+    "score_peak",
+)
 
 
 @dataclass(frozen=True)
@@ -173,7 +184,9 @@ def limit_recovery(
     dict of lists
         Per injected source: ``dm`` (injected minus quoted limit, mag), ``dm_median`` (injected minus the
         image's median limit), ``lim_mag``, ``noise_ratio`` (local flux error / median), ``noisy``,
-        ``found`` (a positive sighting), ``found_good``, ``snr_expected`` (flux / quoted error).
+        ``found`` (a positive sighting), ``found_good``, ``snr_expected`` (flux / quoted error),
+        ``score_at`` (S_corr at the position after injection, bilinear) and ``score_peak`` (the highest
+        S_corr pixel within ``match_radius_px``: what detection thresholds).
     """
     forced = detect_params.forced_params
     assert forced.limit_sigma is not None
@@ -199,7 +212,15 @@ def limit_recovery(
         new_i = inject_point_sources(new, xy, flux, rng=rng)
         res_i = subtract(new_i, ref, params=subtract_params)
         t = detect_and_measure(res_i, new_i, res_i.meta["ref_resampled"], params=detect_params)
+        sc = np.asarray(res_i.score_corr, np.float64)
+        at = ndimage.map_coordinates(sc, [xy[:, 1], xy[:, 0]], order=1)
+        r = params.match_radius_px
+        oy, ox = np.mgrid[-math.ceil(r) : math.ceil(r) + 1, -math.ceil(r) : math.ceil(r) + 1]
         for k in range(len(xy)):
+            iy, ix = np.rint(xy[k, 1]).astype(int) + oy, np.rint(xy[k, 0]).astype(int) + ox
+            disk = (ix - xy[k, 0]) ** 2 + (iy - xy[k, 1]) ** 2 <= r * r
+            out["score_at"].append(float(at[k]))
+            out["score_peak"].append(float(sc[iy[disk], ix[disk]].max()))
             found = good = False
             if len(t):
                 d = np.hypot(np.asarray(t["x"]) - xy[k, 0], np.asarray(t["y"]) - xy[k, 1])
@@ -257,6 +278,10 @@ def summarise_limits(inj: dict[str, list]) -> dict[str, Any]:
     dmm = np.asarray(inj["dm_median"], dtype=float)
     ratio = np.asarray(inj["noise_ratio"], dtype=float)
     all50, w_all = fit_completeness(dm, found)
+    at_limit = np.abs(dm) <= 0.1
+    snr = np.asarray(inj["snr_expected"], dtype=float)
+    peak = np.asarray(inj["score_peak"], dtype=float) - snr
+    at = np.asarray(inj["score_at"], dtype=float) - snr
     curve = []
     for c in sorted(set(np.round(dm, 2).tolist())):
         m = np.isclose(dm, c)
@@ -279,6 +304,10 @@ def summarise_limits(inj: dict[str, list]) -> dict[str, Any]:
         "limit_dm50_noisy": fit_completeness(dm[noisy], found[noisy])[0],
         "limit_dm50_noisy_vs_median": fit_completeness(dmm[noisy], found[noisy])[0],
         "limit_dm50_good": fit_completeness(dm, good)[0],
+        # near the limit: S_corr at the position minus its expectation (unbiased: ~0), and the highest
+        # pixel within the match radius minus it (what is thresholded: the maximum of correlated noise)
+        "limit_score_at_minus_expected": float(np.median(at[at_limit])) if at_limit.any() else float("nan"),
+        "limit_peak_minus_expected": float(np.median(peak[at_limit])) if at_limit.any() else float("nan"),
         "limit_curve": curve,
     }
 
