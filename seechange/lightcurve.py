@@ -133,7 +133,7 @@ def plot_lightcurve(table: Table, path: Path) -> None:
     """Flux (nJy) against MJD per band, written as PNG.
 
     Detections are filled circles, forced points open circles with their error bars, and non-detection
-    limits downward arrows from the flux of the 5-sigma limit.
+    limits downward arrows from the flux of the limit (at the detection threshold, 5 sigma by default).
     """
     import matplotlib
 
@@ -176,7 +176,7 @@ def plot_lightcurve(table: Table, path: Path) -> None:
         if sel.any():
             mjd = np.asarray(table["mjd"][sel], dtype=float)
             lim_flux = 10 ** (-0.4 * (np.asarray(table["lim_mag"][sel], dtype=float) - AB_MAG_OF_1_NJY))
-            ax.scatter(mjd, lim_flux, marker="_", s=80, color=colour, label=f"{band} 5σ limit")
+            ax.scatter(mjd, lim_flux, marker="_", s=80, color=colour, label=f"{band} limit")
             for xm, yf in zip(mjd, lim_flux, strict=True):
                 ax.annotate(
                     "",
