@@ -22,6 +22,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _pair(res: dict[str, Any], name: str) -> str:
+    """``"<blank> / <noisy>"`` of a limit-check figure."""
+    return f"{_fmt(res[f'{name}_blank'])} / {_fmt(res[f'{name}_noisy'])}"
+
+
 def print_table(title: str, rows: list[tuple[str, Any, str, Any]]) -> bool:
     """Print ``(figure, value, target, check)`` rows with PASS/FAIL; True when every checked row passes."""
     from rich.console import Console
@@ -119,6 +124,8 @@ def evaluate_sim(
             ("limit_dm50_noisy (mag)", res["limit_dm50_noisy"], "report", None),
             ("limit_dm50_noisy_vs_median (mag)", res["limit_dm50_noisy_vs_median"], "report", None),
             ("limit_noise_ratio_noisy_median", res["limit_noise_ratio_noisy_median"], "", None),
+            ("limit_score_spread blank / noisy", _pair(res, "limit_score_spread"), "~1 (report)", None),
+            ("limit_peak_minus_expected blank / noisy", _pair(res, "limit_peak_minus_expected"), "", None),
             ("limit_n_injected (noisy)", f"{res['limit_n_injected']} ({res['limit_n_noisy']})", "", None),
         ]
     rows += [

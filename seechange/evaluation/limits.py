@@ -278,7 +278,6 @@ def summarise_limits(inj: dict[str, list]) -> dict[str, Any]:
     dmm = np.asarray(inj["dm_median"], dtype=float)
     ratio = np.asarray(inj["noise_ratio"], dtype=float)
     all50, w_all = fit_completeness(dm, found)
-    at_limit = np.abs(dm) <= 0.1
     snr = np.asarray(inj["snr_expected"], dtype=float)
     peak = np.asarray(inj["score_peak"], dtype=float) - snr
     at = np.asarray(inj["score_at"], dtype=float) - snr
@@ -304,10 +303,16 @@ def summarise_limits(inj: dict[str, list]) -> dict[str, Any]:
         "limit_dm50_noisy": fit_completeness(dm[noisy], found[noisy])[0],
         "limit_dm50_noisy_vs_median": fit_completeness(dmm[noisy], found[noisy])[0],
         "limit_dm50_good": fit_completeness(dm, good)[0],
-        # near the limit: S_corr at the position minus its expectation (unbiased: ~0), and the highest
-        # pixel within the match radius minus it (what is thresholded: the maximum of correlated noise)
-        "limit_score_at_minus_expected": float(np.median(at[at_limit])) if at_limit.any() else float("nan"),
-        "limit_peak_minus_expected": float(np.median(peak[at_limit])) if at_limit.any() else float("nan"),
+        # S_corr at the position minus its expectation flux/err (its spread: is err the noise there?), and
+        # the highest pixel within the match radius minus it (what detection thresholds), per kind of site
+        **{
+            f"limit_{name}_{kind}": float(fn(v[m])) if m.any() else float("nan")
+            for kind, m in (("blank", ~noisy), ("noisy", noisy))
+            for name, fn, v in (
+                ("score_spread", lambda a: np.std(a, ddof=1) if a.size > 1 else np.nan, at),
+                ("peak_minus_expected", np.median, peak),
+            )
+        },
         "limit_curve": curve,
     }
 
