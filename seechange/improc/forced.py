@@ -10,17 +10,17 @@ the minimum-variance unbiased estimator for uncorrelated pixel noise (ZOGY's D i
 score variance V_S is given, the error is ZOGY's full budget instead, ``renorm sqrt(V_S) / F_S`` at the
 position (bilinear in V_S; the detections' error): it adds to the pixel noise the astrometric and
 flux-scaling terms that dominate on bright sources. ``renorm`` is the empirical noise correction the
-subtraction measured on S_corr (1 when none). The 5-sigma limiting
+subtraction measured on S_corr (1 when none). The limiting
 magnitude at the position is ``zp - 2.5 log10(t err)``, t the detection threshold on S_corr (5): from the
 local noise, which is larger near bright stars and on flagged pixels than the image's median.
 
 What the limit means: ``err`` is the flux error of a point source at that position, and S_corr (which
 detection thresholds at t) is that flux divided by the same error, so a source of the limiting magnitude
-has an expected S_corr peak of exactly t. Detection takes the highest S_corr pixel near the source (the
-maximum of a few correlated noise values), so in practice half of such sources are found slightly fainter
-than the quoted limit: measured by injection on simulated difference images
-(:mod:`seechange.evaluation.limits`), 50 % completeness lies 0.1 to 0.2 mag fainter than the quoted limit,
-on blank sky and where the local noise is twice the median alike.
+has an expected S_corr peak of exactly t, and is detected about half of the time. Measured by injection
+on simulated difference images (:mod:`seechange.evaluation.limits`): 50 % completeness lies 0.0 to 0.1 mag
+fainter than the quoted limit on blank sky and 0.16 to 0.26 mag fainter where the local noise is 1.5 to 2
+times the median (near stars the astrometric and flux-scaling terms of V_S exceed the random noise, and
+the star's residual lifts the highest S_corr pixel near the source: there the limit is conservative).
 """
 
 from __future__ import annotations
