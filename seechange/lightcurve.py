@@ -2,7 +2,9 @@
 
 One row per detection (``kind`` ``detection``: a Sighting and its Photometry), per forced PSF measurement
 at the Object's position on a difference image (``forced``) and per difference image on which it was not
-detected (``limit``: ``mag`` is the 5-sigma limiting magnitude from the local noise, fluxes are NaN).
+detected (``limit``: ``mag`` is the limiting magnitude from the local noise at the detection threshold,
+5 sigma by default, fluxes are NaN). Per difference image, the detections of one detect provenance and
+the forced point of one forced provenance: the latest made (a reprocessing replaces, not doubles).
 """
 
 from __future__ import annotations
@@ -86,11 +88,23 @@ def lightcurve_table(session: Session, name: str) -> Table:
             + (_v(p.lim_mag), _v(p.zero_point), _v(p.snr), s.id, s.subtraction_id, s.is_positive, s.is_good)
             + (s.flags, p.provenance_id)
         )
+    # one detect provenance per difference image, the latest made (the one with the newest sightings): after
+    # a reprocessing the trial's sightings replace the originals here instead of doubling every point
+    newest: dict[int, tuple[int, str]] = {}
+    for r in rows:
+        if r[10] > newest.get(r[11], (-1, ""))[0]:
+            newest[r[11]] = (r[10], r[-1])
+    rows = [r for r in rows if r[-1] == newest[r[11]][1]]
+    # one forced point per difference image, the latest forced provenance made (as in alert packets): a
+    # replay with another detection threshold re-measures the same flux with a limit at the new threshold
+    latest: dict[int, ForcedPhotometry] = {}
     for f in session.scalars(
         select(ForcedPhotometry)
         .where(ForcedPhotometry.object_id == obj.id)
         .order_by(ForcedPhotometry.mjd, ForcedPhotometry.subtraction_id, ForcedPhotometry.id)
     ):
+        latest[f.subtraction_id] = f
+    for f in latest.values():
         mag, mag_err = _mag(f.flux_njy, f.flux_njy_err)
         sid = f.sighting_id if f.sighting_id is not None else -1
         snr = f.flux / f.flux_err if f.flux_err > 0 else _NAN
@@ -119,7 +133,7 @@ def plot_lightcurve(table: Table, path: Path | BinaryIO) -> None:
     """Flux (nJy) against MJD per band, written as PNG (800 x 450 pixels) to a path or a binary file.
 
     Detections are filled circles, forced points open circles with their error bars, and non-detection
-    limits downward arrows from the flux of the 5-sigma limit.
+    limits downward arrows from the flux of the limit (at the detection threshold, 5 sigma by default).
     """
     import matplotlib
 
@@ -162,7 +176,7 @@ def plot_lightcurve(table: Table, path: Path | BinaryIO) -> None:
         if sel.any():
             mjd = np.asarray(table["mjd"][sel], dtype=float)
             lim_flux = 10 ** (-0.4 * (np.asarray(table["lim_mag"][sel], dtype=float) - AB_MAG_OF_1_NJY))
-            ax.scatter(mjd, lim_flux, marker="_", s=80, color=colour, label=f"{band} 5σ limit")
+            ax.scatter(mjd, lim_flux, marker="_", s=80, color=colour, label=f"{band} limit")
             for xm, yf in zip(mjd, lim_flux, strict=True):
                 ax.annotate(
                     "",

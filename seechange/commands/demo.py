@@ -83,6 +83,18 @@ def recovered_transients(
 @click.option(
     "--web-port", default=8765, show_default=True, help="Port of the web page (busy: any free one)."
 )
+@click.option(
+    "--topic-prefix",
+    default=DEMO_PREFIX,
+    show_default=True,
+    help="Prefix of the demo's topics (its topics are deleted and re-created at the start).",
+)
+@click.option(
+    "--database",
+    default=DEMO_DATABASE,
+    show_default=True,
+    help="The demo's database on the local PostgreSQL (dropped and re-created at the start).",
+)
 @click.pass_obj
 def demo(
     settings: Settings,
@@ -97,6 +109,8 @@ def demo(
     fmt: str,
     web: bool,
     web_port: int,
+    topic_prefix: str,
+    database: str,
 ) -> None:
     """Run a simulated night through every service and print what came out."""
     from rich.console import Console
@@ -126,7 +140,7 @@ def demo(
         ep = up(settings)
     run_id = time.strftime("%H%M%S")
     data_dir = settings.data_dir / "demo"
-    db_name = DEMO_DATABASE
+    db_name = database
     drop_database(ep.database_url, db_name)
     db_url = create_database(ep.database_url, db_name)
     upgrade(db_url)
@@ -135,7 +149,7 @@ def demo(
             "kafka_bootstrap": ep.kafka_bootstrap,
             "database_url": db_url,
             "data_dir": data_dir,
-            "topic_prefix": DEMO_PREFIX,
+            "topic_prefix": topic_prefix,
             "consumer_group_prefix": f"demo{run_id}",
         }
     )
@@ -256,9 +270,11 @@ def demo(
         )
     console.print(f"services stopped: {', '.join(f'{k}={v}' for k, v in codes.items())}")
     click.echo(
-        "explore it (the demo keeps its topics, database and files until the next demo):\n"
-        f"  SEECHANGE_TOPIC_PREFIX={DEMO_PREFIX} seechange subscribe --from beginning --max 5\n"
-        f"  SEECHANGE_DATABASE_URL='{db_url}' seechange lightcurve <object name>"
+        "explore it (the demo keeps its topics, database and files until the next demo): in each terminal\n"
+        f"  export SEECHANGE_TOPIC_PREFIX={topic_prefix} SEECHANGE_DATABASE_URL='{db_url}' "
+        f"SEECHANGE_DATA_DIR={data_dir}\n"
+        "  seechange subscribe --from beginning --to-end\n"
+        "  seechange lightcurve <object name>"
     )
     if any(c != 0 for c in codes.values()):
         raise RuntimeError(

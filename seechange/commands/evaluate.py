@@ -22,6 +22,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _pair(res: dict[str, Any], name: str) -> str:
+    """``"<blank> / <noisy>"`` of a limit-check figure."""
+    return f"{_fmt(res[f'{name}_blank'])} / {_fmt(res[f'{name}_noisy'])}"
+
+
 def print_table(title: str, rows: list[tuple[str, Any, str, Any]]) -> bool:
     """Print ``(figure, value, target, check)`` rows with PASS/FAIL; True when every checked row passes."""
     from rich.console import Console
@@ -69,6 +74,13 @@ def evaluate() -> None:
     default=None,
     help="Write every figure (and per-transient / per-false-positive details) here.",
 )
+@click.option(
+    "--limit-rounds",
+    default=4,
+    show_default=True,
+    help="Injection rounds (40 sources each, on up to 2 difference images) checking the non-detection "
+    "limits against recovery; 0 skips the check.",
+)
 @click.pass_obj
 def evaluate_sim(
     settings: Settings,
@@ -78,6 +90,7 @@ def evaluate_sim(
     seed: int,
     data_dir: Path | None,
     json_out: Path | None,
+    limit_rounds: int,
 ) -> None:
     """Simulate a night, run reduce/subtract/detect in-process into a fresh database, compare with truth."""
     from seechange.evaluation.simulated import TARGETS, evaluate_night_inprocess
@@ -96,10 +109,25 @@ def evaluate_sim(
             n_epochs=epochs,
             size=(nx, ny),
             association_radius_arcsec=ep.association_radius_arcsec,
+            limit_rounds=limit_rounds,
         )
     if json_out is not None:
         json_out.write_text(json.dumps(res, indent=1, default=float) + "\n")
-    rows = [(name, res.get(name, float("nan")), target, check) for name, (target, check) in TARGETS.items()]
+    rows = [
+        (name, res.get(name, float("nan")), target, check)
+        for name, (target, check) in TARGETS.items()
+        if name in res or not name.startswith("limit_")
+    ]
+    if "limit_dm50" in res:
+        rows += [
+            ("limit_dm50_blank (mag)", res["limit_dm50_blank"], "report", None),
+            ("limit_dm50_noisy (mag)", res["limit_dm50_noisy"], "report", None),
+            ("limit_dm50_noisy_vs_median (mag)", res["limit_dm50_noisy_vs_median"], "report", None),
+            ("limit_noise_ratio_noisy_median", res["limit_noise_ratio_noisy_median"], "", None),
+            ("limit_score_spread blank / noisy", _pair(res, "limit_score_spread"), "~1 (report)", None),
+            ("limit_peak_minus_expected blank / noisy", _pair(res, "limit_peak_minus_expected"), "", None),
+            ("limit_n_injected (noisy)", f"{res['limit_n_injected']} ({res['limit_n_noisy']})", "", None),
+        ]
     rows += [
         ("n_subtractions", res["n_subtractions"], "", None),
         ("n_transient_epochs_snr10", res["n_transient_epochs_snr10"], "", None),

@@ -24,7 +24,7 @@ def forced_cmd(settings: Settings, names: tuple[str, ...], all_objects: bool) ->
 
     if not names and not all_objects:
         raise click.UsageError("name one or more objects, or give --all")
-    params = load_parameters(settings.params_file).detect.forced
+    params = load_parameters(settings.params_file).detect.forced_params
     settings = endpoints(settings, kafka_needed=False)
     engine = make_engine(settings.database_url)
     with make_session_factory(engine)() as session:

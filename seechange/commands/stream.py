@@ -388,7 +388,10 @@ def lightcurve_cmd(
             fmt(row["snr"], ".1f"),
             str(bool(row["is_good"])),
         )
-    Console().print(rich)
+    console = Console()
+    if not console.is_terminal:  # piped or redirected: the whole table, not cut to 80 columns
+        console = Console(width=120)
+    console.print(rich)
     if ecsv:
         table.write(ecsv, format="ascii.ecsv", overwrite=True)
     if csv_path:

@@ -29,6 +29,10 @@ photometry
     true SNR >= 20.
 association
     number of distinct Objects among the sightings of each recovered transient (target 1).
+non-detection limits
+    with ``limit_rounds`` > 0, :func:`seechange.evaluation.limits.evaluate_night_limits`: point sources
+    injected around the quoted local limit (blank sky and high-noise sites), ``limit_dm50`` = 50 %
+    completeness magnitude minus the quoted limit (target within 0.3 mag).
 
 ``evaluate_night_inprocess`` simulates a night, runs the stage functions in-process (no Kafka) into a fresh
 database and evaluates it.
@@ -75,6 +79,7 @@ TARGETS: dict[str, tuple[str, Any]] = {
     "pull_std": ("0.8 - 1.25", lambda v: 0.8 <= v <= 1.25),
     "mag_offset_snr20": ("|x| <= 0.03", lambda v: abs(v) <= 0.03),
     "max_objects_per_transient": ("== 1", lambda v: v == 1),
+    "limit_dm50": ("|x| <= 0.3 mag", lambda v: abs(v) <= 0.3),
 }
 
 
@@ -421,6 +426,7 @@ def evaluate_night_inprocess(
     subtract_params: Any = None,
     detect_params: Any = None,
     association_radius_arcsec: float | None = None,
+    limit_rounds: int = 0,
 ) -> dict:
     """Simulate a night, run reduce / subtract / detect in-process into a database, and evaluate it.
 
@@ -441,6 +447,9 @@ def evaluate_night_inprocess(
         Step parameters (default: each step's defaults).
     association_radius_arcsec : float, optional
         Sighting-to-object association radius, arcsec (default: the settings' default).
+    limit_rounds : int, optional
+        Injection rounds of the non-detection limit check per difference image (on up to two of them;
+        0: no check).
 
     Returns
     -------
@@ -476,6 +485,7 @@ def evaluate_night_inprocess(
     engine = make_engine(url)
     sf = make_session_factory(engine)
     chain = InProcessChain(sf, data_dir, params, radius_arcsec=association_radius_arcsec)
+    t_limits = 0.0
     try:
         for rec in night.exposures:
             image = chain.reduce(chain.ingest(rec.raw_path))
@@ -484,10 +494,27 @@ def evaluate_night_inprocess(
                 chain.detect(sub.id)
         with sf() as s:
             out = evaluate_simulated_night(s, data_dir, match_radius_arcsec=match_radius_arcsec)
+        if limit_rounds > 0:
+            from seechange.evaluation.limits import LimitCheckParams, evaluate_night_limits
+
+            t1 = time.perf_counter()
+            with sf() as s:
+                out.update(
+                    evaluate_night_limits(
+                        s,
+                        data_dir,
+                        seed=seed,
+                        subtract_params=params.subtract,
+                        detect_params=params.detect,
+                        params=LimitCheckParams(n_rounds=limit_rounds),
+                    )
+                )
+            t_limits = time.perf_counter() - t1
     finally:
         engine.dispose()
     totals = chain.timings()
     timings = {"simulate": t_simulate, **{k: totals.get(k, 0.0) for k in ("reduce", "subtract", "detect")}}
+    timings["limits"] = t_limits
     out["timings"] = {k: round(v, 2) for k, v in timings.items()}
     out["database_url"] = url
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,6 +144,7 @@ class DetectParams(StepParameters):
     forced : ForcedParams
         Forced photometry of the Objects on the image, done by the detect stage after association; not
         critical here (it has its own ``forced`` provenance, so changing it leaves the sightings alone).
+        Use :attr:`forced_params` (its limit significance defaults to ``threshold``).
     """
 
     threshold: float = 5.0
@@ -150,6 +152,14 @@ class DetectParams(StepParameters):
     negative: bool = True
     measure: MeasureParams = field(default_factory=MeasureParams)
     forced: ForcedParams = field(default_factory=ForcedParams, metadata={CRITICAL: False})
+
+    @property
+    def forced_params(self) -> ForcedParams:
+        """``forced`` with its limit's significance filled in from ``threshold`` when not set: the
+        non-detection limits then quote the depth this detection threshold reaches."""
+        if self.forced.limit_sigma is not None:
+            return self.forced
+        return dataclasses.replace(self.forced, limit_sigma=float(self.threshold))
 
 
 def detect_and_measure(

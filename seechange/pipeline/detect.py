@@ -83,7 +83,7 @@ def detect_on_subtraction(
     mags = [_opt(v) for v in table["mag"]] if len(table) else []
     associate(session, sightings, radius_arcsec=radius_arcsec, mags=mags)
     session.flush()
-    n_forced = force_on_subtraction(session, sub, result, params=params.forced)
+    n_forced = force_on_subtraction(session, sub, result, params=params.forced_params)
     if sightings:
         _write_cutouts(session, data_root, prov.id, sub, sightings, new, ref, result.diff)
     sub.n_sightings = len(sightings)

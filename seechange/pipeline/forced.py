@@ -20,7 +20,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from seechange.improc.forced import ForcedParams, forced_psf_photometry, limiting_magnitude
+from seechange.improc.forced import ForcedParams, forced_on_zogy, limiting_magnitude
 from seechange.improc.zogy import ZogyResult
 from seechange.models import ForcedPhotometry, Image, Object, Provenance, Sighting, SubtractionImage
 from seechange.provenance import get_or_create_provenance
@@ -103,7 +103,7 @@ def force_on_subtraction(
     result : ZogyResult
         Its products (D, its variance, flags, P_D, WCS, zero point).
     params : ForcedParams
-        Fit radius and limit significance.
+        Fit radius and limit significance (set: ``DetectParams.forced_params``).
     object_ids : iterable of int, optional
         Only these Objects (default every Object on the image).
 
@@ -112,6 +112,8 @@ def force_on_subtraction(
     int
         Rows inserted (0 when all were there already).
     """
+    if params.limit_sigma is None:
+        raise ValueError("forced photometry needs limit_sigma set (DetectParams.forced_params sets it)")
     upstream = session.get(Provenance, sub.provenance_id)
     assert upstream is not None
     prov = get_or_create_provenance(session, "forced", params.critical(), [upstream])
@@ -123,19 +125,7 @@ def force_on_subtraction(
         return 0
     x = np.array([t[1] for t in on_image])
     y = np.array([t[2] for t in on_image])
-    fr = forced_psf_photometry(
-        result.diff,
-        result.diff_variance,
-        result.flags,
-        result.psf_d,
-        x,
-        y,
-        fwhm_px=result.fwhm_px,
-        renorm=result.renorm_factor,
-        score_var=result.score_var,
-        f_s=result.f_s,
-        params=params,
-    )
+    fr = forced_on_zogy(result, x, y, params=params)
     zp = float(result.zp)
     lim = limiting_magnitude(fr.flux_err, zp, params.limit_sigma)
     seen: dict[int, int] = {}

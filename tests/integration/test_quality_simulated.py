@@ -14,7 +14,14 @@ from seechange.evaluation.simulated import evaluate_night_inprocess
 def figures(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data: Path = tmp_path_factory.mktemp("simnight")
     return evaluate_night_inprocess(
-        data, database_url, seed=42, n_fields=1, n_epochs=5, size=(512, 1024), create_db=False
+        data,
+        database_url,
+        seed=42,
+        n_fields=1,
+        n_epochs=5,
+        size=(512, 1024),
+        create_db=False,
+        limit_rounds=6,
     )
 
 
@@ -47,3 +54,21 @@ def test_false_positives(figures: dict[str, Any]) -> None:
     # The 512x1024 night has no star brighter than mag 16.6; `seechange evaluate sim --size 2048x4096`
     # measures the target where mag 14.5-16.5 stars and saturation are (see seechange.evaluation.simulated).
     assert figures["false_positives_per_ccd"] <= 2.0
+
+
+def test_non_detection_limits_agree_with_injected_recovery(figures: dict[str, Any]) -> None:
+    """50 % completeness of point sources injected around the quoted local limit (on blank sky and where
+    the local noise is well above the median) lies within 0.3 mag of the quoted limit; the image's median
+    limit would have been wrong by more than that at the noisy sites."""
+    print({k: v for k, v in figures.items() if k.startswith("limit_") and k != "limit_curve"})
+    assert figures["limit_n_subtractions"] == 2
+    assert figures["limit_n_injected"] >= 300
+    assert figures["limit_n_noisy"] >= 100
+    assert figures["limit_noise_ratio_noisy_median"] >= 1.3
+    assert abs(figures["limit_dm50"]) <= 0.3
+    assert abs(figures["limit_dm50_blank"]) <= 0.3
+    assert abs(figures["limit_dm50_noisy"]) <= 0.3
+    assert abs(figures["limit_dm50_noisy_vs_median"]) > 0.3
+    # the curve is a completeness curve: everything found 1 mag brighter than the limit, nothing 1 mag fainter
+    curve = {c["dm"]: c["completeness"] for c in figures["limit_curve"]}
+    assert curve[-1.0] == 1.0 and curve[1.0] == 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from seechange.improc.detection import DetectParams
 from seechange.improc.forced import ForcedParams, forced_psf_photometry, limiting_magnitude
 from seechange.improc.inject import shifted_psf
 from seechange.units import FWHM_PER_SIGMA
@@ -78,4 +79,10 @@ def test_error_from_score_variance_and_limit() -> None:
     assert limiting_magnitude(r.flux_err, 30.0)[0] == 30.0 - 2.5 * np.log10(5.0 * 11.0)
     far = forced_psf_photometry(img, var, flags, _psf(), [500.0], [500.0], fwhm_px=FWHM)
     assert np.isnan(far.flux[0]) and np.isnan(limiting_magnitude(far.flux_err, 30.0)[0])
-    assert ForcedParams().critical() == {"fit_radius_fwhm": 2.0, "limit_sigma": 5.0}
+    # the limit's significance is the detection threshold in use unless set (the default resolves to the
+    # same critical parameters, so the same forced provenance, as before it was tied to the threshold)
+    assert ForcedParams().critical() == {"fit_radius_fwhm": 2.0, "limit_sigma": None}
+    assert DetectParams().forced_params.critical() == {"fit_radius_fwhm": 2.0, "limit_sigma": 5.0}
+    assert DetectParams(threshold=4.0).forced_params.limit_sigma == 4.0
+    fixed = DetectParams(threshold=4.0, forced=ForcedParams(limit_sigma=5.0))
+    assert fixed.forced_params.limit_sigma == 5.0
