@@ -47,3 +47,33 @@ def test_false_positives(figures: dict[str, Any]) -> None:
     # The 512x1024 night has no star brighter than mag 16.6; `seechange evaluate sim --size 2048x4096`
     # measures the target where mag 14.5-16.5 stars and saturation are (see seechange.evaluation.simulated).
     assert figures["false_positives_per_ccd"] <= 2.0
+
+
+def test_ls4_night_of_two_ccds_gives_per_ccd_figures(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Several CCDs of the other camera: every figure per CCD, stage times per CCD image."""
+    data: Path = tmp_path_factory.mktemp("simnight-ls4")
+    res = evaluate_night_inprocess(
+        data,
+        database_url,
+        seed=7,
+        n_fields=1,
+        n_epochs=4,
+        size=(256, 512),
+        create_db=False,
+        instrument="LS4",
+        ccdnums=[1, 17],
+    )
+    assert res["instrument"] == "LS4"
+    assert res["n_images"] == 8 and res["n_subtractions"] == 2
+    assert set(res["per_ccd"]) == {"1", "17"}
+    for c in res["per_ccd"].values():
+        assert c["n_subtractions"] == 1
+        assert c["false_positives_per_ccd"] == pytest.approx(c["false_positives"] * 64.0)
+    assert sum(c["false_positives"] for c in res["per_ccd"].values()) == res["false_positives"]
+    assert {t["ccd"] for t in res["transients"]} <= {1, 17}
+    assert set(res["timings_per_ccd"]) == {"ingest", "reduce", "subtract", "detect"}
+    assert all(v > 0 for v in res["timings_per_ccd"].values())
+    # LS4 pixels are 1.0": the truth comparison of the WCS works on the camera's own scale
+    assert res["astrometric_rms_arcsec"] <= 0.3
