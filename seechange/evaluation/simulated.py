@@ -380,10 +380,10 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
         ],
         float,
     )
-    objects: dict[tuple[str, int], set[int]] = {}  # transient ids are unique within a field
+    objects: dict[tuple[str, int, int], set[int]] = {}  # transient ids are unique within a field's CCD
     for t in transient_rows:
         if t["detected_good"] and t.get("object_id") is not None:
-            objects.setdefault((t["field"], t["id"]), set()).add(int(t["object_id"]))
+            objects.setdefault((t["field"], t["ccd"], t["id"]), set()).add(int(t["object_id"]))
     n_sub = len(sub_rows)
     astro = np.concatenate(astro_d2) if astro_d2 else np.zeros(0)
     ccd_figures = {}
