@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from producers.ingest import Ingestor
+from seechange.config import Settings
 from seechange.imageio import read_ccd, read_image_data
 from seechange.improc.astrometry import load_refcat
 from seechange.improc.calibrate import load_calibration
@@ -29,6 +31,7 @@ from seechange.improc.reduction import ReduceParams, reduce_exposure
 from seechange.improc.subtraction import SubtractParams
 from seechange.improc.types import FLAG_BAD, FLAG_COSMIC_RAY, FLAG_SATURATED, ImageData
 from seechange.models import Exposure, Image
+from seechange.models.session import make_session_factory
 from seechange.pipeline.detect import detect_on_subtraction
 from seechange.pipeline.ingest_reduced import pair_cp_triplets, register_reduced_file
 from seechange.pipeline.references import ReferenceParams
@@ -38,6 +41,7 @@ from seechange.sim.night import ExposureRecord, NightSummary, simulate_night
 from seechange.sim.truth import read_truth
 from seechange.sphere import angular_sep_arcsec
 from tests.integration._chain_night import N_REF, SIZE, bright_transients
+from tests.integration._runloop_worker import consume_all
 
 SEED = 4242
 CCDS = [35, 37]
@@ -242,3 +246,40 @@ def test_cp_mef_ccd_without_zero_point_is_refused_alone(
     assert db_session.scalar(select(func.count()).select_from(Image)) == (before or 0) + 1
     written = sorted(p.name for p in (other / "reduced").rglob("*.image.fits"))
     assert written == [f"{src.name.removesuffix('.fits.fz')}_{CCDS[0]}.image.fits"]
+
+
+def test_ingestor_dead_letters_one_ccd_of_a_cp_file(
+    test_settings: Settings, db_engine: Engine, night: tuple[Path, NightSummary, list[Path]], tmp_path: Path
+) -> None:
+    """Through the ingest producer: the good CCD announced on image-reduced, the refused one dead-lettered as
+    ``path[CCD]`` with one line."""
+    _, _, image_files = night
+    settings = test_settings.model_copy(update={"data_dir": tmp_path})
+    src = image_files[0]
+    for code in ("ooi", "oow", "ood"):
+        name = src.name.replace("_ooi_", f"_{code}_")
+        with fits.open(src.parent / name) as hdul:
+            hdul[0].header["EXPNUM"] = 900002
+            if code == "ooi":
+                del hdul[1].header["MAGZERO"]
+            hdul.writeto(tmp_path / name)
+    (t,) = pair_cp_triplets(sorted(tmp_path.glob("*.fits*")))
+    ingestor = Ingestor(settings, make_session_factory(db_engine))
+    try:
+        report = ingestor.ingest_reduced([t])
+    finally:
+        ingestor.close()
+    bad = f"{t.image}[{detpos(CCDS[0])}]"
+    assert len(report.images) == 1 and report.new == 1
+    assert [f[0] for f in report.failed] == [bad]
+    assert "no zero point" in report.failed[0][1] and "\n" not in report.failed[0][1]
+    events = [
+        m
+        for m in consume_all(settings, "image-reduced", expect=1)
+        if m.key() == str(report.images[0]).encode()
+    ]
+    assert len(events) == 1
+    dead = [m for m in consume_all(settings, "exposure-ready.dlq", expect=1) if m.key() == bad.encode()]
+    assert len(dead) == 1
+    headers = dict(dead[0].headers() or [])
+    assert headers["origin_path"] == str(t.image).encode()
