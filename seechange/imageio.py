@@ -44,6 +44,7 @@ __all__ = [
     "header_wcs",
     "merged_header",
     "read_ccd",
+    "read_ccd_headers",
     "read_ccds",
     "read_cutout",
     "read_cutouts_file",
@@ -271,6 +272,41 @@ def read_ccds(path: Path | str, *, dtype: DTypeLike | None = np.float32) -> Iter
                 except (OSError, ValueError, TypeError, KeyError, EOFError, zlib.error) as exc:
                     yield ImageReadError(f"{path.name}: HDU {i} unreadable: {_one_line(exc)}")
             i += 1
+
+
+def read_ccd_headers(path: Path | str) -> list[tuple[int, fits.Header, tuple[int, int]]]:
+    """The merged header and shape of every 2-D image HDU of a file, without reading any pixels.
+
+    Parameters
+    ----------
+    path : Path or str
+        The file (single-HDU, multi-extension, tile-compressed).
+
+    Returns
+    -------
+    list of (int, astropy.io.fits.Header, (int, int))
+        HDU index, merged header (as :func:`read_ccd` gives it) and shape (ny, nx), in file order.
+
+    Raises
+    ------
+    ImageReadError
+        Not readable FITS (or a header is unreadable).
+    FileNotFoundError
+        No file at ``path``.
+    """
+    path = Path(path)
+    out: list[tuple[int, fits.Header, tuple[int, int]]] = []
+    try:
+        with fits.open(path, lazy_load_hdus=True) as hdul:
+            for i, h in enumerate(hdul):
+                if _is_2d_image(h):
+                    ny, nx = (int(v) for v in h.shape)
+                    out.append((i, merged_header(hdul[0].header, None if i == 0 else h.header), (ny, nx)))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, zlib.error) as exc:
+        raise ImageReadError(f"{path.name}: not a readable FITS file: {_one_line(exc)}") from exc
+    return out
 
 
 #: The cards a celestial WCS is made of (named in the error when they are missing or unusable).

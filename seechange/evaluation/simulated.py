@@ -195,15 +195,17 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
     """
     data_dir = Path(data_dir)
     night = read_night_json(data_dir)
-    ccd = int(night["ccdnum"])
     nx, ny = (int(v) for v in night["size"])
     area_scale = FULL_CCD_PIXELS / float(nx * ny)
 
     astro_d2: list[np.ndarray] = []
     zp_err: list[float] = []
-    images: dict[str, dict[str, Any]] = {}
+    images: dict[tuple[str, int], dict[str, Any]] = {}
     for rec in night["exposures"]:
-        exp = session.scalars(select(Exposure).where(Exposure.filepath == rec["raw_path"])).first()
+        ccd = int(rec["ccdnum"])
+        exp = session.scalars(
+            select(Exposure).where(Exposure.filepath == rec["raw_path"], Exposure.section_id == str(ccd))
+        ).first()
         if exp is None:
             continue
         img = _latest(list(session.scalars(select(Image).where(Image.exposure_id == exp.id))))
@@ -225,8 +227,9 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
             astro_d2.append(_sky_sep_arcsec(ra, dec, np.asarray(st["ra"]), np.asarray(st["dec"])) ** 2)
         if img.zero_point is not None and math.isfinite(img.zero_point):
             zp_err.append(float(img.zero_point) - float(truth.meta["zp"]))
-        images[rec["expname"]] = {
+        images[(rec["expname"], ccd)] = {
             "image_id": img.id,
+            "ccd": ccd,
             "truth": truth,
             "epoch": rec["epoch"],
             "field": rec["field"],
@@ -237,7 +240,8 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
     fp_details: list[dict[str, Any]] = []
     scorr_vals: list[float] = []
     n_fp_total = 0
-    for expname, info in images.items():
+    per_ccd: dict[int, dict[str, int]] = {}
+    for (expname, ccd), info in images.items():
         sub = _latest(
             list(
                 session.scalars(
@@ -300,6 +304,7 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
                 hit = good[0] if good else (cand[0] if cand else None)
             tr: dict[str, Any] = {
                 "expname": expname,
+                "ccd": ccd,
                 "field": info["field"],
                 "id": int(row["id"]),
                 "x": x,
@@ -337,6 +342,7 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
             fp_details.append(
                 {
                     "expname": expname,
+                    "ccd": ccd,
                     "sighting_id": s.id,
                     "x": s.x,
                     "y": s.y,
@@ -350,9 +356,13 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
                 }
             )
         n_fp_total += n_fp
+        c = per_ccd.setdefault(ccd, {"n_subtractions": 0, "false_positives": 0})
+        c["n_subtractions"] += 1
+        c["false_positives"] += n_fp
         sub_rows.append(
             {
                 "expname": expname,
+                "ccd": ccd,
                 "subtraction_id": sub.id,
                 "n_sightings": len(sightings),
                 "n_good": sum(s.is_good for s in sightings),
@@ -375,13 +385,26 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
         ],
         float,
     )
-    objects: dict[tuple[str, int], set[int]] = {}  # transient ids are unique within a field
+    objects: dict[tuple[str, int, int], set[int]] = {}  # transient ids are unique within a field's CCD
     for t in transient_rows:
         if t["detected_good"] and t.get("object_id") is not None:
-            objects.setdefault((t["field"], t["id"]), set()).add(int(t["object_id"]))
+            objects.setdefault((t["field"], t["ccd"], t["id"]), set()).add(int(t["object_id"]))
     n_sub = len(sub_rows)
     astro = np.concatenate(astro_d2) if astro_d2 else np.zeros(0)
+    ccd_figures = {}
+    for ccd, c in sorted(per_ccd.items()):
+        mine = np.array([t["ccd"] == ccd for t in transient_rows], bool)
+        sel = mine & hi if mine.size else mine
+        ccd_figures[str(ccd)] = {
+            "n_subtractions": c["n_subtractions"],
+            "n_transient_epochs_snr10": int(sel.sum()),
+            "completeness_snr10": float(found[sel].mean()) if sel.any() else float("nan"),
+            "false_positives": c["false_positives"],
+            "false_positives_per_ccd": c["false_positives"] / c["n_subtractions"] * area_scale,
+        }
     return {
+        "instrument": str(night.get("instrument", "DECam")),
+        "per_ccd": ccd_figures,
         "n_images": len(images),
         "n_subtractions": n_sub,
         "size": [nx, ny],
@@ -427,6 +450,8 @@ def evaluate_night_inprocess(
     detect_params: Any = None,
     association_radius_arcsec: float | None = None,
     limit_rounds: int = 0,
+    instrument: str = "DECam",
+    ccdnums: list[int] | None = None,
 ) -> dict:
     """Simulate a night, run reduce / subtract / detect in-process into a database, and evaluate it.
 
@@ -450,11 +475,17 @@ def evaluate_night_inprocess(
     limit_rounds : int, optional
         Injection rounds of the non-detection limit check per difference image (on up to two of them;
         0: no check).
+    instrument : str
+        Simulated camera (``DECam``, ``LS4``); exposures last its default exposure time.
+    ccdnums : list of int, optional
+        CCDs of every exposure (default: one, the simulator's default CCD); figures are also given per CCD.
 
     Returns
     -------
     dict
-        :func:`evaluate_simulated_night`'s figures plus ``"timings"`` (s) and ``"database_url"``.
+        :func:`evaluate_simulated_night`'s figures plus ``"timings"`` (s, totals),
+        ``"timings_per_ccd"`` (s per CCD image: reduce, subtract incl. the reference, detect) and
+        ``"database_url"``.
     """
     from seechange.config import Settings
     from seechange.models.migrate import upgrade
@@ -474,7 +505,18 @@ def evaluate_night_inprocess(
     if association_radius_arcsec is None:
         association_radius_arcsec = Settings.model_fields["association_radius_arcsec"].default
     t0 = time.perf_counter()
-    night = simulate_night(data_dir, seed=seed, n_fields=n_fields, n_epochs=n_epochs, size=size)
+    from seechange.instruments import get_instrument
+
+    night = simulate_night(
+        data_dir,
+        seed=seed,
+        n_fields=n_fields,
+        n_epochs=n_epochs,
+        size=size,
+        instrument=get_instrument(instrument).name,
+        ccdnums=ccdnums,
+        exptime=get_instrument(instrument).exptime_default,
+    )
     t_simulate = time.perf_counter() - t0
     url = database_url
     if create_db:
@@ -516,5 +558,9 @@ def evaluate_night_inprocess(
     timings = {"simulate": t_simulate, **{k: totals.get(k, 0.0) for k in ("reduce", "subtract", "detect")}}
     timings["limits"] = t_limits
     out["timings"] = {k: round(v, 2) for k, v in timings.items()}
+    n_images = max(1, len(night.exposures))
+    out["timings_per_ccd"] = {
+        k: round(totals.get(k, 0.0) / n_images, 3) for k in ("ingest", "reduce", "subtract", "detect")
+    }
     out["database_url"] = url
     return out

@@ -2,7 +2,8 @@
 
 Raw layout and calibration-frame conventions are fixed in ``docs/ARCHITECTURE.md``: one HDU per CCD, two
 amplifiers (A left, B right) each with its own overscan strip; bias in ADU after overscan removal, dark in
-electrons/s, flat unit-mean, bpm non-zero = bad, all on the trimmed grid.
+electrons/s, flat unit-mean, bpm non-zero = bad, all on the trimmed grid; a frame is a per-CCD file or one
+CCD of a multi-extension file holding every CCD (selected by ``CCDNUM``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from astropy.io import fits
 from scipy import ndimage
 
 from seechange.errors import ImpossibleValue, UnusableImage
+from seechange.imageio import read_ccd, read_ccd_headers
 from seechange.improc.sections import parse_section
 from seechange.improc.types import FLAG_BAD, FLAG_BLEED, FLAG_COSMIC_RAY, FLAG_SATURATED
 from seechange.instruments import Instrument, instrument_of_header
@@ -95,33 +97,76 @@ class CalibFrames:
     source: str = ""
 
 
-def load_calibration(calib_dir: Path) -> CalibFrames:
-    """Read ``bias.fits``, ``dark.fits``, ``flat.fits`` and ``bpm.fits`` from one CCD's calibration folder.
+#: File-name endings a calibration frame may have (plain, tile-compressed, gzipped).
+CALIB_SUFFIXES = (".fits", ".fits.fz", ".fits.gz")
+
+
+def _frame_file(folder: Path | None, name: str) -> Path | None:
+    if folder is None or not folder.is_dir():
+        return None
+    return next((folder / f"{name}{s}" for s in CALIB_SUFFIXES if (folder / f"{name}{s}").is_file()), None)
+
+
+def _read_frame(path: Path, ccdnum: int | None, dtype: type) -> np.ndarray:
+    """One CCD's frame: the file's only image, or (multi-extension) the HDU whose ``CCDNUM`` is ``ccdnum``."""
+    images = read_ccd_headers(path)
+    if len(images) == 1:
+        return read_ccd(path, images[0][0], dtype=dtype).data
+    if ccdnum is None:
+        raise ImpossibleValue(f"{path.name}: {len(images)} CCDs and no CCD number to choose one")
+    return read_ccd(path, ccdnum=ccdnum, dtype=dtype).data
+
+
+def load_calibration(
+    calib_dir: Path, *, ccdnum: int | None = None, shared_dir: Path | None = None
+) -> CalibFrames:
+    """Read one CCD's bias, dark, flat and bad-pixel mask.
+
+    Each frame (``bias``, ``dark``, ``flat``, ``bpm``; ``.fits``, ``.fits.fz`` or ``.fits.gz``) is looked for
+    first in the CCD's own folder, then in ``shared_dir``, where one multi-extension file holds every CCD (a
+    master bias or flat as DECam delivers them) and the CCD's HDU is the one whose ``CCDNUM`` is ``ccdnum``.
+    A file with a single image is that CCD's frame.
 
     Parameters
     ----------
     calib_dir : Path
-        ``calib/<instrument>/<ccd>/``. ``bias.fits`` and ``flat.fits`` are required; a missing
-        ``dark.fits`` means no dark current and a missing ``bpm.fits`` means no known bad pixels.
+        ``calib/<instrument>/<ccd>/`` (need not exist when ``shared_dir`` holds the frames).
+    ccdnum : int, optional
+        The CCD's number (to select its HDU in a multi-extension file).
+    shared_dir : Path, optional
+        ``calib/<instrument>/``, for multi-extension frames of every CCD.
 
     Returns
     -------
     CalibFrames
+        Bias (ADU) and flat are required; no dark means no dark current (e-/s), no bpm no known bad pixels.
+
+    Raises
+    ------
+    FileNotFoundError
+        No bias or no flat for the CCD.
+    ValueError
+        Frames of different shapes.
+    seechange.imageio.ImageReadError
+        A multi-extension frame without this CCD, or an unreadable frame file.
     """
     calib_dir = Path(calib_dir)
+    sources: list[str] = []
 
     def _read(name: str, dtype: type) -> np.ndarray | None:
-        path = calib_dir / name
-        if not path.exists():
+        path = _frame_file(calib_dir, name) or _frame_file(shared_dir, name)
+        if path is None:
             return None
-        return np.asarray(fits.getdata(path), dtype=dtype)  # native byte order copy
+        sources.append(str(path))
+        return _read_frame(path, ccdnum, dtype)
 
-    bias = _read("bias.fits", np.float32)
-    flat = _read("flat.fits", np.float32)
+    bias = _read("bias", np.float32)
+    flat = _read("flat", np.float32)
     if bias is None or flat is None:
-        raise FileNotFoundError(f"bias.fits and flat.fits are required in {calib_dir}")
-    dark = _read("dark.fits", np.float32)
-    bpm = _read("bpm.fits", np.int32)
+        where = f"{calib_dir}" + (f" or {shared_dir}" if shared_dir is not None else "")
+        raise FileNotFoundError(f"a bias and a flat are required in {where} (CCD {ccdnum})")
+    dark = _read("dark", np.float32)
+    bpm = _read("bpm", np.int32)
     if dark is None:
         dark = np.zeros_like(bias)
     bpm_bool = np.zeros(bias.shape, bool) if bpm is None else bpm != 0
@@ -133,7 +178,7 @@ def load_calibration(calib_dir: Path) -> CalibFrames:
         flat = np.where(flat > 0, flat, 1.0).astype(np.float32)
     for a in (bias, dark, flat, bpm_bool):
         a.setflags(write=False)
-    return CalibFrames(bias=bias, dark=dark, flat=flat, bpm=bpm_bool, source=str(calib_dir))
+    return CalibFrames(bias=bias, dark=dark, flat=flat, bpm=bpm_bool, source=", ".join(sources))
 
 
 def amp_layout(header: fits.Header) -> list[AmpInfo]:

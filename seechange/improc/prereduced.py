@@ -84,6 +84,9 @@ def load_prereduced(
     params: ReduceParams,
     gain: float | None = None,
     mask_codes: Mapping[int, int] | None = None,
+    hdu: int | str | None = None,
+    weight_hdu: int | str | None = None,
+    mask_hdu: int | str | None = None,
 ) -> ImageData:
     """Turn an already-reduced image (plus optional weight and mask) into an `ImageData`.
 
@@ -106,6 +109,8 @@ def load_prereduced(
     mask_codes : mapping of int to int, optional
         Mask value -> our flag bits (e.g. ``seechange.instruments.decam.CP_MASK_CODES`` for a Community
         Pipeline ``ood`` mask); values not in it are flagged bad.
+    hdu, weight_hdu, mask_hdu : int or str, optional
+        HDU (index or EXTNAME) of the CCD in each multi-extension file; default: the first 2-D image HDU.
 
     Returns
     -------
@@ -115,7 +120,7 @@ def load_prereduced(
         zero point for electrons (NaN with a warning when unknown), FWHM (pixels), background level and
         rms (electrons), ``astrom_rms_arcsec`` of the header WCS against the refcat (NaN without one).
     """
-    ccd = read_ccd(Path(image_path))
+    ccd = read_ccd(Path(image_path), hdu)
     data, header = ccd.data, ccd.header
     g = float(gain) if gain is not None else _gain(header)
     flags = np.zeros(data.shape, np.uint16)
@@ -124,7 +129,7 @@ def load_prereduced(
     if sat is not None:
         flags[np.nan_to_num(data, nan=-np.inf) >= float(sat)] |= FLAG_SATURATED
     if mask_path is not None:
-        m = read_ccd(Path(mask_path), dtype=None).data
+        m = read_ccd(Path(mask_path), mask_hdu, dtype=None).data
         flags |= mask_flags(m, mask_codes)
     electrons = np.where(np.isfinite(data), data, 0).astype(np.float32) * np.float32(g)
     bkg = measure_background(
@@ -135,7 +140,7 @@ def load_prereduced(
     )
     image = (electrons - bkg.map).astype(np.float32)
     if weight_path is not None:
-        w_in = read_ccd(Path(weight_path)).data
+        w_in = read_ccd(Path(weight_path), weight_hdu).data
         weight = np.where(np.isfinite(w_in) & (w_in > 0), w_in, 0).astype(np.float32) / np.float32(g * g)
         flags[weight <= 0] |= FLAG_EDGE
     else:

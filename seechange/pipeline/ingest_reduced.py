@@ -20,9 +20,11 @@ from astropy.wcs import WCS, FITSFixedWarning
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from seechange.imageio import ImageReadError, read_ccd, write_image_data
+from seechange.errors import BadInput
+from seechange.imageio import ImageReadError, read_ccd, read_ccd_headers, write_image_data
 from seechange.improc.prereduced import load_prereduced
 from seechange.improc.reduction import ReduceParams
+from seechange.improc.types import ImageData
 from seechange.instruments import DECAM, get_instrument
 from seechange.instruments.decam import CP_MASK_CODES
 from seechange.models import Exposure, Image, Provenance
@@ -38,15 +40,18 @@ from seechange.pipeline.ingest import (
 )
 from seechange.pipeline.products import image_columns, product_stem
 from seechange.provenance import get_or_create_provenance
-from seechange.storage import relative, resolve
+from seechange.storage import md5sum, relative, resolve
 
 __all__ = [
     "CP_NAME_CODES",
     "PROCESS",
     "ReducedFiles",
     "ReducedHeaderInfo",
+    "ReducedOutcome",
     "pair_cp_triplets",
     "read_reduced_info",
+    "reduced_info",
+    "register_reduced_file",
     "register_reduced_image",
 ]
 
@@ -130,8 +135,27 @@ def _read_header(full: Path) -> tuple[fits.Header, tuple[int, int]]:
     return ccd.header, (int(ny), int(nx))
 
 
+def _headers(full: Path) -> list[tuple[int, fits.Header, tuple[int, int]]]:
+    """Every 2-D image HDU of a file (index, merged header, shape), no pixels read."""
+    try:
+        found = read_ccd_headers(full)
+    except (ImageReadError, OSError) as exc:
+        raise IngestError(str(exc)) from exc
+    if not found:
+        raise IngestError(f"{full.name}: no 2-D image HDU")
+    return found
+
+
+def ccd_label(header: fits.Header, index: int) -> str:
+    """Name of one CCD of a file: ``DETPOS``, else ``EXTNAME``, else ``CCDNUM``, else ``HDU<n>``."""
+    for key in ("DETPOS", "EXTNAME", "CCDNUM"):
+        if key in header and str(header[key]).strip():
+            return str(header[key]).strip()
+    return f"HDU{index}"
+
+
 def read_reduced_info(full: Path) -> ReducedHeaderInfo:
-    """Validate a reduced image file and read what the Exposure row needs.
+    """Validate a single-CCD reduced image file and read what the Exposure row needs.
 
     Parameters
     ----------
@@ -145,7 +169,32 @@ def read_reduced_info(full: Path) -> ReducedHeaderInfo:
         FILTER, MJD-OBS or EXPTIME card.
     """
     header, shape = _read_header(full)
-    name = full.name
+    return reduced_info(header, shape, name=full.name, full=full)
+
+
+def reduced_info(
+    header: fits.Header, shape: tuple[int, int], *, name: str, full: Path, hdu: int | None = None
+) -> ReducedHeaderInfo:
+    """What the Exposure row of one reduced CCD needs, from its merged header (checked).
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        Merged header of the CCD.
+    shape : (int, int)
+        Pixels (ny, nx).
+    name : str
+        How errors name the CCD (file name, plus the CCD for a multi-extension file).
+    full : Path
+        The file (its stem is the origin id when there is no ``EXPNUM``).
+    hdu : int, optional
+        HDU index of the CCD in a multi-extension file (None: the file's only image).
+
+    Raises
+    ------
+    IngestError
+        No celestial WCS, or a missing / impossible FILTER, MJD-OBS or EXPTIME card.
+    """
     missing = [k for k in ("FILTER", "MJD-OBS", "EXPTIME") if k not in header]
     if missing:
         raise IngestError(f"{name}: missing header card(s) {', '.join(missing)}")
@@ -169,7 +218,8 @@ def read_reduced_info(full: Path) -> ReducedHeaderInfo:
         raise IngestError(f"{name}: MJD-OBS / EXPTIME not numbers: {exc}") from exc
     if not (np.isfinite(mjd) and np.isfinite(exp_time)) or exp_time <= 0:
         raise IngestError(f"{name}: impossible MJD-OBS={mjd} or EXPTIME={exp_time}")
-    section = header.get("CCDNUM", header.get("DETPOS", "NA"))
+    default_section = "NA" if hdu is None else ccd_label(header, hdu)
+    section = header.get("CCDNUM", header.get("DETPOS", default_section))
     origin = header.get("EXPNUM", file_stem(full))
     gain = header.get("GAIN")
     if gain is None and "GAINA" in header and "GAINB" in header:
@@ -190,6 +240,8 @@ def read_reduced_info(full: Path) -> ReducedHeaderInfo:
         airmass=_float_or_none(header.get("AIRMASS")),
         gain=_float_or_none(gain),
         read_noise=_float_or_none(rdnoise),
+        hdu=hdu,
+        ccd_name=ccd_label(header, hdu if hdu is not None else 0),
         shape=shape,
     )
 
@@ -202,15 +254,64 @@ def _float_or_none(value: Any) -> float | None:
     return v if np.isfinite(v) else None
 
 
-def _companion(data_root: Path, path: str | Path | None, kind: str, shape: tuple[int, int]) -> Path | None:
-    """Resolve and check a weight or mask file (inside the root, one 2-D HDU of the image's shape)."""
+def _match_hdu(
+    companion: list[tuple[int, fits.Header, tuple[int, int]]],
+    header: fits.Header,
+    position: int,
+    n_images: int,
+) -> tuple[int, tuple[int, int]] | None:
+    """The companion HDU of one image CCD: same ``CCDNUM``, else same ``EXTNAME``, else same position.
+
+    Position is used only when neither card names the CCD and both files hold as many image HDUs.
+    """
+    for key in ("CCDNUM", "EXTNAME"):
+        if key in header:
+            want = str(header[key]).strip().upper()
+            hits = [(i, shape) for i, h, shape in companion if str(h.get(key, "")).strip().upper() == want]
+            if hits:
+                return hits[0]
+            if any(key in h for _, h, _ in companion):
+                return None
+    if len(companion) == n_images:
+        return companion[position][0], companion[position][2]
+    return None
+
+
+def _companion_hdus(
+    data_root: Path,
+    path: str | Path | None,
+    kind: str,
+    images: list[tuple[int, fits.Header, tuple[int, int]]],
+) -> tuple[Path | None, list[int | None | IngestError]]:
+    """Resolve a weight or mask file and find, for each image CCD, its HDU (checked to have the same shape).
+
+    Returns the file (None without one) and per image CCD: the HDU index (None: no file or a single-CCD
+    file, whose first image is used), or the :class:`IngestError` refusing that CCD.
+    """
     if path is None:
-        return None
+        return None, [None] * len(images)
     full = input_file(data_root, path)
-    _, other = _read_header(full)
-    if other != shape:
-        raise IngestError(f"{full.name}: {kind} shape {other} differs from the image's {shape}")
-    return full
+    companion = _headers(full)
+    single = len(images) == 1
+    if single and len(companion) != 1:
+        raise IngestError(f"{full.name}: {len(companion)} image HDUs for a single-CCD image")
+    out: list[int | None | IngestError] = []
+    for n, (index, header, shape) in enumerate(images):
+        hit = (companion[0][0], companion[0][2]) if single else _match_hdu(companion, header, n, len(images))
+        label = ccd_label(header, index)
+        if hit is None:
+            out.append(
+                IngestError(f"{full.name}: no {kind} HDU for CCD {label} (by CCDNUM, EXTNAME or position)")
+            )
+        elif hit[1] != shape:
+            out.append(
+                IngestError(
+                    f"{full.name} CCD {label}: {kind} shape {hit[1]} differs from the image's {shape}"
+                )
+            )
+        else:
+            out.append(None if single else hit[0])
+    return full, out
 
 
 def _refcat(data_root: Path, ra: float, dec: float, shape: tuple[int, int]) -> Table | None:
@@ -232,6 +333,82 @@ def reduced_provenance(session: Session, params: ReduceParams) -> Provenance:
     return get_or_create_provenance(session, PROCESS, params.critical(), [ingest_provenance(session)])
 
 
+@dataclass(frozen=True)
+class ReducedOutcome:
+    """What ingest made of one CCD of a reduced image file: its rows, or the refusal."""
+
+    label: str  #: CCD name (``DETPOS``, ``EXTNAME``, ``CCDNUM`` or ``HDU<n>``)
+    exposure: Exposure | None = None
+    image: Image | None = None
+    created: bool = False
+    error: BadInput | None = None
+
+
+def register_reduced_file(
+    session: Session, data_root: Path, files: ReducedFiles, *, params: ReduceParams
+) -> list[ReducedOutcome]:
+    """Register every CCD of a reduced image file (single- or multi-extension, compressed or not).
+
+    Each CCD becomes one Exposure and one Image (see :func:`register_reduced_image`), in its own savepoint:
+    a refused CCD leaves no row (and no file) behind and the other CCDs go on. The weight and mask CCDs are
+    matched to the image's by ``CCDNUM`` (else ``EXTNAME``, else position).
+
+    Parameters
+    ----------
+    session : Session
+        The caller's session; the caller commits.
+    data_root : Path
+        Data root; every file must lie inside it.
+    files : ReducedFiles
+        Image and optional weight and mask files.
+    params : ReduceParams
+        Loading parameters (they feed the provenance).
+
+    Returns
+    -------
+    list of ReducedOutcome
+        One per image CCD, in file order.
+
+    Raises
+    ------
+    IngestError
+        A file as a whole is unusable (outside the root, missing, not FITS, no image, a single-CCD
+        companion that does not fit).
+    """
+    full = input_file(data_root, files.image)
+    images = _headers(full)
+    weight, weight_hdus = _companion_hdus(data_root, files.weight, "weight", images)
+    mask, mask_hdus = _companion_hdus(data_root, files.mask, "mask", images)
+    digest = md5sum(full)
+    single = len(images) == 1
+    out: list[ReducedOutcome] = []
+    for (index, header, shape), w_hdu, m_hdu in zip(images, weight_hdus, mask_hdus, strict=True):
+        label = ccd_label(header, index)
+        name = full.name if single else f"{full.name} CCD {label}"
+        try:
+            for companion in (w_hdu, m_hdu):
+                if isinstance(companion, IngestError):
+                    raise companion
+            info = reduced_info(header, shape, name=name, full=full, hdu=None if single else index)
+            exposure, image, created = register_reduced_image(
+                session,
+                data_root,
+                full,
+                weight_path=weight,
+                mask_path=mask,
+                params=params,
+                info=info,
+                md5=digest,
+                weight_hdu=None if isinstance(w_hdu, IngestError) else w_hdu,
+                mask_hdu=None if isinstance(m_hdu, IngestError) else m_hdu,
+            )
+        except BadInput as exc:
+            out.append(ReducedOutcome(label, error=exc))
+            continue
+        out.append(ReducedOutcome(label, exposure, image, created))
+    return out
+
+
 def register_reduced_image(
     session: Session,
     data_root: Path,
@@ -240,13 +417,17 @@ def register_reduced_image(
     weight_path: str | Path | None = None,
     mask_path: str | Path | None = None,
     params: ReduceParams,
+    info: ReducedHeaderInfo | None = None,
+    md5: str | None = None,
+    weight_hdu: int | None = None,
+    mask_hdu: int | None = None,
 ) -> tuple[Exposure, Image, bool]:
-    """Register an already-reduced image as an Exposure and an Image, writing the Image's files once.
+    """Register one already-reduced CCD as an Exposure and an Image, writing the Image's files once.
 
     Parameters
     ----------
     session : Session
-        The caller's session; the caller commits.
+        The caller's session; the caller commits. The rows are made in a savepoint: a refusal leaves none.
     data_root : Path
         Data root; every file must lie inside it.
     image_path : str or Path
@@ -255,6 +436,13 @@ def register_reduced_image(
         Inverse variance (image units^-2) and integer mask (non-zero = bad) of the same shape.
     params : ReduceParams
         Parameters of `load_prereduced` (background, detection, PSF, matching); they feed the provenance.
+    info : ReducedHeaderInfo, optional
+        The CCD's checked header values (with its HDU for a multi-extension file); default: the file's
+        only image (:func:`read_reduced_info`).
+    md5 : str, optional
+        Hex MD5 of the image file, when the caller has it.
+    weight_hdu, mask_hdu : int, optional
+        The CCD's HDU in a multi-extension weight / mask file.
 
     Returns
     -------
@@ -264,54 +452,108 @@ def register_reduced_image(
     Raises
     ------
     IngestError
-        A file outside the data root, missing, not FITS, not 2-D, without WCS or required header cards;
-        or the exposure key already registered from a different file. The message is one line.
+        A file outside the data root, missing, not FITS, not 2-D, without WCS or required header cards; no
+        zero point (no ``MAGZERO``/``MAGZPT``/``ZP`` card and none measured against ``<root>/refcat``); or
+        the exposure key already registered from a different file. The message is one line.
     """
     full = input_file(data_root, image_path)
-    info = read_reduced_info(full)
-    weight = _companion(data_root, weight_path, "weight", info.shape)
-    mask = _companion(data_root, mask_path, "mask", info.shape)
-    exposure, _ = register_exposure(session, data_root, image_path, info=info)
-    prov = reduced_provenance(session, params)
-    existing = session.scalars(
-        select(Image).where(Image.exposure_id == exposure.id, Image.provenance_id == prov.id)
-    ).one_or_none()
-    if existing is not None:
-        return exposure, existing, False
+    if info is None:
+        info = read_reduced_info(full)
+        weight = _single_companion(data_root, weight_path, "weight", info.shape)
+        mask = _single_companion(data_root, mask_path, "mask", info.shape)
+    else:
+        weight = input_file(data_root, weight_path) if weight_path is not None else None
+        mask = input_file(data_root, mask_path) if mask_path is not None else None
+    name = full.name if info.hdu is None else f"{full.name} CCD {info.ccd_name}"
+    with session.begin_nested():
+        exposure, _ = register_exposure(session, data_root, image_path, info=info, md5=md5)
+        prov = reduced_provenance(session, params)
+        existing = session.scalars(
+            select(Image).where(Image.exposure_id == exposure.id, Image.provenance_id == prov.id)
+        ).one_or_none()
+        if existing is not None:
+            return exposure, existing, False
+        data = _load(data_root, full, name, info, weight, mask, weight_hdu, mask_hdu, params)
+        base = file_stem(full)
+        stem = product_stem("reduced", prov.id, base if info.hdu is None else f"{base}_{info.section_id}")
+        write_image_data(resolve(data_root, stem), data, {"EXPID": exposure.id, "PROVID": prov.id})
+        values = image_columns(
+            data, filepath=stem, provenance_id=prov.id, field=exposure.field, section_id=exposure.section_id
+        )
+        extra: dict[str, Any] = {
+            k: v
+            for k, v in (data.meta or {}).items()
+            if isinstance(v, (int, str)) or (isinstance(v, float) and np.isfinite(v))
+        }
+        extra.update(
+            source_image=exposure.filepath,
+            source_hdu=info.hdu,
+            source_weight=relative(data_root, weight) if weight else None,
+            source_mask=relative(data_root, mask) if mask else None,
+        )
+        values.update(exposure_id=exposure.id, extra=extra, is_good=bool(np.isfinite(data.fwhm_px)))
+        image, created = insert_or_get(session, Image, values, conflict=("exposure_id", "provenance_id"))
+    log.info(
+        'ingest-reduced: %s -> exposure %d, image %d (fwhm %.2f", zp %.3f from %s)',
+        name,
+        exposure.id,
+        image.id,
+        image.fwhm_arcsec or float("nan"),
+        image.zero_point,
+        extra.get("zp_source"),
+    )
+    return exposure, image, created
+
+
+def _single_companion(
+    data_root: Path, path: str | Path | None, kind: str, shape: tuple[int, int]
+) -> Path | None:
+    """Resolve and check the weight or mask of a single-CCD image (one 2-D HDU of the image's shape)."""
+    if path is None:
+        return None
+    full = input_file(data_root, path)
+    _, other = _read_header(full)
+    if other != shape:
+        raise IngestError(f"{full.name}: {kind} shape {other} differs from the image's {shape}")
+    return full
+
+
+def _load(
+    data_root: Path,
+    full: Path,
+    name: str,
+    info: ReducedHeaderInfo,
+    weight: Path | None,
+    mask: Path | None,
+    weight_hdu: int | None,
+    mask_hdu: int | None,
+    params: ReduceParams,
+) -> ImageData:
+    """Load one CCD with :func:`load_prereduced`; refuse it (one line) when it gets no zero point."""
     refcat = _refcat(data_root, info.ra, info.dec, info.shape)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
+            warnings.filterwarnings("ignore", "load_prereduced: no zero point", RuntimeWarning)
             codes = CP_MASK_CODES if mask is not None and CP_MASK in mask.name else None
             data = load_prereduced(
-                full, weight_path=weight, mask_path=mask, refcat=refcat, params=params, mask_codes=codes
+                full,
+                hdu=info.hdu,
+                weight_path=weight,
+                weight_hdu=weight_hdu,
+                mask_path=mask,
+                mask_hdu=mask_hdu,
+                refcat=refcat,
+                params=params,
+                mask_codes=codes,
             )
     except (OSError, ValueError, RuntimeError) as exc:
-        raise IngestError(f"{full.name}: cannot load the image: {' '.join(str(exc).split())}") from exc
-    stem = product_stem("reduced", prov.id, file_stem(full))
-    write_image_data(resolve(data_root, stem), data, {"EXPID": exposure.id, "PROVID": prov.id})
-    values = image_columns(
-        data, filepath=stem, provenance_id=prov.id, field=exposure.field, section_id=exposure.section_id
-    )
-    extra: dict[str, Any] = {
-        k: v
-        for k, v in (data.meta or {}).items()
-        if isinstance(v, (int, str)) or (isinstance(v, float) and np.isfinite(v))
-    }
-    extra.update(
-        source_image=exposure.filepath,
-        source_weight=relative(data_root, weight) if weight else None,
-        source_mask=relative(data_root, mask) if mask else None,
-    )
-    values.update(exposure_id=exposure.id, extra=extra, is_good=bool(np.isfinite(data.fwhm_px)))
-    image, created = insert_or_get(session, Image, values, conflict=("exposure_id", "provenance_id"))
-    log.info(
-        'ingest-reduced: %s -> exposure %d, image %d (fwhm %.2f", zp %s from %s)',
-        exposure.filepath,
-        exposure.id,
-        image.id,
-        image.fwhm_arcsec or float("nan"),
-        f"{image.zero_point:.3f}" if image.zero_point is not None else "none",
-        extra.get("zp_source"),
-    )
-    return exposure, image, created
+        raise IngestError(f"{name}: cannot load the image: {' '.join(str(exc).split())}") from exc
+    if not np.isfinite(data.zp):
+        why = (
+            "no <data root>/refcat catalogue covers it"
+            if refcat is None
+            else f"{int((data.meta or {}).get('n_stars', 0))} stars matched to <data root>/refcat, too few"
+        )
+        raise IngestError(f"{name}: no zero point: no MAGZERO/MAGZPT/ZP card and {why}")
+    return data

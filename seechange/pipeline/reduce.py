@@ -50,10 +50,16 @@ class ReduceResources:
 
         key = (instrument, section_id)
         if key not in self._calib:
-            folder = resolve(self.data_root, Path("calib") / instrument / section_id)
-            if not folder.is_dir():
-                raise ReduceInputError(f"no calibration frames for {instrument} CCD {section_id} in {folder}")
-            self._calib[key] = load_calibration(folder)
+            # the CCD's own folder, else multi-extension frames of every CCD in the instrument's folder
+            shared = resolve(self.data_root, Path("calib") / instrument)
+            folder = shared / section_id
+            ccdnum = int(section_id) if section_id.isdigit() else None
+            try:
+                self._calib[key] = load_calibration(folder, ccdnum=ccdnum, shared_dir=shared)
+            except (FileNotFoundError, ValueError, BadInput) as exc:
+                raise ReduceInputError(
+                    f"no usable calibration frames for {instrument} CCD {section_id}: {exc}"
+                ) from exc
         return self._calib[key]
 
     def refcat(self, ra: float, dec: float) -> Table:

@@ -72,6 +72,8 @@ class SimCamera:
         Per band: the FILTER card written.
     seeing_arcsec : (float, float)
         Range of the FWHM drawn per exposure, arcsec.
+    transient_peak_mag : (float, float)
+        Range of the injected transients' peak AB magnitudes (uniform), set by the camera's depth.
     """
 
     definition: Instrument
@@ -85,6 +87,7 @@ class SimCamera:
     sky_mag: dict[str, float]
     filter_name: dict[str, str]
     seeing_arcsec: tuple[float, float]
+    transient_peak_mag: tuple[float, float] = (19.0, 23.0)
 
     @property
     def name(self) -> str:
@@ -171,6 +174,9 @@ LS4_SIM = SimCamera(
     sky_mag={"g": 22.0, "i": 20.3, "z": 18.7},
     filter_name={"g": "g", "i": "i", "z": "z"},
     seeing_arcsec=(1.5, 2.5),
+    # DECam's range, 3.0 mag brighter like the zero points: the same share of transients above each
+    # camera's limit (DECam's 19-23 left LS4 2 of 9 transients above its 5-sigma limit of ~21.5 in i)
+    transient_peak_mag=(16.0, 20.0),
 )
 
 CAMERAS = {c.name.lower(): c for c in (DECAM_SIM, LS4_SIM)}

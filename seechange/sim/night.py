@@ -210,7 +210,16 @@ def plan_night(
             cat = make_field_catalog(seed, index, name, ra, dec, size=size, pixel_scale=scale)
             catalogs[(f, n)] = cat
             variables[(f, n)] = make_time_variables(
-                seed, index, cat, epoch_mjds, night_span, exptime, n_ref_epochs, size, pixel_scale=scale
+                seed,
+                index,
+                cat,
+                epoch_mjds,
+                night_span,
+                exptime,
+                n_ref_epochs,
+                size,
+                pixel_scale=scale,
+                peak_mag_range=camera.transient_peak_mag,
             )
             n_stars += len(cat.stars)
             n_gal += len(cat.galaxies)

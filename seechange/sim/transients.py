@@ -182,6 +182,7 @@ def make_time_variables(
     n_ref_epochs: int,
     size: tuple[int, int] = DEFAULT_SIZE,
     pixel_scale: float = PIXEL_SCALE,
+    peak_mag_range: tuple[float, float] = (19.0, 23.0),
 ) -> list[TimeVariable]:
     """Draw the transients, variable stars and the moving object of one field.
 
@@ -205,6 +206,8 @@ def make_time_variables(
         Trimmed CCD size (nx, ny), pixels.
     pixel_scale : float, optional
         Camera pixel scale, arcsec/pixel.
+    peak_mag_range : (float, float), optional
+        Range of the transients' peak AB magnitudes (the camera's ``transient_peak_mag``).
 
     Returns
     -------
@@ -250,7 +253,7 @@ def make_time_variables(
                 field=catalog.name,
                 ra=ra,
                 dec=dec,
-                peak_mag=float(rng.uniform(19.0, 23.0)),
+                peak_mag=float(rng.uniform(*peak_mag_range)),
                 t_start=t_start,
                 t_peak=t_start + rise,
                 decline=float(rng.uniform(0.3, 3.0)),

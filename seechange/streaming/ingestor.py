@@ -36,7 +36,7 @@ from seechange.pipeline.ingest import (
     register_exposure,
     scan_raw_file,
 )
-from seechange.pipeline.ingest_reduced import ReducedFiles, register_reduced_image
+from seechange.pipeline.ingest_reduced import ReducedFiles, register_reduced_file
 from seechange.pipeline.reduce import image_event
 from seechange.storage import md5sum
 from seechange.streaming.delivery import Delivery, Item, dead_letter
@@ -166,54 +166,66 @@ class Ingestor:
         params: ReduceParams | None = None,
         on_each: Callable[[str, int | None, str | None], None] | None = None,
     ) -> IngestReport:
-        """Register already-reduced images (idempotent) and emit image-reduced for each after the commit."""
+        """Register already-reduced images (idempotent) and emit image-reduced for each CCD after the commit.
+
+        A multi-extension file gives one Exposure and one Image per CCD, in one transaction per file; a
+        refused CCD is dead-lettered as ``path[CCD]`` (one line) and the others go on. ``on_each(label,
+        image id or None, error or None)`` is called per CCD (per file when the whole file is refused).
+        """
         params = params or ReduceParams()
         report = IngestReport()
         for item in items:
             with log_context(service=INGEST.name, path=str(item.image)):
-                self._ingest_reduced_one(item, params, report, on_each)
+                try:
+                    self._ingest_reduced_file(item, params, report, on_each)
+                except BadInput as exc:
+                    message = self._dead_letter(item.image, exc)
+                    report.failed.append((str(item.image), message))
+                    if on_each:
+                        on_each(str(item.image), None, message)
         return report
 
-    def _ingest_reduced_one(
+    def _ingest_reduced_file(
         self,
         item: ReducedFiles,
         params: ReduceParams,
         report: IngestReport,
         on_each: Callable[[str, int | None, str | None], None] | None,
     ) -> None:
-        """Register one reduced image and emit its image-reduced event; dead-letter it when refused."""
-        try:
-            with self.session_factory() as session, session.begin():
-                exposure, image, created = register_reduced_image(
-                    session,
-                    self.settings.data_dir,
-                    item.image,
-                    weight_path=item.weight,
-                    mask_path=item.mask,
-                    params=params,
-                )
+        """Register the CCDs of one reduced file, emit one image-reduced event each; dead-letter refused CCDs."""
+        records: list[tuple[str, int, int, bool, str, dict[str, object]]] = []
+        refused: list[tuple[str, BadInput]] = []
+        with self.session_factory() as session, session.begin():
+            outcomes = register_reduced_file(session, self.settings.data_dir, item, params=params)
+            for o in outcomes:
+                label = str(item.image) if len(outcomes) == 1 else f"{item.image}[{o.label}]"
+                if o.error is not None or o.image is None or o.exposure is None:
+                    assert o.error is not None
+                    refused.append((label, o.error))
+                    continue
                 record = image_event(
-                    image, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(exposure.ingested_at)
+                    o.image, produced_at_ms=now_ms(), ingested_at_ms=epoch_ms(o.exposure.ingested_at)
                 )
-                exposure_id, image_id, key = exposure.id, image.id, sky_tile_key(exposure.healpix)
+                key = sky_tile_key(o.exposure.healpix)
+                records.append((label, o.exposure.id, o.image.id, o.created, key, record))
+        for label, exposure_id, image_id, created, key, record in records:
             add_log_context(exposure_id=exposure_id, image_id=image_id)
             self._deliver(
                 self.settings.topic(INGEST.reduced_topic),
                 key,
                 encode(self.registry, INGEST.reduced_schema, record),
-                str(item.image),
+                label,
             )
-        except BadInput as exc:
-            message = self._dead_letter(item.image, exc)
-            report.failed.append((str(item.image), message))
+            report.registered.append(exposure_id)
+            report.images.append(image_id)
+            report.new += int(created)
             if on_each:
-                on_each(str(item.image), None, message)
-            return
-        report.registered.append(exposure_id)
-        report.images.append(image_id)
-        report.new += int(created)
-        if on_each:
-            on_each(str(item.image), image_id, None)
+                on_each(label, image_id, None)
+        for label, error in refused:
+            message = self._dead_letter(label, error, origin_path=str(item.image))
+            report.failed.append((label, message))
+            if on_each:
+                on_each(label, None, message)
 
     def _dead_letter(self, path: str | Path, exc: Exception, *, origin_path: str | None = None) -> str:
         """Log one line and record the failed path (``file[CCD]`` for one CCD) on ``exposure-ready.dlq``.

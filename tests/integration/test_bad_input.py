@@ -32,7 +32,9 @@ Pre-reduced ingest (``tests/integration/test_ingest_reduced.py``):
 Units: 30-34. malformed FITS sections (``tests/unit/test_sections.py``: no brackets, 0-based, not a number,
 one axis, empty); 35-41. data-root escapes (``tests/unit/test_storage.py``: four ``..`` forms, an absolute
 path outside, a symlink out, a garbage path); 42. a header without WCS and 43. a coadd input without zero
-point (``tests/unit/test_never_silent.py``). Ingest-side header validation (RA/Dec range, filter, EXPTIME,
+point (``tests/unit/test_never_silent.py``). A CP image without a zero point (``test_ingest_reduced.py``), and
+one CCD of a multi-extension CP file without one (``test_ingest_cp_mef.py``); calibration frames missing or
+without the CCD (``tests/unit/test_calibrate.py``). Ingest-side header validation (RA/Dec range, filter, EXPTIME,
 sections, unparseable times, NaN/constant CCDs, multi-extension files) is covered with the ingest.
 """
 

@@ -59,13 +59,20 @@ def _count(session: Session) -> tuple[int, int]:
     )
 
 
+#: The decam-sfft frames carry no zero-point card and these data roots no reference catalogue, so ingest
+#: would refuse them: the copies get this MAGZERO (ADU, the operator's card a survey table would give).
+MAGZERO = 31.5
+
+
 @pytest.fixture
 def decam(shared_data: Path, test_settings: Settings, request: pytest.FixtureRequest) -> Iterator[Path]:
-    """A folder inside the test data root holding copies of the decam-sfft frames this test asks for."""
+    """A folder inside the test data root holding copies of the decam-sfft frames, with ``MAGZERO``."""
     folder = Path(test_settings.data_dir) / "incoming" / request.node.name
     folder.mkdir(parents=True, exist_ok=True)
     for src in sorted((shared_data / "decam-sfft").glob("DEC-OBS*.mini.fits")):
         shutil.copy(src, folder / src.name)
+        with fits.open(folder / src.name, mode="update") as hdul:
+            hdul[0].header["MAGZERO"] = MAGZERO
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -75,11 +82,24 @@ def test_one_frame_becomes_exposure_and_image(
 ) -> None:
     root = Path(test_settings.data_dir)
     path = decam / "DEC-OBS04a.mini.fits"
-    header = fits.getheader(path)
     before = _count(db_session)
 
-    with pytest.warns(RuntimeWarning, match="no zero point"):
-        exposure, image, created = register_reduced_image(db_session, root, path, params=ReduceParams())
+    # without a zero-point card and with no reference catalogue to measure one: refused, nothing written
+    with fits.open(path, mode="update") as hdul:
+        del hdul[0].header["MAGZERO"]
+    with pytest.raises(IngestError) as refusal:
+        register_reduced_image(db_session, root, path, params=ReduceParams())
+    assert str(refusal.value) == (
+        "DEC-OBS04a.mini.fits: no zero point: no MAGZERO/MAGZPT/ZP card and no <data root>/refcat "
+        "catalogue covers it"
+    )
+    assert _count(db_session) == before
+    assert not list((root / "reduced").rglob("DEC-OBS04a.mini*"))
+
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header["MAGZERO"] = MAGZERO
+    header = fits.getheader(path)
+    exposure, image, created = register_reduced_image(db_session, root, path, params=ReduceParams())
 
     assert created
     assert _count(db_session) == (before[0] + 1, before[1] + 1)
@@ -116,7 +136,7 @@ def test_one_frame_becomes_exposure_and_image(
     assert image.bkg_rms is not None and abs(float(np.median(data.image))) < 0.1 * image.bkg_rms
     assert image.bkg_rms == pytest.approx(header["AVSIG"] * header["GAIN"], rel=0.3)
     assert image.fwhm_arcsec == pytest.approx(header["FWHM"] * DECAM_SCALE, rel=0.15)
-    assert image.zero_point is None  # no zero-point card and no reference catalogue under this data root
+    assert image.zero_point == pytest.approx(MAGZERO + 2.5 * np.log10(header["GAIN"]), abs=1e-9)
 
     # a second call finds both rows and writes nothing
     image_file = root / f"{image.filepath}.image.fits"
@@ -193,7 +213,6 @@ def test_bad_files_are_one_line_errors(
         )
 
 
-@pytest.mark.filterwarnings("ignore:load_prereduced. no zero point:RuntimeWarning")
 def test_ingestor_emits_image_reduced_and_dead_letters(
     test_settings: Settings, db_engine: Engine, decam: Path
 ) -> None:
@@ -254,7 +273,6 @@ def test_ingestor_emits_image_reduced_and_dead_letters(
     assert "not a readable FITS file" in str(headers["error_message"])
 
 
-@pytest.mark.filterwarnings("ignore:load_prereduced. no zero point:RuntimeWarning")
 def test_cli_pairs_community_pipeline_triplets(
     test_settings: Settings, database_url: str, db_engine: Engine, decam: Path
 ) -> None:

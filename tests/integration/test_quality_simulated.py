@@ -72,3 +72,33 @@ def test_non_detection_limits_agree_with_injected_recovery(figures: dict[str, An
     # the curve is a completeness curve: everything found 1 mag brighter than the limit, nothing 1 mag fainter
     curve = {c["dm"]: c["completeness"] for c in figures["limit_curve"]}
     assert curve[-1.0] == 1.0 and curve[1.0] == 0.0
+
+
+def test_ls4_night_of_two_ccds_gives_per_ccd_figures(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Several CCDs of the other camera: every figure per CCD, stage times per CCD image."""
+    data: Path = tmp_path_factory.mktemp("simnight-ls4")
+    res = evaluate_night_inprocess(
+        data,
+        database_url,
+        seed=7,
+        n_fields=1,
+        n_epochs=4,
+        size=(256, 512),
+        create_db=False,
+        instrument="LS4",
+        ccdnums=[1, 17],
+    )
+    assert res["instrument"] == "LS4"
+    assert res["n_images"] == 8 and res["n_subtractions"] == 2
+    assert set(res["per_ccd"]) == {"1", "17"}
+    for c in res["per_ccd"].values():
+        assert c["n_subtractions"] == 1
+        assert c["false_positives_per_ccd"] == pytest.approx(c["false_positives"] * 64.0)
+    assert sum(c["false_positives"] for c in res["per_ccd"].values()) == res["false_positives"]
+    assert {t["ccd"] for t in res["transients"]} <= {1, 17}
+    assert set(res["timings_per_ccd"]) == {"ingest", "reduce", "subtract", "detect"}
+    assert all(v > 0 for v in res["timings_per_ccd"].values())
+    # LS4 pixels are 1.0": the truth comparison of the WCS works on the camera's own scale
+    assert res["astrometric_rms_arcsec"] <= 0.3

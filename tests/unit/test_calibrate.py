@@ -129,3 +129,59 @@ def test_load_calibration(tmp_path):
     assert cal.bpm[1, 2] and cal.bpm.sum() == 1
     with pytest.raises(FileNotFoundError):
         load_calibration(tmp_path / "nope")
+
+
+def _mef(path, frames: dict[int, np.ndarray], *, compressed: bool, order=None) -> None:
+    """A multi-extension frame file: one extension per CCD (CCDNUM, EXTNAME), lossless when compressed."""
+    hdus = [fits.PrimaryHDU()]
+    for ccdnum in order or sorted(frames):
+        header = fits.Header({"CCDNUM": ccdnum, "EXTNAME": f"N{ccdnum - 31}"})
+        data = frames[ccdnum]
+        if compressed:
+            hdus.append(fits.CompImageHDU(data, header, compression_type="GZIP_2", quantize_level=0))
+        else:
+            hdus.append(fits.ImageHDU(data, header))
+    fits.HDUList(hdus).writeto(path)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_multi_extension_bias_and_flat_per_ccd_with_its_bpm(tmp_path, compressed: bool) -> None:
+    from seechange.pipeline.reduce import ReduceInputError, ReduceResources
+    from seechange.sim.calib import make_calibration
+
+    shape = (64, 48)
+    frames = {n: make_calibration(n, (shape[1], shape[0])) for n in (35, 36, 37)}
+    shared = tmp_path / "calib" / "DECam"
+    shared.mkdir(parents=True)
+    suffix = ".fits.fz" if compressed else ".fits"
+    # bias and flat as DECam delivers them: one file, every CCD, in any order; the dark likewise
+    _mef(
+        shared / f"bias{suffix}",
+        {n: f.bias for n, f in frames.items()},
+        compressed=compressed,
+        order=[37, 35, 36],
+    )
+    _mef(shared / f"flat{suffix}", {n: f.flat for n, f in frames.items()}, compressed=compressed)
+    _mef(shared / f"dark{suffix}", {n: f.dark for n, f in frames.items()}, compressed=compressed)
+    # a bad-pixel mask given for CCD 36 only, in its own folder
+    (shared / "36").mkdir()
+    fits.writeto(shared / "36" / "bpm.fits", frames[36].bpm)
+
+    resources = ReduceResources(tmp_path)
+    for n, f in frames.items():
+        cal = resources.calibration("DECam", str(n))
+        assert np.array_equal(cal.bias, f.bias) and np.array_equal(cal.flat, f.flat)
+        assert np.array_equal(cal.dark, f.dark)
+        assert cal.bias.dtype == np.float32 and cal.bias.dtype.byteorder in ("=", "<")
+        if n == 36:
+            assert np.array_equal(cal.bpm, f.bpm != 0) and cal.bpm.any()
+            assert "36/bpm.fits" in cal.source
+        else:
+            assert not cal.bpm.any()
+        assert f"bias{suffix}" in cal.source
+    # a CCD the files do not hold: one line naming the file and the CCD, as bad input
+    with pytest.raises(ReduceInputError, match=rf"DECam CCD 40: .*bias{suffix}.*CCDNUM = 40") as info:
+        resources.calibration("DECam", "40")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ReduceInputError, match="a bias and a flat are required"):
+        ReduceResources(tmp_path / "empty").calibration("DECam", "35")
