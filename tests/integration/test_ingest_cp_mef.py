@@ -40,6 +40,9 @@ from seechange.sim.instrument import detpos
 from seechange.sim.night import ExposureRecord, NightSummary, simulate_night
 from seechange.sim.truth import read_truth
 from seechange.sphere import angular_sep_arcsec
+from seechange.streaming.framing import decode
+from seechange.streaming.keys import sky_tile_key
+from seechange.streaming.registry import SchemaRegistry
 from tests.integration._chain_night import N_REF, SIZE, bright_transients
 from tests.integration._runloop_worker import consume_all
 
@@ -273,12 +276,17 @@ def test_ingestor_dead_letters_one_ccd_of_a_cp_file(
     assert len(report.images) == 1 and report.new == 1
     assert [f[0] for f in report.failed] == [bad]
     assert "no zero point" in report.failed[0][1] and "\n" not in report.failed[0][1]
+    registry = SchemaRegistry.load()
     events = [
         m
         for m in consume_all(settings, "image-reduced", expect=1)
-        if m.key() == str(report.images[0]).encode()
+        if decode(registry, m.value() or b"", expect="image_reduced")[1]["image_id"] == report.images[0]
     ]
     assert len(events) == 1
+    with Session(db_engine) as session:
+        image = session.get(Image, report.images[0])
+        assert image is not None
+        assert events[0].key() == sky_tile_key(image.exposure.healpix).encode()
     dead = [m for m in consume_all(settings, "exposure-ready.dlq", expect=1) if m.key() == bad.encode()]
     assert len(dead) == 1
     headers = dict(dead[0].headers() or [])
