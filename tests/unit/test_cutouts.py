@@ -150,3 +150,16 @@ def test_raw_stamps_give_the_astropy_alert_bytes(tmp_path: Path) -> None:
     (tmp_path / "cut.fits").write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ImageReadError, match="truncated"):
         read_cutouts_raw(tmp_path / "cut.fits")
+
+
+def test_card_images_equal_astropy_cards() -> None:
+    """The stamp cards formatted without Card objects are astropy's card images, byte for byte."""
+    from seechange.improc.cutouts import _card
+
+    rng = np.random.default_rng(0)
+    values = [*rng.normal(0, 1e4, 3000), *rng.uniform(-3, 3, 500), 0.0, -0.0, 1e-30, 1e30, 38.5, 1 / 3]
+    for v in values:
+        for key, comment in (("CRPIX1", "Pixel coordinate of reference point"), ("XCEN", "0-based x")):
+            assert _card(key, float(v), comment) == fits.Card(key, float(v), comment).image
+    for name in ("SIG1_NEW", "SIG123456_DIFF", "A"):
+        assert _card("EXTNAME", name, "extension name") == fits.Card("EXTNAME", name, "extension name").image
