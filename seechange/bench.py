@@ -24,7 +24,7 @@ from seechange.config import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["bench_end_to_end", "bench_stages", "peak_rss_mb", "simulated_night"]
+__all__ = ["TARGETS", "bench_end_to_end", "bench_stages", "peak_rss_mb", "simulated_night", "target_rows"]
 
 STAGES = ("reduce", "reference", "subtract", "detect", "alerts")
 DEFAULT_RADIUS_ARCSEC: float = Settings.model_fields["association_radius_arcsec"].default
@@ -56,7 +56,13 @@ def simulated_night(root: Path, *, size: tuple[int, int], n_epochs: int, seed: i
     return raw
 
 
-def _one_run(night_dir: Path, raw_paths: Sequence[str], db_url: str, radius_arcsec: float) -> dict[str, Any]:
+def _one_run(
+    night_dir: Path,
+    raw_paths: Sequence[str],
+    db_url: str,
+    radius_arcsec: float,
+    profile_dir: Path | None = None,
+) -> dict[str, Any]:
     """Every stage on the night in a fresh database: per-item timings (s) and what came out."""
     from seechange.models.session import make_engine, make_session_factory
     from seechange.pipeline.chain import InProcessChain
@@ -67,13 +73,21 @@ def _one_run(night_dir: Path, raw_paths: Sequence[str], db_url: str, radius_arcs
         "the benchmark night is simulated for the default reference"
     )
     engine = make_engine(db_url)
-    chain = InProcessChain(make_session_factory(engine), night_dir, params, radius_arcsec=radius_arcsec)
+    chain = InProcessChain(
+        make_session_factory(engine),
+        night_dir,
+        params,
+        radius_arcsec=radius_arcsec,
+        profile_dir=profile_dir,
+    )
     out: dict[str, Any] = {"images": [], "subtractions": []}
+    stems: dict[int, str] = {}
     try:
         image_ids = []
         for raw in raw_paths:
             img = chain.reduce(chain.ingest(raw))
             image_ids.append(img.id)
+            stems[img.id] = img.filepath
             out["images"].append(
                 {
                     "zp": img.zero_point,
@@ -92,19 +106,35 @@ def _one_run(night_dir: Path, raw_paths: Sequence[str], db_url: str, radius_arcs
             sightings = chain.detect(sub.id)
             good = [x.id for x in sightings if x.is_good]
             n_alerts = chain.alerts(good)
+            name = Path(sub.filepath).name  # cutouts/<detect prov8>/<name>.cutouts.fits
+            cutouts = set(night_dir.glob(f"cutouts/*/{name}.cutouts.fits")) if sightings else set()
             out["subtractions"].append(
                 {
                     "score_std": sub.score_std,
                     "n_sightings": len(sightings),
                     "n_good": len(good),
                     "n_alerts": n_alerts,
+                    "bytes_written": {
+                        "reduced": _bytes_of(night_dir, stems[image_id]),
+                        "subtraction": _bytes_of(night_dir, sub.filepath),
+                        "cutouts": sum(c.stat().st_size for c in cutouts),
+                    },
                 }
             )
     finally:
         engine.dispose()
     # the reference is built by the first call and found by the others: its time is the first one's
     out["times"] = {k: (chain.times[k][:1] if k == "reference" else chain.times[k]) for k in STAGES}
+    out["cpu_times"] = {
+        k: (chain.cpu_times[k][:1] if k == "reference" else chain.cpu_times[k]) for k in STAGES
+    }
     return out
+
+
+def _bytes_of(root: Path, stem: str) -> int:
+    """Bytes of every file ``<stem>.*`` of a product (the four image files, the six ZOGY files)."""
+    base = root / stem
+    return sum(f.stat().st_size for f in base.parent.glob(f"{base.name}.*") if f.is_file())
 
 
 def bench_stages(
@@ -115,6 +145,7 @@ def bench_stages(
     runs: int = 3,
     n_epochs: int = 5,
     association_radius_arcsec: float = DEFAULT_RADIUS_ARCSEC,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Time each stage function in-process on a simulated night of full-size CCDs.
 
@@ -133,14 +164,20 @@ def bench_stages(
         Epochs of the one field (the first three build the reference; the rest are subtracted).
     association_radius_arcsec : float
         Sighting-to-object association radius, arcsec (``settings.association_radius_arcsec``).
+    profile_dir : Path, optional
+        Profile every step of the first run with ``pyinstrument`` and write ``<stage>-<n>.txt/.html`` there
+        (with more than one run, the profiled first run is left out of the figures: the profiler costs
+        time).
 
     Returns
     -------
     dict
         ``stages``: per stage ``{"median_s", "min_s", "max_s", "n"}`` (reduce per CCD, reference once per
         run, subtract / detect per subtraction, alerts = building every good sighting's alert of one
-        subtraction); ``per_ccd_s``: reduce + subtract + detect + alerts medians (the in-process latency of a
-        new CCD once its reference exists); ``quality``: what the last run produced (to compare before and
+        subtraction; ``cpu_median_s`` the same in CPU seconds of the process); ``per_ccd_s`` (and
+        ``per_ccd_cpu_s``): reduce + subtract + detect + alerts medians (the in-process latency of a new CCD
+        once its reference exists); ``per_alert_ms``: alert stage time per alert built; ``bytes_per_ccd``:
+        bytes of the files kept for one subtracted CCD (reduced image, ZOGY products, cutouts); ``quality``: what the last run produced (to compare before and
         after a speed change); ``runs``: the raw timings.
     """
     from seechange.localservices.postgres import create_database, drop_database
@@ -160,19 +197,31 @@ def bench_stages(
         try:
             upgrade(url)
             log.info("bench run %d of %d in database %s", i + 1, runs, name)
-            all_runs.append(_one_run(night_dir, raw, url, association_radius_arcsec))
+            prof = profile_dir if i == 0 else None
+            all_runs.append(_one_run(night_dir, raw, url, association_radius_arcsec, prof))
         finally:
             drop_database(database_url, name)
     stages: dict[str, dict[str, Any]] = {}
+    timed = all_runs[1:] if profile_dir is not None and len(all_runs) > 1 else all_runs
     for k in STAGES:
-        vals = [t for r in all_runs for t in r["times"][k]]
+        vals = [t for r in timed for t in r["times"][k]]
+        cpu = [t for r in timed for t in r["cpu_times"][k]]
         stages[k] = {
             "median_s": _median(vals),
             "min_s": min(vals) if vals else None,
             "max_s": max(vals) if vals else None,
+            "cpu_median_s": _median(cpu),
             "n": len(vals),
         }
     per_ccd = sum(stages[k]["median_s"] or 0.0 for k in ("reduce", "subtract", "detect", "alerts"))
+    per_ccd_cpu = sum(stages[k]["cpu_median_s"] or 0.0 for k in ("reduce", "subtract", "detect", "alerts"))
+    per_alert = [
+        1000.0 * t / q["n_alerts"]
+        for r in timed
+        for t, q in zip(r["times"]["alerts"], r["subtractions"], strict=True)
+        if q["n_alerts"]
+    ]
+    written = [sum(q["bytes_written"].values()) for r in timed for q in r["subtractions"]]
     return {
         "size": [nx, ny],
         "runs": runs,
@@ -180,6 +229,9 @@ def bench_stages(
         "simulate_s": sim_s,
         "stages": stages,
         "per_ccd_s": per_ccd,
+        "per_ccd_cpu_s": per_ccd_cpu,
+        "per_alert_ms": _median(per_alert),
+        "bytes_per_ccd": _median([float(b) for b in written]),
         "quality": {k: all_runs[-1][k] for k in ("images", "subtractions")},
         "raw_times": [r["times"] for r in all_runs],
     }
@@ -205,6 +257,7 @@ def bench_end_to_end(
     cadence: float = 0.0,
     timeout: float = 900.0,
     on_progress: Callable[[Any, int], None] | None = None,
+    extra_instances: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A one-field night through the services (one OS process each), with latency, throughput and memory.
 
@@ -221,6 +274,8 @@ def bench_end_to_end(
         Seconds between ingested exposures (0: all at once, which measures sustained throughput).
     timeout : float
         Give up after this many seconds.
+    extra_instances : sequence of str
+        Stages given a second service instance (the consumer group shares the topic's partitions).
 
     Returns
     -------
@@ -262,6 +317,8 @@ def bench_end_to_end(
     collector.start()
     collector.ready.wait(15)
     services.start()
+    for stage in extra_instances:
+        services.procs.append((f"{stage}-1", services.start_one(stage, 1)))
     time.sleep(3.0)  # let the services import and join their groups, so start-up is not counted as latency
     ingestor = Ingestor(run, sessions)
     rss: dict[str, float | None] = {}
@@ -297,6 +354,7 @@ def bench_end_to_end(
         "size": [nx, ny],
         "n_exposures": len(exposure_ids),
         "cadence_s": cadence,
+        "extra_instances": list(extra_instances),
         "elapsed_s": elapsed,
         "ccds_per_min": 60.0 * len(exposure_ids) / elapsed if elapsed > 0 else None,
         "latency_s": {
@@ -309,5 +367,37 @@ def bench_end_to_end(
         "alerts_logged": final.alerts_logged,
         "sightings": final.sightings,
         "peak_rss_mb": rss,
+        "max_rss_mb": max((v for v in rss.values() if v is not None), default=None),
         "exit_codes": codes,
     }
+
+
+# ------------------------------------------------------------------------------------------- the targets
+#: The performance targets (issue 11): name -> (figure's path in the results, upper bound, unit); a lower
+#: bound is given as a negative bound (throughput).
+TARGETS: dict[str, tuple[tuple[str, ...], float, str]] = {
+    "reduce per CCD": (("stages", "stages", "reduce", "median_s"), 1.0, "s"),
+    "subtract per CCD (reference cached)": (("stages", "stages", "subtract", "median_s"), 1.5, "s"),
+    "detect per CCD": (("stages", "stages", "detect", "median_s"), 0.6, "s"),
+    "alert build per alert": (("stages", "per_alert_ms"), 5.0, "ms"),
+    "in-process per CCD": (("stages", "per_ccd_s"), 3.5, "s"),
+    "bytes kept per CCD": (("stages", "bytes_per_ccd"), 40e6, "B"),
+    "services throughput, all queued": (("e2e", "ccds_per_min"), -30.0, "CCDs/min"),
+    "latency median, one CCD per 4 s": (("cadence", "latency_s", "median"), 4.0, "s"),
+    "latency p95, one CCD per 4 s": (("cadence", "latency_s", "p95"), 6.0, "s"),
+    "peak RSS per service (largest)": (("e2e", "max_rss_mb"), 1200.0, "MB"),
+}
+
+
+def target_rows(results: dict[str, Any]) -> list[tuple[str, float | None, str, str, bool | None]]:
+    """Each target against its measured figure: (name, measured, unit, target text, met or None)."""
+    rows = []
+    for name, (path, bound, unit) in TARGETS.items():
+        v: Any = results
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        value = float(v) if isinstance(v, int | float) else None
+        text = f">= {-bound:g} {unit}" if bound < 0 else f"<= {bound:g} {unit}"
+        met = None if value is None else (value >= -bound if bound < 0 else value <= bound)
+        rows.append((name, value, unit, text, met))
+    return rows

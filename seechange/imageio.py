@@ -33,7 +33,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from numpy.typing import DTypeLike
 
 from seechange.errors import CorruptFile, UnusableImage
-from seechange.improc.cutouts import cutouts_bytes, stamps_bytes
+from seechange.improc.cutouts import RawExtension, cutouts_bytes, split_extensions, stamps_bytes
 from seechange.improc.types import ImageData
 from seechange.parameters import default_threads
 
@@ -48,6 +48,7 @@ __all__ = [
     "read_ccds",
     "read_cutout",
     "read_cutouts_file",
+    "read_cutouts_raw",
     "read_image_data",
     "read_image_pixels",
     "write_bytes_atomic",
@@ -655,3 +656,20 @@ def read_cutouts_file(path: Path | str) -> dict[str, tuple[np.ndarray, fits.Head
         for h in hdul[1:]:
             out[h.name] = (np.asarray(h.data, dtype=np.float32), h.header)
     return out
+
+
+def read_cutouts_raw(path: Path | str) -> dict[str, RawExtension]:
+    """Every stamp of a cutouts file as raw bytes (cards, data), by HDU name, in one read.
+
+    What the alert stage uses (`seechange.improc.cutouts.extension_to_gzipped_fits` turns a stamp into
+    the packet's gzipped FITS without astropy objects).
+
+    Raises
+    ------
+    ImageReadError
+        The file is not a sequence of FITS HDUs (truncated, not FITS).
+    """
+    try:
+        return split_extensions(Path(path).read_bytes())
+    except ValueError as exc:
+        raise ImageReadError(f"cutouts file {path}: {exc}") from exc

@@ -12,10 +12,10 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.table import Table, vstack
 from astropy.wcs import WCS
-from astropy.wcs.utils import fit_wcs_from_points, proj_plane_pixel_scales
+from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.spatial import cKDTree
 
-__all__ = ["AstrometryResult", "find_offset", "load_refcat", "match_xy", "solve_astrometry"]
+__all__ = ["AstrometryResult", "find_offset", "fit_tan_sip", "load_refcat", "match_xy", "solve_astrometry"]
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +247,104 @@ def solve_astrometry(
 
 
 def _fit(xy: np.ndarray, world: SkyCoord, sip_degree: int | None) -> WCS:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fit_wcs_from_points((xy[:, 0], xy[:, 1]), world, projection="TAN", sip_degree=sip_degree)
+    return fit_tan_sip(xy, world, sip_degree=sip_degree)
+
+
+def fit_tan_sip(
+    xy: np.ndarray, world: SkyCoord, *, sip_degree: int | None = None, iterations: int = 4
+) -> WCS:
+    """Least-squares TAN (optionally SIP) WCS through matched pixel and sky positions, by linear algebra.
+
+    The same model as ``astropy.wcs.utils.fit_wcs_from_points(..., projection="TAN")``: the tangent point
+    (CRVAL) is the centre of the stars' bounding box on the sky; CRPIX, the CD matrix and the forward SIP
+    polynomial (terms of order 2 to ``sip_degree``; the inverse AP/BP left at zero, as astropy leaves them)
+    are fitted. Given CRPIX the model is linear in the CD and SIP coefficients (intermediate world
+    coordinates ``CD (u + A(u, v))``), so it is solved with ``lstsq`` and CRPIX moved by the fitted constant
+    term, a few times (the move shrinks quadratically). astropy's ``least_squares`` on the same model cost
+    0.05 to 0.15 s per call (up to six calls per CCD); this costs about a millisecond. Residuals are
+    minimised in the tangent plane (isotropic on the sky) rather than in (RA, Dec) degrees.
+
+    Parameters
+    ----------
+    xy : ndarray, shape (n, 2)
+        0-based pixel positions, pixels.
+    world : SkyCoord
+        The matching sky positions.
+    sip_degree : int, optional
+        SIP polynomial degree (>= 2), or None for pure TAN.
+    iterations : int, optional
+        CRPIX updates.
+
+    Returns
+    -------
+    astropy.wcs.WCS
+        Celestial WCS with CD matrix (``-SIP`` ctypes when fitted), pixel shape the stars' extent.
+    """
+    from astropy.wcs import Sip
+    from astropy.wcs.utils import celestial_frame_to_wcs
+
+    xp, yp = np.asarray(xy[:, 0], float), np.asarray(xy[:, 1], float)
+    n_terms = (
+        0
+        if not sip_degree
+        else sum(1 for i in range(sip_degree + 1) for j in range(sip_degree + 1) if 1 < i + j <= sip_degree)
+    )
+    if len(xp) < 3 + n_terms:
+        raise RuntimeError(f"astrometry: {len(xp)} stars cannot constrain a TAN fit with {n_terms} SIP terms")
+    lon, lat = world.spherical.lon.deg, world.spherical.lat.deg
+    wcs = celestial_frame_to_wcs(frame=world.frame, projection="TAN")
+    sc1 = SkyCoord(lon.min() * u.deg, lat.max() * u.deg, frame=world.frame)
+    sc2 = SkyCoord(lon.max() * u.deg, lat.min() * u.deg, frame=world.frame)
+    mid = sc1.directional_offset_by(sc1.position_angle(sc2), sc1.separation(sc2) / 2)
+    wcs.wcs.crval = (mid.spherical.lon.deg, mid.spherical.lat.deg)
+    iwc = _gnomonic(lon, lat, *wcs.wcs.crval)  # intermediate world coordinates, degrees
+    xpmin, xpmax, ypmin, ypmax = xp.min(), xp.max(), yp.min(), yp.max()
+    crpix = np.array([(xpmax + xpmin) / 2.0 + 1.0, (ypmax + ypmin) / 2.0 + 1.0])
+    terms = (
+        []
+        if not sip_degree
+        else [(i, j) for i in range(sip_degree + 1) for j in range(sip_degree + 1) if 1 < i + j <= sip_degree]
+    )
+    cd = np.eye(2)
+    poly = np.zeros((2, len(terms)))
+    for _ in range(max(1, iterations)):
+        uu, vv = xp + 1.0 - crpix[0], yp + 1.0 - crpix[1]
+        design = np.column_stack([uu, vv, *[uu**i * vv**j for i, j in terms], np.ones_like(uu)])
+        coef, *_ = np.linalg.lstsq(design, iwc, rcond=None)  # (2 + n_terms + 1, 2)
+        cd = coef[:2].T
+        poly = np.linalg.solve(cd, coef[2 : 2 + len(terms)].T) if terms else poly
+        shift = -np.linalg.solve(cd, coef[-1])  # pixel offset that absorbs the constant term
+        crpix = crpix + shift
+        if np.max(np.abs(shift)) < 1e-9:
+            break
+    wcs.wcs.crpix = crpix
+    wcs.wcs.cd = cd
+    wcs.pixel_shape = (
+        1 if xpmax <= 0.0 else int(np.ceil(xpmax)),
+        1 if ypmax <= 0.0 else int(np.ceil(ypmax)),
+    )
+    if terms:
+        assert sip_degree is not None
+        wcs.wcs.ctype = [c + "-SIP" for c in wcs.wcs.ctype]
+        a = np.zeros((sip_degree + 1, sip_degree + 1))
+        b = np.zeros((sip_degree + 1, sip_degree + 1))
+        for k, (i, j) in enumerate(terms):
+            a[i, j], b[i, j] = poly[0, k], poly[1, k]
+        zeros = np.zeros_like(a)
+        wcs.sip = Sip(a, b, zeros, zeros, wcs.wcs.crpix)
+    wcs.wcs.set()
+    return wcs
+
+
+def _gnomonic(lon: np.ndarray, lat: np.ndarray, lon0: float, lat0: float) -> np.ndarray:
+    """Standard coordinates (xi, eta) of sky positions in the tangent plane at (lon0, lat0), degrees: the
+    intermediate world coordinates of a FITS TAN projection with the default LONPOLE."""
+    a, d = np.radians(lon - lon0), np.radians(lat)
+    d0 = np.radians(lat0)
+    cos_c = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a)
+    xi = np.cos(d) * np.sin(a) / cos_c
+    eta = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a)) / cos_c
+    return np.degrees(np.column_stack([xi, eta]))
 
 
 def _residual_arcsec(wcs: WCS, xy: np.ndarray, world: SkyCoord) -> np.ndarray:

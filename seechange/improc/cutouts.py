@@ -8,15 +8,25 @@ import gzip
 import io
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from astropy.io import fits
+from astropy.io.fits.card import _format_value  # astropy's own value formatting (private)
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
 from seechange.improc.types import ImageData
 
-__all__ = ["cutout_to_gzipped_fits", "cutouts_bytes", "make_cutouts", "stamps_bytes"]
+__all__ = [
+    "RawExtension",
+    "cutout_to_gzipped_fits",
+    "cutouts_bytes",
+    "extension_to_gzipped_fits",
+    "make_cutouts",
+    "split_extensions",
+    "stamps_bytes",
+]
 
 
 def _header_template(wcs: WCS) -> fits.Header:
@@ -155,16 +165,19 @@ def cutouts_bytes(
     t_new = _header_template(new.wcs)
     t_ref = t_new if ref.wcs is new.wcs else _header_template(ref.wcs)
     t_diff = t_new if dw is new.wcs else _header_template(dw)
-    sources = (
-        ("NEW", new.image, _CardTemplate(t_new)),
-        ("REF", ref.image, _CardTemplate(t_ref)),
-        ("DIFF", diff, _CardTemplate(t_diff)),
-    )
+    c_new = _CardTemplate(t_new)
+    c_ref = c_new if t_ref is t_new else _CardTemplate(t_ref)
+    c_diff = c_new if t_diff is t_new else _CardTemplate(t_diff)
+    sources = (("NEW", new.image, c_new), ("REF", ref.image, c_ref), ("DIFF", diff, c_diff))
     chunks = [_PRIMARY]
     for idx, (x, y) in positions:
         x0, y0 = int(np.ceil(x - size / 2.0)), int(np.ceil(y - size / 2.0))
+        done: dict[int, list[str]] = {}  # one WCS (the usual case): the stamp cards formatted once, not 3x
         for name, image, tmpl in sources:
-            chunks.append(_hdu_bytes(_cut(image, x0, y0, size), tmpl.cards(x0, y0, x, y), f"SIG{idx}_{name}"))
+            cards = done.get(id(tmpl))
+            if cards is None:
+                cards = done[id(tmpl)] = tmpl.cards(x0, y0, x, y)
+            chunks.append(_hdu_bytes(_cut(image, x0, y0, size), cards, f"SIG{idx}_{name}"))
     return chunks
 
 
@@ -196,7 +209,7 @@ _PRIMARY = _pad(
 
 def _hdu_bytes(data: np.ndarray, cards: list[str], extname: str) -> bytes:
     """One IMAGE extension (float32 2-D data) as FITS bytes: what astropy writes for an ImageHDU."""
-    head = [_mandatory(*data.shape), *cards, fits.Card("EXTNAME", extname, "extension name").image]
+    head = [_mandatory(*data.shape), *cards, _card("EXTNAME", extname, "extension name")]
     header = _pad("".join(head).encode("ascii") + b"END".ljust(80), b" ")
     return header + _pad(np.ascontiguousarray(data, dtype=">f4").tobytes(), b"\0")
 
@@ -228,11 +241,19 @@ class _CardTemplate:
 
     def cards(self, x0: int, y0: int, x: float, y: float) -> list[str]:
         out = list(self.images)
-        out[self.at[0]] = fits.Card("CRPIX1", self.crpix[0] - x0, self.comments[0]).image
-        out[self.at[1]] = fits.Card("CRPIX2", self.crpix[1] - y0, self.comments[1]).image
-        out.append(fits.Card("XCEN", float(x), "0-based x of the sighting in the parent image").image)
-        out.append(fits.Card("YCEN", float(y), "0-based y of the sighting in the parent image").image)
+        out[self.at[0]] = _card("CRPIX1", self.crpix[0] - x0, self.comments[0])
+        out[self.at[1]] = _card("CRPIX2", self.crpix[1] - y0, self.comments[1])
+        out.append(_card("XCEN", float(x), "0-based x of the sighting in the parent image"))
+        out.append(_card("YCEN", float(y), "0-based y of the sighting in the parent image"))
         return out
+
+
+def _card(keyword: str, value: float | str, comment: str) -> str:
+    """The 80-character image of a short card, as ``fits.Card(keyword, value, comment).image`` formats it,
+    without building and verifying a Card object (about 40 us each, 4 per stamp). Cards that would not fit
+    in 80 characters are left to astropy's rules."""
+    text = f"{keyword:8}= {_format_value(value)} / {comment}"
+    return text.ljust(80) if len(text) <= 80 else fits.Card(keyword, value, comment).image
 
 
 def _cut(data: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
@@ -250,3 +271,95 @@ def cutout_to_gzipped_fits(data: np.ndarray, header: fits.Header | None = None) 
     buf = io.BytesIO()
     fits.PrimaryHDU(data=np.asarray(data, dtype=np.float32), header=header).writeto(buf)
     return gzip.compress(buf.getvalue(), mtime=0)
+
+
+# --------------------------------------------------------------------------- reading the file back, raw
+@dataclass(frozen=True)
+class RawExtension:
+    """One IMAGE extension of a cutouts file as bytes: its header cards (80-character images, ``END``
+    excluded) and its data blocks (big-endian, padded to 2880 bytes)."""
+
+    cards: tuple[bytes, ...]
+    data: bytes
+
+    def keyword(self, key: str) -> str | None:
+        """The value of a card as text (quotes and padding removed), None when absent."""
+        k = key.encode("ascii").ljust(8)
+        for c in self.cards:
+            if c[:8] == k and c[8:10] == b"= ":
+                body = c[10:].decode("ascii").lstrip()
+                if body.startswith("'"):
+                    return body[1:].split("'", 1)[0].rstrip()
+                return body.split("/", 1)[0].strip()
+        return None
+
+    def array(self) -> np.ndarray:
+        """The stamp as native float32, shape (NAXIS2, NAXIS1)."""
+        nx, ny = int(self.keyword("NAXIS1") or 0), int(self.keyword("NAXIS2") or 0)
+        if self.keyword("BITPIX") != "-32":
+            raise ValueError(f"cutout BITPIX {self.keyword('BITPIX')} is not -32")
+        return np.frombuffer(self.data, dtype=">f4", count=nx * ny).reshape(ny, nx).astype(np.float32)
+
+
+def split_extensions(blob: bytes) -> dict[str, RawExtension]:
+    """The IMAGE extensions of a cutouts file's bytes, by EXTNAME, without building astropy objects.
+
+    Only the 2880-byte block structure and the five mandatory cards are read (what :func:`_hdu_bytes`
+    writes); astropy's ``fits.open`` of the same file parsed every card of every header into objects:
+    about 10 ms per sighting (three stamps) on a 2048x4096 CCD, most of the alert stage.
+
+    Raises
+    ------
+    ValueError
+        When the bytes are not a sequence of 2880-byte FITS blocks with ``END`` cards.
+    """
+    out: dict[str, RawExtension] = {}
+    pos, n = 0, len(blob)
+    first = True
+    while pos < n:
+        cards: list[bytes] = []
+        while True:
+            if pos + 2880 > n:
+                raise ValueError(f"truncated FITS header at byte {pos}")
+            block = blob[pos : pos + 2880]
+            pos += 2880
+            done = False
+            for k in range(0, 2880, 80):
+                card = block[k : k + 80]
+                if card[:8] == b"END     ":
+                    done = True
+                    break
+                cards.append(card)
+            if done:
+                break
+        ext = RawExtension(tuple(cards), b"")
+        naxis = int(ext.keyword("NAXIS") or 0)
+        nbytes = abs(int(ext.keyword("BITPIX") or 8)) // 8 if naxis else 0
+        for i in range(1, naxis + 1):
+            nbytes *= int(ext.keyword(f"NAXIS{i}") or 0)
+        padded = nbytes + (-nbytes % 2880)
+        if pos + padded > n:
+            raise ValueError(f"truncated FITS data at byte {pos}")
+        if not first:
+            name = ext.keyword("EXTNAME") or ""
+            out[name] = RawExtension(tuple(cards), blob[pos : pos + padded])
+        first = False
+        pos += padded
+    return out
+
+
+_SIMPLE = fits.Card("SIMPLE", True, "conforms to FITS standard").image.encode("ascii")
+
+
+def extension_to_gzipped_fits(ext: RawExtension) -> bytes:
+    """A cutouts-file extension as the gzipped single-HDU FITS of an alert, from its bytes.
+
+    The bytes equal ``cutout_to_gzipped_fits(data, header)`` of the same stamp (astropy turns an extension
+    header into a primary one by replacing ``XTENSION`` with ``SIMPLE`` and dropping ``PCOUNT``/``GCOUNT``,
+    and writes the same big-endian data): about 0.1 ms instead of 5-20 ms per stamp.
+    """
+    c = ext.cards
+    if not (c[0][:8] == b"XTENSION" and c[5][:8] == b"PCOUNT  " and c[6][:8] == b"GCOUNT  "):
+        raise ValueError("not an IMAGE extension with the mandatory cards in order")
+    head = b"".join((_SIMPLE, *c[1:5], *c[7:])) + b"END".ljust(80)
+    return gzip.compress(_pad(head, b" ") + ext.data, mtime=0)

@@ -153,12 +153,12 @@ def _flags_in_aperture(flags: np.ndarray | None, x: np.ndarray, y: np.ndarray, r
     """OR of flag bits within a circle of radius r around each (x, y)."""
     if flags is None or len(x) == 0:
         return np.zeros(len(x), np.int32)
-    f = np.asarray(flags).astype(np.int32)
+    f = np.asarray(flags)  # gathered in its own dtype and cast after: no full-frame int32 copy
     k = int(np.ceil(r))
     off = np.arange(-k, k + 1)
     disk = (off[:, None] ** 2 + off[None, :] ** 2) <= r * r
     xi, yi = np.rint(x).astype(int), np.rint(y).astype(int)
     yy = np.clip(yi[:, None, None] + off[None, :, None], 0, f.shape[0] - 1)
     xx = np.clip(xi[:, None, None] + off[None, None, :], 0, f.shape[1] - 1)
-    boxes = np.where(disk[None], f[yy, xx], 0)
+    boxes = np.where(disk[None], f[yy, xx].astype(np.int32), 0)
     return np.bitwise_or.reduce(boxes.reshape(len(x), -1), axis=1).astype(np.int32)

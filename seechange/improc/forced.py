@@ -161,7 +161,10 @@ def forced_psf_photometry(
         flux[i] = float(np.sum(w * pp * d[sel])) / a
         err[i] = float(renorm) / np.sqrt(a)
     if score_var is not None and f_s:
-        vs = ndimage.map_coordinates(np.asarray(score_var, dtype=np.float64), [y, x], order=1, mode="nearest")
+        # sampled straight from the float32 frame into float64 (the same values as from a float64 copy of it)
+        vs = ndimage.map_coordinates(
+            np.asarray(score_var), [y, x], order=1, mode="nearest", output=np.float64
+        )
         ok = np.isfinite(err) & np.isfinite(vs) & (vs > 0)
         err[ok] = float(renorm) * np.sqrt(vs[ok]) / float(f_s)
     return ForcedResult(flux=flux, flux_err=err, n_bad=n_bad)

@@ -322,14 +322,14 @@ def _near_bright(
             continue
         need = abs(float(flux[i])) / fraction  # a star at least this bright can flag the detection
         for img in images:
-            box = img[y0:y1, x0:x1]
+            box = np.asarray(img[y0:y1, x0:x1], dtype=np.float64)  # float64 comparisons, as before
             peaks = (box == ndimage.maximum_filter(box, size=win, mode="nearest")) & (box > 10.0 * sigma)
             py, px = np.nonzero(peaks)
             if py.size == 0:
                 continue
             order = np.argsort(-box[py, px])[:20]
             sx, sy = (px[order] + x0).astype(float), (py[order] + y0).astype(float)
-            fstar = sep.sum_circle(img, sx, sy, rap)[0] / apfrac  # img: C-contiguous float64
+            fstar = sep.sum_circle(img, sx, sy, rap)[0] / apfrac  # img: C-contiguous float32 or float64
             d = np.hypot(sx - xc[i], sy - yc[i])
             for f_s, d_s in zip(fstar, d, strict=True):
                 if not (f_s >= need and f_s > 0):
@@ -438,8 +438,9 @@ def measure_sightings(
     dip = np.zeros(n, dtype=bool)
     edge = np.zeros(n, dtype=bool)
     fnew, fref = np.empty(n), np.empty(n)
-    new_img = np.ascontiguousarray(new.image, dtype=np.float64)
-    ref_img = np.ascontiguousarray(ref.image, dtype=np.float64)
+    # sep sums float32 pixels exactly as their float64 copies (tested): no two full-frame float64 copies
+    new_img = np.ascontiguousarray(new.image, dtype=np.float32)
+    ref_img = np.ascontiguousarray(ref.image, dtype=np.float32)
     fnew[:] = sep.sum_circle(new_img, xc, yc, radii[0])[0]
     fref[:] = sep.sum_circle(ref_img, xc, yc, radii[0])[0]
     for i in range(n):

@@ -27,6 +27,7 @@ __all__ = [
     "registration_scatter_px",
     "single_pixel_spikes",
     "subtract",
+    "without_spikes",
 ]
 
 
@@ -210,7 +211,7 @@ def single_pixel_spikes(
     return out
 
 
-def _without_spikes(img: ImageData, nsigma: float) -> ImageData:
+def without_spikes(img: ImageData, nsigma: float) -> ImageData:
     """A shallow copy of ``img`` whose spikes are flagged FLAG_BAD with weight 0 (the input is not changed)."""
     spikes = single_pixel_spikes(img.image, img.weight, img.fwhm_px, nsigma=nsigma)
     if not spikes.any():
@@ -221,7 +222,13 @@ def _without_spikes(img: ImageData, nsigma: float) -> ImageData:
     return dataclasses.replace(img, flags=flags, weight=weight, meta=meta)
 
 
-def subtract(new: ImageData, ref: ImageData, *, params: SubtractParams = SubtractParams()) -> ZogyResult:
+def subtract(
+    new: ImageData,
+    ref: ImageData,
+    *,
+    params: SubtractParams = SubtractParams(),
+    ref_spikes_flagged: bool = False,
+) -> ZogyResult:
     """Resample the reference onto the new image's grid and run ZOGY.
 
     Parameters
@@ -232,6 +239,9 @@ def subtract(new: ImageData, ref: ImageData, *, params: SubtractParams = Subtrac
         Reference (coadd), any grid overlapping the new image.
     params : SubtractParams
         Resampling and ZOGY options.
+    ref_spikes_flagged : bool, optional
+        ``ref`` is already ``without_spikes(ref, params.spike_nsigma)`` (a reference kept in memory by the
+        caller for the next image of its sky): not flagged again.
 
     Returns
     -------
@@ -239,8 +249,9 @@ def subtract(new: ImageData, ref: ImageData, *, params: SubtractParams = Subtrac
         On the new image's grid; ``meta['ref_resampled']`` holds the resampled reference (ImageData) and
         ``meta['astrometric_sigma_px']`` the registration noise used.
     """
-    new = _without_spikes(new, params.spike_nsigma)
-    ref = _without_spikes(ref, params.spike_nsigma)
+    new = without_spikes(new, params.spike_nsigma)
+    if not ref_spikes_flagged:
+        ref = without_spikes(ref, params.spike_nsigma)
     ref_rs = resample_image(ref, new.wcs, new.shape, order=params.resample_order, threads=params.threads)
     sig = astrometric_sigma_px(new, ref, floor_arcsec=params.astrometric_floor_arcsec)
     sig_data, n_pairs = (

@@ -23,8 +23,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from seechange.errors import MissingRow
-from seechange.imageio import read_cutouts_file
-from seechange.improc.cutouts import cutout_to_gzipped_fits
+from seechange.imageio import read_cutouts_raw
+from seechange.improc.cutouts import RawExtension, extension_to_gzipped_fits
 from seechange.models import ForcedPhotometry, Image, Object, Photometry, Sighting, SubtractionImage
 from seechange.pipeline.products import pixel_scale_arcsec
 from seechange.storage import resolve
@@ -53,20 +53,21 @@ class _CutoutsCache:
     The alert service handles the sightings of one subtraction one after the other; opening the
     multi-HDU file three times per sighting walked its headers each time (O(n^2) in the number of
     sightings: minutes for a few hundred). Entries are keyed by path, size and modification time, so a
-    rewritten file is read again.
+    rewritten file is read again. The stamps are kept as bytes (no astropy header objects: parsing every
+    card of a 300-HDU file cost more than the rest of the alerts of a CCD).
     """
 
     def __init__(self, max_files: int = 2) -> None:
         self.max_files = max_files
-        self._files: OrderedDict[tuple[str, int, int], dict[str, tuple[np.ndarray, Header]]] = OrderedDict()
+        self._files: OrderedDict[tuple[str, int, int], dict[str, RawExtension]] = OrderedDict()
 
-    def get(self, path: Path) -> dict[str, tuple[np.ndarray, Header]]:
+    def get(self, path: Path) -> dict[str, RawExtension]:
         st = path.stat()
         key = (str(path), st.st_size, st.st_mtime_ns)
         if key in self._files:
             self._files.move_to_end(key)
             return self._files[key]
-        stamps = read_cutouts_file(path)
+        stamps = read_cutouts_raw(path)
         self._files[key] = stamps
         while len(self._files) > self.max_files:
             self._files.popitem(last=False)
@@ -89,8 +90,7 @@ def _cutouts(data_root: Path, sighting: Sighting) -> dict[str, bytes | None]:
     ):
         if hdu not in stamps:
             raise KeyError(f"cutouts file {c.filepath} has no HDU {hdu}")
-        data, header = stamps[hdu]
-        out[field] = cutout_to_gzipped_fits(data, header.copy())
+        out[field] = extension_to_gzipped_fits(stamps[hdu])
     return out
 
 

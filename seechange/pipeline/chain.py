@@ -7,6 +7,7 @@ without the hops.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -28,6 +29,24 @@ from seechange.storage import md5sum
 __all__ = ["InProcessChain"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def _profiler() -> Any:
+    """A ``pyinstrument`` profiler sampling every millisecond (a dev dependency: imported only here)."""
+    try:
+        from pyinstrument import Profiler
+    except ImportError as exc:  # the dev extra is not installed
+        raise RuntimeError("profiling needs pyinstrument: pip install -e '.[dev]'") from exc
+    return Profiler(interval=0.001)
+
+
+def _write_profile(profiler: Any, directory: Path, name: str) -> None:
+    """Write one step's profile as a text call tree and an HTML page under ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.txt").write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+    (directory / f"{name}.html").write_text(profiler.output_html())
+    log.info("profile of %s written to %s", name, directory)
 
 
 class InProcessChain:
@@ -48,12 +67,19 @@ class InProcessChain:
         Threads of the threaded steps (default: the machine's cores).
     alerts_topic : str
         Topic name recorded in ``alert_log`` by :meth:`alerts`.
+    profile_dir : Path, optional
+        When given, every step runs under the ``pyinstrument`` statistical profiler and its profile is
+        written there as ``<stage>-<n>.txt`` (call tree) and ``<stage>-<n>.html`` (``seechange bench
+        --profile``). The profiler's own cost is about a millisecond per sample (1 ms interval).
 
     Attributes
     ----------
     times : dict of str to list of float
         Wall-clock seconds of every call, per stage name (``ingest``, ``reduce``, ``reference``,
         ``subtract``, ``detect``, ``alerts``).
+    cpu_times : dict of str to list of float
+        CPU seconds of this process (every thread) of every call, per stage name: on a shared machine the
+        figure other work disturbs least.
     """
 
     def __init__(
@@ -65,6 +91,7 @@ class InProcessChain:
         radius_arcsec: float,
         threads: int | None = None,
         alerts_topic: str = "alerts",
+        profile_dir: Path | None = None,
     ) -> None:
         self.sessions = sessions
         self.data_root = Path(data_root)
@@ -74,13 +101,25 @@ class InProcessChain:
         self.alerts_topic = alerts_topic
         self.resources = ReduceResources(self.data_root)
         self.times: dict[str, list[float]] = defaultdict(list)
+        self.cpu_times: dict[str, list[float]] = defaultdict(list)
+        self.profile_dir = Path(profile_dir) if profile_dir is not None else None
 
     def _step(self, stage: str, fn: Callable[[Session], T]) -> T:
         """Run ``fn(session)`` in one transaction and record its time under ``stage``."""
+        profiler = _profiler() if self.profile_dir is not None else None
         with self.sessions() as session, session.begin():
-            t0 = time.perf_counter()
-            out = fn(session)
+            t0, c0 = time.perf_counter(), time.process_time()
+            if profiler is not None:
+                profiler.start()
+            try:
+                out = fn(session)
+            finally:
+                if profiler is not None:
+                    profiler.stop()
             self.times[stage].append(time.perf_counter() - t0)
+            self.cpu_times[stage].append(time.process_time() - c0)
+        if profiler is not None and self.profile_dir is not None:
+            _write_profile(profiler, self.profile_dir, f"{stage}-{len(self.times[stage])}")
         return out
 
     def ingest(self, raw_path: str | Path) -> int:

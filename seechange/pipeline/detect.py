@@ -161,10 +161,13 @@ def _write_sightings(
             "n_bad_pixels": int(row["n_bad_pix"]),
             "flags": int(row["qflags"]),
         }
+    # executemany (SQLAlchemy's batched "insertmanyvalues"): one cached statement, not a VALUES clause of
+    # every row compiled anew per subtraction
     session.execute(
-        insert(Sighting)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["subtraction_id", "provenance_id", "index_in_image"])
+        insert(Sighting).on_conflict_do_nothing(
+            index_elements=["subtraction_id", "provenance_id", "index_in_image"]
+        ),
+        rows,
     )
     by_index = {
         s.index_in_image: s
@@ -174,9 +177,8 @@ def _write_sightings(
     }
     sightings = [by_index[int(r["index_in_image"])] for r in rows]
     session.execute(
-        insert(Photometry)
-        .values([{**phots[s.index_in_image], "sighting_id": s.id} for s in sightings])
-        .on_conflict_do_nothing(index_elements=["sighting_id", "provenance_id"])
+        insert(Photometry).on_conflict_do_nothing(index_elements=["sighting_id", "provenance_id"]),
+        [{**phots[s.index_in_image], "sighting_id": s.id} for s in sightings],
     )
     session.flush()
     return sightings
@@ -198,21 +200,18 @@ def _write_cutouts(
     path.parent.mkdir(parents=True, exist_ok=True)
     write_cutouts(path, new, ref, diff, [(s.id, (s.x, s.y)) for s in sightings], size=CUTOUT_SIZE)
     session.execute(
-        insert(Cutouts)
-        .values(
-            [
-                {
-                    "sighting_id": s.id,
-                    "filepath": rel,
-                    "hdu_new": f"SIG{s.id}_NEW",
-                    "hdu_ref": f"SIG{s.id}_REF",
-                    "hdu_diff": f"SIG{s.id}_DIFF",
-                    "size": CUTOUT_SIZE,
-                }
-                for s in sightings
-            ]
-        )
-        .on_conflict_do_nothing(index_elements=["sighting_id"])
+        insert(Cutouts).on_conflict_do_nothing(index_elements=["sighting_id"]),
+        [
+            {
+                "sighting_id": s.id,
+                "filepath": rel,
+                "hdu_new": f"SIG{s.id}_NEW",
+                "hdu_ref": f"SIG{s.id}_REF",
+                "hdu_diff": f"SIG{s.id}_DIFF",
+                "size": CUTOUT_SIZE,
+            }
+            for s in sightings
+        ],
     )
 
 

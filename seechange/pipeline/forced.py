@@ -166,11 +166,11 @@ def force_on_subtraction(
         )
     if not rows:
         return 0
-    done = session.execute(
+    done = session.execute(  # executemany: one cached statement (not a fresh VALUES clause per image)
         insert(ForcedPhotometry)
-        .values(rows)
         .on_conflict_do_nothing(index_elements=["object_id", "subtraction_id", "provenance_id"])
-        .returning(ForcedPhotometry.id)
+        .returning(ForcedPhotometry.id),
+        rows,
     ).all()
     log.info("subtraction %d: forced photometry of %d objects (%d new)", sub.id, len(rows), len(done))
     return len(done)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from seechange.errors import MissingRow, UnusableImage
 from seechange.imageio import read_ccd, read_image_data, write_fits_atomic, write_image_data
-from seechange.improc.subtraction import SubtractParams, subtract
+from seechange.improc.subtraction import SubtractParams, subtract, without_spikes
 from seechange.improc.types import ImageData
 from seechange.improc.zogy import ZogyResult
 from seechange.models import Image, Provenance, SubtractionImage
@@ -160,6 +161,35 @@ def read_zogy(data_root: Path, stem: str, *, threads: int | None = None) -> tupl
     return result, ref
 
 
+class ReferenceCache:
+    """The last reference(s) read by this process, spikes already flagged (issue 11: a service
+    subtracts the CCDs of one sky one after the other; reading the reference's four files and flagging
+    its spikes again cost about 0.3 s per CCD). Keyed by the image file's path, size and modification
+    time and the spike threshold, so a rewritten reference is read again. The arrays are shared: never
+    modify them (resampling and ZOGY do not).
+    """
+
+    def __init__(self, max_items: int = 1) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[tuple[str, int, int, float], ImageData] = OrderedDict()
+
+    def get(self, stem: Path, spike_nsigma: float) -> ImageData:
+        """The reference of ``stem`` (the four-file image format) with its single-pixel spikes flagged."""
+        st = Path(f"{stem}.image.fits").stat()
+        key = (str(stem), st.st_size, st.st_mtime_ns, float(spike_nsigma))
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        ref = without_spikes(read_image_data(stem), spike_nsigma)
+        self._items[key] = ref
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+        return ref
+
+
+_REFERENCES = ReferenceCache()
+
+
 def subtract_image_row(
     session: Session, data_root: Path, image_id: int, *, ref_params: ReferenceParams, params: SubtractParams
 ) -> SubtractionImage | None:
@@ -184,9 +214,9 @@ def subtract_image_row(
         return existing
     t0 = time.perf_counter()
     new = read_image_data(resolve(data_root, image.filepath))
-    # the reference is passed without a name here so that subtract() can free it once resampled (80 MB)
-    result = subtract(new, read_image_data(resolve(data_root, reference.filepath)), params=params)
-    del new
+    ref = _REFERENCES.get(resolve(data_root, reference.filepath), params.spike_nsigma)
+    result = subtract(new, ref, params=params, ref_spikes_flagged=True)
+    del new, ref
     ref_on_new = result.meta["ref_resampled"]
     stem = product_stem("subtractions", prov.id, Path(image.filepath).name)
     write_zogy(data_root, stem, result, ref_on_new, threads=params.threads)

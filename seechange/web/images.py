@@ -130,7 +130,7 @@ class CutoutImages:
         stamps = self._cache.get(resolve(self.data_root, filepath))
         if hdu not in stamps:
             raise KeyError(f"cutouts file {filepath} has no HDU {hdu}")
-        return stamps[hdu][0]
+        return stamps[hdu].array()
 
 
 def lightcurve_png(session: Any, name: str) -> bytes:

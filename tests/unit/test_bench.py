@@ -11,3 +11,38 @@ def test_peak_rss_of_this_process_is_positive_and_missing_pid_is_none() -> None:
     mb = peak_rss_mb(os.getpid())
     assert mb is not None and 10.0 < mb < 100_000.0
     assert peak_rss_mb(2**22 + 12345) is None
+
+
+def test_target_rows_compare_each_figure_with_its_bound() -> None:
+    from seechange.bench import TARGETS, target_rows
+
+    results = {
+        "stages": {
+            "stages": {"reduce": {"median_s": 0.9}, "subtract": {"median_s": 2.0}},
+            "per_alert_ms": 4.0,
+        },
+        "e2e": {"ccds_per_min": 31.0, "max_rss_mb": 1300.0},
+    }
+    rows = {name: (value, met) for name, value, _, _, met in target_rows(results)}
+    assert set(rows) == set(TARGETS)
+    assert rows["reduce per CCD"] == (0.9, True)
+    assert rows["subtract per CCD (reference cached)"] == (2.0, False)
+    assert rows["alert build per alert"] == (4.0, True)
+    assert rows["services throughput, all queued"] == (31.0, True)  # a lower bound
+    assert rows["peak RSS per service (largest)"] == (1300.0, False)
+    assert rows["latency median, one CCD per 4 s"] == (None, None)  # not measured
+
+
+def test_profile_of_a_step_is_written_as_text_and_html(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from seechange.pipeline.chain import _profiler, _write_profile
+
+    prof = _profiler()
+    prof.start()
+    np.linalg.svd(np.random.default_rng(0).normal(size=(300, 300)))
+    prof.stop()
+    _write_profile(prof, tmp_path / "p", "subtract-1")
+    text = (tmp_path / "p" / "subtract-1.txt").read_text()
+    assert "test_profile_of_a_step" in text
+    assert (tmp_path / "p" / "subtract-1.html").stat().st_size > 1000

@@ -123,3 +123,43 @@ def test_write_cutouts_equals_make_cutouts_plus_astropy_writer(tmp_path: Path) -
     got = read_cutouts_file(tmp_path / "direct.fits")
     assert np.array_equal(got["SIG14_DIFF"][0], st[3]["diff"][0], equal_nan=True)
     assert got["SIG11_NEW"][1]["CRPIX1"] == st[0]["new"][1]["CRPIX1"]
+
+
+def test_raw_stamps_give_the_astropy_alert_bytes(tmp_path: Path) -> None:
+    """The alert path reads stamps as bytes: the same data and the same gzipped FITS as through astropy."""
+    import pytest
+
+    from seechange.imageio import ImageReadError, read_cutouts_file, read_cutouts_raw
+    from seechange.improc.cutouts import extension_to_gzipped_fits
+
+    rng = np.random.default_rng(8)
+    new, ref = make_image(rng), make_image(rng)
+    ny, nx = new.image.shape
+    pos = [(100.3, 120.7), (0.2, 0.4), (nx - 1.4, ny - 0.6)]
+    path = tmp_path / "c.fits"
+    from seechange.imageio import write_cutouts
+
+    write_cutouts(path, new, ref, new.image - ref.image, list(zip([5, 6, 7], pos, strict=True)), size=21)
+    slow = read_cutouts_file(path)
+    raw = read_cutouts_raw(path)
+    assert list(raw) == list(slow)
+    for name, (data, header) in slow.items():
+        assert np.array_equal(raw[name].array(), data, equal_nan=True)
+        assert extension_to_gzipped_fits(raw[name]) == cutout_to_gzipped_fits(data, header.copy())
+    assert raw["SIG6_REF"].keyword("EXTNAME") == "SIG6_REF"
+    (tmp_path / "cut.fits").write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_cutouts_raw(tmp_path / "cut.fits")
+
+
+def test_card_images_equal_astropy_cards() -> None:
+    """The stamp cards formatted without Card objects are astropy's card images, byte for byte."""
+    from seechange.improc.cutouts import _card
+
+    rng = np.random.default_rng(0)
+    values = [*rng.normal(0, 1e4, 3000), *rng.uniform(-3, 3, 500), 0.0, -0.0, 1e-30, 1e30, 38.5, 1 / 3]
+    for v in values:
+        for key, comment in (("CRPIX1", "Pixel coordinate of reference point"), ("XCEN", "0-based x")):
+            assert _card(key, float(v), comment) == fits.Card(key, float(v), comment).image
+    for name in ("SIG1_NEW", "SIG123456_DIFF", "A"):
+        assert _card("EXTNAME", name, "extension name") == fits.Card("EXTNAME", name, "extension name").image

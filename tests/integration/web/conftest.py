@@ -67,7 +67,7 @@ def web_night(test_settings: Settings) -> Iterator[WebNight]:
         sessions = make_session_factory(engine)
         run_chain(sessions, root, simulate(root), alert=True)
         with sessions() as s, s.begin():
-            force_objects(s, root, None, params=PipelineParameters().detect.forced)
+            force_objects(s, root, None, params=PipelineParameters().detect.forced_params)
         error = _dead_letter(settings)
         app = create_app(settings, status_ttl_s=0.0)
         server = ServerThread(app).start()
