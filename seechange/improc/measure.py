@@ -16,8 +16,9 @@ on a plateau and noise peaks cross 5 sigma. The residual level is measured on ea
 registration noise; no fixed fraction fits both). The star's reach grows with its flux: the largest radius
 where the residual's contribution to the matched-filter score, ``eps F prof(r) sqrt(NEA_D) / sigma_local``,
 is still ``bright_wing_sigma`` (1) times the local noise. A detection within that reach, fainter than the
-star, not on the star itself (more than half a FWHM of P_D from its peak: the star's own change is real)
-and whose noise budget the star dominates (``bright_var_factor``) is flagged; so is one within the wing
+star, not on the star itself (more than half a FWHM of P_D from its peak: the star's own change is real),
+not brighter than the residual's peaks there (|SNR| <= ``bright_peak_factor`` x the residual's score) and
+whose noise budget the star dominates (``bright_var_factor``) is flagged; so is one within the wing
 of a saturated star or bleed trail (whose flux cannot be measured). Flags, not deletions.
 """
 
@@ -99,6 +100,9 @@ class MeasureParams(StepParameters):
     bright_wing_sigma : float
         A star's reach ends where its measured wing residual, turned into matched-filter score
         (``eps F prof(r) sqrt(NEA_D)``), falls below this many times the local noise of D.
+    bright_peak_factor : float
+        ... or below the detection's |SNR| over this factor: peaks of a residual pattern reach about this
+        many times its rms (3, as for Gaussian noise), so a detection brighter than that is not one of them.
     bright_var_factor : float
         ... and only when the score variance at the detection exceeds this factor times its median over the
         frame (the star, not the sky, sets the noise there).
@@ -114,6 +118,7 @@ class MeasureParams(StepParameters):
     max_neg_fraction: float = 0.55
     bright_stars: bool = True
     bright_wing_sigma: float = 1.0
+    bright_peak_factor: float = 3.0
     bright_var_factor: float = 1.5
 
 
@@ -313,16 +318,20 @@ def _near_bright(
     *,
     diff: np.ndarray,
     dvar: np.ndarray,
+    snr: np.ndarray,
     wing_sigma: float,
+    peak_factor: float,
     dominated: np.ndarray,
 ) -> np.ndarray:
     """True where a detection lies within the measured residual reach of a brighter star, or of saturation.
 
     Stars are the local maxima above 10 sigma in each image within ``len(profile)`` pixels of the
     detection; a star's flux is its aperture sum (radius 2.5 FWHM) over the PSF's aperture fraction; its
-    residual fraction ``eps`` is measured on D around it (`_wing_residual`); its reach is the largest radius
-    where ``eps * flux * profile(r) * sqrt(NEA)`` is at least ``wing_sigma`` times the local noise of D (the
-    larger of the detection's and the frame's ``sigma``). A detection within the reach of a star brighter
+    residual fraction ``eps`` is measured on D around it (`_wing_residual`); the residual's score there is
+    ``z_res(r) = eps * flux * profile(r) * sqrt(NEA) / noise`` (noise: the larger of the detection's and the
+    frame's ``sigma``) and the star's reach is the largest radius where ``z_res`` is at least
+    ``wing_sigma`` and at least ``|snr| / peak_factor`` (a residual's peaks reach a few times its rms: a
+    detection much brighter than that is not one of them). A detection within the reach of a star brighter
     than itself, more than half a FWHM from the star's peak, is flagged when it is ``dominated`` (its score
     variance well above the sky's). Saturated pixels (flags) reach twice the radius of their blob plus
     2 FWHM (measured on simulated nights: no false positives remain beyond that once the reference keeps
@@ -377,7 +386,8 @@ def _near_bright(
                     continue
                 eps = _wing_residual(diff, dvar, flags, x_s, y_s, f_s, prof, (xc[i], yc[i]), fwhm)
                 local = float(np.sqrt(dvar[iy, ix])) if 0 <= iy < ny and 0 <= ix < nx else sigma
-                reach = np.nonzero(eps * f_s * prof * sqrt_nea >= wing_sigma * max(local, sigma))[0]
+                z_res = eps * f_s * prof * sqrt_nea / max(local, sigma)  # the residual's score, sigma
+                reach = np.nonzero(z_res >= max(wing_sigma, abs(float(snr[i])) / peak_factor))[0]
                 if reach.size and d_s <= reach[-1] + 1:
                     out[i] = True
                     break
@@ -556,7 +566,9 @@ def measure_sightings(
             sigma,
             diff=diff,
             dvar=dvar,
+            snr=snr,
             wing_sigma=params.bright_wing_sigma,
+            peak_factor=params.bright_peak_factor,
             dominated=dominated,
         )
         q[near_b] |= QF_NEAR_BRIGHT
