@@ -182,6 +182,7 @@ def _register_pipeline_commands() -> None:
     from seechange.commands.instruments import instruments
     from seechange.commands.loadtest import loadtest
     from seechange.commands.provenance import provenance
+    from seechange.commands.reference import reference
     from seechange.commands.serve import ingest, serve
     from seechange.commands.simulate import simulate
     from seechange.commands.status import status
@@ -198,6 +199,7 @@ def _register_pipeline_commands() -> None:
     main.add_command(forced_cmd)
     main.add_command(alerts)
     main.add_command(provenance)
+    main.add_command(reference)
     main.add_command(simulate)
     main.add_command(evaluate)
     main.add_command(bench)

@@ -9,14 +9,17 @@ peak. Pulls on injected sources are verified in ``tests/unit/test_measure.py`` a
 ``seechange.evaluation.real``.
 
 Near bright stars (flag ``QF_NEAR_BRIGHT``): a star of flux F leaves residuals in D of order F times the
-PSF models' error (1e-4 of F per pixel is already 5 sigma for a mag 16.5 star) and, when it varies, a
-plateau of |S_corr| ~ 3 over its wing (the flux-error term keeps S_corr there at about its value at the
-centre) on which noise peaks cross 5 sigma. A detection is therefore flagged when a star in the reference
-or the new image, within the radius where that star's wing is above ``bright_wing_sigma`` of the noise per
-pixel, is so bright that the detection's |flux| is below ``bright_flux_fraction`` of the star's, and the
-star's terms dominate the score variance there (``bright_var_factor``); and when
-it lies within the wing of a saturated star or bleed trail (whose flux cannot be measured). Flags, not
-deletions; a transient on a faint galaxy is not affected (its |flux| is a large fraction of the galaxy's).
+PSF models' error and, when it varies, its change (``a F P_D``) reaches into its wing, where S_corr sits
+on a plateau and noise peaks cross 5 sigma. The residual level is measured on each nearby star itself:
+``eps`` = the rms of D in rings around the star, in excess of D's noise, over the star's wing ``F prof(r)``
+(decam-sfft: 0.02 to 0.07 within a night, 0.15 to 0.8 across epochs two years apart with 0.3 px of
+registration noise; no fixed fraction fits both). The star's reach grows with its flux: the largest radius
+where the residual's contribution to the matched-filter score, ``eps F prof(r) sqrt(NEA_D) / sigma_local``,
+is still ``bright_wing_sigma`` (1) times the local noise. A detection within that reach, fainter than the
+star, not on the star itself (more than half a FWHM of P_D from its peak: the star's own change is real),
+not brighter than the residual's peaks there (|SNR| <= ``bright_peak_factor`` x the residual's score) and
+whose noise budget the star dominates (``bright_var_factor``) is flagged; so is one within the wing
+of a saturated star or bleed trail (whose flux cannot be measured). Flags, not deletions.
 """
 
 from __future__ import annotations
@@ -92,13 +95,14 @@ class MeasureParams(StepParameters):
         median 0.77, 99 % below 1.33, largest 2.5; a cosmic-ray remainder there: 19.6. 0 disables it.
     max_neg_fraction : float
         Largest allowed fraction of opposite-sign pixels of D within 1 FWHM.
-    bright_flux_fraction : float
-        A detection whose |PSF flux| is below this fraction of a nearby star's flux (in the reference or
-        the new image, electrons; the reference is not rescaled to the new zero point) is flagged
-        ``QF_NEAR_BRIGHT`` when it lies in that star's wing; 0 disables the flag.
+    bright_stars : bool
+        Flag ``QF_NEAR_BRIGHT`` (see the module docstring); False disables it.
     bright_wing_sigma : float
-        A star's wing reaches where its per-pixel surface brightness (the star's flux times the azimuthal
-        profile of P_D) falls to this many sigma of the difference image's per-pixel noise.
+        A star's reach ends where its measured wing residual, turned into matched-filter score
+        (``eps F prof(r) sqrt(NEA_D)``), falls below this many times the local noise of D.
+    bright_peak_factor : float
+        ... or below the detection's |SNR| over this factor: peaks of a residual pattern reach about this
+        many times its rms (3, as for Gaussian noise), so a detection brighter than that is not one of them.
     bright_var_factor : float
         ... and only when the score variance at the detection exceeds this factor times its median over the
         frame (the star, not the sky, sets the noise there).
@@ -112,8 +116,9 @@ class MeasureParams(StepParameters):
     max_elongation: float = 2.0
     elongation_ref_snr: float = 20.0
     max_neg_fraction: float = 0.55
-    bright_flux_fraction: float = 0.01
-    bright_wing_sigma: float = 0.3
+    bright_stars: bool = True
+    bright_wing_sigma: float = 1.0
+    bright_peak_factor: float = 3.0
     bright_var_factor: float = 1.5
 
 
@@ -263,6 +268,44 @@ def _radial_profile(psf: np.ndarray) -> np.ndarray:
     return prof[: k + 1]
 
 
+def _wing_residual(
+    diff: np.ndarray,
+    dvar: np.ndarray,
+    flags: np.ndarray,
+    x_s: float,
+    y_s: float,
+    f_s: float,
+    prof: np.ndarray,
+    avoid: tuple[float, float],
+    fwhm: float,
+) -> float:
+    """Residual of a star in D as a fraction of its wing: median over rings of rms excess / (F prof(r)).
+
+    Rings of one pixel width from half a FWHM out to where the wing ``f_s * prof(r)`` drops below 3 sigma
+    of D (measurable rings only); unflagged pixels, and none within one FWHM of ``avoid`` (the detection
+    itself: a real transient there must not raise its neighbour's residual). 0 when no ring is measurable.
+    """
+    rmax = len(prof) - 1
+    ny, nx = diff.shape
+    ix, iy = round(x_s), round(y_s)
+    y0, y1, x0, x1 = max(iy - rmax, 0), min(iy + rmax + 1, ny), max(ix - rmax, 0), min(ix + rmax + 1, nx)
+    gy, gx = np.mgrid[y0:y1, x0:x1]
+    r = np.hypot(gx - x_s, gy - y_s)
+    ok = (flags[y0:y1, x0:x1] == 0) & (np.hypot(gx - avoid[0], gy - avoid[1]) > fwhm)
+    d, v = diff[y0:y1, x0:x1], dvar[y0:y1, x0:x1]
+    fracs = []
+    for k in range(max(1, int(np.ceil(0.5 * fwhm))), rmax + 1):
+        ring = ok & (np.abs(r - k) < 0.5)
+        if ring.sum() < 5:
+            continue
+        noise2 = float(np.mean(v[ring]))
+        wing = f_s * float(prof[k])
+        if not wing >= 3.0 * np.sqrt(noise2):
+            break
+        fracs.append(np.sqrt(max(float(np.mean(d[ring] ** 2)) - noise2, 0.0)) / wing)
+    return float(np.median(fracs)) if fracs else 0.0
+
+
 def _near_bright(
     images: Sequence[np.ndarray],
     flags: np.ndarray,
@@ -273,19 +316,26 @@ def _near_bright(
     fwhm: float,
     sigma: float,
     *,
+    diff: np.ndarray,
+    dvar: np.ndarray,
+    snr: np.ndarray,
     wing_sigma: float,
-    fraction: float,
+    peak_factor: float,
     dominated: np.ndarray,
 ) -> np.ndarray:
-    """True where a detection lies in the significant wing of a much brighter star or of saturation.
+    """True where a detection lies within the measured residual reach of a brighter star, or of saturation.
 
     Stars are the local maxima above 10 sigma in each image within ``len(profile)`` pixels of the
     detection; a star's flux is its aperture sum (radius 2.5 FWHM) over the PSF's aperture fraction; its
-    wing reaches the largest radius where ``flux * profile(r) >= wing_sigma * sigma``; a detection in it
-    is flagged when it is ``dominated`` (its score variance well above the sky's: the star's source-noise,
-    flux-error and astrometric terms make the local noise budget). Saturated pixels (flags) reach twice
-    the radius of their blob plus 2 FWHM (measured on simulated nights: no false positives remain beyond
-    that once the reference keeps every input's saturation flags); bleed pixels 2 FWHM.
+    residual fraction ``eps`` is measured on D around it (`_wing_residual`); the residual's score there is
+    ``z_res(r) = eps * flux * profile(r) * sqrt(NEA) / noise`` (noise: the larger of the detection's and the
+    frame's ``sigma``) and the star's reach is the largest radius where ``z_res`` is at least
+    ``wing_sigma`` and at least ``|snr| / peak_factor`` (a residual's peaks reach a few times its rms: a
+    detection much brighter than that is not one of them). A detection within the reach of a star brighter
+    than itself, more than half a FWHM from the star's peak, is flagged when it is ``dominated`` (its score
+    variance well above the sky's). Saturated pixels (flags) reach twice the radius of their blob plus
+    2 FWHM (measured on simulated nights: no false positives remain beyond that once the reference keeps
+    every input's saturation flags); bleed pixels 2 FWHM.
     """
     prof = _radial_profile(psf)
     rmax = len(prof) - 1
@@ -295,6 +345,7 @@ def _near_bright(
     yy, xx = np.mgrid[-k : k + 1, -k : k + 1]
     pn = np.asarray(psf, np.float64) / float(np.sum(psf))
     apfrac = float(pn[np.hypot(xx, yy) <= rap].sum())
+    sqrt_nea = 1.0 / float(np.sqrt(np.sum(pn * pn)))  # noise-equivalent area of P_D, sqrt(pixels)
     win = max(3, int(2 * round((fwhm - 1) / 2) + 1))
     sat_bits = np.uint16(FLAG_SATURATED | FLAG_BLEED)
     out = np.zeros(len(xc), dtype=bool)
@@ -320,7 +371,6 @@ def _near_bright(
                 continue
         if not dominated[i]:
             continue
-        need = abs(float(flux[i])) / fraction  # a star at least this bright can flag the detection
         for img in images:
             box = np.asarray(img[y0:y1, x0:x1], dtype=np.float64)  # float64 comparisons, as before
             peaks = (box == ndimage.maximum_filter(box, size=win, mode="nearest")) & (box > 10.0 * sigma)
@@ -331,11 +381,14 @@ def _near_bright(
             sx, sy = (px[order] + x0).astype(float), (py[order] + y0).astype(float)
             fstar = sep.sum_circle(img, sx, sy, rap)[0] / apfrac  # img: C-contiguous float32 or float64
             d = np.hypot(sx - xc[i], sy - yc[i])
-            for f_s, d_s in zip(fstar, d, strict=True):
-                if not (f_s >= need and f_s > 0):
+            for f_s, d_s, x_s, y_s in zip(fstar, d, sx, sy, strict=True):
+                if not (f_s > abs(float(flux[i])) and d_s > 0.5 * fwhm):
                     continue
-                above = np.nonzero(f_s * prof >= wing_sigma * sigma)[0]
-                if above.size and d_s <= above[-1] + 1:
+                eps = _wing_residual(diff, dvar, flags, x_s, y_s, f_s, prof, (xc[i], yc[i]), fwhm)
+                local = float(np.sqrt(dvar[iy, ix])) if 0 <= iy < ny and 0 <= ix < nx else sigma
+                z_res = eps * f_s * prof * sqrt_nea / max(local, sigma)  # the residual's score, sigma
+                reach = np.nonzero(z_res >= max(wing_sigma, abs(float(snr[i])) / peak_factor))[0]
+                if reach.size and d_s <= reach[-1] + 1:
                     out[i] = True
                     break
             if out[i]:
@@ -496,7 +549,7 @@ def measure_sightings(
         QF_WIDTH
     )
     q[edge] |= QF_EDGE
-    if params.bright_flux_fraction > 0:
+    if params.bright_stars:
         step = max(1, int(np.sqrt(dvar.size / 250_000)))
         sigma = float(np.sqrt(np.median(dvar[::step, ::step][np.isfinite(dvar[::step, ::step])])))
         sv = svar[::step, ::step]
@@ -512,8 +565,11 @@ def measure_sightings(
             np.asarray(zogy_result.psf_d),
             fwhm_d,
             sigma,
+            diff=diff,
+            dvar=dvar,
+            snr=snr,
             wing_sigma=params.bright_wing_sigma,
-            fraction=params.bright_flux_fraction,
+            peak_factor=params.bright_peak_factor,
             dominated=dominated,
         )
         q[near_b] |= QF_NEAR_BRIGHT

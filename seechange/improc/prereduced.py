@@ -20,7 +20,7 @@ from scipy import ndimage
 from seechange.imageio import header_wcs, read_ccd
 from seechange.improc.astrometry import find_offset, match_xy
 from seechange.improc.background import measure_background
-from seechange.improc.calibrate import detect_cosmic_rays
+from seechange.improc.calibrate import detect_cosmic_rays, point_source_fine_ratio
 from seechange.improc.extract import extract_sources, noise_from_weight
 from seechange.improc.psf import build_psf, header_fwhm_px, noise_equivalent_area
 from seechange.improc.reduction import ReduceParams
@@ -147,14 +147,14 @@ def load_prereduced(
         weight = 1.0 / (bkg.rms_map.astype(np.float32) ** 2 + np.maximum(image, 0))
     weight[flags != 0] = 0
     weight = weight.astype(np.float32)
-    n_cr = _flag_cosmic_rays(image, weight, flags, bkg.rms, header, params)
+    wcs = header_wcs(header, name=Path(image_path).name)
+    wcs.pixel_shape = (data.shape[1], data.shape[0])
+    scale = 3600.0 * float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))))
+    n_cr = _flag_cosmic_rays(image, weight, flags, bkg.rms, header, params, header_fwhm_px(header, scale))
     noise = noise_from_weight(weight, fill=bkg.rms)
     sources = extract_sources(
         image, noise=noise, flags=flags, thresh=params.detect_thresh, minarea=params.detect_minarea
     )
-    wcs = header_wcs(header, name=Path(image_path).name)
-    wcs.pixel_shape = (data.shape[1], data.shape[0])
-    scale = 3600.0 * float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))))
     psf = build_psf(
         image,
         sources,
@@ -216,6 +216,7 @@ def _flag_cosmic_rays(
     sky_rms: float,
     header: fits.Header,
     params: ReduceParams,
+    fwhm_px: float = float("nan"),
 ) -> int:
     """Flag cosmic rays that the input mask did not (in place: flags |= FLAG_COSMIC_RAY, weight = 0).
 
@@ -225,14 +226,24 @@ def _flag_cosmic_rays(
     ``params.cosmic_rays`` is off. The Laplacian threshold is ``params.cr_sigclip_prereduced`` (4.5, not
     the raw images' 6): resampled and interpolated products spread a hit over neighbours, and measured on
     the real decam-sfft frames the 4 to 8 sigma tracks that 6 left made most false positives (18d: 6 good
-    sightings at 6, 1 plus the real transient at 4.5). Returns the number of pixels flagged now.
+    sightings at 6, 1 plus the real transient at 4.5). The fine-structure contrast ``objlim`` is
+    relative to the PSF when the header gives its FWHM (``fwhm_px``): ``params.cr_objlim_psf_factor``
+    times what a point source of that FWHM gives (`point_source_fine_ratio`), never above
+    ``params.cr_objlim``: resampling spreads a hit over two pixels, which raises the 3x3 median that
+    protects stars and left hits of contrast 1.1 to 3.2 unflagged (decam-sfft 04e: a cosmic-ray track
+    seen as an SNR 19 good sighting; 18d: a two-pixel hit of SNR 8.8), while a star of FWHM 3.8 px gives
+    0.28. Returns the number of pixels flagged now.
     """
     if not params.cosmic_rays or int(header.get("NCOMBINE", 1) or 1) > 1:
         return 0
     with np.errstate(divide="ignore"):
         var = np.where(weight > 0, 1.0 / weight, sky_rms**2 + np.maximum(image, 0)).astype(np.float32)
+    objlim = params.cr_objlim
+    star = point_source_fine_ratio(fwhm_px)
+    if np.isfinite(star) and star > 0:
+        objlim = min(objlim, params.cr_objlim_psf_factor * star)
     cr = detect_cosmic_rays(
-        image, var, sigclip=params.cr_sigclip_prereduced, objlim=params.cr_objlim, exclude=(flags != 0)
+        image, var, sigclip=params.cr_sigclip_prereduced, objlim=objlim, exclude=(flags != 0)
     )
     # one pixel of growth: the faint edges of a hit, spread by the resampling or interpolation of the
     # product, left 15 to 18 sigma remainders (decam-sfft 04e) that were detected as good sightings

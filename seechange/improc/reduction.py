@@ -41,6 +41,10 @@ class ReduceParams(StepParameters):
     cr_sigclip_prereduced : float
         Laplacian significance threshold for images that arrive reduced (resampled or interpolated
         products spread a hit over its neighbours; see `seechange.improc.prereduced`).
+    cr_objlim_psf_factor : float
+        For images that arrive reduced: the fine-structure contrast limit is this many times what a
+        point source of the header FWHM gives (`seechange.improc.calibrate.point_source_fine_ratio`),
+        never above ``cr_objlim``.
     saturation_grow : int
         Dilation of the saturated and bleed masks, pixels.
     bleed_fraction : float
@@ -75,6 +79,7 @@ class ReduceParams(StepParameters):
     cr_sigclip: float = 6.0
     cr_objlim: float = 4.0
     cr_sigclip_prereduced: float = 4.5
+    cr_objlim_psf_factor: float = 3.0
     saturation_grow: int = 1
     bleed_fraction: float = 0.5
     bkg_mesh: int = 128

@@ -53,6 +53,7 @@ __all__ = [
     "ReferencePending",
     "find_or_build_reference",
     "footprint_overlap",
+    "prepare_reference",
     "reference_key",
 ]
 
@@ -296,13 +297,8 @@ def find_or_build_reference(
         A would-be member is not reduced yet (retry later).
     """
     instrument = image.exposure.instrument
-    image_prov = session.get(Provenance, image.provenance_id)
-    assert image_prov is not None
-    prov = get_or_create_provenance(session, "coadd", params.critical(), [image_prov])
-    found = _covering_reference(session, image, instrument, prov, params.min_overlap)
-    if found is None:
-        _lock_sky(session, instrument, image.band, image)
-        found = _covering_reference(session, image, instrument, prov, params.min_overlap)
+    prov = _coadd_provenance(session, image, params)
+    found = _find_locked(session, image, instrument, prov, params)
     if found is not None:
         if any(m.id == image.id for m in found.images):
             _note(image, REFERENCE_MEMBER)
@@ -320,6 +316,55 @@ def find_or_build_reference(
         _note(image, NO_REFERENCE)
         return None
     return _build_reference(session, data_root, instrument, prov, members)
+
+
+def prepare_reference(
+    session: Session, data_root: Path, image: Image, *, params: ReferenceParams
+) -> tuple[CoaddImage | None, str]:
+    """Make sure a reference covers ``image`` ahead of a night (``seechange reference build``).
+
+    The same choice as :func:`find_or_build_reference` (same provenance, same members: the first
+    ``n_ref_images`` good images covering ``image`` by MJD, from whatever is registered on that sky), but
+    ``image`` is not being subtracted: a reference that covers it is reported, else one is built when its
+    sky has enough good images, whether or not ``image`` is one of them.
+
+    Returns
+    -------
+    (CoaddImage or None, str)
+        The covering reference and ``"covered"`` (it existed) or ``"built"``; or None and why not.
+
+    Raises
+    ------
+    ReferencePending
+        A would-be member is ingested but not reduced yet.
+    """
+    instrument = image.exposure.instrument
+    prov = _coadd_provenance(session, image, params)
+    found = _find_locked(session, image, instrument, prov, params)
+    if found is not None:
+        return found, "covered"
+    members = _members(session, image, instrument, params)
+    if len(members) < params.n_ref_images:
+        return None, f"{len(members)} good image(s) on its sky, {params.n_ref_images} needed"
+    return _build_reference(session, data_root, instrument, prov, members), "built"
+
+
+def _coadd_provenance(session: Session, image: Image, params: ReferenceParams) -> Provenance:
+    """The provenance of references for images of ``image``'s provenance."""
+    image_prov = session.get(Provenance, image.provenance_id)
+    assert image_prov is not None
+    return get_or_create_provenance(session, "coadd", params.critical(), [image_prov])
+
+
+def _find_locked(
+    session: Session, image: Image, instrument: str, prov: Provenance, params: ReferenceParams
+) -> CoaddImage | None:
+    """The covering reference; when there is none, the sky's locks are taken and it is looked for again."""
+    found = _covering_reference(session, image, instrument, prov, params.min_overlap)
+    if found is None:
+        _lock_sky(session, instrument, image.band, image)
+        found = _covering_reference(session, image, instrument, prov, params.min_overlap)
+    return found
 
 
 def _build_reference(

@@ -8,6 +8,7 @@ from seechange.improc.calibrate import (
     detect_cosmic_rays,
     load_calibration,
     overscan_correct_and_trim,
+    point_source_fine_ratio,
 )
 from seechange.improc.types import FLAG_BAD, FLAG_BLEED, FLAG_COSMIC_RAY, FLAG_SATURATED
 
@@ -113,6 +114,35 @@ def test_cosmic_rays_spare_stars():
     for x0, y0 in stars:
         assert not m[round(y0) - 5 : round(y0) + 6, round(x0) - 5 : round(x0) + 6].any()
     assert m.sum() < 20
+
+
+def test_psf_relative_objlim_flags_resampled_hits_and_spares_stars():
+    """objlim = 3 x a point source's contrast flags hits spread over 2 px (a resampled product) and no star."""
+    fwhm = 3.8
+    star_ratio = point_source_fine_ratio(fwhm)
+    assert 0.2 < star_ratio < 0.35  # independent of flux; larger for sharper PSFs
+    assert point_source_fine_ratio(2.0) > 4 * star_ratio
+    rng = np.random.default_rng(5)
+    ny, nx = 200, 200
+    yy, xx = np.mgrid[:ny, :nx]
+    img = rng.normal(0.0, 100.0, (ny, nx))
+    sigma = fwhm / 2.3548
+    stars = [(40.3, 50.7), (120.1, 150.5), (160.6, 60.2), (70.5, 120.5)]
+    for k, (x0, y0) in enumerate(stars):
+        flux = 10.0 ** (5 + k)  # peaks 100 to 1e5 sigma
+        img += flux / (2 * np.pi * sigma**2) * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma**2))
+    # a cosmic-ray track spread over two pixels across (as resampling leaves it), peak ~20 sigma
+    track = [(30 + i, 160 + i // 3) for i in range(14)]
+    for x, y in track:
+        img[y, x] += 2000.0
+        img[y + 1, x] += 1200.0
+    var = np.maximum(img, 0) + 100.0**2
+    default = detect_cosmic_rays(img, var, sigclip=4.5, objlim=4.0)
+    relative = detect_cosmic_rays(img, var, sigclip=4.5, objlim=min(4.0, 3.0 * star_ratio))
+    hit = sum(bool(relative[y, x] or relative[y + 1, x]) for x, y in track)
+    assert hit >= 10 > sum(bool(default[y, x] or default[y + 1, x]) for x, y in track)
+    for x0, y0 in stars:
+        assert not relative[round(y0) - 6 : round(y0) + 7, round(x0) - 6 : round(x0) + 7].any()
 
 
 def test_load_calibration(tmp_path):

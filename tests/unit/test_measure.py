@@ -112,7 +112,7 @@ def test_near_bright_star_flag() -> None:
     new.weight[200:203, 40:43] = 0.0
     res = zogy(new, ref, params=ZogyParams())
     pts = [
-        (134.0, 128.0, False),  # 6 px out in the variable star's wing: |flux| << 1% of the star
+        (134.0, 128.0, False),  # 6 px out in the variable star's wing, within its measured residual reach
         (128.0, 128.0, True),  # the star's own 3% change: not flagged by this cut
         (60.5, 200.5, True),  # transient on a faint source: not flagged
         (49.0, 201.0, True),  # next to saturated pixels
@@ -121,5 +121,43 @@ def test_near_bright_star_flag() -> None:
     m = measure_sightings(res, new, ref, _detections(pts))
     near = (np.asarray(m["qflags"]) & QF_NEAR_BRIGHT) != 0
     assert near.tolist() == [True, False, False, True, False]
-    off = measure_sightings(res, new, ref, _detections(pts), params=MeasureParams(bright_flux_fraction=0.0))
+    off = measure_sightings(res, new, ref, _detections(pts), params=MeasureParams(bright_stars=False))
     assert not np.any(np.asarray(off["qflags"]) & QF_NEAR_BRIGHT)
+
+
+def test_near_bright_reach_grows_with_the_star_flux() -> None:
+    """A star whose new-image PSF model is 6 % too narrow leaves a residual of a fixed fraction of its wing:
+    the same faint detection 5 px out is flagged next to a bright star and not next to a faint one."""
+    import dataclasses
+
+    from seechange.improc.measure import QF_NEAR_BRIGHT, _wing_residual
+    from tests.unit.test_zogy import gaussian_psf
+
+    flagged = []
+    for star in (3e4, 3e6):
+        rng = np.random.default_rng(11)
+        ref = make_image(rng, fwhm=3.4, sky_e=600.0, stars=[(128.0, 128.0, star)])
+        new = make_image(rng, fwhm=4.4, sky_e=900.0, stars=[(128.0, 128.0, star)])
+        new = dataclasses.replace(new, psf=gaussian_psf(4.15), fwhm_px=4.15)  # PSF model error
+        res = zogy(new, ref, params=ZogyParams())
+        m = measure_sightings(res, new, ref, _detections([(133.0, 128.0, True), (60.0, 60.0, True)]))
+        near = (np.asarray(m["qflags"]) & QF_NEAR_BRIGHT) != 0
+        assert not near[1]  # empty sky
+        flagged.append(bool(near[0]))
+        if star > 1e6:  # the residual fraction is measured on the star: a few % of its wing
+            dvar = np.asarray(res.diff_variance, np.float64) * res.renorm_factor**2
+            from seechange.improc.measure import _radial_profile
+
+            eps = _wing_residual(
+                np.asarray(res.diff, np.float64),
+                dvar,
+                res.flags,
+                128.0,
+                128.0,
+                star,
+                _radial_profile(res.psf_d),
+                (133.0, 128.0),
+                res.fwhm_px,
+            )
+            assert 0.01 < eps < 0.3
+    assert flagged == [False, True]

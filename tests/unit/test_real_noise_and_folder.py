@@ -101,7 +101,12 @@ def test_folder_evaluation_meets_the_targets_on_decam_sfft() -> None:
     assert abs(r["scorr_std_mean"] - 1.0) <= 0.05
     assert 0.8 <= r["pull_std"] <= 1.25
     assert r["snr50"] <= 6.0
-    assert r["completeness_snr_ge_10"] >= 0.95  # measured 0.973 with seed 0
+    assert (
+        r["completeness_snr_ge_10"] >= 0.95
+    )  # measured 0.989 with seed 0 (0.973 before the PSF-relative objlim)
     assert abs(r["flux_ratio_median"] - 1.0) < 0.03
     for f in r["per_image"]:
         assert f["area_px"] > 30_000 and np.isfinite(f["good_sightings_per_ccd"])
+    # the null pair: no good sighting without injections in 0.37 Mpx (was 2, both cosmic rays that resampling
+    # had spread over two pixels: a track in 04e, a hit in 18d; flagged since objlim is relative to the PSF)
+    assert r["good_sightings"] == 0

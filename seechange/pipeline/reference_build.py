@@ -1,0 +1,133 @@
+"""References prepared ahead of a night (``seechange reference build``), as operators prepare templates.
+
+The given reduced images (files, or folders searched recursively: Community Pipeline ``ooi``/``oow``/``ood``
+triplets or plain reduced images) are registered as the ingest of reduced images registers them
+(:func:`~seechange.pipeline.ingest_reduced.register_reduced_image`: same loader, same provenance, no
+image-reduced event, so no service subtracts them), then, in (MJD, id) order, each one's sky gets its
+reference from the one reference code (:func:`~seechange.pipeline.references.prepare_reference`): the
+first ``n_ref_images`` good images covering it by MJD, built once per sky, found later by the subtract step
+of any new image that it covers (at least ``min_overlap`` of it), whatever its OBJECT name or CCD.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from seechange.errors import BadInput
+from seechange.improc.reduction import ReduceParams
+from seechange.models import Image
+from seechange.pipeline.ingest_reduced import pair_cp_triplets, register_reduced_image
+from seechange.pipeline.references import ReferenceParams, ReferencePending, prepare_reference
+
+__all__ = ["ReferenceBuildReport", "build_references", "reduced_files_under"]
+
+log = logging.getLogger(__name__)
+
+_SUFFIXES = (".fits", ".fits.fz", ".fits.gz", ".fit")
+
+
+@dataclass
+class ReferenceBuildReport:
+    """What ``build_references`` did.
+
+    Attributes
+    ----------
+    images : list of int
+        Image ids registered (or found registered) from the files.
+    built, covered : list of (int, int)
+        (image id, reference id): references built now, and images already covered by one.
+    not_built : list of (int, str)
+        (image id, why): too few good images on its sky, or a member not reduced yet.
+    failed : list of (str, str)
+        (file, one-line reason): files that could not be registered.
+    """
+
+    images: list[int] = field(default_factory=list)
+    built: list[tuple[int, int]] = field(default_factory=list)
+    covered: list[tuple[int, int]] = field(default_factory=list)
+    not_built: list[tuple[int, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def reduced_files_under(paths: Iterable[Path]) -> list[Path]:
+    """The FITS files given, folders searched recursively (sorted; PSFEx models and CCD tables left out)."""
+    out: list[Path] = []
+    for p in paths:
+        found = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        out += [
+            q
+            for q in found
+            if q.name.lower().endswith(_SUFFIXES)
+            and "psfex" not in q.name
+            and not q.name.startswith("survey-")
+        ]
+    return out
+
+
+def build_references(
+    session_factory: Callable[[], Session],
+    data_root: Path,
+    paths: Iterable[Path],
+    *,
+    reduce_params: ReduceParams,
+    ref_params: ReferenceParams,
+) -> ReferenceBuildReport:
+    """Register the reduced images under ``paths`` and give each one's sky a reference (one transaction each).
+
+    Parameters
+    ----------
+    session_factory : callable
+        Makes a Session (one transaction per file registered and per reference prepared).
+    data_root : Path
+        The data root; every file must lie inside it.
+    paths : iterable of Path
+        Reduced image files or folders (searched recursively).
+    reduce_params, ref_params
+        The pipeline's parameters (the provenances then match what the night's subtract step looks for).
+
+    Returns
+    -------
+    ReferenceBuildReport
+    """
+    report = ReferenceBuildReport()
+    for item in pair_cp_triplets(reduced_files_under(paths)):
+        try:
+            with session_factory() as session, session.begin():
+                _, image, _ = register_reduced_image(
+                    session,
+                    data_root,
+                    item.image,
+                    weight_path=item.weight,
+                    mask_path=item.mask,
+                    params=reduce_params,
+                )
+                report.images.append(image.id)
+        except BadInput as exc:
+            reason = " ".join(str(exc).split())
+            log.error("reference build: %s: %s", item.image, reason)
+            report.failed.append((str(item.image), reason))
+    with session_factory() as session:
+        rows = session.execute(select(Image.id, Image.mjd).where(Image.id.in_(report.images))).all()
+        order = [int(r[0]) for r in sorted(rows, key=lambda r: (float(r[1]), int(r[0])))]
+    for image_id in order:
+        with session_factory() as session, session.begin():
+            row = session.get(Image, image_id)
+            assert row is not None
+            try:
+                ref, outcome = prepare_reference(session, data_root, row, params=ref_params)
+            except ReferencePending as exc:
+                report.not_built.append((image_id, str(exc)))
+                continue
+            if ref is None:
+                report.not_built.append((image_id, outcome))
+            elif outcome == "built":
+                report.built.append((image_id, ref.id))
+            else:
+                report.covered.append((image_id, ref.id))
+    return report

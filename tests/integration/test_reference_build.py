@@ -1,0 +1,112 @@
+"""``seechange reference build`` ahead of a night: the reference it builds is the one subtract then finds.
+
+Real legacypipe-decam testcase3 g epochs (three programmes, CCDs N11, N12, N10): the first two, put in an
+"archive" folder, are given to the builder; the third arrives later, as a night's image would, and its
+subtraction must use the reference built beforehand (no second build).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from click.testing import CliRunner
+from sqlalchemy import Engine, func, select
+
+from seechange.config import Settings
+from seechange.improc.reduction import ReduceParams
+from seechange.improc.subtraction import SubtractParams
+from seechange.models import CoaddImage, Image
+from seechange.models.session import make_session_factory
+from seechange.pipeline.ingest_reduced import pair_cp_triplets, register_reduced_image
+from seechange.pipeline.reference_build import build_references
+from seechange.pipeline.references import ReferenceParams
+from seechange.pipeline.subtract import subtract_image_row
+
+
+@pytest.fixture
+def g_epochs(shared_data: Path, test_settings: Settings) -> Iterator[tuple[Path, Path]]:
+    """(archive folder with the first two g epochs, the third epoch's image), MAGZERO from the CCD table."""
+    src = shared_data / "legacypipe-decam" / "testcase3"
+    base = Path(test_settings.data_dir) / "incoming" / f"refbuild-{uuid.uuid4().hex[:8]}"
+    archive, tonight = base / "archive" / "deep", base / "tonight"
+    archive.mkdir(parents=True)
+    tonight.mkdir(parents=True)
+    ccds = Table.read(src / "survey-ccds-1.fits.gz")
+    zpt = {(int(r["expnum"]), str(r["ccdname"]).strip()): float(r["ccdzpt"]) for r in ccds}
+    stamps = sorted({p.name.split("_")[1] + p.name.split("_")[2] for p in src.glob("c4d_*_ooi_g_*.fits")})
+    assert len(stamps) == 3
+    for path in sorted(src.glob("c4d_*_g_ls9.*.fits")):
+        dest = (
+            tonight if path.name.split("_")[1] + path.name.split("_")[2] == stamps[-1] else archive
+        ) / path.name
+        shutil.copy(path, dest)
+        if "_ooi_" in path.name:
+            with fits.open(dest, mode="update") as hdul:
+                hdr = hdul[0].header
+                key = (int(hdr["EXPNUM"]), str(hdul[1].header["DETPOS"]).strip())
+                hdr["MAGZERO"] = zpt[key] + 2.5 * np.log10(float(hdr["EXPTIME"]))
+    (archive / "survey-ccds-1.fits.gz").write_bytes(b"")  # an archive's side files are not images
+    yield archive.parent, next(tonight.glob("*_ooi_*"))
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_reference_built_ahead_is_found_by_subtract(
+    db_engine: Engine, test_settings: Settings, g_epochs: tuple[Path, Path]
+) -> None:
+    archive, new_path = g_epochs
+    root = Path(test_settings.data_dir)
+    factory = make_session_factory(db_engine)
+    params = ReferenceParams(n_ref_images=2)
+    report = build_references(factory, root, [archive], reduce_params=ReduceParams(), ref_params=params)
+    assert report.failed == [] and len(report.images) == 2
+    # the first image by MJD already has both on its sky: the reference is built there, the second is covered
+    assert [i for i, _ in report.built] == [min(report.images)]
+    assert report.covered == [(max(report.images), report.built[0][1])] and report.not_built == []
+    ref_id = report.built[0][1]
+    with factory() as session:
+        ref = session.get(CoaddImage, ref_id)
+        assert ref is not None and sorted(m.id for m in ref.images) == sorted(report.images)
+        assert ref.band == "g" and ref.reference_key.startswith("DECam/g/image")
+        fields = {m.field for m in ref.images}
+        assert len(fields) == 2  # two programmes' OBJECT names in one reference
+
+    # built again: nothing new (covered)
+    again = build_references(factory, root, [archive], reduce_params=ReduceParams(), ref_params=params)
+    assert again.built == [] and sorted(i for i, _ in again.covered) == sorted(report.images)
+
+    # the night's image, ingested later as the pipeline ingests reduced images, is subtracted against it
+    (t,) = pair_cp_triplets([new_path])
+    with factory() as session, session.begin():
+        _, image, _ = register_reduced_image(
+            session, root, t.image, weight_path=t.weight, mask_path=t.mask, params=ReduceParams()
+        )
+        assert image.field not in fields and image.id not in report.images
+        sub = subtract_image_row(session, root, image.id, ref_params=params, params=SubtractParams())
+        assert sub is not None and sub.reference_id == ref_id and sub.new_image_id == image.id
+        n = session.scalar(select(func.count()).select_from(CoaddImage).where(CoaddImage.band == "g"))
+        assert n == 1
+        assert session.scalar(select(func.count()).select_from(Image)) == 3
+
+
+def test_reference_build_command_reports(
+    test_settings: Settings, g_epochs: tuple[Path, Path], database_url: str
+) -> None:
+    """The command on the archive folder: exit 0, every image accounted for, with the pipeline's parameters."""
+    from seechange.cli import main
+
+    archive, _ = g_epochs
+    env = {"SEECHANGE_DATABASE_URL": database_url, "SEECHANGE_DATA_DIR": str(test_settings.data_dir)}
+    result = CliRunner().invoke(main, ["reference", "build", str(archive)], env=env)
+    assert result.exit_code == 0, result.output
+    # the pipeline's n_ref_images (3): each image of the archive gets a line or is counted as covered
+    # (what the module's database already holds on this sky decides which)
+    last = result.output.strip().splitlines()[-1]
+    n = [int(w) for w in last.replace(",", " ").split() if w.isdigit()]
+    assert last.startswith("2 image(s)") and len(n) == 5 and n[1] + n[2] + n[3] == 2 and n[4] == 0
