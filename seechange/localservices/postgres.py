@@ -13,6 +13,7 @@ import os
 import pwd
 import signal
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -176,13 +177,27 @@ def create_database(server_url: str, name: str) -> str:
     return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
-def drop_database(server_url: str, name: str) -> None:
-    """Drop database ``name`` (if it exists), disconnecting its sessions first."""
+def drop_database(server_url: str, name: str, *, attempts: int = 3, retry_s: float = 2.0) -> None:
+    """Drop database ``name`` (if it exists), disconnecting its sessions first.
+
+    A connection the server closes during the drop (seen on a loaded machine, right after the server was
+    restarted) is retried ``attempts`` times, ``retry_s`` seconds apart; the drop is idempotent.
+    """
     engine = _maintenance_engine(server_url)
     try:
-        with engine.connect() as conn:
-            quoted = conn.dialect.identifier_preparer.quote_identifier(name)
-            conn.execute(sa.text(f"drop database if exists {quoted} with (force)"))
-            logger.info("dropped database %s", name)
+        for attempt in range(1, attempts + 1):
+            try:
+                with engine.connect() as conn:
+                    quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+                    conn.execute(sa.text(f"drop database if exists {quoted} with (force)"))
+                    logger.info("dropped database %s", name)
+                    return
+            except sa.exc.OperationalError as exc:
+                if attempt == attempts:
+                    raise
+                logger.warning(
+                    "drop database %s: %s; again in %.0f s", name, str(exc).splitlines()[0], retry_s
+                )
+                time.sleep(retry_s)
     finally:
         engine.dispose()
