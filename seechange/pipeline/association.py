@@ -21,7 +21,7 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from sqlalchemy import select, text
+from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
 
 from seechange.models import Object, Sighting
@@ -61,9 +61,23 @@ def object_name(ra: float, dec: float, mjd: float) -> str:
     return f"{NAME_PREFIX}{year % 100:02d}{_letters(healpix_index(ra, dec), _PIXEL_LETTERS)}"
 
 
-def _free_name(session: Session, base: str, taken: set[str]) -> str:
-    """``base`` or, when an Object already has it, ``base`` + ``.2``, ``.3``, ... (first free one)."""
-    existing = taken | set(session.scalars(select(Object.name).where(Object.name.like(f"{base}%"))))
+def _names_like(session: Session, bases: Sequence[str]) -> set[str]:
+    """Names of the Objects whose name starts with any of ``bases``: one query for a whole batch."""
+    if not bases:
+        return set()
+    likes = [Object.name.like(f"{b}%") for b in sorted(set(bases))]
+    return set(session.scalars(select(Object.name).where(or_(*likes))))
+
+
+def _free_name(session: Session, base: str, taken: set[str], known: set[str] | None = None) -> str:
+    """``base`` or, when an Object already has it, ``base`` + ``.2``, ``.3``, ... (first free one).
+
+    ``known``: the database's names starting with ``base`` already looked up (:func:`_names_like`, a
+    superset is fine); without it they are queried here.
+    """
+    if known is None:
+        known = set(session.scalars(select(Object.name).where(Object.name.like(f"{base}%"))))
+    existing = taken | known
     if base not in existing:
         return base
     k = 2
@@ -102,13 +116,18 @@ def associate(
     lock_region(session, [(s.ra, s.dec) for s in sightings], radius_arcsec)
     pixels = sorted({p for s in sightings for p in fine_pixels_in_cone(s.ra, s.dec, radius_arcsec)})
     candidates = list(session.scalars(select(Object).where(Object.healpix.in_(pixels))))
+    # the names a new Object could collide with, for the whole batch in one query (under the locks taken
+    # above, so no other transaction can add one); a rename frees a name, so after one the look-up is
+    # made per Object again, exactly as before (renames are rare: an earlier epoch arriving late)
+    bases = [object_name(s.ra, s.dec, s.mjd) for s in sightings]
+    known: set[str] | None = _names_like(session, bases)
     new_names: set[str] = set()
     out: list[Object] = []
     for i, s in enumerate(sightings):
         mag = mags[i] if mags is not None else None
         obj = _nearest(candidates, s.ra, s.dec, radius_arcsec)
         if obj is None:
-            name = _free_name(session, object_name(s.ra, s.dec, s.mjd), new_names)
+            name = _free_name(session, bases[i], new_names, known)
             new_names.add(name)
             obj = Object(
                 name=name,
@@ -126,8 +145,9 @@ def associate(
         else:
             earliest = s.mjd < obj.first_mjd
             _update(obj, s, mag)
-            if earliest:  # an earlier epoch arrived late: the name follows the earliest sighting
-                _rename(session, obj, s, new_names)
+            # an earlier epoch arrived late: the name follows the earliest sighting
+            if earliest and _rename(session, obj, s, new_names):
+                known = None
         out.append(obj)
     session.flush()  # ids of the new Objects
     for s, obj in zip(sightings, out, strict=True):
@@ -136,15 +156,19 @@ def associate(
     return out
 
 
-def _rename(session: Session, obj: Object, s: Sighting, taken: set[str]) -> None:
-    """Name ``obj`` after ``s``, its new earliest sighting (unless its name already has that base)."""
+def _rename(session: Session, obj: Object, s: Sighting, taken: set[str]) -> bool:
+    """Name ``obj`` after ``s``, its new earliest sighting (unless its name already has that base).
+
+    Returns True when the name changed.
+    """
     base = object_name(s.ra, s.dec, s.mjd)
     if obj.name == base or obj.name.startswith(f"{base}."):
-        return
+        return False
     old = obj.name
     obj.name = _free_name(session, base, taken)
     taken.add(obj.name)
     log.info("object %s renamed %s: sighting %s at MJD %.5f is its earliest", old, obj.name, s.id, s.mjd)
+    return True
 
 
 def _nearest(candidates: Sequence[Object], ra: float, dec: float, radius_arcsec: float) -> Object | None:

@@ -161,3 +161,36 @@ def test_an_earlier_epoch_arriving_late_renames_the_object_after_it(sessions: se
     assert again.id == obj.id == third.id
     assert obj.name == object_name(RA, DEC + 0.5 / 3600, 59940.0) and obj.name.startswith("SC22")
     assert obj.first_mjd == 59940.0 and obj.n_sightings == 3
+
+
+def test_one_name_lookup_per_batch_gives_the_names_of_one_per_object(sessions: sessionmaker[Session]) -> None:
+    # issue 11: the names new Objects could collide with are looked up once per batch, not per Object; the
+    # names are those the per-Object look-up gave: a name already in the database and one taken earlier in
+    # the same batch both push the suffix on
+    from sqlalchemy import event
+
+    ra2, dec2 = RA, DEC + 0.3 / 3600  # same ~3.2 arcsec pixel as (RA, DEC)
+    ra3, dec3 = RA + 20.0 / 3600, DEC  # another pixel
+    base, base3 = object_name(RA, DEC, 60000.0), object_name(ra3, dec3, 60000.0)
+    assert object_name(ra2, dec2, 60000.0) == base != base3
+    with sessions() as s, s.begin():
+        s.add(Object(name=base, ra=RA + 1.0, dec=DEC, healpix=1, first_mjd=1.0, last_mjd=1.0))
+        sub = _subtraction(s)
+        batch = [
+            _sighting(s, sub, 0, RA, DEC, 60000.0),
+            _sighting(s, sub, 1, ra3, dec3, 60000.0),
+            _sighting(s, sub, 2, ra2, dec2, 60000.0),
+        ]
+        statements: list[str] = []
+
+        def count(conn: object, cursor: object, statement: str, *rest: object) -> None:
+            statements.append(statement)
+
+        engine = s.get_bind()
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            objs = associate(s, batch, radius_arcsec=0.1)
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+    assert [o.name for o in objs] == [f"{base}.2", base3, f"{base}.3"]
+    assert sum("SELECT objects.name" in st for st in statements) == 1
