@@ -376,6 +376,20 @@ def _gradient_sq(a: np.ndarray, axis: int) -> np.ndarray:
     return g
 
 
+def _noise_cov(img: ImageData) -> np.ndarray | None:
+    """``img.meta['noise_cov']`` as an array (None: white noise); see :func:`zogy`, "Correlated noise"."""
+    c = (img.meta or {}).get("noise_cov")
+    return None if c is None else np.asarray(c, dtype=np.float64)
+
+
+def _model_correlation(cov: np.ndarray | None) -> float:
+    """Neighbour-pixel correlation (mean of x and y) that a normalised noise covariance stamp implies."""
+    if cov is None or cov.shape[0] < 3:
+        return 0.0
+    c = cov.shape[0] // 2
+    return float((cov[c, c + 1] + cov[c, c - 1] + cov[c + 1, c] + cov[c - 1, c]) / (4.0 * cov[c, c]))
+
+
 def zogy(
     new: ImageData, ref: ImageData, *, params: ZogyParams = ZogyParams(), threads: int | None = None
 ) -> ZogyResult:
@@ -395,6 +409,22 @@ def zogy(
     -------
     ZogyResult
         D (in new-image electrons), its variance and PSF, S, S_corr, F_D, F_S, flags, noise diagnostics.
+
+    Notes
+    -----
+    Correlated noise. An input resampled onto the grid (``resample_image``) carries in
+    ``meta['noise_cov']`` the covariance C of its noise between pixels at each lag, normalised to sum 1
+    (odd, centred stamp): its noise is white noise of the weight map's variance v passed through the
+    interpolation kernel, with spectrum v A(k), A = FFT(C), A(0) = 1. The weight map is the inverse of v, the
+    noise density (exact at low frequencies: sums over many pixels), not of the per-pixel variance v C[0, 0]
+    (0.25 v at a half-pixel offset in both axes, order 1); and v is what the linear interpolation of the
+    variance map gives ((1 - f) v_1 + f v_2: the density at the source point), while (1 - f)^2 v_1 + f^2 v_2 is
+    that per-pixel variance. Here A enters where ZOGY assumes white noise: the denominator
+    ``sigma_n^2 F_r^2 |P_r|^2 A_n + sigma_r^2 F_n^2 |P_n|^2 A_r`` (so D stays white and S optimal), and the
+    variance of S and of D, ``v * (k * (k conv C))`` instead of ``v * k^2`` for each score kernel k. The
+    neighbour correlation that C implies is subtracted from the measured one before the renormalisation
+    decision and its bound: that correlation is modelled, only the rest (stacks, the CP's own resampling)
+    calls for the empirical correction. Without ``noise_cov`` (white inputs) nothing changes.
     """
     if new.shape != ref.shape:
         raise ValueError(f"new {new.shape} and ref {ref.shape} are not on the same grid")
@@ -425,7 +455,13 @@ def zogy(
     pr_hat = rfft(pad_psf(np.asarray(ref.psf, dtype=dt), (ny, nx)))
     pn2 = (pn_hat * pn_hat.conj()).real
     pr2 = (pr_hat * pr_hat.conj()).real
-    denom = sig_n**2 * f_r**2 * pr2 + sig_r**2 * f_n**2 * pn2
+    cov_n, cov_r = _noise_cov(new), _noise_cov(ref)
+    # noise spectra of correlated inputs (Notes), real and > 0 for a covariance of interpolation kernels
+    a_nse_n = None if cov_n is None else np.maximum(rfft(pad_psf(cov_n.astype(dt), (ny, nx))).real, 1e-6)
+    a_nse_r = None if cov_r is None else np.maximum(rfft(pad_psf(cov_r.astype(dt), (ny, nx))).real, 1e-6)
+    denom = sig_n**2 * f_r**2 * (pr2 if a_nse_n is None else pr2 * a_nse_n) + sig_r**2 * f_n**2 * (
+        pn2 if a_nse_r is None else pn2 * a_nse_r
+    )
     denom = np.maximum(denom, np.finfo(dt).tiny * 1e6).astype(dt)
     sq = np.sqrt(denom)
     f_d = float(
@@ -476,7 +512,15 @@ def zogy(
     kdn /= dt(f_d)
     kdr = irfft(f_n * pn_hat / sq)
     kdr /= dt(f_d)
-    del pn_hat, pr_hat, sq
+    # the second factor of each variance kernel: k conv C for a correlated input (Notes), else k itself
+    kn_c = kr_c = kdn_c = kdr_c = None
+    if a_nse_n is not None:
+        kn_c = irfft(kn_hat * a_nse_n)
+        kdn_c = irfft(f_r * pr_hat * a_nse_n / sq) / dt(f_d)
+    if a_nse_r is not None:
+        kr_c = irfft(kr_hat * a_nse_r)
+        kdr_c = irfft(f_n * pn_hat * a_nse_r / sq) / dt(f_d)
+    del pn_hat, pr_hat, sq, a_nse_n, a_nse_r
     # products are taken into fresh arrays (x * y, never in place into y): numpy's SIMD complex product
     # is not symmetric in its operands to the last bit, so this keeps the values those of x * y
     s_n = irfft(kn_hat * n_hat)
@@ -493,10 +537,16 @@ def zogy(
     vn_hat = rfft(v_n)
     vr_hat = rfft(v_r)
     v_n, v_r = v_n[cb].copy(), v_r[cb].copy()  # for noise_correlation
-    score_var = irfft(vn_hat * rfft(kn * kn) + vr_hat * rfft(kr * kr))
-    del kn, kr
-    diff_var = irfft(vn_hat * rfft(kdn * kdn) + vr_hat * rfft(kdr * kdr))
-    del kdn, kdr, vn_hat, vr_hat
+    score_var = irfft(
+        vn_hat * rfft(kn * (kn if kn_c is None else kn_c))
+        + vr_hat * rfft(kr * (kr if kr_c is None else kr_c))
+    )
+    del kn, kr, kn_c, kr_c
+    diff_var = irfft(
+        vn_hat * rfft(kdn * (kdn if kdn_c is None else kdn_c))
+        + vr_hat * rfft(kdr * (kdr if kdr_c is None else kdr_c))
+    )
+    del kdn, kdr, kdn_c, kdr_c, vn_hat, vr_hat
     np.maximum(diff_var, 0, out=diff_var)
     np.maximum(score_var, 0, out=score_var)
     for sig, axis in ((params.astrometric_sigma_x, 1), (params.astrometric_sigma_y, 0)):
@@ -546,15 +596,17 @@ def zogy(
     measurable = empty >= params.min_empty_px
     score_std = _robust_spread(score_corr, valid, fwhm_d, score_var, lit=lit if measurable else None)
     del lit
+    # only the correlation the noise model does not hold calls for the empirical correction (Notes)
+    excess = max(corr_new - _model_correlation(cov_n), corr_ref - _model_correlation(cov_r))
     do_renorm = params.renormalize == "always" or (
-        params.renormalize == "auto" and measurable and max(corr_new, corr_ref) > params.correlation_threshold
+        params.renormalize == "auto" and measurable and excess > params.correlation_threshold
     )
     renorm = score_std if (do_renorm and np.isfinite(score_std) and score_std > 0) else 1.0
     if do_renorm and params.renormalize == "auto":
         # bounded by what the measured correlation can do: white noise filtered to a neighbour correlation
         # rho raises the spread of a PSF-filtered sum by about 1 + 2 rho (measured on the real stacks:
         # rho 0.35 to 0.46, spread 1.13 to 1.62); more than that is light or residuals, not noise
-        rho = max(corr_new, corr_ref, 0.0)
+        rho = max(excess, 0.0)
         renorm = float(np.clip(renorm, params.min_renorm, params.renorm_margin * (1.0 + 2.0 * rho)))
     score_corr /= dt(renorm)
     score_corr = score_corr.astype(np.float32, copy=False)
