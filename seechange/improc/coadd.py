@@ -68,7 +68,9 @@ def coadd(
         follow it), flags = AND of the inputs' flags where no input was usable (else 0), plus saturation and
         bleed flags of any input, plus the flags of missing inputs on sources (with 3 or more inputs),
         PSF = the input
-        PSFs averaged with the same weights (centred, normalised), ``fwhm_px`` from it,
+        PSFs on the output grid (``resample_image``'s, with the interpolation's smoothing) averaged with the
+        same weights (centred, normalised), ``meta['noise_cov']`` the inputs' noise covariances weighted by
+        their shares of the coadd's variance (absent when every input is on the grid), ``fwhm_px`` from it,
         ``astrom_rms_arcsec`` = rms of the inputs' values, ``mjd`` = mean of the inputs.
     """
     if len(images) == 0:
