@@ -15,6 +15,7 @@ No database, no Kafka here; only numpy and astropy.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import logging
 import os
@@ -45,7 +46,6 @@ __all__ = [
     "merged_header",
     "read_ccd",
     "read_ccd_headers",
-    "read_ccds",
     "read_cutout",
     "read_cutouts_file",
     "read_cutouts_raw",
@@ -230,53 +230,13 @@ def _ccd_at(hdul: fits.HDUList, index: int, dtype: DTypeLike | None) -> Ccd:
     return Ccd(data=data, header=header, index=index)
 
 
-def read_ccds(path: Path | str, *, dtype: DTypeLike | None = np.float32) -> Iterator[Ccd | ImageReadError]:
-    """Every 2-D image HDU of a file, in order, from one opening of the file (each HDU read once).
-
-    For a multi-extension file this is much cheaper than :func:`read_ccd` per HDU (which parses the headers
-    before the wanted one on every call). A CCD whose pixels cannot be read (a corrupt tile) is yielded as
-    its :class:`ImageReadError` and the others follow.
-
-    Parameters
-    ----------
-    path : Path or str
-        The file.
-    dtype : numpy dtype or None, optional
-        As for :func:`read_ccd`.
-
-    Raises
-    ------
-    ImageReadError
-        The file as a whole is not readable FITS.
-    FileNotFoundError
-        No file at ``path``.
-    """
-    path = Path(path)
-    try:
-        hdul = fits.open(path, lazy_load_hdus=True)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, zlib.error) as exc:
-        raise ImageReadError(f"{path.name}: not a readable FITS file: {_one_line(exc)}") from exc
-    with hdul:
-        i = 0
-        while True:
-            try:
-                h = hdul[i]
-            except IndexError:
-                return
-            except (OSError, ValueError, TypeError, KeyError, EOFError, zlib.error) as exc:
-                raise ImageReadError(f"{path.name}: HDU {i} unreadable: {_one_line(exc)}") from exc
-            if _is_2d_image(h):
-                try:
-                    yield _ccd_at(hdul, i, dtype)
-                except (OSError, ValueError, TypeError, KeyError, EOFError, zlib.error) as exc:
-                    yield ImageReadError(f"{path.name}: HDU {i} unreadable: {_one_line(exc)}")
-            i += 1
-
-
 def read_ccd_headers(path: Path | str) -> list[tuple[int, fits.Header, tuple[int, int]]]:
     """The merged header and shape of every 2-D image HDU of a file, without reading any pixels.
+
+    The file is checked to be whole, from its headers alone: every HDU's data must lie inside the file,
+    nothing but zero padding may follow the last HDU (astropy stops without an error at a header cut
+    short, which would silently lose every CCD after it), and the primary's ``NEXTEND``, when given, must
+    not exceed the extensions found.
 
     Parameters
     ----------
@@ -291,23 +251,65 @@ def read_ccd_headers(path: Path | str) -> list[tuple[int, fits.Header, tuple[int
     Raises
     ------
     ImageReadError
-        Not readable FITS (or a header is unreadable).
+        Not readable FITS, a header is unreadable, or the file is truncated.
     FileNotFoundError
         No file at ``path``.
     """
     path = Path(path)
     out: list[tuple[int, fits.Header, tuple[int, int]]] = []
     try:
-        with fits.open(path, lazy_load_hdus=True) as hdul:
-            for i, h in enumerate(hdul):
-                if _is_2d_image(h):
-                    ny, nx = (int(v) for v in h.shape)
-                    out.append((i, merged_header(hdul[0].header, None if i == 0 else h.header), (ny, nx)))
+        size = _fits_length(path)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="File may have been truncated")
+            warnings.filterwarnings("ignore", message="Error validating header")
+            with fits.open(path, lazy_load_hdus=True) as hdul:
+                end, n_hdus = 0, 0
+                for i, h in enumerate(hdul):
+                    info = h.fileinfo()
+                    end, n_hdus = int(info["datLoc"]) + int(info["datSpan"]), i + 1
+                    if _is_2d_image(h):
+                        ny, nx = (int(v) for v in h.shape)
+                        out.append((i, merged_header(hdul[0].header, None if i == 0 else h.header), (ny, nx)))
+                nextend = hdul[0].header.get("NEXTEND") if n_hdus else None
     except FileNotFoundError:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, zlib.error) as exc:
         raise ImageReadError(f"{path.name}: not a readable FITS file: {_one_line(exc)}") from exc
+    if size < end:
+        raise ImageReadError(f"{path.name}: truncated: {size} bytes, its HDU {n_hdus - 1} ends at byte {end}")
+    if size > end and _not_padding(path, end):
+        raise ImageReadError(
+            f"{path.name}: HDU {n_hdus} unreadable: a truncated or corrupt header at byte {end}"
+        )
+    if isinstance(nextend, int) and not isinstance(nextend, bool) and nextend > n_hdus - 1:
+        raise ImageReadError(f"{path.name}: NEXTEND = {nextend} but the file holds {n_hdus - 1} extension(s)")
     return out
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _fits_length(path: Path) -> int:
+    """Bytes of the FITS stream of a file: its size, or for a gzipped file (``.fits.gz``) the decompressed
+    length (read through once; a cut-short gzip stream raises ``EOFError``)."""
+    if not _is_gzip(path):
+        return path.stat().st_size
+    n = 0
+    with gzip.open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            n += len(chunk)
+    return n
+
+
+def _not_padding(path: Path, offset: int) -> bool:
+    """True when the first 2880-byte block at ``offset`` of the FITS stream holds anything but NUL or blank
+    bytes."""
+    with gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb") as fh:
+        fh.seek(offset)
+        block = fh.read(2880)
+    return bool(block.strip(b"\x00 "))
 
 
 #: The cards a celestial WCS is made of (named in the error when they are missing or unusable).
