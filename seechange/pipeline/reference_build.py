@@ -105,6 +105,7 @@ def build_references(
                     item.image,
                     weight_path=item.weight,
                     mask_path=item.mask,
+                    psf_path=item.psf,
                     params=reduce_params,
                 )
                 report.images.append(image.id)
