@@ -27,7 +27,7 @@ from seechange.improc.reduction import ReduceParams
 from seechange.improc.types import FLAG_BAD, FLAG_COSMIC_RAY, FLAG_EDGE, FLAG_SATURATED, ImageData
 from seechange.improc.zeropoint import limiting_magnitude, zeropoint_from_stars
 
-__all__ = ["load_prereduced"]
+__all__ = ["flag_cosmic_rays", "load_prereduced"]
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def load_prereduced(
     wcs = header_wcs(header, name=Path(image_path).name)
     wcs.pixel_shape = (data.shape[1], data.shape[0])
     scale = 3600.0 * float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))))
-    n_cr = _flag_cosmic_rays(image, weight, flags, bkg.rms, header, params, header_fwhm_px(header, scale))
+    n_cr = flag_cosmic_rays(image, weight, flags, bkg.rms, header, params, header_fwhm_px(header, scale))
     noise = noise_from_weight(weight, fill=bkg.rms)
     sources = extract_sources(
         image, noise=noise, flags=flags, thresh=params.detect_thresh, minarea=params.detect_minarea
@@ -220,7 +220,7 @@ def load_prereduced(
     )
 
 
-def _flag_cosmic_rays(
+def flag_cosmic_rays(
     image: np.ndarray,
     weight: np.ndarray,
     flags: np.ndarray,
@@ -243,7 +243,8 @@ def _flag_cosmic_rays(
     ``params.cr_objlim``: resampling spreads a hit over two pixels, which raises the 3x3 median that
     protects stars and left hits of contrast 1.1 to 3.2 unflagged (decam-sfft 04e: a cosmic-ray track
     seen as an SNR 19 good sighting; 18d: a two-pixel hit of SNR 8.8), while a star of FWHM 3.8 px gives
-    0.28. Returns the number of pixels flagged now.
+    0.28. Returns the number of pixels flagged now. The one cosmic-ray path of every pre-reduced image:
+    the pipeline's loader and the ``decam-sfft`` layout of ``evaluate real`` both call it.
     """
     if not params.cosmic_rays or int(header.get("NCOMBINE", 1) or 1) > 1:
         return 0
