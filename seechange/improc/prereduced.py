@@ -161,10 +161,10 @@ def load_prereduced(
         image, noise=noise, flags=flags, thresh=params.detect_thresh, minarea=params.detect_minarea
     )
     if psf_path is not None:
-        ccd = str(header.get("DETPOS", header.get("EXTNAME", ""))).strip() or None
+        ccd_name = str(header.get("DETPOS", header.get("EXTNAME", ""))).strip() or None
         ny, nx = data.shape
         odd = min(ny, nx) if min(ny, nx) % 2 else min(ny, nx) - 1
-        psf = psfex_psf(psf_path, x=(nx - 1) / 2.0, y=(ny - 1) / 2.0, ccd=ccd, max_size=odd)
+        psf = psfex_psf(psf_path, x=(nx - 1) / 2.0, y=(ny - 1) / 2.0, ccd=ccd_name, max_size=odd)
     else:
         psf = build_psf(
             image,
