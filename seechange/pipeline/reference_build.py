@@ -81,21 +81,20 @@ def reduced_files_under(paths: Iterable[Path]) -> list[Path]:
 
 
 def is_raw_file(path: Path) -> bool:
-    """True for a raw exposure: ``PROCTYPE = 'raw'``, or amplifier overscan cards (``BIASSEC*``) in its
-    first headers, or an archive name ``*_ori.fits*``; reduced products (CP ``InstCal``) have none."""
+    """True for a raw exposure: an archive name ``*_ori.fits*``, ``PROCTYPE = 'raw'``, or (no ``PROCTYPE``)
+    amplifier overscan cards (``BIASSEC*``) in its first headers. NOIRLab's reduced products say
+    ``PROCTYPE = 'InstCal'`` (or ``'Stacked'``, ...) and are not raw whatever cards they kept."""
     if "_ori." in path.name:
         return True
     try:
         with fits.open(path) as hdul:
-            for hdu in hdul[:2]:
-                h = hdu.header
-                if str(h.get("PROCTYPE", "")).strip().lower() == "raw":
-                    return True
-                if any(str(k).startswith("BIASSEC") for k in h):
-                    return True
+            headers = [hdu.header for hdu in hdul[:2]]
     except OSError:
         return False  # not FITS: left to the reduced-image loader, which refuses it in one line
-    return False
+    proctype = next((str(h["PROCTYPE"]).strip().lower() for h in headers if "PROCTYPE" in h), None)
+    if proctype is not None:
+        return proctype == "raw"
+    return any(str(k).startswith("BIASSEC") for h in headers for k in h)
 
 
 def _register_raw(
