@@ -133,6 +133,10 @@ def test_reference_build_reduces_raw_exposures(db_engine: Engine, test_settings:
     raw = sorted({root / e.raw_path for e in night.exposures})
     assert len(raw) == 3 and all(p.name.endswith("_ori.fits.fz") and is_raw_file(p) for p in raw)
     assert not is_raw_file(next((SHARED_DATA / "legacypipe-decam" / "testcase3").glob("*_ooi_*")))
+    renamed = root / "renamed.fits.fz"  # without the archive name: known by its overscan cards
+    shutil.copy(raw[0], renamed)
+    assert is_raw_file(renamed)
+    renamed.unlink()
     factory = make_session_factory(db_engine)
     params = ReferenceParams(n_ref_images=3)
     report = build_references(factory, root, [root / "raw"], reduce_params=ReduceParams(), ref_params=params)
