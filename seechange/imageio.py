@@ -311,8 +311,8 @@ def read_ccd_headers(path: Path | str) -> list[tuple[int, fits.Header, tuple[int
 
     The file is checked to be whole, from its headers alone: every HDU's data must lie inside the file,
     nothing but zero padding may follow the last HDU (astropy stops without an error at a header cut
-    short, which would silently lose every CCD after it), and the primary's ``NEXTEND``, when given, must
-    not exceed the extensions found.
+    short, which would silently lose every CCD after it); a primary ``NEXTEND`` above the extensions found
+    is logged as a warning (survey cut-outs keep their parent file's ``NEXTEND``).
 
     Parameters
     ----------
@@ -358,7 +358,14 @@ def read_ccd_headers(path: Path | str) -> list[tuple[int, fits.Header, tuple[int
             f"{path.name}: HDU {n_hdus} unreadable: a truncated or corrupt header at byte {end}"
         )
     if isinstance(nextend, int) and not isinstance(nextend, bool) and nextend > n_hdus - 1:
-        raise ImageReadError(f"{path.name}: NEXTEND = {nextend} but the file holds {n_hdus - 1} extension(s)")
+        # a warning, not a refusal: derived files (survey cut-outs) keep their parent's NEXTEND; a raw file
+        # cut exactly at an HDU boundary is caught by nothing else
+        log.warning(
+            "%s: NEXTEND = %d but the file holds %d extension(s): truncated, or a derived file",
+            path.name,
+            nextend,
+            n_hdus - 1,
+        )
     return out
 
 

@@ -7,6 +7,7 @@ is checked against what was written.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -267,9 +268,9 @@ def test_all_nan_or_constant_ccd_is_registered_then_refused_by_reduce(
 
 
 def test_a_file_cut_short_is_refused_whole_not_read_as_fewer_ccds(
-    tmp_path: Path, ccd: fits.PrimaryHDU
+    tmp_path: Path, ccd: fits.PrimaryHDU, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Cut inside the third CCD's data, at the start of its header, inside its header: never two CCDs."""
+    """Cut inside the third CCD's data or its header: refused, never two CCDs; at its start: a warning."""
     hdus = []
     for n in (35, 36, 37):
         h = ccd.header.copy()
@@ -282,15 +283,17 @@ def test_a_file_cut_short_is_refused_whole_not_read_as_fewer_ccds(
         with fits.open(whole) as hdul:
             third = hdul[3].fileinfo()["hdrLoc"]
         body = whole.read_bytes()
-        for cut, words in (
-            (len(body) - 2880, "truncated"),
-            (third, "NEXTEND"),
-            (third + 1000, "truncated or corrupt header"),
-        ):
+        for cut, words in ((len(body) - 2880, "truncated"), (third + 1000, "truncated or corrupt header")):
             short = tmp_path / f"short_{fmt}_{cut}.fits"
             short.write_bytes(body[:cut])
             with pytest.raises(IngestError, match=words):
                 scan_raw_file(short)
+        # cut exactly at an HDU boundary: only NEXTEND can tell, and it is a warning (cut-outs keep theirs)
+        short = tmp_path / f"boundary_{fmt}.fits"
+        short.write_bytes(body[:third])
+        with caplog.at_level(logging.WARNING, logger="seechange.imageio"):
+            assert len(scan_raw_file(short)) == 2
+        assert "NEXTEND = 3 but the file holds 2 extension(s)" in caplog.text
 
 
 def test_three_dimensional_image_is_refused(tmp_path: Path, ccd: fits.PrimaryHDU) -> None:
