@@ -35,22 +35,30 @@ def _median(values: Sequence[float]) -> float | None:
     return float(statistics.median(values)) if values else None
 
 
-def simulated_night(root: Path, *, size: tuple[int, int], n_epochs: int, seed: int = 42) -> list[str]:
-    """Raw paths (relative to ``root``) of a one-field night of ``n_epochs`` CCDs, simulated only once.
+def simulated_night(
+    root: Path, *, size: tuple[int, int], n_epochs: int, n_fields: int = 1, seed: int = 42
+) -> list[str]:
+    """Raw paths (relative to ``root``) of a night of ``n_fields`` x ``n_epochs`` CCDs, simulated only once.
 
-    The night is kept under ``root``; a ``bench-night.json`` stamp records what it is, so a second call with
-    the same size, epochs and seed reuses it.
+    Paths are in time order: epoch 0 of every field, then epoch 1, ... (as ``simulate_night`` interleaves
+    them), so path ``i`` is epoch ``i // n_fields``. The night is kept under ``root``; a ``bench-night.json``
+    stamp records what it is, so a second call with the same size, fields, epochs and seed reuses it.
     """
     from seechange.sim.night import simulate_night
 
     stamp = root / "bench-night.json"
-    want = {"size": list(size), "n_epochs": n_epochs, "seed": seed}
+    want = {"size": list(size), "n_epochs": n_epochs, "n_fields": n_fields, "seed": seed}
     if stamp.exists():
         got = json.loads(stamp.read_text())
-        if {k: got.get(k) for k in want} == want:
+        if {k: got.get(k, 1 if k == "n_fields" else None) for k in want} == want:
             return list(got["raw_paths"])
     root.mkdir(parents=True, exist_ok=True)
-    night = simulate_night(root, seed=seed, n_fields=1, n_epochs=n_epochs, size=size, n_ref_epochs=N_REF)
+    night = simulate_night(
+        root, seed=seed, n_fields=n_fields, n_epochs=n_epochs, size=size, n_ref_epochs=N_REF
+    )
+    epochs = [e.epoch for e in night.exposures]
+    if epochs != [i // n_fields for i in range(len(epochs))]:
+        raise RuntimeError("simulate_night no longer interleaves fields epoch by epoch")
     raw = [str(e.raw_path) for e in night.exposures]
     stamp.write_text(json.dumps({**want, "raw_paths": raw}))
     return raw
@@ -252,14 +260,22 @@ def peak_rss_mb(pid: int) -> float | None:
 def bench_end_to_end(
     settings: Settings,
     *,
-    n_exposures: int = 8,
+    n_exposures: int = 12,
+    n_fields: int = 4,
     size: tuple[int, int] = (2048, 4096),
     cadence: float = 0.0,
     timeout: float = 900.0,
     on_progress: Callable[[Any, int], None] | None = None,
     extra_instances: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """A one-field night through the services (one OS process each), with latency, throughput and memory.
+    """A night through the services (one OS process each): latency, sustained throughput and memory.
+
+    The night has ``n_fields`` fields, ten degrees apart (so on different sky tiles, hence spread over the
+    topics' partitions, as the CCDs of a real night are). It runs in two phases. Warm-up, not timed: each
+    field's reference epochs and its first new epoch are ingested and processed to their alerts, which builds
+    every field's reference (operators prepare templates before observing: ``seechange reference build``)
+    and warms the services. Timed: ``n_exposures`` more CCDs (new epochs, round-robin over the fields) are
+    ingested all at once (``cadence`` 0: sustained throughput) or one every ``cadence`` seconds (latency).
 
     Parameters
     ----------
@@ -267,35 +283,44 @@ def bench_end_to_end(
         Kafka and PostgreSQL addresses (resolved) and the data dir; the run uses its own database, topic
         prefix and consumer groups, so it never touches other data.
     n_exposures : int
-        CCDs ingested (the first three build the reference and give no alerts).
+        CCDs of the timed phase.
+    n_fields : int
+        Fields of the night.
     size : tuple of int
         ``(nx, ny)`` of a CCD, pixels.
     cadence : float
-        Seconds between ingested exposures (0: all at once, which measures sustained throughput).
+        Seconds between ingested exposures of the timed phase (0: all at once).
     timeout : float
-        Give up after this many seconds.
+        Give up on either phase after this many seconds.
     extra_instances : sequence of str
         Stages given a second service instance (the consumer group shares the topic's partitions).
 
     Returns
     -------
     dict
-        ``latency_s`` (median, p95, max, n over the alerts: exposure ingestion to the alert's broker
-        timestamp), ``ccds_per_min`` (exposures / time from the first ingestion to the last alert),
-        ``elapsed_s``, ``peak_rss_mb`` per service (VmHWM read before stopping), ``alerts``, ``exit_codes``.
+        ``latency_s`` (median, p95, max, n over the timed phase's alerts: exposure ingestion to the alert's
+        broker timestamp), ``ccds_per_min`` (timed exposures / time from their first ingestion to their last
+        alert), ``elapsed_s``, ``warmup_s``, ``peak_rss_mb`` per service (VmHWM read before stopping, so it
+        covers the warm-up's reference builds too), ``alerts`` (of the timed phase), ``exit_codes``.
     """
+    from sqlalchemy import select
+
     from seechange.localservices.postgres import create_database, drop_database
+    from seechange.models.image import Image, SubtractionImage
     from seechange.models.migrate import upgrade
     from seechange.models.session import make_engine, make_session_factory
     from seechange.orchestrate import AlertCollector, ServiceProcesses, alert_latencies, wait_for_night
     from seechange.streaming.ingestor import Ingestor
     from seechange.streaming.topics import delete_topics, ensure_topics, topic_names
 
-    if n_exposures <= N_REF:
-        raise ValueError(f"n_exposures must exceed the {N_REF} reference epochs")
+    if n_exposures < 1 or n_fields < 1:
+        raise ValueError("n_exposures and n_fields must be >= 1")
     nx, ny = size
-    night_dir = Path(settings.data_dir) / "bench" / f"e2e_{nx}x{ny}_{n_exposures}"
-    raw = simulated_night(night_dir, size=size, n_epochs=n_exposures)
+    n_epochs = N_REF + 1 + -(-n_exposures // n_fields)
+    night_dir = Path(settings.data_dir) / "bench" / f"e2e_{nx}x{ny}_{n_fields}x{n_epochs}"
+    raw = simulated_night(night_dir, size=size, n_epochs=n_epochs, n_fields=n_fields)
+    n_warm = (N_REF + 1) * n_fields
+    warm_paths, timed_paths = raw[:n_warm], raw[n_warm : n_warm + n_exposures]
     run_id = uuid.uuid4().hex[:8]
     db_name = f"bench_e2e_{run_id}"
     db_url = create_database(settings.database_url, db_name)
@@ -319,13 +344,19 @@ def bench_end_to_end(
     services.start()
     for stage in extra_instances:
         services.procs.append((f"{stage}-1", services.start_one(stage, 1)))
-    time.sleep(3.0)  # let the services import and join their groups, so start-up is not counted as latency
     ingestor = Ingestor(run, sessions)
     rss: dict[str, float | None] = {}
     try:
+        t_warm = time.monotonic()
+        warm_ids: list[int] = []
+        for path in warm_paths:
+            warm_ids.extend(ingestor.ingest([night_dir / path]).registered)
+        wait_for_night(sessions, warm_ids, collector, timeout=timeout, services=services, poll_s=0.2)
+        warmup_s = time.monotonic() - t_warm
+        n_warm_alerts = len(collector.snapshot())
         exposure_ids: list[int] = []
         t_night = time.monotonic()
-        for path in raw:
+        for path in timed_paths:
             exposure_ids.extend(ingestor.ingest([night_dir / path]).registered)
             if cadence:
                 time.sleep(cadence)
@@ -337,6 +368,7 @@ def bench_end_to_end(
             services=services,
             on_progress=on_progress,
             poll_s=0.2,
+            received_before=n_warm_alerts,
         )
         elapsed = time.monotonic() - t_night
         rss = {name: peak_rss_mb(p.pid) for name, p in services.procs}
@@ -344,17 +376,27 @@ def bench_end_to_end(
         ingestor.close()
         codes = services.stop()
         collector.stop()
-    alerts = collector.snapshot()
     with sessions() as s:
+        timed_subs = set(
+            s.scalars(
+                select(SubtractionImage.id)
+                .join(Image, SubtractionImage.new_image_id == Image.id)
+                .where(Image.exposure_id.in_(exposure_ids))
+            )
+        )
+        alerts = [a for a in collector.snapshot() if a[0]["sighting"]["subtractionId"] in timed_subs]
         lat = alert_latencies(s, alerts)
     engine.dispose()
     drop_database(settings.database_url, db_name)
     delete_topics(run.kafka_bootstrap, names)
     return {
         "size": [nx, ny],
+        "n_fields": n_fields,
         "n_exposures": len(exposure_ids),
+        "n_warmup_exposures": len(warm_ids),
         "cadence_s": cadence,
         "extra_instances": list(extra_instances),
+        "warmup_s": warmup_s,
         "elapsed_s": elapsed,
         "ccds_per_min": 60.0 * len(exposure_ids) / elapsed if elapsed > 0 else None,
         "latency_s": {

@@ -271,13 +271,18 @@ def wait_for_night(
     on_progress: Callable[[Progress, int], None] | None = None,
     services: ServiceProcesses | None = None,
     poll_s: float = 0.5,
+    received_before: int = 0,
 ) -> Progress:
-    """Wait until every exposure is reduced, subtracted (or has no reference), detected and alerted."""
+    """Wait until every exposure is reduced, subtracted (or has no reference), detected and alerted.
+
+    ``received_before``: alerts the collector had received before these exposures were ingested (they do
+    not count towards these exposures' alerts).
+    """
     deadline = time.monotonic() + timeout
     while True:
         with session_factory() as s:
             p = progress(s, exposure_ids)
-        received = len(collector.snapshot()) if collector is not None else 0
+        received = len(collector.snapshot()) - received_before if collector is not None else 0
         if on_progress:
             on_progress(p, received)
         done = (

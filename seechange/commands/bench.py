@@ -36,7 +36,18 @@ def _fmt(v: Any, unit: str = "", digits: int = 2) -> str:
     show_default=True,
     help="Also run nights through the services as processes (needs Kafka).",
 )
-@click.option("--exposures", default=10, show_default=True, help="CCDs in each end-to-end night.")
+@click.option(
+    "--exposures",
+    default=12,
+    show_default=True,
+    help="Timed CCDs of each end-to-end night (after a warm-up that builds each field's reference).",
+)
+@click.option(
+    "--fields",
+    default=4,
+    show_default=True,
+    help="Fields of the end-to-end nights (on different sky tiles, so spread over the partitions).",
+)
 @click.option(
     "--cadence",
     default=4.0,
@@ -64,6 +75,7 @@ def bench(
     json_out: Path,
     e2e: bool,
     exposures: int,
+    fields: int,
     cadence: float,
     second_instance: bool,
     profile_dir: Path | None,
@@ -123,10 +135,17 @@ def bench(
             slowest = max(_SERVICE_OF, key=lambda k: st["stages"][k]["median_s"] or 0.0)
             nights.append(("e2e_second", 0.0, (_SERVICE_OF[slowest],)))
         for key, cad, extra in nights:
-            what = f"{exposures} CCDs, cadence {cad:g} s" + (f", 2 x {extra[0]}" if extra else "")
+            what = f"{exposures} CCDs of {fields} fields, cadence {cad:g} s" + (
+                f", 2 x {extra[0]}" if extra else ""
+            )
             with console.status(f"a night through the services: {what}"):
                 results[key] = bench_end_to_end(
-                    run, n_exposures=exposures, size=(nx, ny), cadence=cad, extra_instances=extra
+                    run,
+                    n_exposures=exposures,
+                    n_fields=fields,
+                    size=(nx, ny),
+                    cadence=cad,
+                    extra_instances=extra,
                 )
             e = results[key]
             t2 = Table(title=f"end to end: {what}")
@@ -138,6 +157,7 @@ def bench(
             t2.add_row("latency max", _fmt(lat["max"], " s"))
             t2.add_row("alerts", f"{e['alerts']} received / {e['alerts_logged']} logged")
             t2.add_row("throughput", _fmt(e["ccds_per_min"], " CCDs/min", 1))
+            t2.add_row("warm-up (references built)", _fmt(e["warmup_s"], " s", 1))
             for name, mb in e["peak_rss_mb"].items():
                 t2.add_row(f"peak RSS {name}", _fmt(mb, " MB", 0))
             t2.add_row("exit codes", ", ".join(f"{k}={v}" for k, v in e["exit_codes"].items()))

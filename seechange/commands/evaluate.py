@@ -209,9 +209,20 @@ def evaluate_sim(
     multiple=True,
     help="A real transient RA,DEC (deg) not to count as a false positive (folder layout; repeatable).",
 )
+@click.option(
+    "--psfex/--no-psfex",
+    default=True,
+    show_default=True,
+    help="PSFs from the PSFEx models beside the images (folder layout), as the pipeline's ingest does.",
+)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
 def evaluate_real(
-    data_dir: Path | None, layout: str, n_ref: int, known: tuple[str, ...], json_out: Path | None
+    data_dir: Path | None,
+    layout: str,
+    n_ref: int,
+    known: tuple[str, ...],
+    psfex: bool,
+    json_out: Path | None,
 ) -> None:
     """Injection completeness, pulls, S_corr noise and good sightings on real reduced images."""
     folder = data_dir if data_dir is not None else DEFAULT_REAL_DATA
@@ -226,7 +237,7 @@ def evaluate_real(
         sky = [(float(k.split(",")[0]), float(k.split(",")[1])) for k in known]
     except (ValueError, IndexError) as exc:
         raise click.ClickException(f"--known wants RA,DEC in degrees: {exc}") from exc
-    res = evaluate_real_folder(folder, n_ref=n_ref, known_sky=sky)
+    res = evaluate_real_folder(folder, n_ref=n_ref, known_sky=sky, psfex=psfex)
     if json_out is not None:
         json_out.write_text(json.dumps(res, indent=1, default=float) + "\n")
     per = [
@@ -235,7 +246,8 @@ def evaluate_real(
             (
                 f"S_corr {_fmt(f['scorr_mad_std'])}, good {f['other_good_sightings']} "
                 f"({_fmt(f['good_sightings_per_ccd'])}/CCD), c10 {_fmt(f['completeness_snr_ge_10'])}, "
-                f"snr50 {_fmt(f['snr50'])}, pulls {_fmt(f['pull_std'])}, ratio {_fmt(f['flux_ratio_median'])}"
+                f"snr50 {_fmt(f['snr50'])}, pulls {_fmt(f['pull_std'])}, ratio {_fmt(f['flux_ratio_median'])}, "
+                f"psf {f['psf_source']}, {f['area_px']} px searched"
             ),
             "",
             None,

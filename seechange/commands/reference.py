@@ -1,4 +1,4 @@
-"""``seechange reference build``: references prepared ahead of a night from reduced images or an archive."""
+"""``seechange reference build``: references prepared ahead of a night from reduced or raw images, or an archive."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ def reference() -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.pass_obj
 def reference_build(settings: Settings, paths: tuple[Path, ...]) -> None:
-    """Register the reduced images PATHS (files or folders inside the data root; CP triplets or plain
-    reduced images) and build the reference of each one's sky from the first n_ref_images good images
-    covering it, with the pipeline's parameters (SEECHANGE_PARAMS_FILE), so that the subtract step of a
-    later image finds it. Nothing is sent to Kafka. Exit status 1 when a file could not be registered."""
+    """Register the images PATHS (files or folders inside the data root: CP triplets, plain reduced images,
+    or raw exposures such as c4d_*_ori.fits.fz, which are ingested and reduced first with the data root's
+    calib/ frames and refcat/ catalogue, as the reduce service does) and build the reference of each one's
+    sky from the first n_ref_images good images covering it, with the pipeline's parameters
+    (SEECHANGE_PARAMS_FILE), so that the subtract step of a later image finds it. Nothing is sent to
+    Kafka. Exit status 1 when a file (or a raw CCD) could not be registered."""
     from seechange.localservices import endpoints
     from seechange.models.session import make_engine, make_session_factory
     from seechange.pipeline.parameters import load_parameters

@@ -96,7 +96,10 @@ def ingest(
         one = triplets[0] if triplets else ReducedFiles(full[0])
         triplets = [
             ReducedFiles(
-                one.image, weight.resolve() if weight else one.weight, mask.resolve() if mask else one.mask
+                one.image,
+                weight.resolve() if weight else one.weight,
+                mask.resolve() if mask else one.mask,
+                one.psf,
             )
         ]
     settings = endpoints(settings)

@@ -3,8 +3,9 @@
 Reference: ``Stack-DEC-OBS18.fits``; new images: ``DEC-OBS04{a..e}.mini.fits`` and ``Stack-DEC-OBS04.fits``
 (all on one pixel grid). Point sources with the new image's measured PSF are injected over a range of
 difference-image significance; completeness, photometric pulls, S_corr noise and false positives are
-reported. The loader here is deliberately minimal (FITS -> electrons, sep background, saturation and
-cosmic-ray flags, a stacked-star PSF, relative zero points from matched stars).
+reported. The loader here is deliberately minimal (FITS -> electrons, sep background, saturation flags,
+the pipeline's cosmic-ray flagging of pre-reduced images, a stacked-star PSF, relative zero points from
+matched stars).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import astroscrappy
 import numpy as np
 import sep
 from astropy.io import fits
@@ -24,8 +24,11 @@ from scipy import ndimage
 
 from seechange.improc.detection import DetectParams, detect_and_measure
 from seechange.improc.inject import inject_point_sources
+from seechange.improc.prereduced import flag_cosmic_rays
+from seechange.improc.psf import header_fwhm_px
+from seechange.improc.reduction import ReduceParams
 from seechange.improc.subtraction import SubtractParams, subtract
-from seechange.improc.types import FLAG_COSMIC_RAY, FLAG_EDGE, FLAG_SATURATED, ImageData
+from seechange.improc.types import FLAG_EDGE, FLAG_SATURATED, ImageData
 from seechange.pipeline.products import pixel_scale_arcsec
 from seechange.units import FWHM_PER_SIGMA
 
@@ -91,7 +94,9 @@ def _fwhm(psf: np.ndarray) -> float:
     return float(2.0 * np.sqrt(np.count_nonzero(psf >= 0.5 * psf.max()) / np.pi))
 
 
-def load_decam_sfft(path: Path, *, n_combined: int = 1, zp: float = REF_ZP) -> ImageData:
+def load_decam_sfft(
+    path: Path, *, n_combined: int = 1, zp: float = REF_ZP, params: ReduceParams | None = None
+) -> ImageData:
     """Read one decam-sfft file into an :class:`ImageData` (electrons, weight, flags, PSF).
 
     Parameters
@@ -103,6 +108,9 @@ def load_decam_sfft(path: Path, *, n_combined: int = 1, zp: float = REF_ZP) -> I
         and cosmic-ray detection is skipped.
     zp : float, optional
         Zero point to record, AB mag (relative calibration is done by the caller).
+    params : ReduceParams, optional
+        The cosmic-ray options (default: the pipeline's); the cosmic rays are flagged as the pipeline's
+        loader of pre-reduced images flags them (:func:`~seechange.improc.prereduced.flag_cosmic_rays`).
     """
     with fits.open(path) as hdul:
         hdr = hdul[0].header
@@ -117,19 +125,12 @@ def load_decam_sfft(path: Path, *, n_combined: int = 1, zp: float = REF_ZP) -> I
     sat = ndimage.binary_dilation(img > 0.9 * sat_e, iterations=2)
     flags[sat] |= FLAG_SATURATED
     var = rms**2 + np.clip(img, 0, None) / n_combined
-    if n_combined == 1:
-        crmask, _ = astroscrappy.detect_cosmics(
-            img,
-            invar=var,
-            sigclip=5.0,
-            objlim=5.0,
-            gain=1.0,
-            readnoise=float(hdr["RDNOISE"]),
-            satlevel=sat_e,
-            niter=3,
-        )
-        flags[ndimage.binary_dilation(crmask, iterations=1)] |= FLAG_COSMIC_RAY
     weight = np.where(flags == 0, 1.0 / var, 0.0).astype(np.float32)
+    if n_combined == 1:
+        # the pipeline's own path for pre-reduced images (Laplacian threshold, objlim relative to the PSF)
+        wcs = WCS(hdr).celestial
+        fwhm = header_fwhm_px(hdr, pixel_scale_arcsec(wcs))
+        flag_cosmic_rays(img, weight, flags, float(np.median(rms)), hdr, params or ReduceParams(), fwhm)
     objs = sep.extract(img, 10.0, err=rms, minarea=9)
     psf = _stack_psf(img, objs, float(hdr.get("FWHM", 4.5)), sat_e)
     return ImageData(

@@ -2,7 +2,8 @@
 
 Every FITS image in the folder (Community Pipeline ``ooi``/``oow``/``ood`` triplets or plain reduced images)
 is loaded with the pipeline's own loader (:func:`~seechange.improc.prereduced.load_prereduced`: electrons,
-weights, masks, cosmic rays, PSF with its header fallback). Images are grouped as the pipeline groups them
+weights, masks, cosmic rays, PSF from a PSFEx model beside the image, else from its stars, else from the
+header FWHM). Images are grouped as the pipeline groups them
 (same instrument and band, footprints covering at least ``min_overlap`` of each other,
 :func:`~seechange.pipeline.references.footprint_overlap`), whatever their OBJECT names and CCDs; in each
 group the first ``n_ref`` images by (MJD, file name) make the reference (coadd on the first one's grid) and
@@ -91,9 +92,13 @@ def _header(path: Path) -> fits.Header:
 
 
 def load_folder(
-    folder: Path, *, params: ReduceParams | None = None
+    folder: Path, *, params: ReduceParams | None = None, psfex: bool = True
 ) -> tuple[list[FolderImage], list[tuple[str, str]]]:
-    """Load every reduced image under ``folder``; the images and the ``(file, reason)`` of those left out."""
+    """Load every reduced image under ``folder``; the images and the ``(file, reason)`` of those left out.
+
+    With ``psfex`` (the default, as the pipeline's ingest does) an image with a PSFEx model beside it
+    (:func:`~seechange.pipeline.ingest_reduced.psfex_beside`) gets its PSF from that model.
+    """
     params = params or ReduceParams()
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(_SUFFIXES))
     paths = [p for p in paths if "psfex" not in p.name and not p.name.startswith("survey-ccds")]
@@ -106,7 +111,11 @@ def load_folder(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 data = load_prereduced(
-                    files.image, weight_path=files.weight, mask_path=files.mask, params=params
+                    files.image,
+                    weight_path=files.weight,
+                    mask_path=files.mask,
+                    psf_path=files.psf if psfex else None,
+                    params=params,
                 )
             header = _header(files.image)
         except (BadInput, OSError, ValueError) as exc:
@@ -214,6 +223,7 @@ def evaluate_real_folder(
     detect_params: DetectParams | None = None,
     relative_zp: bool = True,
     known_sky: list[tuple[float, float]] | None = None,
+    psfex: bool = True,
 ) -> dict[str, Any]:
     """Per-image and overall quality figures on a folder of real reduced images (see the module docstring).
 
@@ -233,6 +243,9 @@ def evaluate_real_folder(
         Calibrate images without a zero point against their group's first image (see above).
     known_sky : list of (ra, dec), optional
         Real transients known to be there (deg): not counted as good sightings without injections.
+    psfex : bool, optional
+        PSFs from the PSFEx models found beside the images (see :func:`load_folder`); False: from the
+        images' stars or header FWHM only.
 
     Returns
     -------
@@ -248,7 +261,7 @@ def evaluate_real_folder(
     subtract_params = subtract_params or SubtractParams()
     detect_params = detect_params or DetectParams()
     rng = np.random.default_rng(seed)
-    images, skipped = load_folder(folder)
+    images, skipped = load_folder(folder, psfex=psfex)
     edges = np.asarray(SNR_GRID, dtype=float)
     frames: list[dict[str, Any]] = []
     pooled: dict[str, list] = {"snr": [], "found": [], "pulls": [], "ratios": []}

@@ -452,9 +452,16 @@ def dead_pixels(adu: np.ndarray, amps: list[AmpInfo]) -> np.ndarray | None:
     -------
     ndarray of bool or None
         True where dead.
+
+    Raises
+    ------
+    UnusableImage
+        Every amplifier is dead: nothing of the CCD can be reduced (ingest reads headers only, so this is
+        where such a CCD is refused).
     """
     dead = ~np.isfinite(adu)
     any_dead = bool(dead.any())
+    n_dead_amps = 0
     for amp in amps:
         block = adu[amp.trimmed]
         finite = block[np.isfinite(block)]
@@ -464,6 +471,10 @@ def dead_pixels(adu: np.ndarray, amps: list[AmpInfo]) -> np.ndarray | None:
             )
             dead[amp.trimmed] = True
             any_dead = True
+            n_dead_amps += 1
+    if amps and n_dead_amps == len(amps):
+        what = "NaN" if not np.isfinite(adu).any() else "NaN or one value"
+        raise UnusableImage(f"every pixel of the data section is {what} (no live amplifier)")
     return dead if any_dead else None
 
 

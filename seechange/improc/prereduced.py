@@ -22,12 +22,12 @@ from seechange.improc.astrometry import find_offset, match_xy
 from seechange.improc.background import measure_background
 from seechange.improc.calibrate import detect_cosmic_rays, point_source_fine_ratio
 from seechange.improc.extract import extract_sources, noise_from_weight
-from seechange.improc.psf import build_psf, header_fwhm_px, noise_equivalent_area
+from seechange.improc.psf import build_psf, header_fwhm_px, noise_equivalent_area, psfex_psf
 from seechange.improc.reduction import ReduceParams
 from seechange.improc.types import FLAG_BAD, FLAG_COSMIC_RAY, FLAG_EDGE, FLAG_SATURATED, ImageData
 from seechange.improc.zeropoint import limiting_magnitude, zeropoint_from_stars
 
-__all__ = ["load_prereduced"]
+__all__ = ["flag_cosmic_rays", "load_prereduced"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ def load_prereduced(
     *,
     weight_path: Path | None = None,
     mask_path: Path | None = None,
+    psf_path: Path | None = None,
     refcat: Table | None = None,
     params: ReduceParams,
     gain: float | None = None,
@@ -99,6 +100,10 @@ def load_prereduced(
         is ``1 / (background rms map^2 + source electrons)``.
     mask_path : Path, optional
         Integer mask: non-zero = bad (FLAG_BAD), or coded per ``mask_codes``.
+    psf_path : Path, optional
+        PSFEx model of the CCD (the survey's, fitted on the whole CCD): the PSF is that model at the image's
+        centre (`~seechange.improc.psf.psfex_psf`, row chosen by ``DETPOS``/``EXTNAME``, at most the image's
+        size), not one built from the image's stars or the header FWHM (``meta["psf_source"] = "psfex"``).
     refcat : astropy.table.Table, optional
         Reference catalogue (ra, dec, mag_<band>) for the zero point when the header has none
         (``MAGZERO``, ``MAGZPT`` or ``ZP``, taken to apply to the image's own units).
@@ -150,19 +155,25 @@ def load_prereduced(
     wcs = header_wcs(header, name=Path(image_path).name)
     wcs.pixel_shape = (data.shape[1], data.shape[0])
     scale = 3600.0 * float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))))
-    n_cr = _flag_cosmic_rays(image, weight, flags, bkg.rms, header, params, header_fwhm_px(header, scale))
+    n_cr = flag_cosmic_rays(image, weight, flags, bkg.rms, header, params, header_fwhm_px(header, scale))
     noise = noise_from_weight(weight, fill=bkg.rms)
     sources = extract_sources(
         image, noise=noise, flags=flags, thresh=params.detect_thresh, minarea=params.detect_minarea
     )
-    psf = build_psf(
-        image,
-        sources,
-        size_factor=params.psf_size_factor,
-        min_snr=params.psf_min_snr,
-        min_stars=3,
-        fallback_fwhm=header_fwhm_px(header, scale),
-    )
+    if psf_path is not None:
+        ccd_name = str(header.get("DETPOS", header.get("EXTNAME", ""))).strip() or None
+        ny, nx = data.shape
+        odd = min(ny, nx) if min(ny, nx) % 2 else min(ny, nx) - 1
+        psf = psfex_psf(psf_path, x=(nx - 1) / 2.0, y=(ny - 1) / 2.0, ccd=ccd_name, max_size=odd)
+    else:
+        psf = build_psf(
+            image,
+            sources,
+            size_factor=params.psf_size_factor,
+            min_snr=params.psf_min_snr,
+            min_stars=3,
+            fallback_fwhm=header_fwhm_px(header, scale),
+        )
     band = str(header.get("FILTER", " ")).strip()[:1]
     zp, zp_err, astrom_rms, n_stars = float("nan"), float("nan"), float("nan"), 0
     zp_card = next((k for k in _ZP_CARDS if k in header), None)
@@ -209,7 +220,7 @@ def load_prereduced(
     )
 
 
-def _flag_cosmic_rays(
+def flag_cosmic_rays(
     image: np.ndarray,
     weight: np.ndarray,
     flags: np.ndarray,
@@ -232,7 +243,8 @@ def _flag_cosmic_rays(
     ``params.cr_objlim``: resampling spreads a hit over two pixels, which raises the 3x3 median that
     protects stars and left hits of contrast 1.1 to 3.2 unflagged (decam-sfft 04e: a cosmic-ray track
     seen as an SNR 19 good sighting; 18d: a two-pixel hit of SNR 8.8), while a star of FWHM 3.8 px gives
-    0.28. Returns the number of pixels flagged now.
+    0.28. Returns the number of pixels flagged now. The one cosmic-ray path of every pre-reduced image:
+    the pipeline's loader and the ``decam-sfft`` layout of ``evaluate real`` both call it.
     """
     if not params.cosmic_rays or int(header.get("NCOMBINE", 1) or 1) > 1:
         return 0

@@ -14,18 +14,16 @@ import re
 import warnings
 from typing import Any
 
-import numpy as np
 from astropy.coordinates import Angle
 from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
 
-from seechange.errors import ImpossibleValue, UnusableImage
-from seechange.improc.sections import parse_section, section_shape, section_slices
+from seechange.errors import ImpossibleValue
+from seechange.improc.sections import parse_section, section_shape
 from seechange.instruments import Instrument
 
 __all__ = [
-    "check_pixels",
     "check_sections",
     "exposure_time",
     "observation_mjd",
@@ -176,24 +174,6 @@ def check_sections(header: fits.Header, shape: tuple[int, int], inst: Instrument
         if max(x1, x2) > nx or max(y1, y2) > ny:
             raise ImpossibleValue(f"{key} = {value!r} lies outside the {nx}x{ny} array")
     return amps
-
-
-def check_pixels(data: np.ndarray, header: fits.Header, amps: list[str], inst: Instrument) -> list[str]:
-    """Refuse a CCD whose data sections are all NaN or all one value; return the amplifiers that are.
-
-    An amplifier that is NaN- or constant-filled (a dead or unread amplifier) is returned, not refused: the
-    reduction flags its pixels and processes the rest of the CCD.
-    """
-    dead = []
-    for a in amps:
-        block = data[section_slices(str(header[inst.datasec_card(a)]))]
-        finite = block[np.isfinite(block)]
-        if finite.size == 0 or float(finite.min()) == float(finite.max()):
-            dead.append(a)
-    if len(dead) == len(amps):
-        what = "NaN" if not np.isfinite(data).any() else "one value"
-        raise UnusableImage(f"every pixel of the data section is {what}")
-    return dead
 
 
 def optional_float(header: fits.Header, key: str) -> float | None:

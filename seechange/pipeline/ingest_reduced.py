@@ -49,6 +49,7 @@ __all__ = [
     "ReducedHeaderInfo",
     "ReducedOutcome",
     "pair_cp_triplets",
+    "psfex_beside",
     "read_reduced_info",
     "reduced_info",
     "register_reduced_file",
@@ -71,6 +72,7 @@ class ReducedFiles:
     image: Path
     weight: Path | None = None
     mask: Path | None = None
+    psf: Path | None = None  #: a PSFEx model of the CCD found beside it (:func:`psfex_beside`)
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,32 @@ class ReducedHeaderInfo(RawInfo):
     shape: tuple[int, int] = (0, 0)
 
 
+def psfex_beside(image: Path) -> Path | None:
+    """The PSFEx model of an image when one lies beside it (its folder or a ``psfex/`` folder in it), else None.
+
+    Names tried, for ``<base>.<CCD>.fits`` (or ``<stem>.fits``): ``<stem>-psfex.fits``, ``<base>-<CCD>-psfex.fits``
+    (the Legacy Surveys' per-CCD files), ``<base>-psfex.fits`` (their per-exposure files, one row per CCD)
+    and ``<stem>.psf`` (PSFEx's own output name).
+    """
+    stem = file_stem(image)
+    base, _, ccd = stem.partition(".")
+    names = [f"{stem}-psfex.fits", f"{stem}.psf"]
+    if ccd:
+        names[1:1] = [f"{base}-{ccd}-psfex.fits", f"{base}-psfex.fits"]
+    for folder in (image.parent, image.parent / "psfex"):
+        for n in names:
+            if (folder / n).is_file():
+                return folder / n
+    return None
+
+
 def pair_cp_triplets(paths: list[Path]) -> list[ReducedFiles]:
-    """Group Community Pipeline file names into image / weight / mask triplets.
+    """Group Community Pipeline file names into image / weight / mask triplets (with a PSFEx model if any).
 
     An image named ``*_ooi_*`` gets the ``*_oow_*`` and ``*_ood_*`` files beside it (same folder, same name
     otherwise) when they exist. Weight and mask files given in ``paths`` are consumed by their image (and
     dropped if their image is not in ``paths``, with a warning); any other file is an image on its own.
+    Every image also gets the PSFEx model beside it when there is one (:func:`psfex_beside`).
 
     Parameters
     ----------
@@ -109,9 +131,16 @@ def pair_cp_triplets(paths: list[Path]) -> list[ReducedFiles]:
         if CP_IMAGE in name:
             weight = p.parent / name.replace(CP_IMAGE, CP_WEIGHT)
             mask = p.parent / name.replace(CP_IMAGE, CP_MASK)
-            out.append(ReducedFiles(p, weight if weight.exists() else None, mask if mask.exists() else None))
+            out.append(
+                ReducedFiles(
+                    p,
+                    weight if weight.exists() else None,
+                    mask if mask.exists() else None,
+                    psfex_beside(p),
+                )
+            )
         else:
-            out.append(ReducedFiles(p))
+            out.append(ReducedFiles(p, psf=psfex_beside(p)))
     return out
 
 
@@ -379,6 +408,7 @@ def register_reduced_file(
     images = _headers(full)
     weight, weight_hdus = _companion_hdus(data_root, files.weight, "weight", images)
     mask, mask_hdus = _companion_hdus(data_root, files.mask, "mask", images)
+    psf = input_file(data_root, files.psf) if files.psf is not None else None
     digest = md5sum(full)
     single = len(images) == 1
     out: list[ReducedOutcome] = []
@@ -396,6 +426,7 @@ def register_reduced_file(
                 full,
                 weight_path=weight,
                 mask_path=mask,
+                psf_path=psf,
                 params=params,
                 info=info,
                 md5=digest,
@@ -416,6 +447,7 @@ def register_reduced_image(
     *,
     weight_path: str | Path | None = None,
     mask_path: str | Path | None = None,
+    psf_path: str | Path | None = None,
     params: ReduceParams,
     info: ReducedHeaderInfo | None = None,
     md5: str | None = None,
@@ -434,6 +466,8 @@ def register_reduced_image(
         The reduced image (absolute or relative to the data root), in ADU unless ``BUNIT`` says electrons.
     weight_path, mask_path : str or Path, optional
         Inverse variance (image units^-2) and integer mask (non-zero = bad) of the same shape.
+    psf_path : str or Path, optional
+        PSFEx model of the CCD (e.g. :func:`psfex_beside`): the PSF then comes from it, not from stars.
     params : ReduceParams
         Parameters of `load_prereduced` (background, detection, PSF, matching); they feed the provenance.
     info : ReducedHeaderInfo, optional
@@ -464,6 +498,7 @@ def register_reduced_image(
     else:
         weight = input_file(data_root, weight_path) if weight_path is not None else None
         mask = input_file(data_root, mask_path) if mask_path is not None else None
+    psf = input_file(data_root, psf_path) if psf_path is not None else None
     name = full.name if info.hdu is None else f"{full.name} CCD {info.ccd_name}"
     with session.begin_nested():
         exposure, _ = register_exposure(session, data_root, image_path, info=info, md5=md5)
@@ -473,7 +508,7 @@ def register_reduced_image(
         ).one_or_none()
         if existing is not None:
             return exposure, existing, False
-        data = _load(data_root, full, name, info, weight, mask, weight_hdu, mask_hdu, params)
+        data = _load(data_root, full, name, info, weight, mask, weight_hdu, mask_hdu, params, psf)
         base = file_stem(full)
         stem = product_stem("reduced", prov.id, base if info.hdu is None else f"{base}_{info.section_id}")
         write_image_data(resolve(data_root, stem), data, {"EXPID": exposure.id, "PROVID": prov.id})
@@ -490,6 +525,7 @@ def register_reduced_image(
             source_hdu=info.hdu,
             source_weight=relative(data_root, weight) if weight else None,
             source_mask=relative(data_root, mask) if mask else None,
+            source_psf=relative(data_root, psf) if psf else None,
         )
         values.update(exposure_id=exposure.id, extra=extra, is_good=bool(np.isfinite(data.fwhm_px)))
         image, created = insert_or_get(session, Image, values, conflict=("exposure_id", "provenance_id"))
@@ -528,6 +564,7 @@ def _load(
     weight_hdu: int | None,
     mask_hdu: int | None,
     params: ReduceParams,
+    psf: Path | None = None,
 ) -> ImageData:
     """Load one CCD with :func:`load_prereduced`; refuse it (one line) when it gets no zero point."""
     refcat = _refcat(data_root, info.ra, info.dec, info.shape)
@@ -543,6 +580,7 @@ def _load(
                 weight_hdu=weight_hdu,
                 mask_path=mask,
                 mask_hdu=mask_hdu,
+                psf_path=psf,
                 refcat=refcat,
                 params=params,
                 mask_codes=codes,

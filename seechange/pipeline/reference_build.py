@@ -3,7 +3,11 @@
 The given reduced images (files, or folders searched recursively: Community Pipeline ``ooi``/``oow``/``ood``
 triplets or plain reduced images) are registered as the ingest of reduced images registers them
 (:func:`~seechange.pipeline.ingest_reduced.register_reduced_image`: same loader, same provenance, no
-image-reduced event, so no service subtracts them), then, in (MJD, id) order, each one's sky gets its
+image-reduced event, so no service subtracts them). Raw exposures (e.g. DECam archive ``c4d_*_ori.fits.fz``,
+recognised by :func:`is_raw_file`) go through the pipeline's own ingest and reduce step instead
+(:func:`~seechange.pipeline.ingest.scan_raw_file`, :func:`~seechange.pipeline.ingest.register_exposure`,
+:func:`~seechange.pipeline.reduce.reduce_exposure_row`: calibration frames and reference catalogue from the
+data root, as the reduce service reads them; no event either). Then, in (MJD, id) order, each one's sky gets its
 reference from the one reference code (:func:`~seechange.pipeline.references.prepare_reference`): the
 first ``n_ref_images`` good images covering it by MJD, built once per sky, found later by the subtract step
 of any new image that it covers (at least ``min_overlap`` of it), whatever its OBJECT name or CCD.
@@ -16,16 +20,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from astropy.io import fits
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from seechange.errors import BadInput
 from seechange.improc.reduction import ReduceParams
 from seechange.models import Image
+from seechange.pipeline.ingest import input_file, one_line_of, register_exposure, scan_raw_file
 from seechange.pipeline.ingest_reduced import pair_cp_triplets, register_reduced_image
+from seechange.pipeline.reduce import ReduceResources, reduce_exposure_row
 from seechange.pipeline.references import ReferenceParams, ReferencePending, prepare_reference
+from seechange.storage import md5sum
 
-__all__ = ["ReferenceBuildReport", "build_references", "reduced_files_under"]
+__all__ = ["ReferenceBuildReport", "build_references", "is_raw_file", "reduced_files_under"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +64,9 @@ class ReferenceBuildReport:
 
 
 def reduced_files_under(paths: Iterable[Path]) -> list[Path]:
-    """The FITS files given, folders searched recursively (sorted; PSFEx models and CCD tables left out)."""
+    """The FITS files given, folders searched recursively (sorted; PSFEx models and CCD tables left out).
+
+    Raw exposures among them are kept (:func:`build_references` reduces them first)."""
     out: list[Path] = []
     for p in paths:
         found = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
@@ -68,6 +78,56 @@ def reduced_files_under(paths: Iterable[Path]) -> list[Path]:
             and not q.name.startswith("survey-")
         ]
     return out
+
+
+def is_raw_file(path: Path) -> bool:
+    """True for a raw exposure: an archive name ``*_ori.fits*``, ``PROCTYPE = 'raw'``, or (no ``PROCTYPE``)
+    amplifier overscan cards (``BIASSEC*``) in its first headers. NOIRLab's reduced products say
+    ``PROCTYPE = 'InstCal'`` (or ``'Stacked'``, ...) and are not raw whatever cards they kept."""
+    if "_ori." in path.name:
+        return True
+    try:
+        with fits.open(path) as hdul:
+            headers = [hdu.header for hdu in hdul[:2]]
+    except OSError:
+        return False  # not FITS: left to the reduced-image loader, which refuses it in one line
+    proctype = next((str(h["PROCTYPE"]).strip().lower() for h in headers if "PROCTYPE" in h), None)
+    if proctype is not None:
+        return proctype == "raw"
+    return any(str(k).startswith("BIASSEC") for h in headers for k in h)
+
+
+def _register_raw(
+    session_factory: Callable[[], Session],
+    resources: ReduceResources,
+    path: Path,
+    reduce_params: ReduceParams,
+    report: ReferenceBuildReport,
+) -> None:
+    """Ingest a raw file's CCDs and reduce each one as the reduce service does (one transaction per CCD)."""
+    try:
+        full = input_file(resources.data_root, path)
+        outcomes = scan_raw_file(full)
+    except BadInput as exc:
+        report.failed.append((str(path), one_line_of(exc)))
+        return
+    digest = md5sum(full)
+    for o in outcomes:
+        label = str(path) if len(outcomes) == 1 else f"{path}[{o.label}]"
+        if o.skipped is not None:
+            continue
+        if o.error is not None:
+            report.failed.append((label, one_line_of(o.error)))
+            continue
+        try:
+            with session_factory() as session, session.begin():
+                exposure, _ = register_exposure(session, resources.data_root, full, info=o.info, md5=digest)
+                image, _ = reduce_exposure_row(session, resources, exposure.id, params=reduce_params)
+                report.images.append(image.id)
+        except BadInput as exc:
+            reason = one_line_of(exc)
+            log.error("reference build: %s: %s", label, reason)
+            report.failed.append((label, reason))
 
 
 def build_references(
@@ -87,7 +147,7 @@ def build_references(
     data_root : Path
         The data root; every file must lie inside it.
     paths : iterable of Path
-        Reduced image files or folders (searched recursively).
+        Reduced image files, raw exposures (reduced here first) or folders (searched recursively).
     reduce_params, ref_params
         The pipeline's parameters (the provenances then match what the night's subtract step looks for).
 
@@ -96,7 +156,12 @@ def build_references(
     ReferenceBuildReport
     """
     report = ReferenceBuildReport()
-    for item in pair_cp_triplets(reduced_files_under(paths)):
+    files = reduced_files_under(paths)
+    raw = [p for p in files if is_raw_file(p)]
+    resources = ReduceResources(data_root)
+    for path in raw:
+        _register_raw(session_factory, resources, path, reduce_params, report)
+    for item in pair_cp_triplets([p for p in files if p not in raw]):
         try:
             with session_factory() as session, session.begin():
                 _, image, _ = register_reduced_image(
@@ -105,6 +170,7 @@ def build_references(
                     item.image,
                     weight_path=item.weight,
                     mask_path=item.mask,
+                    psf_path=item.psf,
                     params=reduce_params,
                 )
                 report.images.append(image.id)

@@ -60,8 +60,8 @@ def pack_exposure(ccds: Sequence[fits.PrimaryHDU | fits.ImageHDU], fmt: str) -> 
     Returns
     -------
     astropy.io.fits.HDUList
-        Primary HDU (exposure cards, no data, for ``mef``/``mef-fz``) then one extension per CCD, named by
-        its ``DETPOS`` (the CCD name) when present.
+        Primary HDU (exposure cards and ``NEXTEND``, no data, for ``mef``/``mef-fz``) then one extension
+        per CCD, named by its ``DETPOS`` (the CCD name) when present.
     """
     suffix_of(fmt)
     if fmt == "single":
@@ -69,6 +69,7 @@ def pack_exposure(ccds: Sequence[fits.PrimaryHDU | fits.ImageHDU], fmt: str) -> 
             raise ValueError(f"format 'single' holds one CCD, got {len(ccds)}")
         return fits.HDUList([fits.PrimaryHDU(data=ccds[0].data, header=ccds[0].header)])
     primary = fits.PrimaryHDU()
+    primary.header["NEXTEND"] = (len(ccds), "Number of extensions")  # as DECam raw files carry it
     first = ccds[0].header
     for key in EXPOSURE_CARDS:
         if key in first:

@@ -39,6 +39,7 @@ from seechange.streaming.keys import sky_tile_key
 from seechange.streaming.registry import SchemaRegistry
 from seechange.timestamps import epoch_ms
 from tests.integration._runloop_worker import consume_all
+from tests.paths import SHARED_DATA
 
 DECAM_SCALE = 0.263  # arcsec / pixel
 PIXELS = np.array([[0.0, 0.0], [255.0, 255.0], [17.5, 203.25], [128.0, 128.0], [250.0, 3.0]])
@@ -310,3 +311,44 @@ def test_cli_pairs_community_pipeline_triplets(
     data = read_image_data(Path(test_settings.data_dir) / image.filepath)
     gain = hdu.header["GAIN"]
     assert np.allclose(data.weight[data.flags == 0], 1e-3 / gain**2, rtol=1e-5)
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "legacypipe-decam").is_dir(), reason="../shared/data/legacypipe-decam not present"
+)
+def test_ingest_uses_the_psfex_model_beside_a_cp_triplet(
+    test_settings: Settings, database_url: str, db_engine: Engine, decam: Path
+) -> None:
+    """A CP triplet with the survey's PSFEx model in ``psfex/`` beside it: the stored PSF is that model."""
+    from seechange.improc.psf import psfex_psf
+
+    src = SHARED_DATA / "legacypipe-decam" / "testcase3"
+    stem = "c4d_180218_090701_{}_z_ls9.N10.fits"
+    for code in ("ooi", "oow", "ood"):
+        shutil.copy(src / stem.format(code), decam / stem.format(code))
+    (decam / "psfex").mkdir()
+    model = decam / "psfex" / "c4d_180218_090701_ooi_z_ls9-N10-psfex.fits"
+    shutil.copy(src / "psfex" / model.name, model)
+    with fits.open(decam / stem.format("ooi"), mode="update") as hdul:
+        hdul[0].header["MAGZERO"] = 30.0  # the cut-out has none (the survey's CCD table holds it)
+    env = {
+        "SEECHANGE_KAFKA_BOOTSTRAP": test_settings.kafka_bootstrap,
+        "SEECHANGE_DATABASE_URL": database_url,
+        "SEECHANGE_DATA_DIR": str(test_settings.data_dir),
+        "SEECHANGE_TOPIC_PREFIX": test_settings.topic_prefix,
+    }
+    result = CliRunner().invoke(main, ["ingest", str(decam / stem.format("ooi"))], env=env)
+    assert result.exit_code == 0, result.output
+    with make_session_factory(db_engine)() as session:
+        image = session.scalars(
+            select(Image).join(Exposure).where(Exposure.filepath.endswith(stem.format("ooi")))
+        ).one()
+        assert image.extra is not None and image.extra["psf_source"] == "psfex"
+        assert image.extra["source_psf"] == f"incoming/{decam.name}/psfex/{model.name}"
+    data = read_image_data(Path(test_settings.data_dir) / image.filepath)
+    ny, nx = data.shape
+    truth = psfex_psf(
+        model, x=(nx - 1) / 2, y=(ny - 1) / 2, ccd="N10", max_size=min(ny, nx) - 1 + min(ny, nx) % 2
+    )
+    assert data.psf.shape == truth.stamp.shape
+    assert np.allclose(data.psf, truth.stamp, atol=1e-7)

@@ -28,6 +28,7 @@ from seechange.pipeline.ingest_reduced import pair_cp_triplets, register_reduced
 from seechange.pipeline.reference_build import build_references
 from seechange.pipeline.references import ReferenceParams
 from seechange.pipeline.subtract import subtract_image_row
+from tests.paths import SHARED_DATA
 
 
 @pytest.fixture
@@ -110,3 +111,61 @@ def test_reference_build_command_reports(
     last = result.output.strip().splitlines()[-1]
     n = [int(w) for w in last.replace(",", " ").split() if w.isdigit()]
     assert last.startswith("2 image(s)") and len(n) == 5 and n[1] + n[2] + n[3] == 2 and n[4] == 0
+
+
+def test_reference_build_reduces_raw_exposures(db_engine: Engine, test_settings: Settings) -> None:
+    """Raw multi-extension archives (``*_ori.fits.fz``, simulated) go through ingest + reduce, then build.
+
+    Truth: the simulator's exposures (three epochs of one field, two CCDs each); every CCD becomes an
+    Image of the reduce step's provenance, and the first epoch's images get references of their own sky
+    whose members are exactly the simulated exposures of that CCD. A raw CCD without calibration frames
+    is refused in one line naming the file and the CCD.
+    """
+    from seechange.models import Exposure
+    from seechange.pipeline.reference_build import is_raw_file
+    from seechange.sim.night import simulate_night
+
+    root = Path(test_settings.data_dir) / f"refbuild-raw-{uuid.uuid4().hex[:8]}"
+    night = simulate_night(
+        root, seed=5, n_fields=1, n_epochs=3, n_ref_epochs=3, band="z", size=(512, 1024),
+        start_mjd=60777.0, ccdnums=[37, 38], fmt="mef-fz",
+    )  # fmt: skip
+    raw = sorted({root / e.raw_path for e in night.exposures})
+    assert len(raw) == 3 and all(p.name.endswith("_ori.fits.fz") and is_raw_file(p) for p in raw)
+    assert not is_raw_file(next((SHARED_DATA / "legacypipe-decam" / "testcase3").glob("*_ooi_*")))
+    renamed = root / "renamed.fits.fz"  # without the archive name: known by its overscan cards
+    shutil.copy(raw[0], renamed)
+    assert is_raw_file(renamed)
+    renamed.unlink()
+    factory = make_session_factory(db_engine)
+    params = ReferenceParams(n_ref_images=3)
+    report = build_references(factory, root, [root / "raw"], reduce_params=ReduceParams(), ref_params=params)
+    assert report.failed == [] and len(report.images) == 6
+    with factory() as session:
+        rows = session.scalars(select(Image).where(Image.id.in_(report.images))).all()
+        assert {session.get(Exposure, r.exposure_id).filepath for r in rows} == {
+            str(p.relative_to(root)) for p in raw
+        }
+        assert all(session.get(Exposure, r.exposure_id).band == "z" for r in rows)
+        # one reference per CCD's sky, from its three epochs
+        assert len(report.built) == 2 and len(report.covered) == 4 and report.not_built == []
+        for _, ref_id in report.built:
+            ref = session.get(CoaddImage, ref_id)
+            assert ref is not None and len(ref.images) == 3
+            assert len({m.section_id for m in ref.images}) == 1
+
+    # without calibration frames: one line naming the file and the CCD, nothing else registered
+    shutil.rmtree(root / "calib")
+    other = root / "raw2"
+    other.mkdir()
+    night2 = simulate_night(
+        other, seed=6, n_fields=1, n_epochs=1, band="z", size=(512, 1024), start_mjd=60790.0, ccdnums=[37],
+        fmt="mef-fz",
+    )  # fmt: skip
+    shutil.rmtree(other / "calib")
+    f2 = sorted({other / e.raw_path for e in night2.exposures})
+    bad = build_references(factory, root, f2, reduce_params=ReduceParams(), ref_params=params)
+    assert bad.images == [] and len(bad.failed) == 1
+    where, why = bad.failed[0]
+    assert f2[0].name in where and "calibration" in why and "\n" not in why
+    shutil.rmtree(root, ignore_errors=True)

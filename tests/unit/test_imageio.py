@@ -121,3 +121,44 @@ def test_atomic_writers_fsync_the_file_and_the_folder(
         assert "CHECKSUM" in hdul[0].header and "DATASUM" in hdul[0].header
     assert sorted(p.name for p in folder.iterdir()) == ["a.bin", "b.fits"]
     assert ((folder / "a.bin").stat().st_mode & 0o777) == 0o644
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_late_hdu_is_read_directly_with_the_same_pixels_and_header(
+    tmp_path: Path, compressed: bool
+) -> None:
+    """HDU k >= 2 skips astropy's walk of the headers before it; result identical to astropy's own read."""
+    rng = np.random.default_rng(5)
+    primary = fits.PrimaryHDU(header=fits.Header({"INSTRUME": "TEST", "OBJECT": "F1", "NEXTEND": 5}))
+    hdu = fits.CompImageHDU if compressed else fits.ImageHDU
+    arrays, hdus = [], []
+    for k in range(5):  # BITPIX 16 with BZERO 32768 (as DECam raw files), int32, float32
+        if k % 3 == 0:
+            raw = rng.integers(0, 65535, size=(24, 18), dtype=np.uint16)
+            h = hdu(raw, header=fits.Header({"CCDNUM": k, "LONGCARD": "x" * 60}), name=f"C{k}")
+            arrays.append(raw.astype(np.float32))
+        elif k % 3 == 1:
+            raw32 = rng.integers(-5000, 60000, size=(24, 18), dtype=np.int32)
+            h = hdu(raw32, header=fits.Header({"CCDNUM": k}), name=f"C{k}")
+            arrays.append(raw32.astype(np.float32))
+        else:
+            f = rng.normal(100.0, 5.0, size=(24, 18)).astype(np.float32)
+            kw = {"quantize_level": 0.0, "compression_type": "GZIP_2"} if compressed else {}
+            h = hdu(f, header=fits.Header({"CCDNUM": k}), name=f"C{k}", **kw)
+            arrays.append(f)
+        hdus.append(h)
+    path = tmp_path / ("five.fits.fz" if compressed else "five.fits")
+    fits.HDUList([primary, *hdus]).writeto(path)
+    for index in range(2, 6):
+        direct = imageio._read_hdu_direct(path, index, np.float32)
+        assert direct is not None, index
+        assert direct.index == index
+        np.testing.assert_array_equal(direct.data, arrays[index - 1])
+        with fits.open(path) as hdul:
+            expected = imageio.merged_header(hdul[0].header, hdul[index].header)
+        assert list(direct.header.items()) == list(expected.items())
+        via = read_ccd(path, index)
+        np.testing.assert_array_equal(via.data, direct.data)
+    assert imageio._read_hdu_direct(path, 9, np.float32) is None  # no such HDU: astropy's path says so
+    with pytest.raises(ImageReadError, match="no HDU 9"):
+        read_ccd(path, 9)

@@ -7,6 +7,7 @@ is checked against what was written.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,10 +16,11 @@ import pytest
 from astropy.io import fits
 from astropy.time import Time
 
+from seechange.errors import UnusableImage
 from seechange.improc.calibrate import amp_layout, calibrate, overscan_correct_and_trim
 from seechange.improc.types import FLAG_BAD
 from seechange.instruments import DECAM, LS4, UnknownInstrument, get_instrument
-from seechange.pipeline.ingest import CcdOutcome, RawInfo, scan_raw_file
+from seechange.pipeline.ingest import CcdOutcome, IngestError, RawInfo, scan_raw_file
 from seechange.sim.mef import pack_exposure
 from seechange.sim.night import plan_night, render_planned
 
@@ -73,7 +75,7 @@ def test_plain_simulated_ccd(tmp_path: Path, ccd: fits.PrimaryHDU) -> None:
     assert (info.instrument, info.section_id, info.ccd_name, info.band) == ("DECam", "37", "N6", "r")
     assert info.mjd == ccd.header["MJD-OBS"] and info.exp_time == ccd.header["EXPTIME"]
     assert info.gain == pytest.approx((3.9 + 4.1) / 2) and info.read_noise == pytest.approx(7.0)
-    assert info.origin_id == str(ccd.header["EXPNUM"]) and info.hdu == 0 and info.dead_amps == ()
+    assert info.origin_id == str(ccd.header["EXPNUM"]) and info.hdu == 0
 
 
 def test_bitpix_16_with_bzero_32768(tmp_path: Path, ccd: fits.PrimaryHDU) -> None:
@@ -109,17 +111,8 @@ def test_nan_or_zero_filled_amplifier_is_flagged_and_the_rest_processed(
         return out
 
     path = _write(tmp_path, ccd, kill_b)
-    info = _good(path)
-    assert info.dead_amps == ("B",)
-    from seechange.imageio import read_ccd
-
-    raw = read_ccd(path)
-    trimmed, amps = overscan_correct_and_trim(raw.data, raw.header, smooth_rows=1)
-    shape = trimmed.shape
-    zeros, ones = np.zeros(shape, np.float32), np.ones(shape, np.float32)
-    electrons, weight, flags = calibrate(
-        trimmed, raw.header, zeros, zeros, ones, np.zeros(shape, np.int16), exptime=60.0, cosmic_rays=False
-    )
+    _good(path)  # ingest reads headers only: the pixels are reduce's to check
+    _, amps, (electrons, weight, flags) = _calibrated(path)
     b = amps[1].trimmed
     a = amps[0].trimmed
     assert np.all(flags[b] & FLAG_BAD) and np.all(weight[b] == 0)
@@ -243,12 +236,64 @@ def test_missing_time_cards(tmp_path: Path, ccd: fits.PrimaryHDU) -> None:
     _refused(_write(tmp_path, ccd, drop), "MJD-OBS and DATE-OBS")
 
 
-def test_all_nan_ccd_is_refused(tmp_path: Path, ccd: fits.PrimaryHDU) -> None:
-    _refused(_write(tmp_path, ccd, lambda h, d: np.full(d.shape, np.nan, np.float32)), "every pixel", "NaN")
+def _calibrated(path: Path) -> tuple[np.ndarray, list, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Reduce's calibration of the CCD of ``path`` with unit calibration frames."""
+    from seechange.imageio import read_ccd
+
+    raw = read_ccd(path)
+    trimmed, amps = overscan_correct_and_trim(raw.data, raw.header, smooth_rows=1)
+    shape = trimmed.shape
+    zeros, ones = np.zeros(shape, np.float32), np.ones(shape, np.float32)
+    out = calibrate(
+        trimmed, raw.header, zeros, zeros, ones, np.zeros(shape, np.int16), exptime=60.0, cosmic_rays=False
+    )
+    return trimmed, amps, out
 
 
-def test_constant_ccd_is_refused(tmp_path: Path, ccd: fits.PrimaryHDU) -> None:
-    _refused(_write(tmp_path, ccd, lambda h, d: np.full(d.shape, 1000, np.int32)), "every pixel", "one value")
+@pytest.mark.parametrize(
+    "fill, what",
+    [
+        (lambda d: np.full(d.shape, np.nan, np.float32), "NaN"),
+        (lambda d: np.full(d.shape, 1000, np.int32), "one value"),
+    ],
+)
+def test_all_nan_or_constant_ccd_is_registered_then_refused_by_reduce(
+    tmp_path: Path, ccd: fits.PrimaryHDU, fill: Callable[[np.ndarray], np.ndarray], what: str
+) -> None:
+    path = _write(tmp_path, ccd, lambda h, d: fill(d))
+    _good(path)  # the header is sound; no pixel is read at ingest
+    with pytest.raises(UnusableImage, match=f"every pixel of the data section is .*{what}") as err:
+        _calibrated(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_file_cut_short_is_refused_whole_not_read_as_fewer_ccds(
+    tmp_path: Path, ccd: fits.PrimaryHDU, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cut inside the third CCD's data or its header: refused, never two CCDs; at its start: a warning."""
+    hdus = []
+    for n in (35, 36, 37):
+        h = ccd.header.copy()
+        h["CCDNUM"], h["DETPOS"] = n, DECAM.ccd_name(n)
+        hdus.append(fits.ImageHDU(ccd.data, h))
+    for fmt in ("mef", "mef-fz"):
+        whole = tmp_path / f"three_{fmt}.fits"
+        pack_exposure(hdus, fmt).writeto(whole, overwrite=True)
+        assert [o.info is not None for o in scan_raw_file(whole)] == [True, True, True]
+        with fits.open(whole) as hdul:
+            third = hdul[3].fileinfo()["hdrLoc"]
+        body = whole.read_bytes()
+        for cut, words in ((len(body) - 2880, "truncated"), (third + 1000, "truncated or corrupt header")):
+            short = tmp_path / f"short_{fmt}_{cut}.fits"
+            short.write_bytes(body[:cut])
+            with pytest.raises(IngestError, match=words):
+                scan_raw_file(short)
+        # cut exactly at an HDU boundary: only NEXTEND can tell, and it is a warning (cut-outs keep theirs)
+        short = tmp_path / f"boundary_{fmt}.fits"
+        short.write_bytes(body[:third])
+        with caplog.at_level(logging.WARNING, logger="seechange.imageio"):
+            assert len(scan_raw_file(short)) == 2
+        assert "NEXTEND = 3 but the file holds 2 extension(s)" in caplog.text
 
 
 def test_three_dimensional_image_is_refused(tmp_path: Path, ccd: fits.PrimaryHDU) -> None:
