@@ -37,13 +37,13 @@ class ReduceParams(StepParameters):
     cosmic_rays : bool
         Flag cosmic rays.
     cr_sigclip, cr_objlim : float
-        Cosmic-ray detector thresholds (Laplacian significance; contrast to fine structure). ``cr_sigclip``
-        4.5 (was 6): the Laplacian ``S = L+ / (sqrt(20) sigma)`` of a hit of ``a`` sigma per pixel is
-        0.89 a for one pixel but 0.67 a for a two-pixel track, while the track's matched-filter significance
-        in the difference is about 0.94 a at LS4's FWHM 2.5 px (0.59 a at DECam's 4.5 px): at 6, tracks of
-        8 to 10 sigma per pixel were left and made most of the non-noise false positives of simulated nights
-        (LS4: 4 of 11 in 6 subtractions, 3 of them flagged at 4.5; DECam: 2 of 3, both flagged). Stars stay
-        protected by ``cr_objlim`` (a point source gives 1.5 at FWHM 2 px, 0.3 at 3.8 px, at any flux).
+        Cosmic-ray detector thresholds (Laplacian significance; contrast to fine structure). The
+        Laplacian ``S = L+ / (sqrt(20) sigma)`` of a hit of ``a`` sigma per pixel is 0.89 a for one pixel
+        but 0.67 a for a two-pixel track, whose matched-filter significance in the difference is about
+        0.94 a at LS4's FWHM 2.5 px: tracks of 8 to 10 sigma per pixel are left at 6 (4 of the 11 LS4 and 2
+        of the 3 DECam false positives of the simulated nights). 4.5 flagged 3 and 2 of them, but on a
+        simulated z-band DECam night (sky 19,700 e-, ``tests/integration/test_reference_build.py``) it
+        flagged 0.5 % of the pixels, left 2 to 5 sources per CCD and no zero point: kept at 6.
     cr_sigclip_prereduced : float
         Laplacian significance threshold for images that arrive reduced (resampled or interpolated
         products spread a hit over its neighbours; see `seechange.improc.prereduced`).
@@ -82,7 +82,7 @@ class ReduceParams(StepParameters):
 
     overscan_smooth_rows: int = 31
     cosmic_rays: bool = True
-    cr_sigclip: float = 4.5
+    cr_sigclip: float = 6.0
     cr_objlim: float = 4.0
     cr_sigclip_prereduced: float = 4.5
     cr_objlim_psf_factor: float = 3.0
