@@ -12,7 +12,10 @@ resampled images); white-noise inputs are left alone so that they are not over-c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from astropy.stats import mad_std
@@ -372,6 +375,13 @@ def _box_mean(a: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def _lit_either(
+    images: tuple[np.ndarray, np.ndarray], sigmas: tuple[float, float], fwhms: tuple[float, float]
+) -> np.ndarray:
+    """Pixels under the light of either prepared input (:func:`_lit`)."""
+    return _lit(images[0], sigmas[0], fwhms[0]) | _lit(images[1], sigmas[1], fwhms[1])
+
+
 def _prepare(img: ImageData, bad: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray, float]:
     """Image with bad pixels zeroed, variance map with bad pixels at the median, background sigma."""
     # in ``dtype`` throughout (float64 temporaries here cost 0.35 s and 200 MB on 2048x4096)
@@ -489,7 +499,9 @@ def zogy(
     params : ZogyParams
         Astrometric and flux-error terms, renormalisation policy, border, precision.
     threads : int, optional
-        Threads of the FFTs (``scipy.fft`` workers); default every core of the machine.
+        Threads of the FFTs (``scipy.fft`` workers); default every core of the machine. With more than
+        one, the reference's preparation, the light masks and the noise correlations run in one more
+        thread meanwhile (the results are the same).
 
     Returns
     -------
@@ -498,7 +510,6 @@ def zogy(
     """
     if new.shape != ref.shape:
         raise ValueError(f"new {new.shape} and ref {ref.shape} are not on the same grid")
-    ny, nx = new.shape
     dt = np.float32 if params.float32 else np.float64
     w = default_threads() if threads is None else threads
     bad = (
@@ -506,11 +517,86 @@ def zogy(
         | ~(np.asarray(new.weight) > 0)
         | ~(np.asarray(ref.weight) > 0)
     )
+    # the steps that numpy runs on one core (preparing the inputs, the light masks, the noise correlations)
+    # go to a second thread while this one runs the FFTs (issue 11: 2 cores); results do not depend on it
+    pool = ThreadPoolExecutor(max_workers=1) if w > 1 else None
+    try:
+        return _zogy(new, ref, bad, params, dt, w, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def _zogy(
+    new: ImageData,
+    ref: ImageData,
+    bad: np.ndarray,
+    params: ZogyParams,
+    dt: type,
+    w: int,
+    pool: ThreadPoolExecutor | None,
+) -> ZogyResult:
+    """:func:`zogy` after its checks; ``pool`` (or None: everything here) runs the side statistics."""
+
+    def later(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:
+        if pool is None:
+            value = fn(*args, **kwargs)
+            return lambda: value
+        return pool.submit(fn, *args, **kwargs).result
+
+    ny, nx = new.shape
+    ref_prepared = later(_prepare, ref, bad, dt)
     n_img, v_n, sig_n = _prepare(new, bad, dt)
-    r_img, v_r, sig_r = _prepare(ref, bad, dt)
-    lit = _lit(n_img, sig_n, float(new.fwhm_px)) | _lit(r_img, sig_r, float(ref.fwhm_px))
+    r_img, v_r, sig_r = ref_prepared()
     f_n = 1.0
     f_r = float(10 ** (0.4 * (ref.zp - new.zp)))
+    f_d = float(
+        f_r * f_n / np.sqrt(sig_n**2 * f_r**2 + sig_r**2 * f_n**2)
+    )  # python float: keeps FFTs in float32
+    # P_D and the real-space kernels whose squares weight the variance maps depend on the PSFs only and
+    # are compact: made on a small grid (:func:`_kernels`) instead of five full-frame inverse FFTs
+    psf_d, *k2 = _kernels(
+        new.psf,
+        ref.psf,
+        (ny, nx),
+        sig_n=sig_n,
+        sig_r=sig_r,
+        f_n=f_n,
+        f_r=f_r,
+        f_d=f_d,
+        floor=float(np.finfo(dt).tiny) * 1e6,
+    )
+    fwhm_d = _fwhm_of_stamp(psf_d)
+    border = params.border_px
+    if border is None:
+        border = int(
+            np.ceil(
+                max(
+                    encircled_radius(new.psf),
+                    encircled_radius(ref.psf),
+                    2 * max(new.fwhm_px, ref.fwhm_px, fwhm_d),
+                )
+            )
+        )
+    flags = np.asarray(new.flags, dtype=np.uint16) | np.asarray(ref.flags, dtype=np.uint16)
+    if border > 0:
+        for strip in (
+            np.s_[:border],
+            np.s_[max(ny - border, 0) :],
+            np.s_[:, :border],
+            np.s_[:, max(nx - border, 0) :],
+        ):
+            flags[strip] |= FLAG_EDGE
+    nodata = (flags & FLAG_EDGE) != 0
+    valid = ~nodata & ~bad
+    # noise_correlation looks at the central 1024x1024 block only
+    cb = _central_block(ny, nx)
+    fwhms = (float(new.fwhm_px), float(ref.fwhm_px))
+    lit_later = later(_lit_either, (n_img, r_img), (sig_n, sig_r), fwhms)
+    corr_later = [
+        later(noise_correlation, img[cb].copy(), valid[cb], fwhm=fwhm, variance=var[cb].copy())
+        for img, var, fwhm in ((n_img, v_n, fwhms[0]), (r_img, v_r, fwhms[1]))
+    ]
 
     def rfft(a: np.ndarray) -> np.ndarray:
         return sfft.rfft2(a, workers=w)
@@ -528,9 +614,6 @@ def zogy(
     denom = sig_n**2 * f_r**2 * pr2 + sig_r**2 * f_n**2 * pn2
     denom = np.maximum(denom, np.finfo(dt).tiny * 1e6).astype(dt)
     sq = np.sqrt(denom)
-    f_d = float(
-        f_r * f_n / np.sqrt(sig_n**2 * f_r**2 + sig_r**2 * f_n**2)
-    )  # python float: keeps FFTs in float32
     # F_S: peak of S for a point source of 1 electron (new-image units) in either image,
     # (1/N) sum over the full spectrum of F_n^2 F_r^2 |P_n|^2 |P_r|^2 / denom (rfft half-plane weights).
     herm = np.full(pn2.shape[1], 2.0)
@@ -548,9 +631,7 @@ def zogy(
 
     n_hat = rfft(n_img)
     r_hat = rfft(r_img)
-    # noise_correlation looks at the central 1024x1024 block only: keep that and free the frames now
-    cb = _central_block(ny, nx)
-    n_img, r_img = n_img[cb].copy(), r_img[cb].copy()
+    del n_img, r_img
     d_hat = f_r * pr_hat
     d_hat *= n_hat
     t_hat = f_n * pn_hat
@@ -561,19 +642,6 @@ def zogy(
     diff = irfft(d_hat)
     del d_hat
     diff /= dt(f_d)
-    # P_D and the real-space kernels whose squares weight the variance maps depend on the PSFs only and
-    # are compact: made on a small grid (:func:`_kernels`) instead of five full-frame inverse FFTs
-    psf_d, *k2 = _kernels(
-        new.psf,
-        ref.psf,
-        (ny, nx),
-        sig_n=sig_n,
-        sig_r=sig_r,
-        f_n=f_n,
-        f_r=f_r,
-        f_d=f_d,
-        floor=np.finfo(dt).tiny * 1e6,
-    )
     kn, kr, kdn, kdr = (_embed(k.astype(dt), (ny, nx)) for k in k2)
     del k2
     kn_hat = pn_hat.conj() * a_n  # real factor first: fewer complex passes
@@ -593,7 +661,7 @@ def zogy(
     # are used)
     vn_hat = rfft(v_n)
     vr_hat = rfft(v_r)
-    v_n, v_r = v_n[cb].copy(), v_r[cb].copy()  # for noise_correlation
+    del v_n, v_r
     score_var = irfft(vn_hat * rfft(kn) + vr_hat * rfft(kr))
     del kn, kr
     diff_var = irfft(vn_hat * rfft(kdn) + vr_hat * rfft(kdr))
@@ -618,29 +686,8 @@ def zogy(
     score_corr = np.sqrt(score_var)
     np.divide(score, score_corr, out=score_corr)
 
-    fwhm_d = _fwhm_of_stamp(psf_d)
-    border = params.border_px
-    if border is None:
-        border = int(
-            np.ceil(
-                max(
-                    encircled_radius(new.psf),
-                    encircled_radius(ref.psf),
-                    2 * max(new.fwhm_px, ref.fwhm_px, fwhm_d),
-                )
-            )
-        )
-    flags = (np.asarray(new.flags, dtype=np.uint16) | np.asarray(ref.flags, dtype=np.uint16)).copy()
-    if border > 0:
-        edge = np.ones((ny, nx), dtype=bool)
-        edge[border : ny - border, border : nx - border] = False
-        flags[edge] |= FLAG_EDGE
-    nodata = (flags & FLAG_EDGE) != 0
-    valid = ~nodata & ~bad
-
-    corr_new = noise_correlation(n_img, valid[cb], fwhm=float(new.fwhm_px), variance=v_n)
-    corr_ref = noise_correlation(r_img, valid[cb], fwhm=float(ref.fwhm_px), variance=v_r)
-    del v_n, v_r
+    corr_new, corr_ref = (c() for c in corr_later)
+    lit = lit_later()
     # the spread is measured on empty sky only; with too little of it (a frame filled by a galaxy or a
     # halo) it is not measurable there and 'auto' leaves S_corr alone
     empty = int(np.count_nonzero(valid & ~lit))
