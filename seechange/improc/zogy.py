@@ -433,7 +433,8 @@ def _kernels(
     f_r: float,
     f_d: float,
     floor: float,
-) -> tuple[np.ndarray, ...]:
+    dtype: type,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The stamp of P_D and the squared real-space kernels of S_n, S_r and of D, per unit input variance.
 
     Each depends on the two PSFs only, so it is computed (float64) on a grid of 4 x the largest stamp
@@ -441,8 +442,8 @@ def _kernels(
     whitening factor, about two stamp widths across, so the periodic images of a grid four stamps wide do
     not overlap them (measured on 2048x4096 with stamps of 81 and 101 px: S_corr differs from the
     full-frame kernels by < 1e-5 of its spread). Kernels are returned on that grid, origin at (0, 0)
-    (:func:`_embed` puts them on the frame); P_D as a centred stamp of the larger input stamp's size, sum 1.
-    ``floor`` is the smallest denominator (as in :func:`zogy`).
+    (:func:`_rfft2_compact` transforms them as if on the frame); P_D as a centred stamp of the larger input stamp's size, sum 1.
+    ``floor`` is the smallest denominator (as in :func:`zogy`); the squared kernels are returned in ``dtype``.
 
     Returns
     -------
@@ -472,18 +473,30 @@ def _kernels(
     kr = irfft(pr_hat.conj() * (f_r * f_n**2 * pn2 / denom))
     kdn = irfft(f_r * pr_hat / sq) / f_d
     kdr = irfft(f_n * pn_hat / sq) / f_d
-    return psf_d, kn * kn, kr * kr, kdn * kdn, kdr * kdr
+    sq_k: list[np.ndarray] = [(k * k).astype(dtype) for k in (kn, kr, kdn, kdr)]
+    return psf_d, sq_k[0], sq_k[1], sq_k[2], sq_k[3]
 
 
-def _embed(k: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A kernel on a small periodic grid (origin at (0, 0)) placed on a frame of ``shape`` (zeros elsewhere)."""
+def _rfft2_compact(k: np.ndarray, shape: tuple[int, int], workers: int) -> np.ndarray:
+    """``rfft2`` of a frame of ``shape`` that is zero but for the periodic kernel ``k`` (origin at (0, 0)).
+
+    The same values as transforming the whole frame (pocketfft's rfft2 is this: the rows, then the
+    columns), but only the kernel's rows are transformed along x (measured on 2048x4096 with a 405 px
+    kernel: 0.040 s instead of 0.060 s).
+    """
+    ny, nx = shape
+    if k.shape[0] > ny or k.shape[1] > nx:
+        raise UnusableImage(f"PSF stamp {k.shape} larger than image {shape}")
     if k.shape == shape:
-        return k
-    iy = np.fft.fftfreq(k.shape[0], 1.0 / k.shape[0]).astype(int) % shape[0]
-    ix = np.fft.fftfreq(k.shape[1], 1.0 / k.shape[1]).astype(int) % shape[1]
-    out = np.zeros(shape, dtype=k.dtype)
-    out[np.ix_(iy, ix)] = k
-    return out
+        return sfft.rfft2(k, workers=workers)
+    iy = np.fft.fftfreq(k.shape[0], 1.0 / k.shape[0]).astype(int) % ny
+    ix = np.fft.fftfreq(k.shape[1], 1.0 / k.shape[1]).astype(int) % nx
+    rows = np.zeros((k.shape[0], nx), dtype=k.dtype)
+    rows[:, ix] = k
+    row_hat = sfft.rfft(rows, axis=1, workers=workers)
+    spec = np.zeros((ny, nx // 2 + 1), dtype=row_hat.dtype)
+    spec[iy] = row_hat
+    return sfft.fft(spec, axis=0, workers=workers, overwrite_x=True)
 
 
 def zogy(
@@ -555,7 +568,7 @@ def _zogy(
     )  # python float: keeps FFTs in float32
     # P_D and the real-space kernels whose squares weight the variance maps depend on the PSFs only and
     # are compact: made on a small grid (:func:`_kernels`) instead of five full-frame inverse FFTs
-    psf_d, *k2 = _kernels(
+    psf_d, kn_sq, kr_sq, kdn_sq, kdr_sq = _kernels(
         new.psf,
         ref.psf,
         (ny, nx),
@@ -565,6 +578,7 @@ def _zogy(
         f_r=f_r,
         f_d=f_d,
         floor=float(np.finfo(dt).tiny) * 1e6,
+        dtype=dt,
     )
     fwhm_d = _fwhm_of_stamp(psf_d)
     border = params.border_px
@@ -607,8 +621,9 @@ def _zogy(
     # Memory (issue 11): each spectrum is made when it is about to be used and freed after its last use;
     # in-place only where the operands keep their order (byte-identical output, checked on a full-size
     # pair). Measured on 2048x4096: 528 MB allocated above the inputs at the peak (was 584 MB).
-    pn_hat = rfft(pad_psf(np.asarray(new.psf, dtype=dt), (ny, nx)))
-    pr_hat = rfft(pad_psf(np.asarray(ref.psf, dtype=dt), (ny, nx)))
+    # the PSF stamps centred on pixel (0, 0), transformed as if zero-padded to the frame (pad_psf)
+    pn_hat = _rfft2_compact(pad_psf(np.asarray(new.psf, dtype=dt), new.psf.shape), (ny, nx), w)
+    pr_hat = _rfft2_compact(pad_psf(np.asarray(ref.psf, dtype=dt), ref.psf.shape), (ny, nx), w)
     pn2 = (pn_hat * pn_hat.conj()).real
     pr2 = (pr_hat * pr_hat.conj()).real
     denom = sig_n**2 * f_r**2 * pr2 + sig_r**2 * f_n**2 * pn2
@@ -642,8 +657,6 @@ def _zogy(
     diff = irfft(d_hat)
     del d_hat
     diff /= dt(f_d)
-    kn, kr, kdn, kdr = (_embed(k.astype(dt), (ny, nx)) for k in k2)
-    del k2
     kn_hat = pn_hat.conj() * a_n  # real factor first: fewer complex passes
     del a_n
     kr_hat = pr_hat.conj() * a_r
@@ -662,10 +675,13 @@ def _zogy(
     vn_hat = rfft(v_n)
     vr_hat = rfft(v_r)
     del v_n, v_r
-    score_var = irfft(vn_hat * rfft(kn) + vr_hat * rfft(kr))
-    del kn, kr
-    diff_var = irfft(vn_hat * rfft(kdn) + vr_hat * rfft(kdr))
-    del kdn, kdr, vn_hat, vr_hat
+    score_var = irfft(
+        vn_hat * _rfft2_compact(kn_sq, (ny, nx), w) + vr_hat * _rfft2_compact(kr_sq, (ny, nx), w)
+    )
+    diff_var = irfft(
+        vn_hat * _rfft2_compact(kdn_sq, (ny, nx), w) + vr_hat * _rfft2_compact(kdr_sq, (ny, nx), w)
+    )
+    del vn_hat, vr_hat
     np.maximum(diff_var, 0, out=diff_var)
     np.maximum(score_var, 0, out=score_var)
     for sig, axis in ((params.astrometric_sigma_x, 1), (params.astrometric_sigma_y, 0)):
