@@ -616,7 +616,10 @@ def _zogy(
         return sfft.rfft2(a, workers=w)
 
     def irfft(a: np.ndarray) -> np.ndarray:
-        return sfft.irfft2(a, s=(ny, nx), workers=w).astype(dt, copy=False)
+        """irfft2 of a temporary spectrum (overwritten): the columns, then the rows, as pocketfft's irfft2
+        does (the same values) but without its copy of the input (2048x4096: 0.040 s instead of 0.054 s)."""
+        a = sfft.ifft(a, axis=0, workers=w, overwrite_x=True)
+        return sfft.irfft(a, n=nx, axis=1, workers=w, overwrite_x=True).astype(dt, copy=False)
 
     # Memory (issue 11): each spectrum is made when it is about to be used and freed after its last use;
     # in-place only where the operands keep their order (byte-identical output, checked on a full-size
@@ -624,10 +627,11 @@ def _zogy(
     # the PSF stamps centred on pixel (0, 0), transformed as if zero-padded to the frame (pad_psf)
     pn_hat = _rfft2_compact(pad_psf(np.asarray(new.psf, dtype=dt), new.psf.shape), (ny, nx), w)
     pr_hat = _rfft2_compact(pad_psf(np.asarray(ref.psf, dtype=dt), ref.psf.shape), (ny, nx), w)
-    pn2 = (pn_hat * pn_hat.conj()).real
-    pr2 = (pr_hat * pr_hat.conj()).real
-    denom = sig_n**2 * f_r**2 * pr2 + sig_r**2 * f_n**2 * pn2
-    denom = np.maximum(denom, np.finfo(dt).tiny * 1e6).astype(dt)
+    pn2 = np.square(pn_hat.real) + np.square(pn_hat.imag)  # |P|^2, contiguous (no complex product)
+    pr2 = np.square(pr_hat.real) + np.square(pr_hat.imag)
+    denom = sig_n**2 * f_r**2 * pr2
+    denom += sig_r**2 * f_n**2 * pn2
+    np.maximum(denom, dt(np.finfo(dt).tiny * 1e6), out=denom)
     sq = np.sqrt(denom)
     # F_S: peak of S for a point source of 1 electron (new-image units) in either image,
     # (1/N) sum over the full spectrum of F_n^2 F_r^2 |P_n|^2 |P_r|^2 / denom (rfft half-plane weights).
@@ -657,9 +661,11 @@ def _zogy(
     diff = irfft(d_hat)
     del d_hat
     diff /= dt(f_d)
-    kn_hat = pn_hat.conj() * a_n  # real factor first: fewer complex passes
+    kn_hat = np.conjugate(pn_hat)
+    kn_hat *= a_n
     del a_n
-    kr_hat = pr_hat.conj() * a_r
+    kr_hat = np.conjugate(pr_hat)
+    kr_hat *= a_r
     del a_r
     del pn_hat, pr_hat, sq
     # products are taken into fresh arrays (x * y, never in place into y): numpy's SIMD complex product
