@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -415,6 +416,62 @@ def _gradient_sq(a: np.ndarray, axis: int) -> np.ndarray:
     return g
 
 
+def _by_rows(fn: Callable[[slice], None], ny: int, threads: int, block: int = 256) -> None:
+    """``fn(rows)`` on blocks of ``block`` rows covering ``ny``, by ``threads`` threads (numpy releases the
+    GIL); a chain of full-frame operations run block by block stays in the cache."""
+    blocks = [slice(y, min(y + block, ny)) for y in range(0, ny, block)]
+    if threads <= 1 or len(blocks) == 1:
+        for b in blocks:
+            fn(b)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for f in [pool.submit(fn, b) for b in blocks]:
+            f.result()
+
+
+def _score_variance_rows(
+    rows: slice,
+    *,
+    score: np.ndarray,
+    score_var: np.ndarray,
+    s_n: np.ndarray,
+    s_r: np.ndarray,
+    score_corr: np.ndarray,
+    sig_xy: tuple[float, float],
+    flux_error_fraction: float,
+) -> None:
+    """On ``rows``: V_S (``score_var``, in place) gets its astrometric and flux-error terms and S_corr =
+    S / sqrt(V_S) goes into ``score_corr``. The same operations in the same order as on the whole frame;
+    the y gradient reads one row beyond the block on either side (none at the frame's edges, where
+    np.gradient takes one-sided differences)."""
+    dt = score_var.dtype.type
+    ny = score_var.shape[0]
+    sv = score_var[rows]
+    np.maximum(sv, 0, out=sv)
+    for sig, axis in ((sig_xy[0], 1), (sig_xy[1], 0)):
+        if sig > 0:
+            if axis == 1:
+                g2 = _gradient_sq(s_n[rows], axis)
+                g2 += _gradient_sq(s_r[rows], axis)
+            else:
+                lo, hi = max(rows.start - 1, 0), min(rows.stop + 1, ny)
+                inner = slice(rows.start - lo, rows.stop - lo)
+                g2 = _gradient_sq(s_n[lo:hi], axis)[inner]
+                g2 += _gradient_sq(s_r[lo:hi], axis)[inner]
+            g2 *= dt(sig**2)
+            sv += g2
+            del g2
+    v_flux = s_n[rows] * s_n[rows]
+    v_flux += s_r[rows] * s_r[rows]
+    v_flux *= dt(flux_error_fraction**2)
+    sv += v_flux
+    del v_flux
+    np.maximum(sv, np.finfo(dt).tiny * 1e6, out=sv)
+    sc = score_corr[rows]
+    np.sqrt(sv, out=sc)
+    np.divide(score[rows], sc, out=sc)
+
+
 def _kernel_grid(n: int, stamp: int) -> int:
     """Length of the small grid of :func:`_kernels` along an axis of ``n`` pixels: 4 x the largest stamp (a
     fast FFT length), or ``n`` when that is not smaller."""
@@ -689,24 +746,19 @@ def _zogy(
     )
     del vn_hat, vr_hat
     np.maximum(diff_var, 0, out=diff_var)
-    np.maximum(score_var, 0, out=score_var)
-    for sig, axis in ((params.astrometric_sigma_x, 1), (params.astrometric_sigma_y, 0)):
-        if sig > 0:
-            g2 = _gradient_sq(s_n, axis)
-            g2 += _gradient_sq(s_r, axis)
-            g2 *= dt(sig**2)
-            score_var += g2
-            del g2
-    v_flux = s_n * s_n
-    s_r *= s_r
-    v_flux += s_r
-    del s_n, s_r
-    v_flux *= dt(params.flux_error_fraction**2)
-    score_var += v_flux
-    del v_flux
-    np.maximum(score_var, np.finfo(dt).tiny * 1e6, out=score_var)
-    score_corr = np.sqrt(score_var)
-    np.divide(score, score_corr, out=score_corr)
+    score_corr = np.empty_like(score_var)
+    fill = partial(
+        _score_variance_rows,
+        score=score,
+        score_var=score_var,
+        s_n=s_n,
+        s_r=s_r,
+        score_corr=score_corr,
+        sig_xy=(params.astrometric_sigma_x, params.astrometric_sigma_y),
+        flux_error_fraction=params.flux_error_fraction,
+    )
+    _by_rows(fill, ny, w)
+    del fill, s_n, s_r
 
     corr_new, corr_ref = (c() for c in corr_later)
     lit = lit_later()
