@@ -304,8 +304,8 @@ def _robust_spread(
 
     Pixels whose score variance exceeds the median by more than 10% (source noise, flux-error and
     astrometric terms: near stars and galaxies), pixels under light of either input (``lit``, see
-    :func:`_lit`; weights without the sources' own noise do not show them) and pixels near |S_corr| > 4
-    sigma are left out.
+    :func:`_lit`, full-frame or at the subsample's nodes only; weights without the sources' own noise do
+    not show them) and pixels near |S_corr| > 4 sigma are left out.
 
     The statistics use every ``step``-th pixel in each direction (default :func:`_stat_step`: 4 on
     2048x4096, where this takes 0.06 s instead of 0.44 s and the result moves by 4e-5; S_corr is correlated
@@ -318,7 +318,7 @@ def _robust_spread(
         step, sub = 1, (slice(None), slice(None))  # small images: use every pixel
     v = valid[sub]
     if lit is not None:
-        v = v & ~lit[sub]
+        v = v & ~(lit if lit.shape == v.shape else lit[sub])  # given full-frame or at the subsample only
     if score_var is not None and np.any(v):
         sv = score_var[sub]
         bg = sv <= 1.1 * np.median(sv[v])
@@ -350,11 +350,28 @@ def _robust_spread(
     return float(mad_std(sc[quiet]))
 
 
-def _lit(img: np.ndarray, sigma: float, fwhm: float, nsigma: float = 4.0) -> np.ndarray:
+def _lit(img: np.ndarray, sigma: float, fwhm: float, nsigma: float = 4.0, *, step: int = 1) -> np.ndarray:
     """Pixels under an input's light: where its mean over a box of about 2 FWHM exceeds ``nsigma`` x the
-    white-noise spread of that mean (faint galaxies, halos and wings that no threshold per pixel sees)."""
+    white-noise spread of that mean (faint galaxies, halos and wings that no threshold per pixel sees).
+
+    Evaluated at every ``step``-th pixel in each direction only (``img[::step, ::step]``'s shape; the box
+    means there are those of the full frame): :func:`_robust_spread` uses no other pixels. On 2048x4096
+    with step 4 that is one row filter and a few strided sums instead of a full-frame box filter.
+    """
     b = int(max(5, 2 * round(fwhm if np.isfinite(fwhm) else 2.0) + 1))
-    mean = _box_mean(np.asarray(img, dtype=np.float32), b)
+    a = np.asarray(img, dtype=np.float32)
+    if step <= 1:
+        mean = _box_mean(a, b)
+    else:
+        rows = ndimage.uniform_filter1d(a, b, axis=1, mode="constant")[:, ::step]
+        lo = b // 2  # the box of uniform_filter (origin 0): y - b // 2 .. y + b - 1 - b // 2
+        ny = a.shape[0]
+        padded = np.zeros((ny + b - 1, rows.shape[1]), dtype=rows.dtype)
+        padded[lo : lo + ny] = rows
+        mean = padded[0:ny:step].copy()
+        for d in range(1, b):
+            mean += padded[d : d + ny : step]
+        mean *= mean.dtype.type(1.0 / b)
     return np.asarray(mean > nsigma * sigma / b)
 
 
@@ -377,10 +394,13 @@ def _box_mean(a: np.ndarray, size: int) -> np.ndarray:
 
 
 def _lit_either(
-    images: tuple[np.ndarray, np.ndarray], sigmas: tuple[float, float], fwhms: tuple[float, float]
+    images: tuple[np.ndarray, np.ndarray],
+    sigmas: tuple[float, float],
+    fwhms: tuple[float, float],
+    step: int,
 ) -> np.ndarray:
-    """Pixels under the light of either prepared input (:func:`_lit`)."""
-    return _lit(images[0], sigmas[0], fwhms[0]) | _lit(images[1], sigmas[1], fwhms[1])
+    """Pixels under the light of either prepared input, at every ``step``-th pixel (:func:`_lit`)."""
+    return _lit(images[0], sigmas[0], fwhms[0], step=step) | _lit(images[1], sigmas[1], fwhms[1], step=step)
 
 
 def _prepare(img: ImageData, bad: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray, float]:
@@ -723,7 +743,11 @@ def _zogy(
     # noise_correlation looks at the central 1024x1024 block only
     cb = _central_block(ny, nx)
     fwhms = (float(new.fwhm_px), float(ref.fwhm_px))
-    lit_later = later(_lit_either, (n_img, r_img), (sig_n, sig_r), fwhms)
+    # the spread of S_corr and the light masks use every step-th pixel (:func:`_robust_spread`)
+    step = _stat_step((ny, nx))
+    if step > 1 and np.count_nonzero(valid[::step, ::step]) < 10_000:
+        step = 1
+    lit_later = later(_lit_either, (n_img, r_img), (sig_n, sig_r), fwhms, step)
     corr_later = [
         later(noise_correlation, img[cb].copy(), valid[cb], fwhm=fwhm, variance=var[cb].copy())
         for img, var, fwhm in ((n_img, v_n, fwhms[0]), (r_img, v_r, fwhms[1]))
@@ -807,9 +831,12 @@ def _zogy(
     lit = lit_later()
     # the spread is measured on empty sky only; with too little of it (a frame filled by a galaxy or a
     # halo) it is not measurable there and 'auto' leaves S_corr alone
-    empty = int(np.count_nonzero(valid & ~lit))
+    # (counted at every step-th pixel, times step^2)
+    empty = int(np.count_nonzero(valid[::step, ::step] & ~lit)) * step * step
     measurable = empty >= params.min_empty_px
-    score_std = _robust_spread(score_corr, valid, fwhm_d, score_var, lit=lit if measurable else None)
+    score_std = _robust_spread(
+        score_corr, valid, fwhm_d, score_var, step=step, lit=lit if measurable else None
+    )
     del lit
     do_renorm = params.renormalize == "always" or (
         params.renormalize == "auto" and measurable and max(corr_new, corr_ref) > params.correlation_threshold
