@@ -496,6 +496,15 @@ def _spectra_rows(
     np.multiply(k_hat, r, out=sr_hat)
 
 
+def _weighted_sum_rows(
+    rows: slice, *, a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], out: np.ndarray
+) -> None:
+    """``out[rows] = a0 * a1 + b0 * b1`` on ``rows`` (the same values as on the whole frame)."""
+    t = a[0][rows] * a[1][rows]
+    t += b[0][rows] * b[1][rows]
+    out[rows] = t
+
+
 def _by_rows(fn: Callable[[slice], None], ny: int, threads: int, block: int = 256) -> None:
     """``fn(rows)`` on blocks of ``block`` rows covering ``ny``, by ``threads`` threads (numpy releases the
     GIL); a chain of full-frame operations run block by block stays in the cache."""
@@ -805,13 +814,16 @@ def _zogy(
     vn_hat = rfft(v_n)
     vr_hat = rfft(v_r)
     del v_n, v_r
-    score_var = irfft(
-        vn_hat * _rfft2_compact(kn_sq, (ny, nx), w) + vr_hat * _rfft2_compact(kr_sq, (ny, nx), w)
-    )
-    diff_var = irfft(
-        vn_hat * _rfft2_compact(kdn_sq, (ny, nx), w) + vr_hat * _rfft2_compact(kdr_sq, (ny, nx), w)
-    )
-    del vn_hat, vr_hat
+    variances = []
+    for k_n, k_r in ((kn_sq, kr_sq), (kdn_sq, kdr_sq)):
+        # V_hat * K_n_hat + V_r_hat * K_r_hat by blocks of rows on the threads, into K_n_hat's memory
+        kn_hat, kr_hat = _rfft2_compact(k_n, (ny, nx), w), _rfft2_compact(k_r, (ny, nx), w)
+        _by_rows(partial(_weighted_sum_rows, a=(vn_hat, kn_hat), b=(vr_hat, kr_hat), out=kn_hat), ny, w)
+        del kr_hat
+        variances.append(irfft(kn_hat))
+        del kn_hat
+    score_var, diff_var = variances
+    del variances, vn_hat, vr_hat
     np.maximum(diff_var, 0, out=diff_var)
     score_corr = np.empty_like(score_var)
     fill = partial(
