@@ -40,8 +40,8 @@ class Background:
 
 def _median_and_mad_std(x: np.ndarray) -> tuple[float, float]:
     """``np.median(x)`` and ``astropy.stats.mad_std(x)`` (the same operations, so the same bits), sharing
-    the one median both need."""
-    med = np.median(x)
+    the one median both need. ``x`` is reordered (partitioned in place)."""
+    med = np.median(x, overwrite_input=True)  # reorders x: the caller's sample, order irrelevant
     mad = np.median(np.abs(x - med), overwrite_input=True)
     return med, float(mad * 1.482602218505602)  # 1 / Phi^-1(3/4), astropy's constant
 
@@ -82,9 +82,12 @@ def measure_background(
         raise ValueError(f"mesh must be >= 8 pixels, got {mesh}")
     data = np.ascontiguousarray(image, dtype=np.float32)  # native byte order for sep
     mask = np.zeros(data.shape, bool) if flags is None else np.asarray(flags) != 0
-    mask = mask | ~np.isfinite(data)
-    if mask.any():
-        data = np.where(mask, np.float32(0), data)  # float32 already: no second copy
+    bad = ~np.isfinite(data)
+    if bad.any():
+        # sep ignores masked pixels, but a NaN or inf must not reach it at all (float32 already: one copy)
+        mask |= bad
+        data = np.where(mask, np.float32(0), data)
+    del bad
     bkg = sep.Background(data, mask=mask, bw=mesh, bh=mesh, fw=filter_size, fh=filter_size)
     bmap = bkg.back(dtype=np.float32)
     good = ~mask if source_mask is None else ~(mask | source_mask)
