@@ -284,7 +284,7 @@ def overscan_correct_and_trim(
         row_level = np.median(over, axis=1)
         if smooth_rows > 1:
             row_level = ndimage.median_filter(row_level, size=smooth_rows, mode="nearest")
-        out[amp.trimmed] = data - row_level[:, None]
+        np.subtract(data, row_level[:, None], out=out[amp.trimmed])  # no amplifier-sized temporary
         resid = over - row_level[:, None]
         rms = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
         done.append(
