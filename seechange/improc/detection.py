@@ -44,6 +44,33 @@ def _threshold_in(dtype: np.dtype, threshold: float) -> float:
     return t  # type: ignore[return-value]
 
 
+def _regions(above: np.ndarray) -> list[tuple[tuple[slice, slice], np.ndarray]]:
+    """The 8-connected regions of a 2-D mask: each one's bounding box (rows, columns) and its mask there.
+
+    The mask is labelled on its rows that hold a pixel only, with one blank row kept wherever two of them
+    are not adjacent (so no region joins across a gap): the same regions as ``ndimage.label`` of the whole
+    frame, at a fraction of its cost when the mask is sparse (peaks of S_corr: about a quarter of the rows).
+    """
+    rows = np.flatnonzero(above.any(axis=1))
+    if rows.size == 0:
+        return []
+    gaps = np.flatnonzero(np.diff(rows) > 1)  # a blank row after rows[g] for every g here
+    pos = np.arange(rows.size) + np.searchsorted(gaps, np.arange(rows.size), side="left")
+    packed = np.zeros((rows.size + gaps.size, above.shape[1]), bool)
+    packed[pos] = above[rows]
+    orig = np.full(packed.shape[0], -1)
+    orig[pos] = rows
+    labels, _ = ndimage.label(packed, structure=np.ones((3, 3), dtype=bool))
+    out = []
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        # a connected region never spans a blank row: its packed rows are consecutive rows of the frame
+        r0, r1 = int(orig[sl[0].start]), int(orig[sl[0].stop - 1]) + 1
+        out.append(((slice(r0, r1), sl[1]), labels[sl] == lab))
+    return out
+
+
 def _peaks(
     score: np.ndarray, threshold: float, min_area: int, window: int, *, sign: float = 1.0
 ) -> list[tuple]:
@@ -55,7 +82,6 @@ def _peaks(
     above = score >= thr if sign > 0 else score <= -thr
     if not above.any():
         return []
-    labels, _ = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
     # the maximum filter on each region's box padded by half the window only: the same values there as on
     # the whole frame, in a fraction of the time (two full-frame float64 filters took ~0.6 s on 2048x4096)
     ny, nx = score.shape
@@ -65,10 +91,7 @@ def _peaks(
         return sign * float(score[y, x])
 
     out = []
-    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        region = labels[sl] == lab
+    for sl, region in _regions(above):
         area = int(np.count_nonzero(region))  # pixels above threshold in the connected region
         if area < min_area:
             continue

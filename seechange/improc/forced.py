@@ -156,7 +156,7 @@ def forced_psf_photometry(
         d = np.asarray(diff[y0:y1, x0:x1], dtype=np.float64)
         v = np.asarray(variance[y0:y1, x0:x1], dtype=np.float64)
         f = flags[y0:y1, x0:x1]
-        yy, xx = np.mgrid[y0:y1, x0:x1]
+        yy, xx = np.ogrid[y0:y1, x0:x1]  # broadcast: the same r2 as from full grids
         r2 = (xx - x[i]) ** 2 + (yy - y[i]) ** 2
         usable = np.isfinite(v) & (v > 0) & np.isfinite(d) & (f == 0)
         n_bad[i] = int(np.count_nonzero(~usable & (r2 <= fwhm_px**2)))
