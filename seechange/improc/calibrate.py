@@ -514,7 +514,8 @@ def _saturation_and_bleed(
         return sat, np.zeros_like(sat)
     cols = np.nonzero(sat.any(axis=0))[0]
     # bleed candidates (above bleed_fraction of saturation) are needed only in those columns
-    bleed_cand = np.zeros((sat.shape[0], cols.size), bool)
+    n_rows, n_cols = len(sat), int(cols.size)
+    bleed_cand = np.zeros((n_rows, n_cols), dtype=np.bool_)
     for amp in amps:
         rows, span = amp.trimmed
         inside = (cols >= span.start) & (cols < span.stop)
