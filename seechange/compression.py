@@ -5,9 +5,9 @@ compressed (``CompImageHDU`` with ``SUBTRACTIVE_DITHER_2``: the quantisation err
 pixel independent error of one step; pixels that are exactly 0 stay exactly 0), with one of two steps:
 
 ``"noise"`` (images, differences, scores)
-    step = sigma / :data:`NOISE_Q`, sigma the plane's pixel noise: the 10th percentile over bands of
-    :data:`TILE_ROWS` rows of the robust (MAD) scatter of the differences of neighbouring pixels, divided by
-    sqrt(2). The quantisation adds step**2 / 12 = sigma**2 / 192 (0.5 %) to the noise variance where the
+    step = sigma / :data:`NOISE_Q`, sigma the plane's pixel noise: the 10th percentile over
+    :data:`NOISE_ROWS` evenly spaced rows of the robust (MAD) scatter of the differences of neighbouring
+    pixels, divided by sqrt(2). The quantisation adds step**2 / 12 = sigma**2 / 192 (0.5 %) to the noise variance where the
     noise is that low and less elsewhere; for noise correlated between pixels (a score, a resampled coadd)
     the difference-based sigma is smaller than the per-pixel one, so the step is finer still. q = 4 is
     fpack's default.
@@ -41,9 +41,14 @@ TILE_ROWS = 16
 Quantise = Literal["noise", "relative"]
 
 
+#: Rows sampled for the noise estimate (evenly spaced; every row of a smaller plane).
+NOISE_ROWS = 64
+
+
 def _band_noise(data: np.ndarray) -> np.ndarray:
-    """Robust scatter of neighbour differences / sqrt(2) on one row per band of TILE_ROWS rows."""
-    rows = np.asarray(data[TILE_ROWS // 2 :: TILE_ROWS] if data.shape[0] > TILE_ROWS else data, np.float32)
+    """Robust scatter of neighbour differences / sqrt(2) along NOISE_ROWS evenly spaced rows."""
+    every = max(1, data.shape[0] // NOISE_ROWS)
+    rows = np.asarray(data[every // 2 :: every], np.float32)
     d = np.diff(rows, axis=1)
     if not np.isfinite(d).all():
         med = np.nanmedian(d, axis=1, keepdims=True)
@@ -55,9 +60,9 @@ def _band_noise(data: np.ndarray) -> np.ndarray:
 
 
 def pixel_noise(data: np.ndarray) -> float:
-    """Pixel noise of a plane (same units): 10th percentile over row bands of the robust difference scatter.
+    """Pixel noise of a plane (same units): 10th percentile over rows of the robust difference scatter.
 
-    Bands without scatter (zero-filled borders) are left out; NaN when no band has any.
+    Rows without scatter (zero-filled borders) are left out; NaN when no row has any.
     """
     s = _band_noise(data)
     s = s[np.isfinite(s) & (s > 0)]
@@ -123,7 +128,7 @@ def compressed_hdu(
         return fits.CompImageHDU(
             plane, hdr, name=name, compression_type="GZIP_2", quantize_level=0.0, tile_shape=tile
         )
-    hdr["QSTEP"] = (step, f"quantisation step ({quantise}: see seechange.compression)")
+    hdr["QSTEP"] = (step, f"quantisation step ({quantise})")
     return fits.CompImageHDU(
         plane,
         hdr,
