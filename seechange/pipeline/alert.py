@@ -294,14 +294,18 @@ def build_alerts(
     if not sightings:
         return []
     ids = [s.id for s in sightings]
-    # photometry, Object and cutouts row of every sighting, loaded together (lazy loads are one query each)
-    session.scalars(
-        select(Sighting)
-        .where(Sighting.id.in_(ids))
-        .options(
-            selectinload(Sighting.photometry), selectinload(Sighting.object), selectinload(Sighting.cutouts)
-        )
-    ).all()
+    # photometry, Object and cutouts row of every sighting, loaded together (lazy loads are one query each,
+    # as good for a single sighting)
+    if len(ids) > 1:
+        session.scalars(
+            select(Sighting)
+            .where(Sighting.id.in_(ids))
+            .options(
+                selectinload(Sighting.photometry),
+                selectinload(Sighting.object),
+                selectinload(Sighting.cutouts),
+            )
+        ).all()
     phots = {s.id: _photometry(session, s) for s in sightings}
     sub_ids = sorted({s.subtraction_id for s in sightings})
     subs = {
