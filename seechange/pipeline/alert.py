@@ -264,7 +264,7 @@ def _earlier(
             Photometry.provenance_id.in_(list(provenance_ids)),
         )
         .order_by(Sighting.mjd, Sighting.id)
-    ).tuples():
+    ):
         assert s.object_id is not None
         out[s.object_id].append((s, p))
     return out
