@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -100,19 +100,26 @@ def _stamps(data_root: Path, sighting: Sighting, paths: dict[str, Path]) -> list
     return out
 
 
-def _gzipped(stamps: Sequence[list[RawExtension] | None]) -> list[dict[str, bytes | None]]:
-    """The cutout fields of each packet: the stamps as gzipped FITS, compressed by a few threads (zlib
-    releases the GIL; gzip at its default level is most of a packet's CPU)."""
+def _gzip_started(stamps: Sequence[list[RawExtension] | None]) -> Callable[[], list[dict[str, bytes | None]]]:
+    """Start gzipping the stamps (the cutout fields of each packet) in a few threads; the returned function
+    waits for them. zlib releases the GIL, so the compression (most of a packet's CPU) overlaps the
+    database queries of the batch."""
     flat = [ext for group in stamps if group is not None for ext in group]
-    if len(flat) > 3:
-        with ThreadPoolExecutor(max_workers=default_threads()) as pool:
-            packed = iter(list(pool.map(extension_to_gzipped_fits, flat)))
-    else:
-        packed = iter([extension_to_gzipped_fits(ext) for ext in flat])
-    return [
-        dict.fromkeys(_CUTOUT_FIELDS) if group is None else {f: next(packed) for f in _CUTOUT_FIELDS}
-        for group in stamps
-    ]
+
+    def fields(packed: list[bytes]) -> list[dict[str, bytes | None]]:
+        it = iter(packed)
+        return [
+            dict.fromkeys(_CUTOUT_FIELDS) if group is None else {f: next(it) for f in _CUTOUT_FIELDS}
+            for group in stamps
+        ]
+
+    if len(flat) <= 3:
+        done = [extension_to_gzipped_fits(ext) for ext in flat]
+        return lambda: fields(done)
+    pool = ThreadPoolExecutor(max_workers=default_threads())
+    futures = [pool.submit(extension_to_gzipped_fits, ext) for ext in flat]
+    pool.shutdown(wait=False)  # the submitted stamps are still compressed
+    return lambda: fields([f.result() for f in futures])
 
 
 _SCALES: OrderedDict[tuple[int, str], float] = OrderedDict()
@@ -306,6 +313,8 @@ def build_alerts(
                 selectinload(Sighting.cutouts),
             )
         ).all()
+    paths: dict[str, Path] = {}
+    cutouts = _gzip_started([_stamps(data_root, s, paths) for s in sightings])
     phots = {s.id: _photometry(session, s) for s in sightings}
     sub_ids = sorted({s.subtraction_id for s in sightings})
     subs = {
@@ -323,10 +332,8 @@ def build_alerts(
     earlier = _earlier(session, object_ids, sorted({p.provenance_id for p in phots.values()}), max_mjd)
     positions = _positions(session, object_ids, max_mjd)
     forced = _forced_points(session, object_ids, min(s.mjd - history_days for s in sightings), max_mjd)
-    paths: dict[str, Path] = {}
-    cutouts = _gzipped([_stamps(data_root, s, paths) for s in sightings])
     out = []
-    for sighting, stamps in zip(sightings, cutouts, strict=True):
+    for sighting, stamps in zip(sightings, cutouts(), strict=True):
         sub = subs[sighting.subtraction_id]
         obj = sighting.object
         assert obj is not None
