@@ -36,7 +36,7 @@ NOISE_Q = 4.0
 #: Quantisation of weights and variances: the step is the median value divided by 2**this.
 RELATIVE_BITS = 8
 #: Rows per compression tile (a tile spans the full width).
-TILE_ROWS = 16
+TILE_ROWS = 64
 
 Quantise = Literal["noise", "relative"]
 
