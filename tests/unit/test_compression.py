@@ -8,7 +8,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from seechange.compression import NOISE_Q, compressed_hdu, pixel_noise
+from seechange.compression import NOISE_Q, RELATIVE_BITS, compressed_hdu, pixel_noise
 from seechange.imageio import read_ccd, read_image_data, write_fits_atomic, write_image_data
 from seechange.improc.types import ImageData
 
@@ -89,3 +89,65 @@ def test_older_uncompressed_files_are_read(tmp_path):
     old = read_image_data(tmp_path / "old")
     assert np.array_equal(old.image, d.image) and np.array_equal(old.flags, d.flags)
     assert old.zp == d.zp and old.band == "r"
+
+
+def _zogy_result(rng):
+    from seechange.improc.zogy import ZogyResult
+
+    shape = (128, 96)
+    score_corr = rng.normal(0, 1, shape).astype(np.float32)
+    score_corr[:, :3] = 0.0  # the FLAG_EDGE border
+    score_var = (2e-6 * (1 + 0.05 * rng.random(shape))).astype(np.float32)
+    return ZogyResult(
+        diff=rng.normal(0, 60, shape).astype(np.float32),
+        diff_variance=np.full(shape, 3600.0, np.float32) * (1 + 0.01 * rng.random(shape)).astype(np.float32),
+        psf_d=np.ones((7, 7), np.float32) / 49,
+        f_d=0.9,
+        f_s=0.05,
+        score=score_corr * np.float32(1.01) * np.sqrt(score_var),
+        score_var=score_var,
+        score_corr=score_corr,
+        score_std=1.01,
+        renorm_factor=1.01,
+        flags=(rng.random(shape) < 0.02).astype(np.uint16) * np.uint16(16),
+        noise_corr_new=1.1,
+        noise_corr_ref=1.2,
+        zp=31.5,
+        fwhm_px=4.0,
+        wcs=_image_data(rng).wcs,
+        border_px=3,
+    )
+
+
+def test_zogy_products_round_trip_and_older_files(tmp_path):
+    from seechange.pipeline.subtract import _SCALARS, read_zogy, write_zogy
+
+    rng = np.random.default_rng(6)
+    res = _zogy_result(rng)
+    ref = ImageData(
+        **{**_image_data(rng).__dict__, "image": rng.normal(0, 20, res.diff.shape).astype(np.float32)}
+    )
+    write_zogy(tmp_path, "new/x", res, ref)
+    back, ref_back = read_zogy(tmp_path, "new/x")
+    steps = {k: read_ccd(tmp_path / f"new/x.{k}.fits").header["QSTEP"] for k in ("diff", "score", "ref")}
+    assert np.abs(back.diff - res.diff).max() <= 0.5 * steps["diff"] * (1 + 1e-5)
+    assert np.abs(back.score_corr - res.score_corr).max() <= 0.5 * steps["score"] * (1 + 1e-5)
+    assert np.all(back.score_corr[:, :3] == 0)
+    assert np.abs(ref_back - ref.image).max() <= 0.5 * steps["ref"] * (1 + 1e-5)
+    np.testing.assert_allclose(back.score_var, res.score_var, rtol=2**-RELATIVE_BITS)
+    np.testing.assert_allclose(back.diff_variance, res.diff_variance, rtol=2**-RELATIVE_BITS)
+    assert np.array_equal(back.flags, res.flags) and np.array_equal(back.psf_d, res.psf_d)
+    assert (back.renorm_factor, back.border_px, back.f_s) == (1.01, 3, 0.05)
+    # the same products as written before compression: each plane in the primary HDU, V_S in "VAR"
+    header = res.wcs.to_header(relax=True)
+    for name in _SCALARS:
+        header[f"HIERARCH {name.upper()}"] = float(getattr(res, name))
+    old = tmp_path / "old"
+    score = fits.HDUList([fits.PrimaryHDU(res.score_corr, header), fits.ImageHDU(res.score_var, name="VAR")])
+    write_fits_atomic(old / "x.score.fits", score)
+    planes = {"diff": res.diff, "weight": 1 / res.diff_variance, "ref": ref.image, "flags": res.flags}
+    for kind, plane in {**planes, "psf": res.psf_d}.items():
+        write_fits_atomic(old / f"x.{kind}.fits", fits.PrimaryHDU(plane, header if kind != "psf" else None))
+    was, ref_was = read_zogy(tmp_path, "old/x")
+    assert np.array_equal(was.diff, res.diff) and np.array_equal(was.score_var, res.score_var)
+    assert np.array_equal(ref_was, ref.image) and was.renorm_factor == 1.01
