@@ -8,6 +8,7 @@ import numpy as np
 from astropy import units as u
 from astropy.wcs import WCS
 from astropy_healpix import HEALPix
+from numpy.typing import ArrayLike
 
 #: Fine index stored in every ``healpix`` column (about 3.2 arcsec pixels).
 NSIDE_FINE = 2**16
@@ -21,6 +22,17 @@ _COARSE = HEALPix(nside=NSIDE_COARSE, order="nested")
 def healpix_index(ra: float, dec: float) -> int:
     """Fine nested HEALPix pixel (nside 2**16) of a position given in degrees."""
     return int(_FINE.lonlat_to_healpix(ra * u.deg, dec * u.deg))
+
+
+def healpix_indices(ra: ArrayLike, dec: ArrayLike) -> np.ndarray:
+    """`healpix_index` of many positions (degrees) in one call: the same pixels, int64, the shape of ``ra``.
+
+    The per-call cost of `healpix_index` (units, about 0.15 ms) is paid once for the whole batch.
+    """
+    ra_a, dec_a = np.asarray(ra, np.float64), np.asarray(dec, np.float64)
+    if ra_a.size == 0:
+        return np.zeros(ra_a.shape, np.int64)
+    return np.asarray(_FINE.lonlat_to_healpix(ra_a * u.deg, dec_a * u.deg), np.int64)
 
 
 def fine_pixels_in_cone(ra: float, dec: float, radius_arcsec: float) -> list[int]:

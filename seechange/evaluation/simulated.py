@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 from astropy.stats import mad_std
 from astropy.table import Table
 from astropy.wcs import WCS
@@ -57,6 +56,7 @@ from scipy import ndimage, optimize
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from seechange.imageio import read_ccd, read_ccd_headers
 from seechange.models import Exposure, Image, Photometry, Sighting, SubtractionImage
 from seechange.sim.truth import read_night_json, read_truth
 from seechange.storage import resolve
@@ -91,7 +91,7 @@ def _wcs_of(path: Path) -> WCS:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
-        return WCS(fits.getheader(path), relax=True).celestial
+        return WCS(read_ccd_headers(path)[0][1], relax=True).celestial  # compressed: the image is HDU 1
 
 
 def _sky_sep_arcsec(ra1: ArrayLike, dec1: ArrayLike, ra2: ArrayLike, dec2: ArrayLike) -> np.ndarray:
@@ -253,13 +253,14 @@ def evaluate_simulated_night(session: Session, data_dir: Path, *, match_radius_a
             continue
         truth = info["truth"]
         base = resolve(data_dir, sub.filepath)
-        with fits.open(f"{base}.score.fits", memmap=False) as h:
-            scorr = np.asarray(h[0].data, np.float32)
-            renorm = float(h[0].header.get("RENORM_FACTOR", 1.0))
-            border = int(h[0].header.get("BORDER_PX", 0))
-        weight = np.asarray(fits.getdata(f"{base}.weight.fits"), np.float64)
-        flags = np.asarray(fits.getdata(f"{base}.flags.fits"))
-        psf_d = np.asarray(fits.getdata(f"{base}.psf.fits"), np.float64)
+        # the first image HDU of each file: HDU 1 when tile-compressed, the primary in older files
+        score_ccd = read_ccd(f"{base}.score.fits")
+        scorr = score_ccd.data
+        renorm = float(score_ccd.header.get("RENORM_FACTOR", 1.0))
+        border = int(score_ccd.header.get("BORDER_PX", 0))
+        weight = read_ccd(f"{base}.weight.fits", dtype=np.float64).data
+        flags = read_ccd(f"{base}.flags.fits", dtype=None).data
+        psf_d = read_ccd(f"{base}.psf.fits", dtype=np.float64).data
         with np.errstate(divide="ignore"):
             var_d = np.where(weight > 0, 1.0 / weight, np.inf) * renorm**2
         fwhm = float(truth.meta["fwhm_px"])

@@ -27,52 +27,86 @@ def _empty() -> Table:
     return Table(names=DETECTION_COLUMNS, dtype=_DTYPES)
 
 
-def _parabolic(score: np.ndarray, y: int, x: int, axis: int) -> float:
-    """Sub-pixel offset of a peak from a parabola through it and its two neighbours along ``axis``."""
-    n = score.shape[axis]
-    i = x if axis == 1 else y
-    if i <= 0 or i >= n - 1:
-        return 0.0
-    if axis == 1:
-        a, b, c = score[y, x - 1], score[y, x], score[y, x + 1]
-    else:
-        a, b, c = score[y - 1, x], score[y, x], score[y + 1, x]
+def _parabolic(a: float, b: float, c: float) -> float:
+    """Sub-pixel offset of a peak ``b`` from a parabola through it and its two neighbours ``a``, ``c``."""
     den = a - 2 * b + c
     if den >= 0:
         return 0.0
     return float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
 
 
-def _peaks(score: np.ndarray, threshold: float, min_area: int, window: int) -> list[tuple]:
-    """Local maxima of ``score`` above ``threshold`` (simple deblending: one detection per local max)."""
-    above = score >= threshold
+def _threshold_in(dtype: np.dtype, threshold: float) -> float:
+    """The threshold in ``dtype`` that selects the same pixels ``value >= threshold`` selects in float64:
+    the smallest ``dtype`` number not below it."""
+    t = np.asarray(threshold, dtype)
+    if float(t) < threshold:
+        t = np.nextafter(t, np.asarray(np.inf, dtype))
+    return t  # type: ignore[return-value]
+
+
+def _regions(above: np.ndarray) -> list[tuple[tuple[slice, slice], np.ndarray]]:
+    """The 8-connected regions of a 2-D mask: each one's bounding box (rows, columns) and its mask there.
+
+    The mask is labelled on its rows that hold a pixel only, with one blank row kept wherever two of them
+    are not adjacent (so no region joins across a gap): the same regions as ``ndimage.label`` of the whole
+    frame, at a fraction of its cost when the mask is sparse (peaks of S_corr: about a quarter of the rows).
+    """
+    rows = np.flatnonzero(above.any(axis=1))
+    if rows.size == 0:
+        return []
+    gaps = np.flatnonzero(np.diff(rows) > 1)  # a blank row after rows[g] for every g here
+    pos = np.arange(rows.size) + np.searchsorted(gaps, np.arange(rows.size), side="left")
+    packed = np.zeros((rows.size + gaps.size, above.shape[1]), bool)
+    packed[pos] = above[rows]
+    orig = np.full(packed.shape[0], -1)
+    orig[pos] = rows
+    labels, _ = ndimage.label(packed, structure=np.ones((3, 3), dtype=bool))
+    out = []
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        # a connected region never spans a blank row: its packed rows are consecutive rows of the frame
+        r0, r1 = int(orig[sl[0].start]), int(orig[sl[0].stop - 1]) + 1
+        out.append(((slice(r0, r1), sl[1]), labels[sl] == lab))
+    return out
+
+
+def _peaks(
+    score: np.ndarray, threshold: float, min_area: int, window: int, *, sign: float = 1.0
+) -> list[tuple]:
+    """Local maxima of ``sign * score`` above ``threshold`` (simple deblending: one detection per local max).
+
+    ``sign`` -1 finds the minima of ``score`` below ``-threshold`` without a negated full-frame copy.
+    """
+    thr = _threshold_in(score.dtype, threshold)
+    above = score >= thr if sign > 0 else score <= -thr
     if not above.any():
         return []
-    labels, nlab = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
-    areas = np.bincount(labels.ravel(), minlength=nlab + 1)[1:]
     # the maximum filter on each region's box padded by half the window only: the same values there as on
     # the whole frame, in a fraction of the time (two full-frame float64 filters took ~0.6 s on 2048x4096)
     ny, nx = score.shape
     h = window // 2
-    locmax = np.zeros_like(above)
-    for sl in ndimage.find_objects(labels):
-        y0, x0 = max(sl[0].start - h, 0), max(sl[1].start - h, 0)
-        box = score[y0 : min(sl[0].stop + h, ny), x0 : min(sl[1].stop + h, nx)]
-        mf = ndimage.maximum_filter(box, size=window, mode="constant", cval=-np.inf)
-        inner = (slice(sl[0].start - y0, sl[0].stop - y0), slice(sl[1].start - x0, sl[1].stop - x0))
-        locmax[sl] |= (score[sl] == mf[inner]) & above[sl]
-    ys, xs = np.nonzero(locmax)
+
+    def value(y: int, x: int) -> float:
+        return sign * float(score[y, x])
+
     out = []
-    for y, x in zip(ys, xs):
-        lab = labels[y, x]
-        area = int(areas[lab - 1])
+    for sl, region in _regions(above):
+        area = int(np.count_nonzero(region))  # pixels above threshold in the connected region
         if area < min_area:
             continue
-        cx, cy = (
-            float(x) + _parabolic(score, int(y), int(x), 1),
-            float(y) + _parabolic(score, int(y), int(x), 0),
-        )
-        out.append((cx, cy, int(x), int(y), float(score[y, x]), area))
+        y0, x0 = max(sl[0].start - h, 0), max(sl[1].start - h, 0)
+        box = score[y0 : min(sl[0].stop + h, ny), x0 : min(sl[1].stop + h, nx)]
+        if sign < 0:
+            box = -box
+        mf = ndimage.maximum_filter(box, size=window, mode="constant", cval=-np.inf)
+        inner = (slice(sl[0].start - y0, sl[0].stop - y0), slice(sl[1].start - x0, sl[1].stop - x0))
+        for dy, dx in zip(*np.nonzero((box[inner] == mf[inner]) & region), strict=True):
+            y, x = int(sl[0].start + dy), int(sl[1].start + dx)
+            b = value(y, x)
+            ox = _parabolic(value(y, x - 1), b, value(y, x + 1)) if 0 < x < nx - 1 else 0.0
+            oy = _parabolic(value(y - 1, x), b, value(y + 1, x)) if 0 < y < ny - 1 else 0.0
+            out.append((float(x) + ox, float(y) + oy, x, y, b, area))
     return out
 
 
@@ -110,12 +144,14 @@ def detect_transients(
     """
     if threshold <= 0:
         raise ValueError("threshold must be > 0")
-    score = np.asarray(zogy_result.score_corr, dtype=np.float64)
+    score = np.asarray(zogy_result.score_corr)  # float32 as ZOGY gives it: no float64 copy (same peaks)
+    if score.dtype.kind != "f":
+        score = score.astype(np.float64)
     if peak_window is None:
         peak_window = max(3, int(2 * round((zogy_result.fwhm_px - 1) / 2) + 1))
     rows = [(*p, True) for p in _peaks(score, threshold, min_area, peak_window)]
     if negative:
-        for cx, cy, x, y, s, a in _peaks(-score, threshold, min_area, peak_window):
+        for cx, cy, x, y, s, a in _peaks(score, threshold, min_area, peak_window, sign=-1.0):
             rows.append((cx, cy, x, y, -s, a, False))
     if not rows:
         return _empty()

@@ -122,15 +122,16 @@ class MeasureParams(StepParameters):
     bright_var_factor: float = 1.5
 
 
-def _peak_value(a: np.ndarray, y: int, x: int) -> float:
-    """Value at the sub-pixel maximum from parabolas through the peak and its neighbours (both axes)."""
+def _peak_value(a: np.ndarray, y: int, x: int, sign: float = 1.0) -> float:
+    """Value at the sub-pixel maximum of ``sign * a`` from parabolas through the peak and its neighbours
+    (both axes); ``sign`` -1 reads a minimum without a negated copy of the frame."""
     ny, nx = a.shape
-    v = float(a[y, x])
+    v = sign * float(a[y, x])
     corr = 0.0
     for lo, hi in (((y, x - 1), (y, x + 1)), ((y - 1, x), (y + 1, x))):
         if min(lo) < 0 or hi[0] >= ny or hi[1] >= nx:
             continue
-        m, p = float(a[lo]), float(a[hi])
+        m, p = sign * float(a[lo]), sign * float(a[hi])
         den = m - 2 * v + p
         if den < 0:
             d = float(np.clip(0.5 * (m - p) / den, -0.5, 0.5))
@@ -138,8 +139,8 @@ def _peak_value(a: np.ndarray, y: int, x: int) -> float:
     return v + corr
 
 
-def _windowed_cov(img: np.ndarray, x: float, y: float, sigw: float) -> np.ndarray | None:
-    """Second-moment matrix of ``img`` around (x, y) with a Gaussian window of sigma ``sigw``,
+def _windowed_cov(img: np.ndarray, x: float, y: float, sigw: float, sign: float = 1.0) -> np.ndarray | None:
+    """Second-moment matrix of ``sign * img`` around (x, y) with a Gaussian window of sigma ``sigw``,
     with the window deconvolved (exact for a Gaussian profile); None if unmeasurable."""
     r = int(np.ceil(4 * sigw))
     ny, nx = img.shape
@@ -147,7 +148,8 @@ def _windowed_cov(img: np.ndarray, x: float, y: float, sigw: float) -> np.ndarra
     y0, y1, x0, x1 = max(iy - r, 0), min(iy + r + 1, ny), max(ix - r, 0), min(ix + r + 1, nx)
     gy, gx = np.mgrid[y0:y1, x0:x1]
     dx, dy = gx - x, gy - y
-    w = np.exp(-(dx * dx + dy * dy) / (2 * sigw * sigw)) * img[y0:y1, x0:x1]
+    box = img[y0:y1, x0:x1]
+    w = np.exp(-(dx * dx + dy * dy) / (2 * sigw * sigw)) * (box if sign > 0 else -box)
     s = w.sum()
     if not s > 0:
         return None
@@ -437,7 +439,8 @@ def measure_sightings(
     """
     zp_d = zogy_result.zp if zp is None else float(zp)
     diff = np.ascontiguousarray(zogy_result.diff, dtype=np.float64)
-    dvar = np.ascontiguousarray(zogy_result.diff_variance, dtype=np.float64) * zogy_result.renorm_factor**2
+    dvar = np.array(zogy_result.diff_variance, dtype=np.float64)  # one float64 copy, scaled in place
+    dvar *= zogy_result.renorm_factor**2
     score, svar, scorr = zogy_result.score, zogy_result.score_var, zogy_result.score_corr
     fwhm_d = zogy_result.fwhm_px
     sigw = fwhm_d / FWHM_PER_SIGMA
@@ -455,19 +458,18 @@ def measure_sightings(
     x0 = np.asarray(detections["x"], dtype=float)
     y0 = np.asarray(detections["y"], dtype=float)
 
-    # the sign-flipped frames are made once (flipping the whole frame per detection cost ~40 ms each)
+    # fading detections: S and D are read with their sign flipped at the pixels used; sep's centroid gets a
+    # negated float32 D (sep works in float32: the same centroids as from a float64 copy, tested), made once
+    # (flipping the whole frame per detection cost ~40 ms each)
     pos = np.asarray(detections["is_positive"], dtype=bool)
-    score_signed = (score, -score if not pos.all() else score)
-    diff_signed = (diff, -diff if not pos.all() else diff)
-    flux = (
-        np.array([sign[i] * _peak_value(score_signed[0 if pos[i] else 1], yp[i], xp[i]) for i in range(n)])
-        / zogy_result.f_s
-    )
+    d32 = np.asarray(zogy_result.diff)
+    winpos_signed = (diff, -np.ascontiguousarray(d32, dtype=np.float32) if not pos.all() else diff)
+    flux = np.array([sign[i] * _peak_value(score, yp[i], xp[i], sign[i]) for i in range(n)]) / zogy_result.f_s
     err = np.sqrt(svar[yp, xp].astype(float)) * zogy_result.renorm_factor / zogy_result.f_s
 
     xc, yc = np.empty(n), np.empty(n)
     for i in range(n):
-        wx, wy, wf = sep.winpos(diff_signed[0 if pos[i] else 1], x0[i : i + 1], y0[i : i + 1], sigw)
+        wx, wy, wf = sep.winpos(winpos_signed[0 if pos[i] else 1], x0[i : i + 1], y0[i : i + 1], sigw)
         ok = wf[0] == 0 and abs(wx[0] - x0[i]) < fwhm_d and abs(wy[0] - y0[i]) < fwhm_d
         xc[i], yc[i] = (wx[0], wy[0]) if ok else (x0[i], y0[i])
 
@@ -514,7 +516,7 @@ def measure_sightings(
         near = d2 <= (2 * fwhm_d) ** 2
         opp = float(np.min(sign[i] * scorr[sl][near]))
         dip[i] = opp < -max(3.5, 0.5 * abs(float(detections["score"][i])))
-        cov = _windowed_cov(diff_signed[0 if pos[i] else 1], xc[i], yc[i], sigw)
+        cov = _windowed_cov(diff, xc[i], yc[i], sigw, sign[i])
         fwhm[i], elong[i] = _shape(cov)
 
     snr = flux / err

@@ -18,14 +18,15 @@ the unique constraint on ``objects.name`` is never the tie-breaker.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
-from sqlalchemy import or_, select, text
+from sqlalchemy import inspect, or_, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from seechange.models import Object, Sighting
-from seechange.spatial import coarse_pixels_in_cone, fine_pixels_in_cone, healpix_index
+from seechange.spatial import coarse_pixels_in_cone, fine_pixels_in_cone, healpix_index, healpix_indices
 from seechange.sphere import angular_sep_arcsec
 
 log = logging.getLogger(__name__)
@@ -50,15 +51,23 @@ def _letters(n: int, width: int) -> str:
 _PIXEL_LETTERS = 8
 
 
-def object_name(ra: float, dec: float, mjd: float) -> str:
+def object_name(ra: float, dec: float, mjd: float, *, pixel: int | None = None) -> str:
     """Name of an Object first seen at ``(ra, dec)`` (deg) on ``mjd``: ``SC<yy><8 letters>``.
 
     ``yy`` is the year of the MJD; the letters spell the fine HEALPix pixel (nside 2**16, nested, ~3.2
     arcsec) of the position in base 26, e.g. ``SC24bdqmxkzp``. The same first sighting always gives the
-    same name, whatever else the database holds.
+    same name, whatever else the database holds. ``pixel``: that pixel when already known (a Sighting's
+    ``healpix``), else computed.
     """
     year = int(1858.877 + mjd / 365.25)  # MJD 0 = 1858-11-17
-    return f"{NAME_PREFIX}{year % 100:02d}{_letters(healpix_index(ra, dec), _PIXEL_LETTERS)}"
+    if pixel is None:
+        pixel = healpix_index(ra, dec)
+    return f"{NAME_PREFIX}{year % 100:02d}{_letters(pixel, _PIXEL_LETTERS)}"
+
+
+def _pixel(s: Sighting) -> int:
+    """A sighting's fine HEALPix pixel: its ``healpix`` column (set by detect), else from its position."""
+    return int(s.healpix) if s.healpix is not None else healpix_index(s.ra, s.dec)
 
 
 def _names_like(session: Session, bases: Sequence[str]) -> set[str]:
@@ -104,7 +113,9 @@ def associate(
 
     Objects' positions become the mean of their sightings; counts, first/last MJD and latest magnitude are
     updated. The caller's transaction must be open; locks are released at its end. One query finds every
-    candidate of the batch (healpix btree), so the cost does not grow with round trips per sighting.
+    candidate of the batch (healpix btree), so the cost does not grow with round trips per sighting; the
+    writes are one INSERT of the new Objects, one UPDATE of the Objects that moved and one UPDATE of the
+    sightings' ``object_id`` (not one statement per row).
 
     Returns
     -------
@@ -119,9 +130,10 @@ def associate(
     # the names a new Object could collide with, for the whole batch in one query (under the locks taken
     # above, so no other transaction can add one); a rename frees a name, so after one the look-up is
     # made per Object again, exactly as before (renames are rare: an earlier epoch arriving late)
-    bases = [object_name(s.ra, s.dec, s.mjd) for s in sightings]
+    bases = [object_name(s.ra, s.dec, s.mjd, pixel=_pixel(s)) for s in sightings]
     known: set[str] | None = _names_like(session, bases)
     new_names: set[str] = set()
+    moved: dict[int, Object] = {}  # Objects already in the database whose position and counts change
     out: list[Object] = []
     for i, s in enumerate(sightings):
         mag = mags[i] if mags is not None else None
@@ -133,7 +145,7 @@ def associate(
                 name=name,
                 ra=s.ra,
                 dec=s.dec,
-                healpix=healpix_index(s.ra, s.dec),
+                healpix=_pixel(s),
                 band_latest=s.band,
                 mag_latest=mag,
                 first_mjd=s.mjd,
@@ -144,16 +156,77 @@ def associate(
             candidates.append(obj)
         else:
             earliest = s.mjd < obj.first_mjd
-            _update(obj, s, mag)
+            if inspect(obj).persistent:
+                # the new values are set as the database's (no per-row UPDATE at the flush) and written
+                # for every moved Object at once by _write_moved below
+                _update(obj, s, mag, set_committed_value)
+                moved[id(obj)] = obj
+            else:
+                _update(obj, s, mag, setattr)
+                obj.healpix = healpix_index(obj.ra, obj.dec)
             # an earlier epoch arrived late: the name follows the earliest sighting
             if earliest and _rename(session, obj, s, new_names):
                 known = None
         out.append(obj)
-    session.flush()  # ids of the new Objects
-    for s, obj in zip(sightings, out, strict=True):
-        s.object_id = obj.id
-    session.flush()
+    session.flush()  # the new Objects (one batch) and their ids; renames
+    _write_moved(session, list(moved.values()))
+    _set_object_ids(session, sightings, out)
     return out
+
+
+def _write_moved(session: Session, objs: Sequence[Object]) -> None:
+    """One UPDATE for the Objects whose position, counts and latest values `_update` changed.
+
+    Their new pixels are computed together here; the values are those already set on the instances.
+    """
+    if not objs:
+        return
+    pixels = healpix_indices([o.ra for o in objs], [o.dec for o in objs])
+    for o, p in zip(objs, pixels, strict=True):
+        set_committed_value(o, "healpix", int(p))
+    session.execute(
+        text(
+            "UPDATE objects AS o SET ra = v.ra, dec = v.dec, healpix = v.healpix, n_sightings = v.n,"
+            " first_mjd = v.first_mjd, last_mjd = v.last_mjd, band_latest = v.band, mag_latest = v.mag"
+            " FROM unnest(CAST(:ids AS bigint[]), CAST(:ra AS double precision[]),"
+            " CAST(:dec AS double precision[]), CAST(:healpix AS bigint[]), CAST(:n AS integer[]),"
+            " CAST(:first AS double precision[]), CAST(:last AS double precision[]),"
+            " CAST(:band AS varchar[]), CAST(:mag AS double precision[]))"
+            " AS v(id, ra, dec, healpix, n, first_mjd, last_mjd, band, mag) WHERE o.id = v.id"
+        ),
+        {
+            "ids": [o.id for o in objs],
+            "ra": [o.ra for o in objs],
+            "dec": [o.dec for o in objs],
+            "healpix": [o.healpix for o in objs],
+            "n": [o.n_sightings for o in objs],
+            "first": [o.first_mjd for o in objs],
+            "last": [o.last_mjd for o in objs],
+            "band": [o.band_latest for o in objs],
+            "mag": [o.mag_latest for o in objs],
+        },
+    )
+
+
+def _set_object_ids(session: Session, sightings: Sequence[Sighting], objs: Sequence[Object]) -> None:
+    """``object_id`` of every sighting: one UPDATE for those in the database, the ORM for any other."""
+    stored = [(s, o) for s, o in zip(sightings, objs, strict=True) if inspect(s).persistent]
+    if stored:
+        session.execute(
+            text(
+                "UPDATE sightings AS s SET object_id = v.oid"
+                " FROM unnest(CAST(:ids AS bigint[]), CAST(:oids AS bigint[])) AS v(id, oid)"
+                " WHERE s.id = v.id"
+            ),
+            {"ids": [s.id for s, _ in stored], "oids": [o.id for _, o in stored]},
+        )
+        for s, o in stored:
+            set_committed_value(s, "object_id", o.id)
+    if len(stored) < len(sightings):
+        for s, o in zip(sightings, objs, strict=True):
+            if not inspect(s).persistent:
+                s.object_id = o.id
+        session.flush()
 
 
 def _rename(session: Session, obj: Object, s: Sighting, taken: set[str]) -> bool:
@@ -161,7 +234,7 @@ def _rename(session: Session, obj: Object, s: Sighting, taken: set[str]) -> bool
 
     Returns True when the name changed.
     """
-    base = object_name(s.ra, s.dec, s.mjd)
+    base = object_name(s.ra, s.dec, s.mjd, pixel=_pixel(s))
     if obj.name == base or obj.name.startswith(f"{base}."):
         return False
     old = obj.name
@@ -182,17 +255,23 @@ def _nearest(candidates: Sequence[Object], ra: float, dec: float, radius_arcsec:
     return best
 
 
-def _update(obj: Object, s: Sighting, mag: float | None) -> None:
+def _update(
+    obj: Object, s: Sighting, mag: float | None, assign: Callable[[Object, str, object], None]
+) -> None:
+    """Add sighting ``s`` to ``obj``'s mean position, count, MJD range and latest band and magnitude.
+
+    ``assign(obj, attribute, value)`` sets each value (``setattr``, or ``set_committed_value`` when the
+    caller writes the row itself). The pixel of the new position is left to the caller.
+    """
     n = obj.n_sightings
     # running mean; RA offsets are averaged (not raw RA) so that 0/360 wraps correctly
     dra = ((s.ra - obj.ra + 180.0) % 360.0) - 180.0
-    obj.ra = float((obj.ra + dra / (n + 1)) % 360.0)
-    obj.dec = float(obj.dec + (s.dec - obj.dec) / (n + 1))
-    obj.healpix = healpix_index(obj.ra, obj.dec)
-    obj.n_sightings = n + 1
-    obj.first_mjd = min(obj.first_mjd, s.mjd)
+    assign(obj, "ra", float((obj.ra + dra / (n + 1)) % 360.0))
+    assign(obj, "dec", float(obj.dec + (s.dec - obj.dec) / (n + 1)))
+    assign(obj, "n_sightings", n + 1)
+    assign(obj, "first_mjd", min(obj.first_mjd, s.mjd))
     if s.mjd >= obj.last_mjd:
-        obj.last_mjd = s.mjd
-        obj.band_latest = s.band
+        assign(obj, "last_mjd", s.mjd)
+        assign(obj, "band_latest", s.band)
         if mag is not None and np.isfinite(mag):
-            obj.mag_latest = float(mag)
+            assign(obj, "mag_latest", float(mag))

@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from seechange.models import CoaddImage, Image, Sighting, SubtractionImage
-from seechange.pipeline.alert import build_alert
+from seechange.pipeline.alert import build_alerts
 from seechange.pipeline.detect import detect_on_subtraction
 from seechange.pipeline.ingest import input_file, register_exposure, scan_raw_file
-from seechange.pipeline.outbox import alert_to_send, mark_sent
+from seechange.pipeline.outbox import alerts_to_send, mark_sent
 from seechange.pipeline.parameters import PipelineParameters
 from seechange.pipeline.reduce import ReduceResources, reduce_exposure_row
 from seechange.pipeline.subtract import find_or_build_reference, subtract_image_row
@@ -202,19 +203,18 @@ class InProcessChain:
         registry = SchemaRegistry.load()
 
         def build(s: Session) -> int:
-            sent = []
-            for sighting_id in sighting_ids:
-                sighting = s.get(Sighting, sighting_id)
-                assert sighting is not None, f"sighting {sighting_id} vanished"
-                if not sighting.is_good:
-                    continue
+            # the sightings, their packets and outbox rows in a few queries for the whole batch
+            ids = list(dict.fromkeys(sighting_ids))
+            by_id = {x.id: x for x in s.scalars(select(Sighting).where(Sighting.id.in_(ids)))}
+            missing = [i for i in ids if i not in by_id]
+            assert not missing, f"sightings {missing} vanished"
+            good = [by_id[i] for i in ids if by_id[i].is_good]
 
-                def packet(sighting: Sighting = sighting) -> bytes:
-                    return encode(registry, "alert", build_alert(s, self.data_root, sighting))
+            def packets(todo: list[Sighting]) -> list[bytes]:
+                return [encode(registry, "alert", r) for r in build_alerts(s, self.data_root, todo)]
 
-                row = alert_to_send(s, sighting, topic=self.alerts_topic, make_packet=packet)
-                if row is not None:
-                    sent.append(row.alert_id)
+            rows = alerts_to_send(s, good, topic=self.alerts_topic, make_packets=packets)
+            sent = [row.alert_id for row in rows]
             mark_sent(s, sent)
             return len(sent)
 

@@ -25,7 +25,7 @@ from seechange.pipeline.forced import force_on_subtraction
 from seechange.pipeline.products import pixel_scale_arcsec, product_stem
 from seechange.pipeline.subtract import read_zogy
 from seechange.provenance import get_or_create_provenance
-from seechange.spatial import healpix_index
+from seechange.spatial import healpix_indices
 from seechange.storage import resolve
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,10 @@ def _write_sightings(
         return []
     world = wcs.all_pix2world(np.column_stack([table["x"], table["y"]]), 0)
     scale = pixel_scale_arcsec(wcs)  # arcsec / pixel, from the image's own WCS
+    pixels = healpix_indices(world[:, 0], world[:, 1])
     rows: list[dict[str, Any]] = []
     phots: dict[int, dict[str, Any]] = {}
-    for row, (ra, dec) in zip(table, world, strict=True):
+    for row, (ra, dec), pixel in zip(table, world, pixels, strict=True):
         snr = abs(float(row["snr"])) if math.isfinite(float(row["snr"])) else 0.0
         pos_err = (
             float(row["fwhm_px"]) * scale / max(snr, 1.0) if math.isfinite(float(row["fwhm_px"])) else None
@@ -133,7 +134,7 @@ def _write_sightings(
                 "is_good": bool(row["is_good"]),
                 "mjd": sub.mjd,
                 "band": sub.band,
-                "healpix": healpix_index(float(ra), float(dec)),
+                "healpix": int(pixel),
             }
         )
         radii = [float(r) for r in np.atleast_1d(row["aper_radii_px"])]
@@ -162,11 +163,13 @@ def _write_sightings(
             "flags": int(row["qflags"]),
         }
     # executemany (SQLAlchemy's batched "insertmanyvalues"): one cached statement, not a VALUES clause of
-    # every row compiled anew per subtraction
+    # every row compiled anew per subtraction; ``render_nulls`` sends a None as NULL instead of leaving its
+    # column out, so every row has the same columns and the rows go in one batch (not one batch per run of
+    # rows with the same None columns: 23 round trips for 55 sightings before)
     session.execute(
-        insert(Sighting).on_conflict_do_nothing(
-            index_elements=["subtraction_id", "provenance_id", "index_in_image"]
-        ),
+        insert(Sighting)
+        .on_conflict_do_nothing(index_elements=["subtraction_id", "provenance_id", "index_in_image"])
+        .execution_options(render_nulls=True),
         rows,
     )
     by_index = {
@@ -177,7 +180,9 @@ def _write_sightings(
     }
     sightings = [by_index[int(r["index_in_image"])] for r in rows]
     session.execute(
-        insert(Photometry).on_conflict_do_nothing(index_elements=["sighting_id", "provenance_id"]),
+        insert(Photometry)
+        .on_conflict_do_nothing(index_elements=["sighting_id", "provenance_id"])
+        .execution_options(render_nulls=True),
         [{**phots[s.index_in_image], "sighting_id": s.id} for s in sightings],
     )
     session.flush()

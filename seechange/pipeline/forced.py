@@ -169,7 +169,8 @@ def force_on_subtraction(
     done = session.execute(  # executemany: one cached statement (not a fresh VALUES clause per image)
         insert(ForcedPhotometry)
         .on_conflict_do_nothing(index_elements=["object_id", "subtraction_id", "provenance_id"])
-        .returning(ForcedPhotometry.id),
+        .returning(ForcedPhotometry.id)
+        .execution_options(render_nulls=True),  # None as NULL: every row in one batch
         rows,
     ).all()
     log.info("subtraction %d: forced photometry of %d objects (%d new)", sub.id, len(rows), len(done))

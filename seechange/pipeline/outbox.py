@@ -26,13 +26,20 @@ from seechange.models import AlertLog, Sighting
 
 log = logging.getLogger(__name__)
 
-__all__ = ["alert_to_send", "mark_sent"]
+__all__ = ["alert_to_send", "alerts_to_send", "mark_sent"]
 
 
-def _existing(session: Session, alert_id: int) -> AlertLog | None:
-    return session.scalars(
-        select(AlertLog).where(AlertLog.alert_id == alert_id).with_for_update()
-    ).one_or_none()
+def _existing(session: Session, alert_ids: Sequence[int]) -> dict[int, AlertLog]:
+    """The outbox rows of the alerts, locked until the transaction ends."""
+    if not alert_ids:
+        return {}
+    rows = session.scalars(
+        select(AlertLog)
+        .where(AlertLog.alert_id.in_(list(alert_ids)))
+        .order_by(AlertLog.alert_id)
+        .with_for_update()
+    )
+    return {r.alert_id: r for r in rows}
 
 
 def alert_to_send(
@@ -56,32 +63,60 @@ def alert_to_send(
     make_packet : callable
         Builds and encodes the packet; called only when the sighting has no row yet.
     """
-    assert sighting.object_id is not None
-    alert_id = sighting.id  # alertId = sighting id (see seechange.pipeline.alert)
-    row = _existing(session, alert_id)
-    fresh = row is None
-    if row is None:
-        stmt = (
+    rows = alerts_to_send(session, [sighting], topic=topic, make_packets=lambda _: [make_packet()])
+    return rows[0] if rows else None
+
+
+def alerts_to_send(
+    session: Session,
+    sightings: Sequence[Sighting],
+    *,
+    topic: str,
+    make_packets: Callable[[list[Sighting]], Sequence[bytes]],
+) -> list[AlertLog]:
+    """:func:`alert_to_send` for several sightings at once: the rows still to be delivered, in order.
+
+    One locking query for the existing rows, ``make_packets(sightings without a row)`` (their framed
+    packets, in that order) called once, one insert, one locking query for the rows inserted.
+    """
+    for s in sightings:
+        assert s.object_id is not None
+    ids = [s.id for s in sightings]  # alertId = sighting id (see seechange.pipeline.alert)
+    rows = _existing(session, ids)
+    missing = [s for s in sightings if s.id not in rows]
+    if missing:
+        packets = make_packets(missing)
+        assert len(packets) == len(missing)
+        session.execute(
             insert(AlertLog)
             .values(
-                alert_id=alert_id,
-                sighting_id=sighting.id,
-                object_id=sighting.object_id,
-                topic=topic,
-                packet=make_packet(),
+                [
+                    {
+                        "alert_id": s.id,
+                        "sighting_id": s.id,
+                        "object_id": s.object_id,
+                        "topic": topic,
+                        "packet": packet,
+                    }
+                    for s, packet in zip(missing, packets, strict=True)
+                ]
             )
             .on_conflict_do_nothing(index_elements=["alert_id"])
         )
-        session.execute(stmt)
-        row = _existing(session, alert_id)  # ours, or the one another instance committed meanwhile
-        assert row is not None
-    if row.sent_at is not None:
-        return None
-    if row.packet is None:  # rows from before the outbox all have sent_at (migration 0005)
-        raise AssertionError(f"alert {alert_id} staged without a packet")
-    if not fresh:
-        log.info("alert %d: staged, delivery not confirmed; re-sending the stored packet", alert_id)
-    return row
+        # ours, or the ones another instance committed meanwhile
+        rows.update(_existing(session, [s.id for s in missing]))
+    fresh = {s.id for s in missing}
+    out = []
+    for alert_id in ids:
+        row = rows[alert_id]
+        if row.sent_at is not None:
+            continue
+        if row.packet is None:  # rows from before the outbox all have sent_at (migration 0005)
+            raise AssertionError(f"alert {alert_id} staged without a packet")
+        if alert_id not in fresh:
+            log.info("alert %d: staged, delivery not confirmed; re-sending the stored packet", alert_id)
+        out.append(row)
+    return out
 
 
 def mark_sent(session: Session, alert_ids: Sequence[int]) -> int:

@@ -70,10 +70,14 @@ def encode(registry: SchemaRegistry, name: str, record: dict[str, Any], version:
     entry = registry.get(name, version)
     if any(f.get("name") == SCHEMA_VERSION_FIELD for f in entry.parsed.get("fields", ())):
         record = {**record, SCHEMA_VERSION_FIELD: format_version(entry.version)}
-    try:
-        validate(record, entry.parsed, raise_errors=True)
-    except Exception as exc:  # fastavro's ValidationError lists every bad field
-        raise EncodeError(f"record does not fit {name} {version or 'latest'}: {one_line(exc)}") from exc
+    # first without raising: with raise_errors, fastavro raises (and formats) an error for every union branch
+    # a value does not take, e.g. "null" of each optional field set (0.8 ms of an alert packet's 1 ms)
+    if not validate(record, entry.parsed, raise_errors=False):
+        try:
+            validate(record, entry.parsed, raise_errors=True)
+        except Exception as exc:  # fastavro's ValidationError lists every bad field
+            raise EncodeError(f"record does not fit {name} {version or 'latest'}: {one_line(exc)}") from exc
+        raise EncodeError(f"record does not fit {name} {version or 'latest'}")
     buf = io.BytesIO()
     buf.write(HEADER.pack(MAGIC_BYTE, entry.schema_id))
     fastavro.schemaless_writer(buf, entry.parsed, record)

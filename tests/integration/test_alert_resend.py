@@ -18,12 +18,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from seechange.config import PROJECT_ROOT, Settings
 from seechange.models import AlertLog, Sighting
 from seechange.models.session import make_engine, make_session_factory
 from seechange.orchestrate import service_env
+from seechange.pipeline.alert import build_alerts
 from seechange.pipeline.detect import sighting_event
 from seechange.streaming.framing import decode, encode
 from seechange.streaming.registry import SchemaRegistry
@@ -108,5 +109,19 @@ def test_crash_between_delivery_and_alert_log_resends_the_same_alert(
                 assert m.value() == stored[decode(registry, m.value() or b"", expect="alert")[1]["alertId"]]
             for stage_input in ("sighting-found",):
                 assert message_count(settings.kafka_bootstrap, settings.topic(f"{stage_input}.dlq")) == 0
+
+            # the batch path (the in-process chain: one query per kind for a difference image's packets)
+            # gives the bytes the service built one sighting at a time
+            queries: list[str] = []
+            event.listen(engine, "before_cursor_execute", lambda *a: queries.append(a[2]))
+            with sessions() as s:  # a new session: only the sightings' own rows are loaded, as in the chain
+                by_sub: dict[int, list[Sighting]] = {}
+                for sg in s.scalars(select(Sighting).where(Sighting.id.in_(good)).order_by(Sighting.id)):
+                    by_sub.setdefault(sg.subtraction_id, []).append(sg)
+                for batch in by_sub.values():
+                    queries.clear()
+                    records = build_alerts(s, Path(settings.data_dir), batch)
+                    assert len(queries) <= 9, queries  # whatever the batch size
+                    assert [encode(registry, "alert", r) for r in records] == [stored[x.id] for x in batch]
         finally:
             engine.dispose()

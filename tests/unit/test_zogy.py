@@ -188,3 +188,49 @@ def test_image_with_no_valid_pixels_is_bad_input_not_a_crash() -> None:
     with pytest.raises(UnusableImage, match="no valid pixels") as info:
         zogy(masked, ref)
     assert is_bad_input(info.value)
+
+
+def test_small_grid_kernels_match_the_full_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """P_D and the variance kernels on a grid of 4 stamps (the default) against the same on the frame."""
+    import seechange.improc.zogy as zmod
+
+    new, ref = _pair(5, transient=(100.0, 120.0, 4000.0), stars=[(60.0, 60.0, 1e5), (180.0, 90.0, 3e4)])
+    small = zogy(new, ref)
+    monkeypatch.setattr(zmod, "_kernel_grid", lambda n, stamp: n)
+    full = zogy(new, ref)
+    assert np.array_equal(small.diff, full.diff) and np.array_equal(small.score, full.score)
+    assert np.max(np.abs(small.psf_d - full.psf_d)) < 1e-7
+    assert np.max(np.abs(small.diff_variance / full.diff_variance - 1)) < 1e-5
+    assert np.max(np.abs(small.score_corr - full.score_corr)) < 1e-4
+
+
+def test_compact_transform_and_light_mask_helpers() -> None:
+    from scipy import fft as sfft
+    from scipy import ndimage
+
+    from seechange.improc.zogy import _box_mean, _lit, _rfft2_compact, pad_psf
+
+    rng = np.random.default_rng(3)
+    psf = gaussian_psf(3.0, half=7)
+    for shape in ((64, 80), (63, 81)):
+        full = sfft.rfft2(pad_psf(psf, shape))
+        assert np.allclose(_rfft2_compact(pad_psf(psf, psf.shape), shape, 2), full, rtol=0, atol=1e-7)
+    img = rng.normal(size=(101, 67)).astype(np.float32) + 30.0 * (rng.random((101, 67)) < 0.02)
+    for size in (4, 5, 11):
+        ref_mean = ndimage.uniform_filter(img, size, mode="constant")
+        assert np.max(np.abs(_box_mean(img, size) - ref_mean)) < 1e-5
+    for step in (2, 3, 4):
+        assert np.array_equal(_lit(img, 1.0, 3.4, step=step), _lit(img, 1.0, 3.4)[::step, ::step])
+
+
+def test_threads_do_not_change_the_result() -> None:
+    new, ref = _pair(7, transient=(90.0, 140.0, 3000.0), stars=[(60.0, 60.0, 1e5)])
+    a, b = zogy(new, ref, threads=1), zogy(new, ref, threads=2)
+    for name in ("diff", "diff_variance", "score", "score_var", "score_corr", "flags", "psf_d"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert (a.f_s, a.score_std, a.noise_corr_new, a.noise_corr_ref) == (
+        b.f_s,
+        b.score_std,
+        b.noise_corr_new,
+        b.noise_corr_ref,
+    )
