@@ -729,7 +729,7 @@ def zogy(
     is that per-pixel variance. Here A enters where ZOGY assumes white noise: the denominator
     ``sigma_n^2 F_r^2 |P_r|^2 A_n + sigma_r^2 F_n^2 |P_n|^2 A_r`` (so D stays white and S optimal), and the
     variance of S and of D, ``v conv (k * (k conv C))`` instead of ``v conv k^2`` for each kernel k
-    (:func:`_kernels`, on its small grid: no full-frame FFT more). The neighbour correlation that C implies
+    (on :func:`_kernels`' small grid; A on the frame is one compact transform of the small stamp). The neighbour correlation that C implies
     is subtracted from the measured one before the renormalisation decision and its bound: that correlation
     is modelled, only the rest (stacks, the CP's own resampling) calls for the empirical correction. Without
     ``noise_cov`` (white inputs) nothing changes.
