@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import time
 import uuid
@@ -24,7 +25,15 @@ from seechange.config import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TARGETS", "bench_end_to_end", "bench_stages", "peak_rss_mb", "simulated_night", "target_rows"]
+__all__ = [
+    "TARGETS",
+    "bench_end_to_end",
+    "bench_stages",
+    "cpu_seconds",
+    "peak_rss_mb",
+    "simulated_night",
+    "target_rows",
+]
 
 STAGES = ("reduce", "reference", "subtract", "detect", "alerts")
 DEFAULT_RADIUS_ARCSEC: float = Settings.model_fields["association_radius_arcsec"].default
@@ -257,6 +266,55 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (index 0 is the state), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(pid: int, *, tree: bool = False) -> float | None:
+    """CPU time (user + system, every thread) a live process has used, seconds; None if it cannot be read.
+
+    ``tree``: add its live descendants and its reaped children (a PostgreSQL postmaster and its backends).
+    """
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    total = int(fields[11]) + int(fields[12])  # utime, stime
+    if not tree:
+        return total / tick
+    total += int(fields[13]) + int(fields[14])  # cutime, cstime: children that have exited
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (f := _stat_fields(int(entry.name))) is not None:
+            children.setdefault(int(f[1]), []).append(int(entry.name))
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        if (f := _stat_fields(child)) is not None:
+            total += int(f[11]) + int(f[12])
+        todo.extend(children.get(child, []))
+    return total / tick
+
+
+def _cpu_snapshot(services: Any, settings: Settings) -> dict[str, float | None]:
+    """CPU seconds used so far by each service process, the local broker, the local PostgreSQL and this
+    process (ingestion and the alert collector)."""
+    from seechange.localservices.kafka import kafka_pid
+    from seechange.localservices.postgres import postgres_pid
+
+    snap = {name: cpu_seconds(p.pid) for name, p in services.procs}
+    k, pg = kafka_pid(settings), postgres_pid(settings)
+    snap["kafka"] = cpu_seconds(k) if k is not None else None
+    snap["postgres"] = cpu_seconds(pg, tree=True) if pg is not None else None
+    snap["bench driver"] = time.process_time()
+    return snap
+
+
 def bench_end_to_end(
     settings: Settings,
     *,
@@ -301,7 +359,10 @@ def bench_end_to_end(
         ``latency_s`` (median, p95, max, n over the timed phase's alerts: exposure ingestion to the alert's
         broker timestamp), ``ccds_per_min`` (timed exposures / time from their first ingestion to their last
         alert), ``elapsed_s``, ``warmup_s``, ``peak_rss_mb`` per service (VmHWM read before stopping, so it
-        covers the warm-up's reference builds too), ``alerts`` (of the timed phase), ``exit_codes``.
+        covers the warm-up's reference builds too), ``cpu_s_per_ccd`` (CPU seconds each service, the local
+        broker, the local PostgreSQL and the bench process itself used in the timed phase, per timed CCD),
+        ``cpu_busy_fraction`` (their sum over the cores' time in the timed phase: near 1, the machine's CPU
+        is the limit), ``alerts`` (of the timed phase), ``exit_codes``.
     """
     from sqlalchemy import select
 
@@ -355,6 +416,7 @@ def bench_end_to_end(
         warmup_s = time.monotonic() - t_warm
         n_warm_alerts = len(collector.snapshot())
         exposure_ids: list[int] = []
+        cpu_start = _cpu_snapshot(services, settings)
         t_night = time.monotonic()
         for path in timed_paths:
             exposure_ids.extend(ingestor.ingest([night_dir / path]).registered)
@@ -371,6 +433,7 @@ def bench_end_to_end(
             received_before=n_warm_alerts,
         )
         elapsed = time.monotonic() - t_night
+        cpu_end = _cpu_snapshot(services, settings)
         rss = {name: peak_rss_mb(p.pid) for name, p in services.procs}
     finally:
         ingestor.close()
@@ -389,6 +452,13 @@ def bench_end_to_end(
     engine.dispose()
     drop_database(settings.database_url, db_name)
     delete_topics(run.kafka_bootstrap, names)
+    n_timed = max(1, len(exposure_ids))
+    cpu_per_ccd = {
+        name: (cpu_end[name] - v) / n_timed  # type: ignore[operator]
+        for name, v in cpu_start.items()
+        if v is not None and cpu_end.get(name) is not None
+    }
+    busy = sum(cpu_per_ccd.values()) * n_timed / (elapsed * (os.cpu_count() or 1)) if elapsed > 0 else None
     return {
         "size": [nx, ny],
         "n_fields": n_fields,
@@ -410,6 +480,8 @@ def bench_end_to_end(
         "sightings": final.sightings,
         "peak_rss_mb": rss,
         "max_rss_mb": max((v for v in rss.values() if v is not None), default=None),
+        "cpu_s_per_ccd": cpu_per_ccd,
+        "cpu_busy_fraction": busy,
         "exit_codes": codes,
     }
 

@@ -160,6 +160,9 @@ def bench(
             t2.add_row("warm-up (references built)", _fmt(e["warmup_s"], " s", 1))
             for name, mb in e["peak_rss_mb"].items():
                 t2.add_row(f"peak RSS {name}", _fmt(mb, " MB", 0))
+            for name, cpu in e["cpu_s_per_ccd"].items():
+                t2.add_row(f"CPU per CCD {name}", _fmt(cpu, " s"))
+            t2.add_row("CPU busy (all cores)", _fmt(100 * (e["cpu_busy_fraction"] or 0), " %", 0))
             t2.add_row("exit codes", ", ".join(f"{k}={v}" for k, v in e["exit_codes"].items()))
             console.print(t2)
 

@@ -25,3 +25,8 @@ def test_timed_phase_counts_only_its_own_ccds_and_alerts(endpoints: Settings, tm
     assert r["ccds_per_min"] == pytest.approx(60.0 * 3 / r["elapsed_s"])
     assert set(r["peak_rss_mb"]) >= {"reduce-0", "subtract-0", "detect-0", "alert-0"}
     assert all(v is not None and v > 0 for v in r["peak_rss_mb"].values())
+    # CPU of the timed phase, per timed CCD: every service did work, and the sum fits in the cores' time
+    cpu = r["cpu_s_per_ccd"]
+    assert set(cpu) >= {"reduce-0", "subtract-0", "detect-0", "alert-0", "kafka", "postgres", "bench driver"}
+    assert all(cpu[f"{s}-0"] > 0 for s in ("reduce", "subtract", "detect", "alert"))
+    assert 0.0 < r["cpu_busy_fraction"] <= 1.1

@@ -4,13 +4,43 @@ from __future__ import annotations
 
 import os
 
-from seechange.bench import peak_rss_mb
+from seechange.bench import cpu_seconds, peak_rss_mb
 
 
 def test_peak_rss_of_this_process_is_positive_and_missing_pid_is_none() -> None:
     mb = peak_rss_mb(os.getpid())
     assert mb is not None and 10.0 < mb < 100_000.0
     assert peak_rss_mb(2**22 + 12345) is None
+
+
+def test_cpu_seconds_counts_a_busy_process_and_its_children() -> None:
+    import subprocess
+    import sys
+    import time
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass\ntime.sleep(30)"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {burn!r}])\n{burn}",
+        ],
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        own = tree = 0.0
+        while time.monotonic() < deadline:  # both have spun their 0.5 s (a loaded machine may take a while)
+            own, tree = cpu_seconds(parent.pid) or 0.0, cpu_seconds(parent.pid, tree=True) or 0.0
+            if own >= 0.5 and tree - own >= 0.5:
+                break
+            time.sleep(0.1)
+        assert 0.5 <= own < 1.0  # its own 0.5 s of spinning (plus start-up), not its child's
+        assert tree >= own + 0.5  # and the child's 0.5 s with it
+    finally:
+        os.killpg(parent.pid, 9)  # the parent and its child
+        parent.wait()
+    assert cpu_seconds(2**22 + 12345) is None
 
 
 def test_target_rows_compare_each_figure_with_its_bound() -> None:
