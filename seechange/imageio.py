@@ -34,6 +34,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from numpy.typing import DTypeLike
 
+from seechange import rawfits
 from seechange.compression import Quantise, compressed_hdu
 from seechange.errors import CorruptFile, UnusableImage
 from seechange.improc.cutouts import RawExtension, cutouts_bytes, split_extensions, stamps_bytes
@@ -241,30 +242,6 @@ def _ccd_at(hdul: fits.HDUList, index: int, dtype: DTypeLike | None, *, label: i
     return Ccd(data=data, header=header, index=index if label is None else label)
 
 
-def _card_int(cards: Sequence[bytes], key: str, default: int) -> int:
-    k = key.encode("ascii").ljust(8)
-    for c in cards:
-        if c[:8] == k and c[8:10] == b"= ":
-            return int(c[10:].split(b"/", 1)[0].strip())
-    return default
-
-
-def _header_cards(fh: Any, pos: int) -> tuple[list[bytes], int]:
-    """The cards of the header starting at byte ``pos`` (``END`` excluded) and the byte after it."""
-    cards: list[bytes] = []
-    while True:
-        fh.seek(pos)
-        block = fh.read(2880)
-        if len(block) < 2880:
-            raise ValueError(f"truncated header at byte {pos}")
-        pos += 2880
-        for k in range(0, 2880, 80):
-            card = block[k : k + 80]
-            if card[:8] == b"END     ":
-                return cards, pos
-            cards.append(card)
-
-
 def _read_hdu_direct(path: Path, index: int, dtype: DTypeLike | None) -> Ccd | None:
     """HDU ``index`` of a multi-extension file without astropy parsing the headers before it.
 
@@ -279,21 +256,20 @@ def _read_hdu_direct(path: Path, index: int, dtype: DTypeLike | None) -> Ccd | N
         if _is_gzip(path):
             return None
         with open(path, "rb") as fh:
+
+            def block_at(p: int) -> bytes:
+                fh.seek(p)
+                return fh.read(rawfits.BLOCK)
+
             pos, primary_end, start, end = 0, 0, 0, 0
             for i in range(index + 1):
-                cards, data_pos = _header_cards(fh, pos)
-                naxis = _card_int(cards, "NAXIS", 0)
-                nbytes = 0
-                if naxis:
-                    nbytes = abs(_card_int(cards, "BITPIX", 8)) // 8 * _card_int(cards, "GCOUNT", 1)
-                    for n in range(1, naxis + 1):
-                        nbytes *= _card_int(cards, f"NAXIS{n}", 0)
-                nbytes += _card_int(cards, "PCOUNT", 0)
+                cards, data_pos = rawfits.read_header(block_at, pos)
+                nbytes = rawfits.data_size(cards)
                 if i == 0:
                     if nbytes:
                         return None
                     primary_end = data_pos
-                start, end = pos, data_pos + nbytes + (-nbytes % 2880)
+                start, end = pos, data_pos + rawfits.padded(nbytes)
                 pos = end
             fh.seek(0)
             head = fh.read(primary_end)

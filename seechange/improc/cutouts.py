@@ -16,6 +16,7 @@ from astropy.io.fits.card import _format_value  # astropy's own value formatting
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
+from seechange import rawfits
 from seechange.improc.types import ImageData
 
 __all__ = [
@@ -284,14 +285,7 @@ class RawExtension:
 
     def keyword(self, key: str) -> str | None:
         """The value of a card as text (quotes and padding removed), None when absent."""
-        k = key.encode("ascii").ljust(8)
-        for c in self.cards:
-            if c[:8] == k and c[8:10] == b"= ":
-                body = c[10:].decode("ascii").lstrip()
-                if body.startswith("'"):
-                    return body[1:].split("'", 1)[0].rstrip()
-                return body.split("/", 1)[0].strip()
-        return None
+        return rawfits.card_text(self.cards, key)
 
     def array(self) -> np.ndarray:
         """The stamp as native float32, shape (NAXIS2, NAXIS1)."""
@@ -317,34 +311,16 @@ def split_extensions(blob: bytes) -> dict[str, RawExtension]:
     pos, n = 0, len(blob)
     first = True
     while pos < n:
-        cards: list[bytes] = []
-        while True:
-            if pos + 2880 > n:
-                raise ValueError(f"truncated FITS header at byte {pos}")
-            block = blob[pos : pos + 2880]
-            pos += 2880
-            done = False
-            for k in range(0, 2880, 80):
-                card = block[k : k + 80]
-                if card[:8] == b"END     ":
-                    done = True
-                    break
-                cards.append(card)
-            if done:
-                break
-        ext = RawExtension(tuple(cards), b"")
-        naxis = int(ext.keyword("NAXIS") or 0)
-        nbytes = abs(int(ext.keyword("BITPIX") or 8)) // 8 if naxis else 0
-        for i in range(1, naxis + 1):
-            nbytes *= int(ext.keyword(f"NAXIS{i}") or 0)
-        padded = nbytes + (-nbytes % 2880)
-        if pos + padded > n:
+        cards, pos = rawfits.read_header(lambda p: blob[p : p + rawfits.BLOCK], pos)
+        size = rawfits.padded(rawfits.data_size(cards))
+        if pos + size > n:
             raise ValueError(f"truncated FITS data at byte {pos}")
         if not first:
-            name = ext.keyword("EXTNAME") or ""
-            out[name] = RawExtension(tuple(cards), blob[pos : pos + padded])
+            out[rawfits.card_text(cards, "EXTNAME") or ""] = RawExtension(
+                tuple(cards), blob[pos : pos + size]
+            )
         first = False
-        pos += padded
+        pos += size
     return out
 
 
