@@ -28,7 +28,14 @@ Error policy, by the kind of exception the handler raises:
   service exits non-zero) and the message stays uncommitted, to be redelivered once the bug is fixed.
   A bug never drains a night into the dead-letter topic.
 
-SIGTERM/SIGINT stop after the current message.
+A handler may also handle several messages at once (a :class:`BatchHandler`: a ``many`` method, e.g. the
+alert service's one packet query per batch instead of one per sighting): messages already fetched (up to
+:data:`BATCH_MAX`) then go through steps 2 to 5 together, in one transaction, one delivery and one offset
+commit per partition, in order. An undecodable message splits its batch (it is dead-lettered alone); any
+other failure of a batch (bad input, anything) rolls it back and hands its messages to the one-message
+path above, which then applies the error policy to each.
+
+SIGTERM/SIGINT stop after the current message (or batch).
 
 Every line logged while a message is handled (by the loop, the handler or any library it calls) carries
 the log context (:func:`seechange.logformat.log_context`): service, topic, partition, offset, the input
@@ -47,7 +54,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from sqlalchemy import exc as sa_exc
@@ -78,8 +85,10 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BACKOFF_INITIAL_S",
     "BACKOFF_MAX_S",
+    "BATCH_MAX",
     "DLQ_HEADERS",
     "BadMessage",
+    "BatchHandler",
     "Handler",
     "InfrastructureError",
     "MessageContext",
@@ -147,6 +156,24 @@ class RunStats:
 
 Handler = Callable[[Session, dict[str, Any], MessageContext], Sequence[OutEvent]]
 
+#: Most messages a batch handler gets at once (only messages already fetched are gathered: a batch never
+#: waits for more).
+BATCH_MAX = 64
+
+
+class BatchHandler(Protocol):
+    """A handler that can also handle several messages in one transaction."""
+
+    def __call__(
+        self, session: Session, event: dict[str, Any], ctx: MessageContext
+    ) -> Sequence[OutEvent]: ...
+
+    def many(
+        self, session: Session, events: Sequence[dict[str, Any]], ctxs: Sequence[MessageContext]
+    ) -> list[Sequence[OutEvent]]:
+        """The events of each message, in order: what calling the handler on each in turn would give."""
+        ...
+
 
 def dlq_topic(settings: Settings, input_topic: str) -> str:
     """Full (prefixed) name of the dead-letter topic of an unprefixed input topic."""
@@ -186,6 +213,7 @@ class _Loop:
         consumer_overrides: Mapping[str, Any] | None,
     ) -> None:
         self.settings, self.name, self.handler, self.input_schema = settings, name, handler, input_schema
+        self.many: Callable[..., list[Sequence[OutEvent]]] | None = getattr(handler, "many", None)
         self.session_factory, self.registry, self.stop = session_factory, registry, stop
         self.after_db_commit, self.poll_timeout = after_db_commit, poll_timeout
         self.topic, self.dlq = settings.topic(input_topic), dlq_topic(settings, input_topic)
@@ -323,7 +351,11 @@ class _Loop:
                 if is_consumer_error(msg, self.name):
                     continue
                 self.last_message = now
-                self._handle(msg)
+                batch = self._gather(msg, max_messages)
+                if len(batch) > 1:
+                    self._handle_batch(batch)
+                else:
+                    self._handle(msg)
         finally:
             self._close()
         return self.stats
@@ -340,6 +372,124 @@ class _Loop:
                 metrics.PROCESSING_SECONDS.labels(self.name).observe(time.perf_counter() - t0)
             if self.stats.dead_lettered > done[1]:
                 metrics.DEAD_LETTERED.labels(self.name).inc()
+
+    def _gather(self, msg: Message, max_messages: int | None) -> list[Message]:
+        """``msg`` and, for a batch handler, the messages already fetched after it (none is waited for)."""
+        room = BATCH_MAX - 1
+        if max_messages is not None:
+            room = min(room, max_messages - self.stats.processed - self.stats.dead_lettered - 1)
+        if self.many is None or self.pending or room <= 0:
+            return [msg]
+        batch = [msg]
+        for more in self.consumer.consume(num_messages=room, timeout=0):
+            if not is_consumer_error(more, self.name):
+                batch.append(more)
+        return batch
+
+    def _handle_batch(self, msgs: list[Message]) -> None:
+        """Steps 2 to 5 for several messages at once; any failure hands them to :meth:`_handle` one by one."""
+        records: list[dict[str, Any]] = []
+        for k, msg in enumerate(msgs):  # an undecodable message splits the batch: it goes alone (dead letter)
+            try:
+                records.append(decode(self.registry, msg.value() or b"", expect=self.input_schema)[1])
+            except DecodeError:
+                for part in (msgs[:k], [msg], msgs[k + 1 :]):
+                    if len(part) > 1:
+                        self._handle_batch(part)
+                    elif part and not self.stop.is_set():
+                        self._handle(part[0])
+                return
+        t0 = time.perf_counter()
+        first, last = msgs[0], msgs[-1]
+        where = (
+            f"{first.topic()}[{first.partition()}]@{first.offset()} .. [{last.partition()}]@{last.offset()}"
+        )
+        done = self.stats.processed
+        if not self._try_batch(msgs, records, where):
+            for msg in msgs:
+                if self.stop.is_set():
+                    break
+                self._handle(msg)
+            return
+        n = self.stats.processed - done
+        if n:
+            metrics.PROCESSED.labels(self.name).inc(n)
+        for _ in range(n):  # the batch's time shared by its messages
+            metrics.PROCESSING_SECONDS.labels(self.name).observe((time.perf_counter() - t0) / len(msgs))
+
+    def _try_batch(self, msgs: list[Message], records: list[dict[str, Any]], where: str) -> bool:
+        """One transaction, one delivery, one confirmation, one commit per partition; False to fall back
+        (nothing of the batch committed: not an offset, not a row)."""
+        assert self.many is not None
+        ctxs = []
+        for msg in msgs:
+            key = msg.key()
+            ctxs.append(
+                MessageContext(
+                    str(msg.topic()),
+                    int(msg.partition() or 0),
+                    int(msg.offset() or 0),
+                    key.encode() if isinstance(key, str) else key,
+                    self.settings,
+                )
+            )
+        try:
+            with (
+                log_context(topic=str(msgs[0].topic()), batch=len(msgs)),
+                self.session_factory() as session,
+                session.begin(),
+            ):
+                per_message = self.many(session, records, ctxs)
+                if len(per_message) != len(msgs):
+                    raise AssertionError(
+                        f"{self.name}: many() gave {len(per_message)} results for {len(msgs)}"
+                    )
+                events = [e for evs in per_message for e in evs]
+                items = [
+                    Item(
+                        self.settings.topic(e.topic),
+                        e.key,
+                        e.value if e.value is not None else encode(self.registry, e.schema, e.record),
+                    )
+                    for e in events
+                ]
+                confirms = [e.on_delivered for e in events if e.on_delivered is not None]
+        except Exception as exc:  # noqa: BLE001 - the one-message path applies the error policy to each
+            (log.info if is_bad_input(exc) else log.warning)(
+                "%s: %s: batch of %d not handled together (%s: %s); one by one",
+                self.name,
+                where,
+                len(msgs),
+                type(exc).__name__,
+                one_line(exc),
+            )
+            return False
+        try:
+            self.fault.maybe_crash("after-db-commit", where)
+            if self.after_db_commit is not None:
+                self.after_db_commit()
+            if not self.delivery.deliver(items, where):
+                return True  # stopping: nothing committed, the batch is redelivered
+            self.stats.produced += len(items)
+            if items:
+                self.fault.maybe_crash("after-delivery", where)
+            if confirms and not self._confirm(confirms, where, msgs[-1]):
+                return True
+            self.consecutive_errors = 0
+            lasts: dict[tuple[str, int], Message] = {}
+            counts: dict[tuple[str, int], int] = {}
+            for msg in msgs:
+                tp = (str(msg.topic()), int(msg.partition() or 0))
+                lasts[tp] = msg
+                counts[tp] = counts.get(tp, 0) + 1
+            for tp, msg in lasts.items():
+                if self._commit(msg, where):
+                    self.stats.processed += counts[tp]
+        finally:
+            if self.paused:
+                self.paused = False
+                self._resume_assigned()
+        return True
 
     def _handle_one(self, msg: Message) -> None:
         topic, partition, offset = str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0)

@@ -643,3 +643,73 @@ def test_an_offset_kept_after_a_refused_commit_is_committed_at_the_stop(
     loop._close()
     assert loop.uncommitted == {}
     assert _committed(settings, f"{settings.consumer_group_prefix}-keeper", where[0][0]) == where[0][1] + 1
+
+
+def test_a_batch_handler_gets_fetched_messages_together_and_a_bad_one_falls_back_to_one_by_one(
+    settings: Settings, registry: SchemaRegistry, db_engine: Engine, table: str
+) -> None:
+    records = [exposure_record(i) for i in (1, 2, 3)] + [exposure_record(4, field="BAD")]
+    records += [exposure_record(i) for i in (5, 6, 7)]
+    values = [encode(registry, "exposure_ready", r) for r in records]
+    values.insert(5, b"garbage")  # undecodable, between 4 and 5
+    where = produce_values(settings, "exposure-ready", [("night-1", v) for v in values])
+    partition = where[0][0]
+    batches: list[list[int]] = []
+    singles: list[int] = []
+
+    class Handler:
+        def _one(self, session: Session, record: dict[str, Any]) -> list[OutEvent]:
+            if record["field"] == "BAD":
+                raise ImpossibleValue(f"exposure {record['exposure_id']} has an impossible field")
+            image_id = 100 + record["exposure_id"]
+            session.execute(
+                text(f"INSERT INTO {table}_rows (exposure_id, image_id, field) VALUES (:e, :i, :f)"),
+                {"e": record["exposure_id"], "i": image_id, "f": record["field"]},
+            )
+            return [image_event(record, image_id)]
+
+        def __call__(self, session: Session, record: dict[str, Any], ctx: MessageContext) -> list[OutEvent]:
+            singles.append(record["exposure_id"])
+            return self._one(session, record)
+
+        def many(
+            self, session: Session, events: list[dict[str, Any]], ctxs: list[MessageContext]
+        ) -> list[list[OutEvent]]:
+            batches.append([e["exposure_id"] for e in events])
+            assert [c.offset for c in ctxs] == sorted(c.offset for c in ctxs)
+            return [self._one(session, e) for e in events]
+
+    stats = run_service(
+        settings,
+        name="reduce",
+        input_topic="exposure-ready",
+        input_schema="exposure_ready",
+        handler=Handler(),
+        session_factory=sessionmaker(db_engine),
+        registry=registry,
+        max_messages=8,
+        idle_timeout=20,
+        install_signal_handlers=False,
+    )
+
+    # every good message once, the two bad ones dead-lettered, whatever the batches were
+    assert (stats.processed, stats.dead_lettered, stats.produced) == (6, 2, 6)
+    with db_engine.connect() as conn:
+        rows = conn.execute(text(f"SELECT exposure_id FROM {table}_rows ORDER BY 1")).scalars().all()
+    assert list(rows) == [1, 2, 3, 5, 6, 7]
+    assert sorted(
+        decode(registry, _value(m), expect="image_reduced")[1]["image_id"]
+        for m in consume_all(settings, "image-reduced", expect=6)
+    ) == [101, 102, 103, 105, 106, 107]
+    assert topic_size(settings, "image-reduced") == 6
+    assert topic_size(settings, "exposure-ready.dlq") == 2
+    assert (
+        _committed(
+            settings, "test-reduce" if False else f"{settings.consumer_group_prefix}-reduce", partition
+        )
+        == 8
+    )
+    # the eight were fetched before the loop started: they came in batches; the garbage split them, the bad
+    # one's batch was rolled back (no row of it stayed: each row is in the table once) and went one by one
+    assert batches and max(len(b) for b in batches) > 1
+    assert 4 in singles and 4 in batches[0]
