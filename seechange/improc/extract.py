@@ -136,7 +136,7 @@ def extract_sources(
     rhalf, rflag = sep.flux_radius(data, x0, y0, 6.0 * objs["a"], 0.5, mask=mask, normflux=None, subpix=5)
     rhalf = np.where(np.isfinite(rhalf) & (rhalf > 0), rhalf, 1.0)
     sig = np.clip(2.0 * rhalf / FWHM_PER_SIGMA, 0.5, 20.0)
-    x, y, wflag = sep.winpos(data, x0, y0, sig, mask=mask, subpix=0)
+    x, y, wflag = sep.winpos(data, x0, y0, sig, mask=mask)
     bad = ~np.isfinite(x) | ~np.isfinite(y) | (np.hypot(x - x0, y - y0) > 2.0)
     x, y = np.where(bad, x0, x), np.where(bad, y0, y)
     flux, ferr, fflag = sep.sum_circle(data, x, y, aper_radius, err=err, mask=mask, subpix=5)
