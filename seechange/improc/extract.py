@@ -109,10 +109,22 @@ def extract_sources(
         if err.shape != data.shape:
             raise ValueError(f"noise shape {err.shape} differs from image shape {data.shape}")
     mask = np.zeros(data.shape, bool) if flags is None else np.asarray(flags) != 0
-    mask |= ~np.isfinite(data) | ~np.isfinite(err) | (err <= 0)
+    # ~isfinite(data) | ~isfinite(err) | (err <= 0) with one full-frame temporary instead of five
+    # (NaN and -inf fail err > 0, so ~isfinite(err) | (err <= 0) is ~(err > 0) | isinf(err))
+    bad = ~np.isfinite(data)
+    mask |= bad
+    np.logical_not(np.greater(err, 0, out=bad), out=bad)
+    mask |= bad
+    mask |= np.isinf(err, out=bad)
+    del bad
     if mask.any():
-        data = np.where(mask, np.float32(0), data)  # float32 already: no second copy
-        err = np.where(mask, np.float32(_typical(err, ~mask)), err)
+        # copies (the caller's arrays are not modified), then the few masked pixels are filled: cheaper
+        # than np.where over the full frame; the same values
+        fill = np.float32(_typical(err, ~mask))
+        data = data.copy() if np.may_share_memory(data, image) else data
+        data[mask] = np.float32(0)
+        err = err.copy() if np.may_share_memory(err, noise) else err
+        err[mask] = fill
     sep.set_extract_pixstack(max(300_000, data.size // 10))
     sep.set_sub_object_limit(4096)
     kwargs = {} if filter_kernel is None else {"filter_kernel": np.asarray(filter_kernel, np.float32)}

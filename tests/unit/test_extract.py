@@ -48,3 +48,73 @@ def test_nothing_found_is_empty_with_warning():
 def test_noise_from_weight():
     w = np.array([[4.0, 0.0]], np.float32)
     np.testing.assert_allclose(noise_from_weight(w, fill=99.0), [[0.5, 99.0]])
+
+
+def test_non_finite_and_non_positive_noise_pixels_are_masked_like_flags():
+    """NaN/inf image pixels and NaN/inf/<=0 noise pixels are masked exactly as flagged pixels are, and the
+    caller's arrays are not modified."""
+    rng = np.random.default_rng(22)
+    n = 20
+    pos = np.column_stack([rng.uniform(20, 380, n), rng.uniform(20, 280, n)])
+    img = _gauss_image(rng, pos, np.full(n, 5e4)).astype(np.float32)
+    noise = np.full(img.shape, 10.0, np.float32)
+    noise[:, 200:] = 12.0  # varying noise
+    bad = np.zeros(img.shape, bool)
+    bad[50:60, 30:40] = True
+    img[50:55, 30:40] = np.nan
+    img[55:60, 30:35] = np.inf
+    noise[55:60, 35:40] = 0.0
+    # bad noise values across star 1 (it stays detected from its unmasked pixels)
+    x1, y1 = int(pos[1, 0]), int(pos[1, 1])
+    noise[y1 - 1, x1 - 5 : x1 + 5] = np.nan
+    noise[y1, x1 - 5 : x1 + 5] = np.inf
+    noise[y1 + 1, x1 - 5 : x1 + 5] = -1.0
+    bad[y1 - 1 : y1 + 2, x1 - 5 : x1 + 5] = True
+    img_before, noise_before = img.copy(), noise.copy()
+    t = extract_sources(img, noise=noise, thresh=5.0)
+    np.testing.assert_array_equal(img, img_before)
+    np.testing.assert_array_equal(noise, noise_before)
+    # the same catalogue as with those pixels flagged and given harmless values
+    clean_img = np.where(bad, np.float32(0), img)
+    clean_noise = np.where(bad, np.float32(10.0), noise)
+    ref = extract_sources(clean_img, noise=clean_noise, flags=bad.astype(np.uint16), thresh=5.0)
+    for c in ("x", "y", "flux", "flux_err", "a", "b", "fwhm", "flag", "npix"):
+        np.testing.assert_array_equal(np.asarray(t[c]), np.asarray(ref[c]), err_msg=c)
+    d = np.hypot(t["x"][:, None] - pos[:, 0], t["y"][:, None] - pos[:, 1]).min(axis=0)
+    far = np.array([np.sort(np.hypot(*(pos - p).T))[1] > 15 for p in pos])
+    far &= (np.abs(pos[:, 0] - 35) > 15) | (np.abs(pos[:, 1] - 55) > 15)
+    far[1] = False
+    assert np.max(d[far]) < 0.05
+    assert d[1] < 2.0 and np.isfinite(t["flux_err"]).all()  # its centre rows are masked
+
+
+def test_masking_on_real_decam_pixels(shared_data):
+    """On real DECam pixels (varying noise, a NaN column, zero-noise pixels) the catalogue equals the one
+    with those pixels flagged, and real sources are found."""
+    from astropy.io import fits
+
+    from seechange.improc.background import measure_background
+
+    path = shared_data / "decam-sfft" / "DEC-OBS04a.mini.fits"
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    img = np.asarray(fits.getdata(path), np.float32)
+    bkg = measure_background(img, mesh=64)
+    img = img - bkg.map
+    yy = np.mgrid[: img.shape[0], : img.shape[1]][0]
+    noise = (bkg.rms * (1.0 + 0.2 * yy / img.shape[0])).astype(np.float32)  # varying noise
+    bad = np.zeros(img.shape, bool)
+    bad[:, 60] = True
+    img[:, 60] = np.nan
+    bad[200:203, 100:140] = True
+    noise[200:203, 100:140] = 0.0
+    t = extract_sources(img, noise=noise, thresh=3.0)
+    assert len(t) >= 5
+    ref = extract_sources(
+        np.where(bad, np.float32(0), img),
+        noise=np.where(bad, np.float32(bkg.rms), noise),
+        flags=bad.astype(np.uint16),
+        thresh=3.0,
+    )
+    for c in set(t.colnames) - {"pixflags"}:  # pixflags reports the flags given, none here
+        np.testing.assert_array_equal(np.asarray(t[c]), np.asarray(ref[c]), err_msg=c)
