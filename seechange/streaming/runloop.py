@@ -421,18 +421,7 @@ class _Loop:
         """One transaction, one delivery, one confirmation, one commit per partition; False to fall back
         (nothing of the batch committed: not an offset, not a row)."""
         assert self.many is not None
-        ctxs = []
-        for msg in msgs:
-            key = msg.key()
-            ctxs.append(
-                MessageContext(
-                    str(msg.topic()),
-                    int(msg.partition() or 0),
-                    int(msg.offset() or 0),
-                    key.encode() if isinstance(key, str) else key,
-                    self.settings,
-                )
-            )
+        ctxs = [self._context(msg) for msg in msgs]
         try:
             with (
                 log_context(topic=str(msgs[0].topic()), batch=len(msgs)),
@@ -444,16 +433,7 @@ class _Loop:
                     raise AssertionError(
                         f"{self.name}: many() gave {len(per_message)} results for {len(msgs)}"
                     )
-                events = [e for evs in per_message for e in evs]
-                items = [
-                    Item(
-                        self.settings.topic(e.topic),
-                        e.key,
-                        e.value if e.value is not None else encode(self.registry, e.schema, e.record),
-                    )
-                    for e in events
-                ]
-                confirms = [e.on_delivered for e in events if e.on_delivered is not None]
+                items, confirms = self._encoded([e for evs in per_message for e in evs])
         except Exception as exc:  # noqa: BLE001 - the one-message path applies the error policy to each
             (log.info if is_bad_input(exc) else log.warning)(
                 "%s: %s: batch of %d not handled together (%s: %s); one by one",
@@ -491,13 +471,20 @@ class _Loop:
                 self._resume_assigned()
         return True
 
+    def _context(self, msg: Message) -> MessageContext:
+        key = msg.key()
+        return MessageContext(
+            str(msg.topic()),
+            int(msg.partition() or 0),
+            int(msg.offset() or 0),
+            key.encode() if isinstance(key, str) else key,
+            self.settings,
+        )
+
     def _handle_one(self, msg: Message) -> None:
         topic, partition, offset = str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0)
         where = f"{topic}[{partition}]@{offset}"
-        key = msg.key()
-        ctx = MessageContext(
-            topic, partition, offset, key.encode() if isinstance(key, str) else key, self.settings
-        )
+        ctx = self._context(msg)
         try:
             _, record = decode(self.registry, msg.value() or b"", expect=self.input_schema)
         except DecodeError as exc:
@@ -593,15 +580,19 @@ class _Loop:
         with self.session_factory() as session, session.begin():
             events = self.handler(session, record, ctx)
             add_log_context(**ids_of([e.record for e in events]))
-            items = [
-                Item(
-                    self.settings.topic(e.topic),
-                    e.key,
-                    e.value if e.value is not None else encode(self.registry, e.schema, e.record),
-                )
-                for e in events
-            ]
-            return items, [e.on_delivered for e in events if e.on_delivered is not None]
+            return self._encoded(events)
+
+    def _encoded(self, events: Sequence[OutEvent]) -> tuple[list[Item], list[Callable[[Session], None]]]:
+        """The events as items to deliver (framed Avro) and their ``on_delivered`` callbacks."""
+        items = [
+            Item(
+                self.settings.topic(e.topic),
+                e.key,
+                e.value if e.value is not None else encode(self.registry, e.schema, e.record),
+            )
+            for e in events
+        ]
+        return items, [e.on_delivered for e in events if e.on_delivered is not None]
 
     def _confirm(self, confirms: list[Callable[[Session], None]], where: str, msg: Message) -> bool:
         """Run the ``on_delivered`` callbacks in one transaction, retried with back-off; False if stopped.
