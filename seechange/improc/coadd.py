@@ -119,7 +119,12 @@ def coadd(
             # would no longer have the coadd's PSF (measured on simulated nights: PSF-fit fluxes 25% low).
             var_med[i] = float(np.median(var[i][usable]))
             img_w[i] = 1.0 / (var_med[i] * noise_equivalent_area(np.asarray(im.psf)))
-    wts = np.where(usable_all, img_w[:, None, None], 0.0).astype(np.float32)
+        del rs, usable, why  # before the next input is resampled
+    # Input i's weight at a pixel is img_w[i] where it is usable and not clipped, else 0: one boolean
+    # stack (`keep`) instead of a float32 weight stack, and every sum over inputs taken one input at a
+    # time in the same order and dtype as a sum along axis 0 (the same values; the stacks, temporaries
+    # and a 3 x 2048 x 4096 weight stack took about 920 MB, the largest peak of the subtract service).
+    keep = usable_all
     bright = np.zeros(shape, dtype=bool)
     if n >= 3:
         # Clip outliers (unflagged cosmic rays, hot pixels) against the plain median of the usable inputs:
@@ -132,25 +137,35 @@ def coadd(
         wmed = _weighted_median(stack, usable_all.astype(np.float32))
         n_use = np.maximum(usable_all.sum(axis=0), 1)
         typical = np.sqrt(np.where(usable_all, var, 0.0).sum(axis=0) / n_use)
+        del n_use
         fw = [im.fwhm_px for im in images]
         snr_med = wmed / np.maximum(typical, 1e-12)
+        del typical
         bright = _near_sources(snr_med, max(fw))
+        del snr_med
         seeing = (max(fw) / max(min(fw), 1e-3)) ** 2
         lim = np.float32(seeing) * ndimage.maximum_filter(np.abs(wmed), size=3)
-        out = np.empty(stack.shape, dtype=bool)
+        keep = np.empty(stack.shape, dtype=bool)
         for i in range(n):  # one input at a time: no n-stack float temporaries (same values)
-            out[i] = np.abs(stack[i] - wmed) > clip_sigma * np.sqrt(var[i]) + lim
-        out &= usable_all & ~bright[None]
-        del lim, typical, snr_med
-        wts = np.where(out, 0.0, wts)
-        del out
-    wsum = wts.sum(axis=0)
-    img = np.zeros(shape, dtype=np.float32)
-    np.divide((stack * wts).sum(axis=0), wsum, out=img, where=wsum > 0)
-    var_c = np.zeros(shape, dtype=np.float64)
-    num = np.zeros(shape, dtype=np.float64)  # sum_i w_i^2 var_i, one input at a time (no float64 stacks)
+            out = np.abs(stack[i] - wmed) > clip_sigma * np.sqrt(var[i]) + lim
+            out &= ~bright
+            keep[i] = usable_all[i] & ~out
+        del lim, wmed, out
+    del usable_all
+    w32 = img_w.astype(np.float32)
+    wsum = np.zeros(shape, dtype=np.float32)
+    wimg = np.zeros(shape, dtype=np.float32)
+    num = np.zeros(shape, dtype=np.float64)  # sum_i w_i^2 var_i (no float64 stacks)
     for i in range(n):
-        num += wts[i].astype(np.float64) ** 2 * var[i]
+        wi = np.where(keep[i], w32[i], np.float32(0.0))
+        wsum += wi
+        wimg += stack[i] * wi
+        num += wi.astype(np.float64) ** 2 * var[i]
+    del stack, var, keep, wi
+    img = np.zeros(shape, dtype=np.float32)
+    np.divide(wimg, wsum, out=img, where=wsum > 0)
+    del wimg
+    var_c = np.zeros(shape, dtype=np.float64)
     np.divide(num, wsum.astype(np.float64) ** 2, out=var_c, where=wsum > 0)
     del num
     weight = np.zeros(shape, dtype=np.float32)
