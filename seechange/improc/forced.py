@@ -78,19 +78,58 @@ def _spline_coefficients(psf: np.ndarray) -> np.ndarray:
     return ndimage.spline_filter(np.asarray(psf, dtype=np.float64), 3, output=np.float64, mode="constant")
 
 
-def _fit_template(coeffs: np.ndarray, dx: float, dy: float) -> np.ndarray:
+def _fit_template(coeffs: np.ndarray, dx: float, dy: float, half: int | None = None) -> np.ndarray:
     """P shifted by (dx, dy) pixels (cubic spline), renormalised to sum 1, its small negative lobes kept.
 
     ``coeffs``: `_spline_coefficients` of P; the result is ``ndimage.shift(P, (dy, dx), order=3,
-    mode="constant")`` (the same bits: that call filters P and then interpolates the coefficients).
+    mode="constant")`` divided by its sum (that call filters P and then interpolates the coefficients).
+
+    ``half``: only the central ``2 half + 1`` pixels square are returned (the fitted pixels), interpolated
+    from the coefficients within ``half + 3`` of the centre (the same bits as the full shift there: a cubic
+    spline reaches two coefficients out); the normalising sum is that of the full shifted stamp,
+    :func:`_shifted_sum` (equal to rounding). On a 101 x 101 P_D the full shift took 1 ms per position, a
+    quarter of the detect stage's forced photometry.
 
     Unlike :func:`seechange.improc.inject.shifted_psf` (an injected source must be non-negative), a fit
     template keeps the spline's lobes: clipping them raised bright transients' forced fluxes by ~0.3 %
     on the simulated night of ``tests/integration/test_forced.py`` (pull mean 0.47 instead of 0.33).
     """
-    p = ndimage.shift(coeffs, (dy, dx), order=3, mode="constant", cval=0.0, prefilter=False)
-    s = float(p.sum())
-    return p / s if s > 0 else p
+    k = coeffs.shape[0] // 2
+    if half is None or half + 3 >= k:
+        p = ndimage.shift(coeffs, (dy, dx), order=3, mode="constant", cval=0.0, prefilter=False)
+        s = float(p.sum())
+        return p / s if s > 0 else p
+    m = half + 3
+    part = ndimage.shift(
+        coeffs[k - m : k + m + 1, k - m : k + m + 1], (dy, dx), order=3, mode="constant", prefilter=False
+    )[3:-3, 3:-3]
+    s = _shifted_sum(coeffs, dx, dy)
+    return part / s if s > 0 else part
+
+
+def _spline_sums(n: int, d: float) -> np.ndarray:
+    """``w[j]``: the total weight coefficient ``j`` of a length-``n`` cubic-spline array gets when shifted
+    by ``d`` as ``ndimage.shift(mode="constant", prefilter=False)`` does: output ``i`` samples the
+    coefficients at ``i - d``, none outside ``[0, n - 1]``, taps beyond the ends mirrored (-1 -> 1)."""
+    u = np.arange(n) - d
+    u = u[(u >= 0) & (u <= n - 1)]
+    j0 = np.floor(u).astype(np.intp)
+    t = u - j0
+    w = np.zeros(n)
+    taps = ((1 - t) ** 3 / 6, (3 * t**3 - 6 * t**2 + 4) / 6, (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6, t**3 / 6)
+    for off, wt in zip((-1, 0, 1, 2), taps):
+        j = np.abs(j0 + off)
+        j = np.where(j > n - 1, 2 * (n - 1) - j, j)
+        np.add.at(w, j, wt)
+    return w
+
+
+def _shifted_sum(coeffs: np.ndarray, dx: float, dy: float) -> float:
+    """Sum of ``ndimage.shift(coeffs, (dy, dx), order=3, mode="constant", prefilter=False)``: the spline is a
+    tensor product, so the sum is ``wy . coeffs . wx`` (`_spline_sums`; equal to rounding)."""
+    wy = _spline_sums(coeffs.shape[0], dy)
+    wx = _spline_sums(coeffs.shape[1], dx)
+    return float(wy @ coeffs @ wx)
 
 
 def forced_psf_photometry(
@@ -144,10 +183,18 @@ def forced_psf_photometry(
     flux, err = np.full(n, np.nan), np.full(n, np.nan)
     n_bad = np.zeros(n, dtype=np.int64)
     coeffs = _spline_coefficients(psf) if n else psf
+    # every pixel used (fitted, or counted in n_bad) is within max(r_fit, fwhm) of a position |dx|, |dy| <= 0.5
+    # from the pixel it is rounded to: the template is needed on that square only
+    reach = max(r_fit, fwhm_px)
+    half = int(np.ceil(reach)) + 1 if np.isfinite(reach) and hy == hx else None
+    if half is not None and half + 3 < hy:
+        hy = hx = half
+    else:
+        half = None
     for i in range(n):
         ix, iy = int(np.rint(x[i])), int(np.rint(y[i]))
         dx, dy = x[i] - ix, y[i] - iy
-        p = _fit_template(coeffs, dx, dy)
+        p = _fit_template(coeffs, dx, dy, half)
         y0, y1 = max(iy - hy, 0), min(iy + hy + 1, ny)
         x0, x1 = max(ix - hx, 0), min(ix + hx + 1, nx)
         if y0 >= y1 or x0 >= x1:

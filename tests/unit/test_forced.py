@@ -86,3 +86,30 @@ def test_error_from_score_variance_and_limit() -> None:
     assert DetectParams(threshold=4.0).forced_params.limit_sigma == 4.0
     fixed = DetectParams(threshold=4.0, forced=ForcedParams(limit_sigma=5.0))
     assert fixed.forced_params.limit_sigma == 5.0
+
+
+def test_cropped_fit_template_is_the_centre_of_the_full_shift() -> None:
+    """The fit template is interpolated on the fitted square only: it must be the centre of the full
+    shifted stamp divided by the full stamp's sum, for a large P_D-like stamp with negative lobes and
+    asymmetric wings, at shifts up to the half pixel a rounded position can have."""
+    from scipy import ndimage
+
+    from seechange.improc.forced import _fit_template, _shifted_sum, _spline_coefficients
+
+    rng = np.random.default_rng(11)
+    h = 50
+    y, x = np.mgrid[-h : h + 1, -h : h + 1]
+    p = np.exp(-0.5 * ((x - 0.3) ** 2 + (y + 0.2) ** 2) / 2.0**2) - 0.05 * np.exp(
+        -0.5 * (x**2 + y**2) / 6.0**2
+    )
+    p += 1e-4 * rng.normal(size=p.shape)
+    coeffs = _spline_coefficients(p / p.sum())
+    half = 9
+    for dx, dy in ((0.0, 0.0), (0.5, -0.5), (-0.5, 0.5), (0.37, -0.21), (-0.49, -0.13)):
+        full = ndimage.shift(coeffs, (dy, dx), order=3, mode="constant", cval=0.0, prefilter=False)
+        assert abs(_shifted_sum(coeffs, dx, dy) - full.sum()) <= 1e-12 * abs(full.sum())
+        centre = (full / full.sum())[h - half : h + half + 1, h - half : h + half + 1]
+        part = _fit_template(coeffs, dx, dy, half)
+        assert part.shape == (2 * half + 1, 2 * half + 1)
+        np.testing.assert_allclose(part, centre, rtol=1e-12, atol=1e-15)
+        np.testing.assert_array_equal(_fit_template(coeffs, dx, dy), full / full.sum())
