@@ -243,7 +243,12 @@ def _psf_chi2(
         ix, iy = round(float(xc[i])), round(float(yc[i]))
         if not (r <= ix < nx - r and r <= iy < ny - r) or r > k:
             continue
-        sh = ndimage.shift(p, (yc[i] - iy, xc[i] - ix), order=1, mode="constant")
+        # a linear interpolation reaches one pixel: shifting the central (2 r + 3)^2 of P_D gives the fitted
+        # (2 r + 1)^2 to rounding (the whole 101 x 101 stamp per sighting was 0.1 s of a detect stage)
+        m0 = k - r - 1 if r < k else 0
+        sh = ndimage.shift(
+            p[m0 : p.shape[0] - m0, m0 : p.shape[1] - m0], (yc[i] - iy, xc[i] - ix), order=1, mode="constant"
+        )
         sl = (slice(iy - r, iy + r + 1), slice(ix - r, ix + r + 1))
         yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
         m = (
@@ -254,7 +259,8 @@ def _psf_chi2(
         )
         if m.sum() < 5:
             continue
-        model = flux[i] * sh[k - r : k + r + 1, k - r : k + r + 1]
+        c = k - m0
+        model = flux[i] * sh[c - r : c + r + 1, c - r : c + r + 1]
         chi = (diff[sl] - model)[m] ** 2 / dvar[sl][m]
         out[i] = float(chi.sum() / (m.sum() - 1))
     return out

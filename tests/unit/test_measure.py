@@ -161,3 +161,41 @@ def test_near_bright_reach_grows_with_the_star_flux() -> None:
             )
             assert 0.01 < eps < 0.3
     assert flagged == [False, True]
+
+
+def test_psf_chi2_on_the_cropped_stamp_equals_the_full_shift() -> None:
+    """`_psf_chi2` shifts only the centre of P_D it fits: its chi^2 must be the one of the full stamp's
+    linear shift (to rounding), at half-pixel offsets too, and about 1 for P_D-shaped sources in noise."""
+    from scipy import ndimage
+
+    from seechange.improc.measure import _psf_chi2
+
+    rng = np.random.default_rng(5)
+    h, fwhm, sigma = 50, 4.0, 10.0
+    y, x = np.mgrid[-h : h + 1, -h : h + 1]
+    psf = np.exp(-0.5 * (x**2 + y**2) / (fwhm / 2.3548) ** 2) - 0.01 * np.exp(-0.5 * (x**2 + y**2) / 8.0**2)
+    psf /= psf.sum()
+    xc = np.array([60.5, 140.37, 100.0, 60.0, 140.0])
+    yc = np.array([60.5, 60.79, 100.0, 140.0, 140.51])
+    flux = np.array([5000.0, 3000.0, 8000.0, 1000.0, 20000.0])
+    diff = rng.normal(0.0, sigma, (200, 200))
+    for xi, yi, f in zip(xc, yc, flux, strict=True):
+        ix, iy = round(xi), round(yi)
+        diff[iy - h : iy + h + 1, ix - h : ix + h + 1] += f * ndimage.shift(psf, (yi - iy, xi - ix), order=1)
+    dvar = np.full(diff.shape, sigma**2)
+    bad = np.zeros(diff.shape, bool)
+    got = _psf_chi2(diff, dvar, bad, xc, yc, flux, psf, fwhm)
+
+    r, rad = int(np.ceil(1.5 * fwhm)), 1.5 * fwhm
+    want = []
+    for xi, yi, f in zip(xc, yc, flux, strict=True):
+        ix, iy = round(xi), round(yi)
+        sh = ndimage.shift(psf, (yi - iy, xi - ix), order=1, mode="constant")[
+            h - r : h + r + 1, h - r : h + r + 1
+        ]
+        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+        m = np.hypot(xx + ix - xi, yy + iy - yi) <= rad
+        res = (diff[iy - r : iy + r + 1, ix - r : ix + r + 1] - f * sh)[m]
+        want.append(float((res**2 / sigma**2).sum() / (m.sum() - 1)))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert 0.5 < np.median(got) < 1.6
