@@ -30,6 +30,7 @@ __all__ = [
     "bench_end_to_end",
     "bench_stages",
     "cpu_seconds",
+    "machine_reference",
     "peak_rss_mb",
     "simulated_night",
     "target_rows",
@@ -148,6 +149,38 @@ def _one_run(
     return out
 
 
+def machine_reference(repeats: int = 5, shape: tuple[int, int] = (4096, 2048)) -> dict[str, float]:
+    """How fast this machine is today, on work that does not depend on this project's code.
+
+    Medians over ``repeats`` of a float32 ``rfft2`` + ``irfft2`` pair of a full-size CCD (``scipy.fft``, one
+    worker and every core) and of sorting 4 M float64 values, wall seconds. The stage figures of two runs
+    on different machines, or one machine on different days (a shared host's speed varies by 2x), compare
+    only through these: the bench's figures scale with them.
+    """
+    from scipy import fft as sfft
+
+    rng = np.random.default_rng(0)
+    a = rng.random(shape, dtype=np.float32)
+    v = rng.random(4 * 1024 * 1024)
+    workers = os.cpu_count() or 1
+
+    def timed(fn: Callable[[], object]) -> float:
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return float(statistics.median(ts))
+
+    return {
+        "fft_pair_1_worker_s": timed(lambda: sfft.irfft2(sfft.rfft2(a), s=shape)),
+        f"fft_pair_{workers}_workers_s": timed(
+            lambda: sfft.irfft2(sfft.rfft2(a, workers=workers), s=shape, workers=workers)
+        ),
+        "sort_4M_s": timed(lambda: np.sort(v)),
+    }
+
+
 def _bytes_of(root: Path, stem: str) -> int:
     """Bytes of every file ``<stem>.*`` of a product (the four image files, the six ZOGY files)."""
     base = root / stem
@@ -189,7 +222,7 @@ def bench_stages(
     Returns
     -------
     dict
-        ``stages``: per stage ``{"median_s", "min_s", "max_s", "n"}`` (reduce per CCD, reference once per
+        ``machine``: :func:`machine_reference` (timed after the runs); ``stages``: per stage ``{"median_s", "min_s", "max_s", "n"}`` (reduce per CCD, reference once per
         run, subtract / detect per subtraction, alerts = building every good sighting's alert of one
         subtraction; ``cpu_median_s`` the same in CPU seconds of the process); ``per_ccd_s`` (and
         ``per_ccd_cpu_s``): reduce + subtract + detect + alerts medians (the in-process latency of a new CCD
@@ -240,6 +273,7 @@ def bench_stages(
     ]
     written = [sum(q["bytes_written"].values()) for r in timed for q in r["subtractions"]]
     return {
+        "machine": machine_reference(),
         "size": [nx, ny],
         "runs": runs,
         "n_epochs": n_epochs,

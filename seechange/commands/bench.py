@@ -126,6 +126,10 @@ def bench(
     )
     if profile_dir is not None:
         console.print(f"profiles (one per step of run 1) written to {profile_dir}")
+    console.print(
+        "this machine today (the stage figures scale with it): "
+        + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.3f} s" for k, v in st["machine"].items())
+    )
 
     if e2e:
         nights: list[tuple[str, float, tuple[str, ...]]] = [("e2e", 0.0, ())]

@@ -76,3 +76,12 @@ def test_profile_of_a_step_is_written_as_text_and_html(tmp_path) -> None:  # typ
     text = (tmp_path / "p" / "subtract-1.txt").read_text()
     assert "test_profile_of_a_step" in text
     assert (tmp_path / "p" / "subtract-1.html").stat().st_size > 1000
+
+
+def test_machine_reference_times_each_workload_once_per_repeat() -> None:
+    from seechange.bench import machine_reference
+
+    got = machine_reference(repeats=1, shape=(64, 32))
+    workers = os.cpu_count() or 1
+    assert set(got) == {"fft_pair_1_worker_s", f"fft_pair_{workers}_workers_s", "sort_4M_s"}
+    assert all(0.0 < v < 60.0 for v in got.values())
