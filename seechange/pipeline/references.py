@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -283,9 +284,17 @@ def _members(session: Session, image: Image, instrument: str, params: ReferenceP
 
 
 def find_or_build_reference(
-    session: Session, data_root: Path, image: Image, *, params: ReferenceParams
+    session: Session,
+    data_root: Path,
+    image: Image,
+    *,
+    params: ReferenceParams,
+    before_build: Callable[[], None] | None = None,
 ) -> CoaddImage | None:
     """The reference CoaddImage covering ``image``, built now if possible.
+
+    ``before_build`` is called before a reference is built (the subtract stage frees its cached
+    reference then: a coadd is its largest memory peak).
 
     Returns None (and records why on the image row) when ``image`` is itself one of the reference's
     members, or when its sky does not have enough good images yet. The member that completes the set
@@ -310,11 +319,15 @@ def find_or_build_reference(
         if len(members) == params.n_ref_images:
             # the last member: build the reference now, while the next epoch is still being observed and
             # reduced, so that the first subtraction of the sky does not wait for it (6 s on full CCDs)
+            if before_build is not None:
+                before_build()
             _build_reference(session, data_root, instrument, prov, members)
         return None
     if len(members) < params.n_ref_images:
         _note(image, NO_REFERENCE)
         return None
+    if before_build is not None:
+        before_build()
     return _build_reference(session, data_root, instrument, prov, members)
 
 
