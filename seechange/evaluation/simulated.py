@@ -158,20 +158,33 @@ def _true_snr(x: float, y: float, flux: float, psf_d: np.ndarray, var_d: np.ndar
 
 
 def _snr50(snr: np.ndarray, found: np.ndarray) -> float:
-    """SNR at 50% completeness from a logistic fit ``1 / (1 + exp(-(snr - s50) / w))`` (NaN if unfit)."""
+    """SNR at 50% completeness from a logistic fit with a plateau, ``c / (1 + exp(-(snr - s0) / w))``.
+
+    The plateau ``c`` (< 1) takes the misses that no SNR explains (a transient on a saturated star, in a
+    masked column): without it a few bright misses flatten the curve and moved the 50 % point to a negative
+    SNR (-5.5 on a full-size night whose faint misses lie below SNR 5). The SNR where ``c / (1 + e^-z)``
+    is 0.5; NaN if the plateau is at or below 50 % or nothing can be fitted.
+    """
     ok = np.isfinite(snr)
     snr, found = snr[ok], found[ok].astype(float)
     if snr.size < 3 or found.all() or not found.any():
         return float("nan")
 
     def nll(p: np.ndarray) -> float:
-        s50, lw = p
-        z = np.clip((snr - s50) / math.exp(lw), -50, 50)
-        prob = np.clip(1.0 / (1.0 + np.exp(-z)), 1e-9, 1 - 1e-9)
+        s0, lw, lc = p
+        z = np.clip((snr - s0) / math.exp(lw), -50, 50)
+        c = 1.0 / (1.0 + math.exp(-float(np.clip(lc, -50, 50))))
+        prob = np.clip(c / (1.0 + np.exp(-z)), 1e-9, 1 - 1e-9)
         return -float(np.sum(found * np.log(prob) + (1 - found) * np.log(1 - prob)))
 
-    res = optimize.minimize(nll, np.array([5.0, 0.0]), method="Nelder-Mead")
-    return float(res.x[0]) if res.success or res.fun < 1e9 else float("nan")
+    res = optimize.minimize(nll, np.array([5.0, 0.0, 3.0]), method="Nelder-Mead")
+    if not (res.success or res.fun < 1e9):
+        return float("nan")
+    s0, lw, lc = (float(v) for v in res.x)
+    c = 1.0 / (1.0 + math.exp(-min(max(lc, -50.0), 50.0)))
+    if c <= 0.5:
+        return float("nan")
+    return s0 + math.exp(lw) * math.log(1.0 / (2.0 * c - 1.0))
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
