@@ -170,10 +170,13 @@ def _snr50(snr: np.ndarray, found: np.ndarray) -> float:
     if snr.size < 3 or found.all() or not found.any():
         return float("nan")
 
+    def plateau(lc: float) -> float:
+        return 1.0 / (1.0 + math.exp(-min(max(float(lc), -50.0), 50.0)))
+
     def nll(p: np.ndarray) -> float:
         s0, lw, lc = p
         z = np.clip((snr - s0) / math.exp(lw), -50, 50)
-        c = 1.0 / (1.0 + math.exp(-float(np.clip(lc, -50, 50))))
+        c = plateau(lc)
         prob = np.clip(c / (1.0 + np.exp(-z)), 1e-9, 1 - 1e-9)
         return -float(np.sum(found * np.log(prob) + (1 - found) * np.log(1 - prob)))
 
@@ -181,7 +184,7 @@ def _snr50(snr: np.ndarray, found: np.ndarray) -> float:
     if not (res.success or res.fun < 1e9):
         return float("nan")
     s0, lw, lc = (float(v) for v in res.x)
-    c = 1.0 / (1.0 + math.exp(-min(max(lc, -50.0), 50.0)))
+    c = plateau(lc)
     if c <= 0.5:
         return float("nan")
     return s0 + math.exp(lw) * math.log(1.0 / (2.0 * c - 1.0))
